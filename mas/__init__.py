@@ -1,0 +1,74 @@
+"""mas: a multi-agent system runtime — supervised actors with mailboxes, in one process or many.
+
+Everything importable from here is the public API; other modules may change without notice.
+"""
+
+from mas.actors.agent import Agent, AgentContext, HandlerResult, Terminated
+from mas.actors.backoff import RetryPolicy
+from mas.actors.deadletters import DeadLetter, DeadLetters, DeadLetterSubscription
+from mas.actors.ref import AgentRef
+from mas.actors.runtime import Runtime
+from mas.actors.supervisor import ChildSpec, Restart, Strategy, Supervisor
+from mas.config import Settings
+from mas.errors import (
+    AgentStartError,
+    AgentStopped,
+    AskTimeout,
+    ConfigError,
+    DuplicateAgent,
+    HandlerError,
+    HandlerReturnError,
+    InvalidAddress,
+    InvalidMessage,
+    MailboxFull,
+    MasError,
+    MessageTooLarge,
+    RuntimeNotRunning,
+    SupervisorEscalation,
+    TransportError,
+    UnknownAgent,
+)
+from mas.messages import Address, Message, TaskError, TaskResult, parse_address, topic_matches
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Address",
+    "Agent",
+    "AgentContext",
+    "AgentRef",
+    "AgentStartError",
+    "AgentStopped",
+    "AskTimeout",
+    "ChildSpec",
+    "ConfigError",
+    "DeadLetter",
+    "DeadLetterSubscription",
+    "DeadLetters",
+    "DuplicateAgent",
+    "HandlerError",
+    "HandlerResult",
+    "HandlerReturnError",
+    "InvalidAddress",
+    "InvalidMessage",
+    "MailboxFull",
+    "MasError",
+    "Message",
+    "MessageTooLarge",
+    "Restart",
+    "RetryPolicy",
+    "Runtime",
+    "RuntimeNotRunning",
+    "Settings",
+    "Strategy",
+    "Supervisor",
+    "SupervisorEscalation",
+    "TaskError",
+    "TaskResult",
+    "Terminated",
+    "TransportError",
+    "UnknownAgent",
+    "__version__",
+    "parse_address",
+    "topic_matches",
+]

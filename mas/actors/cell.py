@@ -1,0 +1,400 @@
+"""AgentCell: runs one agent — activation, sequential processing, failure capture.
+
+A cell holds no task while its mailbox is empty: the first message activates a drain task
+that handles messages one at a time and ends when the mailbox is empty again. A handler
+failure is two independent decisions: the message is retried (or dead-lettered) by the
+delivery, the agent is restarted (or not) by its supervisor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from mas.actors.agent import Agent, AgentContext
+from mas.actors.backoff import RetryPolicy
+from mas.actors.deadletters import DeadLetter
+from mas.actors.mailbox import Mailbox
+from mas.errors import AgentStartError, AgentStopped, ConfigError
+from mas.messages import Message
+
+if TYPE_CHECKING:
+    from mas.actors.ref import AgentRef
+    from mas.actors.runtime import Runtime
+    from mas.actors.supervisor import Restart, Supervisor
+    from mas.transports.base import Delivery
+
+__all__ = ["AgentCell", "LocalDelivery"]
+
+_log = structlog.get_logger("mas.cell")
+
+RUNNING = "running"
+SUSPENDED = "suspended"  # between a failure and the restart: queues, does not handle
+STOPPED = "stopped"  # terminal
+
+AgentFactory = Callable[[], Agent]
+
+
+class LocalDelivery:
+    """A message delivered inside this process: settling it needs no broker."""
+
+    __slots__ = ("attempt", "cell", "message")
+
+    def __init__(self, message: Message, cell: AgentCell, attempt: int = 1) -> None:
+        self.message = message
+        self.cell = cell
+        self.attempt = attempt
+
+    async def ack(self) -> None:
+        return None
+
+    async def retry(self, delay: float) -> None:
+        again = LocalDelivery(self.message, self.cell, self.attempt + 1)
+        self.cell.runtime.call_later(delay, lambda: self.cell.requeue(again))
+
+    async def dead_letter(self, letter: DeadLetter) -> None:
+        return None  # the runtime records every dead letter itself
+
+
+class AgentCell:
+    """Owns one agent's mailbox, instance and lifecycle state."""
+
+    __slots__ = (
+        "_active",
+        "_idle_waiters",
+        "_seen",
+        "_seen_old",
+        "_task",
+        "_watchers",
+        "address",
+        "agent_type",
+        "ctx",
+        "current",
+        "factory",
+        "id",
+        "instance",
+        "mailbox",
+        "restart",
+        "retry",
+        "runtime",
+        "shutdown_timeout",
+        "status",
+        "stop_requested",
+        "supervisor",
+        "topics",
+    )
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        supervisor: Supervisor,
+        agent_id: str,
+        agent_type: str,
+        factory: AgentFactory,
+        restart: Restart,
+        mailbox: Mailbox[Delivery],
+        retry: RetryPolicy,
+        shutdown_timeout: float,
+    ) -> None:
+        self.runtime = runtime
+        self.supervisor = supervisor
+        self.id = agent_id
+        self.address = f"agent:{agent_id}"
+        self.agent_type = agent_type
+        self.factory = factory
+        self.restart: Restart = restart
+        self.mailbox = mailbox
+        self.retry = retry
+        self.shutdown_timeout = shutdown_timeout
+        self.ctx = AgentContext(self)
+        self.instance: Agent | None = None
+        self.status = SUSPENDED
+        self.current: Message | None = None
+        self.stop_requested = False
+        self.topics: list[str] | None = None
+        self._active = False
+        self._task: asyncio.Task[None] | None = None
+        self._seen: dict[str, Message | None] | None = None
+        self._seen_old: dict[str, Message | None] | None = None
+        self._watchers: set[str] | None = None
+        self._idle_waiters: list[asyncio.Future[None]] | None = None
+
+    def __repr__(self) -> str:
+        return f"AgentCell({self.id!r}, {self.status})"
+
+    def ref(self) -> AgentRef:
+        from mas.actors.ref import AgentRef
+
+        return AgentRef(self.runtime, self.id, self)
+
+    @property
+    def stopped(self) -> bool:
+        return self.status is STOPPED
+
+    @property
+    def busy(self) -> bool:
+        """A drain task exists (it is handling, or about to handle, a message)."""
+        return self._active
+
+    def add_watcher(self, address: str) -> None:
+        if self._watchers is None:
+            self._watchers = set()
+        self._watchers.add(address)
+
+    # -- receiving ---------------------------------------------------------------------------
+
+    async def put(self, delivery: Delivery) -> None:
+        """Queue a delivery (waits when full under `block`); activates the agent if idle.
+
+        Raises:
+            AgentStopped: the agent has stopped.
+            MailboxFull: full, and the policy is `reject`.
+        """
+        if self.status is STOPPED:
+            raise AgentStopped(self.id)
+        mailbox = self.mailbox
+        items = mailbox._items
+        if items is not None and len(items) < mailbox.capacity:
+            items.append(delivery)
+        else:
+            dropped = await mailbox.put(delivery)
+            if dropped is not None:
+                await self.runtime.dead_letter(dropped, "mailbox_overflow", agent_id=self.id)
+        if not self._active and self.status is RUNNING:
+            self._activate()
+
+    async def requeue(self, delivery: Delivery) -> None:
+        """Put a retried delivery back; it was admitted once, so capacity does not apply."""
+        if self.status is STOPPED:
+            await self.runtime.dead_letter(delivery, "agent_stopped", agent_id=self.id)
+            return
+        self.mailbox.put_force(delivery)
+        if not self._active and self.status is RUNNING:
+            self._activate()
+
+    def _activate(self) -> None:
+        self._active = True
+        self._task = self.runtime.start_task(self._drain())
+
+    # -- processing --------------------------------------------------------------------------
+
+    async def _drain(self) -> None:
+        mailbox = self.mailbox
+        try:
+            while self.status is RUNNING:
+                delivery = mailbox.get_nowait()
+                if delivery is None:
+                    return
+                await self._handle(delivery)
+                if self.stop_requested:
+                    self.stop_requested = False
+                    await self.supervisor.child_exited(self)
+        finally:
+            self._active = False
+            self._task = None
+
+    async def _handle(self, delivery: Delivery) -> None:
+        message = delivery.message
+        message_id = message.id
+        seen = self._seen
+        if seen is not None and (message_id in seen or message_id in self._seen_old):  # type: ignore[operator]
+            await self._duplicate(delivery)
+            return
+        runtime = self.runtime
+        instance = self.instance
+        assert instance is not None  # RUNNING implies an instance
+        self.current = message
+        started = time.perf_counter() if runtime.log_messages else 0.0
+        try:
+            result = await instance.handle_message(message)
+            reply = None if result is None else await runtime.dispatch_result(self, message, result)
+        except asyncio.CancelledError:
+            # Cancelled mid-handler (shutdown timeout): keep the message, it was not handled.
+            self.mailbox.put_front(delivery)
+            raise
+        except Exception as exc:
+            self._idle()
+            await self._failed(delivery, exc)
+            return
+        self._idle()
+        self._remember(message_id, reply)
+        runtime.handled += 1
+        await delivery.ack()
+        if started:
+            runtime.log_handled(self, message, time.perf_counter() - started, "succeeded")
+
+    def _idle(self) -> None:
+        self.current = None
+        waiters = self._idle_waiters
+        if waiters:
+            self._idle_waiters = None
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    def _remember(self, message_id: str, reply: Message | None) -> None:
+        # Two generations of ids: lookups and inserts stay O(1) and the window is bounded
+        # between dedupe_window/2 and dedupe_window ids.
+        seen = self._seen
+        if seen is None:
+            if self.runtime.dedupe_half == 0:
+                return
+            seen = self._seen = {}
+            self._seen_old = {}
+        seen[message_id] = reply
+        if len(seen) >= self.runtime.dedupe_half:
+            self._seen_old = seen
+            self._seen = {}
+
+    async def _duplicate(self, delivery: Delivery) -> None:
+        message = delivery.message
+        seen, old = self._seen, self._seen_old
+        assert seen is not None and old is not None
+        reply = seen[message.id] if message.id in seen else old[message.id]
+        self.runtime.duplicates += 1
+        _log.info(
+            "duplicate_message_skipped",
+            agent_id=self.id,
+            message_id=message.id,
+            trace_id=message.trace_id,
+            resent_reply=reply is not None,
+        )
+        if reply is not None:
+            await self.runtime.resend_reply(reply)
+        await delivery.ack()
+
+    async def _failed(self, delivery: Delivery, exc: Exception) -> None:
+        runtime = self.runtime
+        message = delivery.message
+        runtime.failures += 1
+        attempt = delivery.attempt
+        _log.warning(
+            "handler_failed",
+            agent_id=self.id,
+            agent_type=self.agent_type,
+            message_id=message.id,
+            message_type=message.type,
+            trace_id=runtime.ensure_trace(message),
+            attempt=attempt,
+            max_attempts=self.retry.max_attempts,
+            error_type=type(exc).__name__,
+            error=str(exc),
+        )
+        if attempt < self.retry.max_attempts:
+            await delivery.retry(self.retry.delay(attempt))
+        else:
+            await runtime.dead_letter(
+                delivery, "max_attempts", agent_id=self.id, error=exc, attempts=attempt
+            )
+        await self.supervisor.child_failed(self, exc)
+
+    # -- lifecycle (driven by the supervisor) ------------------------------------------------
+
+    async def start_instance(self) -> None:
+        """Create a fresh agent from the factory and await its `start()`.
+
+        Raises:
+            AgentStartError: the factory or `start()` raised.
+        """
+        try:
+            instance = self.factory()
+        except Exception as exc:
+            raise AgentStartError(f"creating agent {self.id!r} failed: {exc!r}") from exc
+        if not isinstance(instance, Agent):
+            raise ConfigError(
+                f"the factory for agent {self.id!r} returned {type(instance).__name__}, "
+                "not an Agent subclass instance"
+            )
+        instance.ctx = self.ctx
+        try:
+            await instance.start()
+        except Exception as exc:
+            raise AgentStartError(f"agent {self.id!r} failed in start(): {exc!r}") from exc
+        self.instance = instance
+
+    async def stop_instance(self) -> None:
+        """Await the current instance's `stop()`; its errors are logged, not raised."""
+        instance, self.instance = self.instance, None
+        if instance is None:
+            return
+        try:
+            await instance.stop()
+        except Exception as exc:
+            _log.warning(
+                "agent_stop_failed", agent_id=self.id, error_type=type(exc).__name__, error=str(exc)
+            )
+
+    async def wait_idle(self, timeout: float) -> None:
+        """Wait for the running handler (if any) to finish; cancel it after `timeout`."""
+        if self.current is None:
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._idle_waiters is None:
+            self._idle_waiters = []
+        self._idle_waiters.append(waiter)
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), timeout)
+        except TimeoutError:
+            task = self._task
+            if task is not None and task is not asyncio.current_task():
+                _log.warning("handler_cancelled", agent_id=self.id, timeout=timeout)
+                task.cancel()
+                await asyncio.wait([task])
+
+    async def suspend(self) -> None:
+        """Stop handling (messages keep queueing) and stop the instance, for a restart."""
+        if self.status is STOPPED:
+            return
+        self.status = SUSPENDED
+        await self.wait_idle(self.shutdown_timeout)
+        await self.stop_instance()
+
+    async def resume(self) -> None:
+        """Start a fresh instance and handle queued messages again.
+
+        Raises:
+            AgentStartError: the new instance failed to start (the cell stays suspended).
+        """
+        if self.status is STOPPED:
+            return
+        if self.instance is None:
+            await self.start_instance()
+        self.status = RUNNING
+        if not self._active and len(self.mailbox):
+            self._activate()
+
+    async def terminate(self, reason: str) -> None:
+        """Stop for good: finish the handler, `stop()`, dead-letter what is queued, notify."""
+        if self.status is STOPPED:
+            return
+        self.status = STOPPED
+        await self.wait_idle(self.shutdown_timeout)
+        await self.stop_instance()
+        runtime = self.runtime
+        for delivery in self.mailbox.close():
+            await runtime.dead_letter(delivery, "agent_stopped", agent_id=self.id)
+        await runtime.unregister(self)
+        log = _log.debug if reason == "shutdown" else _log.info
+        log("agent_stopped", agent_id=self.id, agent_type=self.agent_type, reason=reason)
+        watchers, self._watchers = self._watchers, None
+        if watchers:
+            from mas.actors.agent import Terminated
+
+            notice = Terminated(self.id, reason)
+            for watcher in watchers:
+                await runtime.notify(watcher, notice.to_message(watcher))
+
+    def describe(self) -> dict[str, Any]:
+        """A snapshot for status pages and tests."""
+        return {
+            "id": self.id,
+            "type": self.agent_type,
+            "status": self.status,
+            "mailbox": len(self.mailbox),
+            "busy": self._active,
+            "supervisor": self.supervisor.id,
+        }

@@ -1,0 +1,856 @@
+"""Runtime: the registry of local agents, routing to them or to the transport, and lifecycle.
+
+`async with Runtime() as rt:` starts the root supervisor and the transport; leaving the block
+drains (in-flight handlers finish, queued messages are handled, pending retries fire) within
+`shutdown_timeout`, stops agents in reverse start order and closes the transport. If the root
+supervisor gives up, the body of the `async with` is cancelled and `SupervisorEscalation` is
+raised from it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine
+from functools import lru_cache
+from types import TracebackType
+from typing import Any
+
+import anyio
+import structlog
+
+from mas.actors.agent import Agent
+from mas.actors.backoff import RetryPolicy
+from mas.actors.cell import STOPPED, AgentCell, LocalDelivery
+from mas.actors.clock import Clock, LoopClock, Timer
+from mas.actors.deadletters import DeadLetter, DeadLetters
+from mas.actors.ref import AgentRef
+from mas.actors.supervisor import Restart, Strategy, Supervisor
+from mas.config import Settings
+from mas.errors import (
+    AgentStopped,
+    AskTimeout,
+    DuplicateAgent,
+    HandlerError,
+    HandlerReturnError,
+    MailboxFull,
+    MasError,
+    RuntimeNotRunning,
+    UnknownAgent,
+)
+from mas.messages import Address, Message, TaskResult, parse_address, topic_matches
+from mas.observability.logging import configure_logging, level_number
+from mas.transports import Transport, create_transport
+from mas.transports.base import Delivery
+
+__all__ = ["Runtime"]
+
+_log = structlog.get_logger("mas.runtime")
+
+ERROR_REPLY = "mas.error"
+TASK_RESULT_REPLY = "mas.task_result"
+TaskListener = Callable[[TaskResult, Message], Awaitable[None]]
+
+
+@lru_cache(maxsize=8192)
+def _parse(target: str) -> Address:
+    return parse_address(target)
+
+
+class _FanoutDelivery:
+    """One transport delivery shared by several local subscribers; settled when all are."""
+
+    __slots__ = ("_parent", "_remaining")
+
+    def __init__(self, parent: Delivery, count: int) -> None:
+        self._parent = parent
+        self._remaining = count
+
+    async def done(self) -> None:
+        self._remaining -= 1
+        if self._remaining == 0:
+            await self._parent.ack()
+
+
+class _TopicDelivery(LocalDelivery):
+    __slots__ = ("fanout",)
+
+    def __init__(self, message: Message, cell: AgentCell, fanout: _FanoutDelivery) -> None:
+        super().__init__(message, cell)
+        self.fanout = fanout
+
+    async def ack(self) -> None:
+        await self.fanout.done()
+
+    async def dead_letter(self, letter: DeadLetter) -> None:
+        await self.fanout.done()
+
+
+class Runtime:
+    """Hosts agents, routes messages, supervises, and drains on shutdown.
+
+    Args:
+        settings: configuration; read from `MAS_*` environment variables when omitted.
+        transport: overrides the transport `settings.transport` names.
+        clock: overrides the event loop's clock (the test kit passes a manual one).
+        node_id: this runtime's name among the nodes sharing a transport.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        transport: Transport | None = None,
+        clock: Clock | None = None,
+        node_id: str | None = None,
+    ) -> None:
+        self.settings = settings if settings is not None else Settings()
+        s = self.settings
+        self._node_id = node_id or s.node_id or f"node-{uuid.uuid4().hex[:10]}"
+        self.clock: Clock = clock if clock is not None else LoopClock()
+        self.transport: Transport = transport if transport is not None else create_transport(s)
+        self.dead_letters = DeadLetters()
+        self.retry_policy = RetryPolicy(
+            s.retry.max_attempts, s.retry.base_delay, s.retry.max_delay, s.retry.jitter
+        )
+        self.dedupe_half = s.dedupe_window // 2
+        self.reply_address = f"reply:{self._node_id}"
+        self.log_messages = False
+        # Plain integer counters: the metrics collector reads them, the hot path only adds.
+        self.handled = 0
+        self.failures = 0
+        self.restarts = 0
+        self.duplicates = 0
+        self.tasks_completed = 0
+        self._serialize = s.serialize_messages
+        self._max_bytes = s.message_max_bytes
+        self._cells: dict[str, AgentCell] = {}
+        self._by_type: dict[str, dict[str, AgentCell]] = {}
+        self._type_rotation: dict[str, tuple[list[AgentCell], list[int]]] = {}
+        self._topic_subs: dict[str, dict[str, AgentCell]] = {}
+        self._topic_cache: dict[str, list[AgentCell]] = {}
+        self._supervisors: dict[str, Supervisor] = {}
+        self._pending: dict[str, asyncio.Future[Message]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._timers: dict[Timer, Callable[[], Awaitable[None]]] = {}
+        self._task_listeners: list[TaskListener] = []
+        self._autojump_scheduled = False
+        self._state = "new"
+        self._accepting = False
+        self._failure: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._no_tasks: asyncio.Event | None = None
+        self._no_timers: asyncio.Event | None = None
+        self._failed: asyncio.Event | None = None
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self.root: Supervisor | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def node_id(self) -> str:
+        return self._node_id
+
+    @property
+    def running(self) -> bool:
+        return self._state == "running"
+
+    @property
+    def failure(self) -> BaseException | None:
+        """Why the runtime failed (the root supervisor's escalation), if it did."""
+        return self._failure
+
+    async def start(self, *, root_strategy: Strategy = "one_for_one") -> None:
+        """Start the root supervisor and the transport (`async with` calls this)."""
+        if self._state != "new":
+            raise RuntimeNotRunning("a Runtime can be started once; create a new one")
+        self._loop = asyncio.get_running_loop()
+        self._no_tasks = asyncio.Event()
+        self._no_tasks.set()
+        self._no_timers = asyncio.Event()
+        self._no_timers.set()
+        self._failed = asyncio.Event()
+        s = self.settings
+        self.root = Supervisor(self, "root", strategy=root_strategy)
+        self._supervisors["root"] = self.root
+        if not structlog.is_configured():
+            configure_logging(s.log_level, s.log_format)
+        self.log_messages = level_number(s.log_level) <= logging.DEBUG
+        await self.transport.start(self)
+        self._state = "running"
+        self._accepting = True
+        _log.info("runtime_started", node_id=self._node_id, transport=type(self.transport).__name__)
+
+    async def __aenter__(self) -> Runtime:
+        await self.start()
+        self._task_group = anyio.create_task_group()
+        await self._task_group.__aenter__()
+        self._task_group.start_soon(self._raise_failure)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        with anyio.CancelScope(shield=True):
+            await self.shutdown()
+        assert self._task_group is not None and self._failed is not None
+        self._failed.set()
+        chosen: BaseException | None = None
+        try:
+            await self._task_group.__aexit__(exc_type, exc, tb)
+        except BaseExceptionGroup as group:
+            # anyio wraps even a lone error of the body in a group: give the user the error.
+            errors = group.exceptions
+            failure = self._failure
+            if failure is not None and failure in errors:
+                chosen = failure
+            elif len(errors) == 1:
+                chosen = errors[0]
+            else:
+                raise
+        if chosen is None:
+            chosen = self._failure
+        if chosen is not None:
+            raise chosen
+
+    async def _raise_failure(self) -> None:
+        assert self._failed is not None
+        await self._failed.wait()
+        if self._failure is not None:
+            raise self._failure
+
+    def fail(self, error: BaseException) -> None:
+        """Fail the runtime (root escalation or a runtime bug): raised to the embedding code."""
+        if self._failure is None:
+            self._failure = error
+            _log.error("runtime_failed", error_type=type(error).__name__, error=str(error))
+        if self._failed is not None:
+            self._failed.set()
+
+    def check_running(self) -> None:
+        if self._state != "running":
+            raise RuntimeNotRunning(
+                "the runtime is not running: use it inside 'async with Runtime() as rt:'"
+            )
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        """Drain, stop agents in reverse order, close the transport.
+
+        Stops accepting new external messages first; handlers may still send while draining.
+        Messages still queued after `timeout` go to dead letters (`agent_stopped`).
+        """
+        if self._state != "running":
+            return
+        self._state = "stopping"
+        self._accepting = False
+        timeout = self.settings.shutdown_timeout if timeout is None else timeout
+        _log.info("runtime_stopping", node_id=self._node_id, timeout=timeout)
+        with anyio.move_on_after(timeout):
+            await self.settle(timeout=None, advance_clock=True)
+        self._flush_timers()
+        assert self.root is not None
+        await self.root.stop()
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(RuntimeNotRunning("the runtime stopped before the reply"))
+        await self.transport.close()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=timeout)
+        self._state = "stopped"
+        _log.info(
+            "runtime_stopped",
+            node_id=self._node_id,
+            handled=self.handled,
+            dead_letters=self.dead_letters.count,
+        )
+
+    def _flush_timers(self) -> None:
+        """Run what is still scheduled now, so that pending retries reach dead letters."""
+        timers, self._timers = self._timers, {}
+        for timer, job in timers.items():
+            timer.cancel()
+            self.start_task(_await(job))
+        if self._no_timers is not None:
+            self._no_timers.set()
+
+    async def settle(self, *, timeout: float | None = 10.0, advance_clock: bool = True) -> None:
+        """Wait until no handler runs, no mailbox holds a message and no retry is pending.
+
+        With a manual clock and `advance_clock`, pending backoff timers are jumped to, so that
+        everything that would eventually happen has happened when this returns.
+
+        Raises:
+            TimeoutError: still busy after `timeout` seconds (a handler that never returns).
+        """
+        assert self._no_tasks is not None and self._no_timers is not None
+        with anyio.fail_after(timeout):
+            while True:
+                if self._tasks:
+                    await self._no_tasks.wait()
+                    continue
+                if self._timers:
+                    skip = getattr(self.clock, "skip_to_next_timer", None)
+                    if advance_clock and skip is not None and skip():
+                        await asyncio.sleep(0)
+                        continue
+                    await self._no_timers.wait()
+                    continue
+                await asyncio.sleep(0)  # let callbacks that were just scheduled run
+                if not self._tasks and not self._timers:
+                    return
+
+    # -- tasks and timers owned by the runtime -----------------------------------------------
+
+    def start_task(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run `coro` as a task the runtime owns: awaited at shutdown, errors fail it."""
+        assert self._loop is not None and self._no_tasks is not None
+        task = self._loop.create_task(coro)
+        self._tasks.add(task)
+        self._no_tasks.clear()
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not self._tasks:
+            assert self._no_tasks is not None
+            self._no_tasks.set()
+            if self._timers:
+                self._schedule_autojump()
+        if not task.cancelled():
+            error = task.exception()
+            if error is not None:
+                _log.error(
+                    "runtime_task_crashed", error_type=type(error).__name__, error=str(error)
+                )
+                self.fail(error)
+
+    def call_later(self, delay: float, job: Callable[[], Awaitable[None]]) -> None:
+        """Run `job()` after `delay` seconds of the runtime's clock, as an owned task."""
+        assert self._no_timers is not None
+
+        def fire() -> None:
+            if self._timers.pop(timer, None) is None:
+                return
+            if not self._timers:
+                assert self._no_timers is not None
+                self._no_timers.set()
+            self.start_task(_await(job))
+
+        timer = self.clock.call_later(delay, fire)
+        self._timers[timer] = job
+        self._no_timers.clear()
+        if not self._tasks:
+            self._schedule_autojump()
+
+    def _schedule_autojump(self) -> None:
+        """With an autojumping test clock, skip dead time whenever the runtime is idle."""
+        if self._autojump_scheduled or not getattr(self.clock, "autojump", False):
+            return
+        self._autojump_scheduled = True
+        assert self._loop is not None
+        self._loop.call_soon(self._autojump)
+
+    def _autojump(self) -> None:
+        self._autojump_scheduled = False
+        if self._timers and not self._tasks:
+            self.clock.skip_to_next_timer()  # type: ignore[attr-defined]
+
+    # -- spawning and the registry -----------------------------------------------------------
+
+    async def spawn(
+        self,
+        agent: type[Agent] | Callable[[], Agent],
+        *,
+        id: str | None = None,
+        supervisor: Supervisor | None = None,
+        restart: Restart = "permanent",
+        **options: Any,
+    ) -> AgentRef:
+        """Start an agent (under the root supervisor unless `supervisor` is given).
+
+        Raises:
+            DuplicateAgent: `id` is already taken.
+            AgentStartError: the agent's `start()` raised.
+            RuntimeNotRunning: outside `async with Runtime()`.
+        """
+        self.check_running()
+        parent = supervisor if supervisor is not None else self.root
+        assert parent is not None
+        return await parent.spawn(agent, id=id, restart=restart, **options)
+
+    async def spawn_supervisor(
+        self,
+        id: str,
+        *,
+        strategy: Strategy = "one_for_one",
+        max_restarts: int | None = None,
+        period: float | None = None,
+        parent: Supervisor | None = None,
+    ) -> Supervisor:
+        """Start a supervisor under the root (or `parent`); spawn agents with `sup.spawn`."""
+        self.check_running()
+        owner = parent if parent is not None else self.root
+        assert owner is not None
+        return await owner.spawn_supervisor(
+            id, strategy=strategy, max_restarts=max_restarts, period=period
+        )
+
+    def register(self, cell: AgentCell) -> None:
+        if cell.id in self._cells:
+            raise DuplicateAgent(cell.id)
+        self._cells[cell.id] = cell
+        self._by_type.setdefault(cell.agent_type, {})[cell.id] = cell
+        self._type_rotation.pop(cell.agent_type, None)
+
+    def register_supervisor(self, supervisor: Supervisor) -> None:
+        if supervisor.id in self._supervisors:
+            raise DuplicateAgent(supervisor.id)
+        self._supervisors[supervisor.id] = supervisor
+
+    def unregister_supervisor(self, supervisor: Supervisor) -> None:
+        if self._supervisors.get(supervisor.id) is supervisor:
+            del self._supervisors[supervisor.id]
+
+    async def subscribe_cell(self, cell: AgentCell, cls: type[Agent]) -> None:
+        """Make a freshly started agent reachable through the transport and its topics."""
+        for pattern in cls.topics:
+            await self.subscribe(cell, pattern)
+        await self.transport.subscribe_agent(cell.id, cell.agent_type)
+
+    async def unregister(self, cell: AgentCell) -> None:
+        if self._cells.get(cell.id) is not cell:
+            return
+        del self._cells[cell.id]
+        same_type = self._by_type.get(cell.agent_type)
+        if same_type is not None:
+            same_type.pop(cell.id, None)
+            if not same_type:
+                del self._by_type[cell.agent_type]
+        self._type_rotation.pop(cell.agent_type, None)
+        for pattern in cell.topics or ():
+            subscribers = self._topic_subs.get(pattern)
+            if subscribers is not None:
+                subscribers.pop(cell.id, None)
+                if not subscribers:
+                    del self._topic_subs[pattern]
+            self._topic_cache.clear()
+            await self.transport.unsubscribe_topic(pattern)
+        await self.transport.unsubscribe_agent(cell.id, cell.agent_type)
+
+    async def subscribe(self, cell: AgentCell, pattern: str) -> None:
+        """Subscribe an agent to a topic pattern (`orders.*`, `audit.#`)."""
+        parse_address(f"topic:{pattern}", allow_patterns=True)
+        subscribers = self._topic_subs.setdefault(pattern, {})
+        if cell.id in subscribers:
+            return
+        subscribers[cell.id] = cell
+        if cell.topics is None:
+            cell.topics = []
+        cell.topics.append(pattern)
+        self._topic_cache.clear()
+        await self.transport.subscribe_topic(pattern)
+
+    def local_cell(self, agent_id: str) -> AgentCell | None:
+        return self._cells.get(agent_id)
+
+    def ref(self, agent_id: str) -> AgentRef:
+        """A ref to an agent by id, hosted here or on another node."""
+        parse_address(f"agent:{agent_id}")
+        return AgentRef(self, agent_id, self._cells.get(agent_id))
+
+    def agents(self) -> list[dict[str, Any]]:
+        """A snapshot of every local agent (id, type, status, mailbox length)."""
+        return [cell.describe() for cell in self._cells.values()]
+
+    def supervisor(self, supervisor_id: str) -> Supervisor:
+        try:
+            return self._supervisors[supervisor_id]
+        except KeyError:
+            raise UnknownAgent(f"supervisor:{supervisor_id}") from None
+
+    async def stop_agent(self, agent_id: str) -> None:
+        """Stop an agent for good (its supervisor does not restart it)."""
+        cell = self._cells.get(agent_id)
+        if cell is None or cell.stopped:
+            return
+        await cell.supervisor.stop_child(cell)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for metrics and the demo summary."""
+        return {
+            "agents": len(self._cells),
+            "handled": self.handled,
+            "failures": self.failures,
+            "restarts": self.restarts,
+            "duplicates": self.duplicates,
+            "dead_letters": self.dead_letters.count,
+            "tasks_completed": self.tasks_completed,
+            "in_queue": sum(len(cell.mailbox) for cell in self._cells.values()),
+        }
+
+    # -- sending -----------------------------------------------------------------------------
+
+    async def tell(self, target: str | AgentRef, message: Message) -> None:
+        """Fire-and-forget to an address (`agent:`, `type:`, `topic:`) or a ref.
+
+        Raises:
+            InvalidAddress: `target` is not an address.
+            UnknownAgent: nobody answers to it (the message is also dead-lettered).
+            AgentStopped, MailboxFull: see `AgentRef.tell`.
+            MessageTooLarge: over the size cap (when messages are serialized).
+        """
+        if not self._accepting:
+            self._check_internal()
+        if type(target) is AgentRef:
+            await self._send_to_ref(target, message)
+            return
+        if not isinstance(target, str):
+            raise MasError(f"tell needs an address string or an AgentRef, got {target!r}")
+        if message.target != target:
+            message = message if message.target is None else message.evolve()
+            message.target = target
+        await self._route(message)
+
+    def _check_internal(self) -> None:
+        if self._state != "stopping" or self._current_cell_task() is None:
+            raise RuntimeNotRunning(
+                "the runtime is not accepting messages (not started, or shutting down)"
+            )
+
+    def _current_cell_task(self) -> asyncio.Task[Any] | None:
+        task = asyncio.current_task()
+        return task if task in self._tasks else None
+
+    async def ask(self, target: str | AgentRef, message: Message, *, timeout: float) -> Message:
+        """Send and wait for the reply (see `AgentRef.ask` for the errors raised)."""
+        assert self._loop is not None or self._state == "new"
+        if self._loop is None:
+            self.check_running()
+        future: asyncio.Future[Message] = self._loop.create_future()  # type: ignore[union-attr]
+        message.reply_to = self.reply_address
+        self._pending[message.id] = future
+        try:
+            async with asyncio.timeout(timeout):
+                await self.tell(target, message)
+                reply = await future
+        except TimeoutError:
+            name = target.address if isinstance(target, AgentRef) else target
+            raise AskTimeout(name, timeout) from None
+        finally:
+            if self._pending.get(message.id) is future:
+                del self._pending[message.id]
+        if reply.type == ERROR_REPLY:
+            raise _error_from_reply(reply)
+        return reply
+
+    async def publish(self, topic: str, message: Message) -> None:
+        """Send to every agent subscribed to a matching pattern, on every node."""
+        key = topic[6:] if topic.startswith("topic:") else topic
+        parse_address(f"topic:{key}")
+        if not self._accepting:
+            self._check_internal()
+        message.target = f"topic:{key}"
+        await self._publish_local(message, key, None)
+        await self.transport.send(message)
+
+    async def _send_to_ref(self, ref: AgentRef, message: Message) -> None:
+        address = ref.address
+        if message.target != address:
+            message = message if message.target is None else message.evolve()
+            message.target = address
+        cell = ref._cell
+        if cell is None or cell.status is STOPPED:
+            current = self._cells.get(ref.id)
+            if current is None and cell is not None:
+                raise AgentStopped(ref.id)
+            cell = current
+        if cell is not None:
+            await self._deliver_local(cell, message)
+        else:
+            await self._send_remote(message)
+
+    async def _deliver_local(self, cell: AgentCell, message: Message) -> None:
+        if self._serialize:
+            message = Message.from_json(message.to_json(max_bytes=self._max_bytes))
+        await cell.put(LocalDelivery(message, cell))
+
+    async def _route(self, message: Message) -> None:
+        target = message.target
+        assert target is not None
+        address = _parse(target)
+        kind = address.kind
+        if kind == "agent":
+            cell = self._cells.get(address.value)
+            if cell is not None:
+                await self._deliver_local(cell, message)
+                return
+        elif kind == "type":
+            cell = self._pick(address.value)
+            if cell is not None:
+                await self._deliver_local(cell, message)
+                return
+        elif kind == "reply":
+            if address.value == self._node_id:
+                self._resolve_reply(message)
+                return
+        else:
+            await self._publish_local(message, address.value, None)
+            await self.transport.send(message)
+            return
+        await self._send_remote(message)
+
+    async def _send_remote(self, message: Message) -> None:
+        try:
+            await self.transport.send(message)
+        except UnknownAgent as exc:
+            self.dead_letters.record(
+                DeadLetter(
+                    message, "unknown_address", error_type="UnknownAgent", error_message=str(exc)
+                )
+            )
+            raise
+
+    def _pick(self, agent_type: str) -> AgentCell | None:
+        """Round-robin over the live local agents of a type."""
+        rotation = self._type_rotation.get(agent_type)
+        if rotation is None:
+            cells = [c for c in self._by_type.get(agent_type, {}).values() if not c.stopped]
+            if not cells:
+                return None
+            rotation = self._type_rotation[agent_type] = (cells, [0])
+        cells, position = rotation
+        index = position[0] = (position[0] + 1) % len(cells)
+        return cells[index]
+
+    async def _publish_local(self, message: Message, key: str, parent: Delivery | None) -> int:
+        cells = self._topic_cache.get(key)
+        if cells is None:
+            cells = [
+                cell
+                for pattern, subscribers in self._topic_subs.items()
+                if topic_matches(pattern, key)
+                for cell in subscribers.values()
+            ]
+            cells = list({cell.id: cell for cell in cells}.values())
+            self._topic_cache[key] = cells
+        fanout = _FanoutDelivery(parent, len(cells)) if parent is not None else None
+        for cell in cells:
+            copy = Message.from_json(message.to_json()) if self._serialize else message
+            delivery = _TopicDelivery(copy, cell, fanout) if fanout else LocalDelivery(copy, cell)
+            try:
+                await cell.put(delivery)
+            except (AgentStopped, MailboxFull) as exc:
+                reason = "agent_stopped" if isinstance(exc, AgentStopped) else "mailbox_overflow"
+                await self.dead_letter(delivery, reason, agent_id=cell.id, error=exc)
+        return len(cells)
+
+    def _resolve_reply(self, message: Message) -> None:
+        future = self._pending.get(message.correlation_id or "")
+        if future is not None and not future.done():
+            future.set_result(message)
+        else:
+            _log.debug(
+                "late_reply_dropped", message_id=message.id, correlation_id=message.correlation_id
+            )
+
+    # -- receiving from the transport --------------------------------------------------------
+
+    async def receive(self, delivery: Delivery) -> None:
+        """TransportNode: a delivery for an address this node subscribed to."""
+        message = delivery.message
+        try:
+            address = _parse(message.target or "")
+        except MasError as exc:
+            await self.dead_letter(delivery, "invalid_message", error=exc)
+            return
+        if address.kind == "reply":
+            self._resolve_reply(message)
+            await delivery.ack()
+            return
+        if address.kind == "topic":
+            count = await self._publish_local(message, address.value, delivery)
+            if count == 0:
+                await delivery.ack()
+            return
+        cell = (
+            self._cells.get(address.value) if address.kind == "agent" else self._pick(address.value)
+        )
+        if cell is None:
+            await self.dead_letter(delivery, "unknown_address")
+            return
+        try:
+            await cell.put(delivery)
+        except (AgentStopped, MailboxFull) as exc:
+            reason = "agent_stopped" if isinstance(exc, AgentStopped) else "mailbox_overflow"
+            await self.dead_letter(delivery, reason, agent_id=cell.id, error=exc)
+
+    # -- results of handlers -----------------------------------------------------------------
+
+    def ensure_trace(self, message: Message) -> str:
+        """The message's trace id, created on first need (kept off the no-op fast path)."""
+        trace_id = message.trace_id
+        if trace_id is None:
+            trace_id = message.trace_id = uuid.uuid4().hex
+        return trace_id
+
+    async def dispatch_result(
+        self, cell: AgentCell, incoming: Message, result: object
+    ) -> Message | None:
+        """Route what a handler returned; returns the reply, kept for idempotent re-sends.
+
+        Raises:
+            HandlerReturnError: the handler returned something it may not.
+        """
+        if type(result) is Message:
+            return await self._emit(cell, incoming, result)
+        if isinstance(result, TaskResult):
+            await self._complete_task(cell, incoming, result)
+            if incoming.reply_to is None:
+                return None
+            reply = incoming.reply(result.to_dict(), type=TASK_RESULT_REPLY)
+            reply.sender = cell.address
+            return await self._emit(cell, incoming, reply)
+        if isinstance(result, list) and all(isinstance(m, Message) for m in result):
+            last_reply: Message | None = None
+            for each in result:
+                last_reply = await self._emit(cell, incoming, each) or last_reply
+            return last_reply
+        raise HandlerReturnError(
+            f"agent {cell.id!r} ({type(cell.instance).__qualname__}) returned "
+            f"{type(result).__name__} from handle_message: return None, a Message, a TaskResult "
+            "or a list of Messages"
+        )
+
+    async def _emit(self, cell: AgentCell, incoming: Message, out: Message) -> Message | None:
+        if out.sender is None:
+            out.sender = cell.address
+        if out.trace_id is None:
+            out.trace_id = self.ensure_trace(incoming)
+        if out.target is None:
+            destination = incoming.reply_to or incoming.sender
+            if destination is None:
+                if out.correlation_id == incoming.id:
+                    return None  # a reply to a tell from outside: nobody is waiting for it
+                self.dead_letters.record(DeadLetter(out, "unknown_address", agent_id=cell.id))
+                return None
+            out.target = destination
+            if out.correlation_id is None:
+                out.correlation_id = incoming.id
+        is_reply = out.correlation_id == incoming.id and out.target == incoming.reply_to
+        try:
+            await self._route(out)
+        except UnknownAgent:
+            return None  # recorded as a dead letter by _send_remote
+        except AgentStopped as exc:
+            self.dead_letters.record(
+                DeadLetter(out, "agent_stopped", agent_id=exc.agent_id, error_type="AgentStopped")
+            )
+            return None
+        return out if is_reply else None
+
+    def add_task_listener(self, listener: TaskListener) -> None:
+        """Call `listener(result, message)` whenever a handler completes a task."""
+        self._task_listeners.append(listener)
+
+    async def _complete_task(self, cell: AgentCell, incoming: Message, result: TaskResult) -> None:
+        self.tasks_completed += 1
+        _log.info(
+            "task_completed",
+            task_id=result.task_id,
+            status=result.status,
+            agent_id=cell.id,
+            message_id=incoming.id,
+            trace_id=self.ensure_trace(incoming),
+        )
+        for listener in self._task_listeners:
+            await listener(result, incoming)
+
+    async def resend_reply(self, reply: Message) -> None:
+        """Send a stored reply again (a duplicate request arrived)."""
+        try:
+            await self._route(reply)
+        except (UnknownAgent, AgentStopped):
+            _log.debug("stored_reply_undeliverable", message_id=reply.id)
+
+    async def notify(self, target: str, message: Message) -> None:
+        """Best-effort system message (death watch); the watcher may be gone."""
+        try:
+            await self._route(message)
+        except (UnknownAgent, AgentStopped):
+            _log.debug("notice_undeliverable", target=target, message_type=message.type)
+
+    async def dead_letter(
+        self,
+        delivery: Delivery,
+        reason: str,
+        *,
+        agent_id: str | None = None,
+        error: BaseException | None = None,
+        attempts: int | None = None,
+    ) -> None:
+        """Record a dead letter, settle the delivery, and fail the asker if one waits."""
+        message = delivery.message
+        letter = DeadLetter(
+            message,
+            reason,
+            agent_id,
+            type(error).__name__ if error is not None else None,
+            str(error) if error is not None else None,
+            attempts if attempts is not None else delivery.attempt,
+        )
+        self.dead_letters.record(letter)
+        await delivery.dead_letter(letter)
+        if message.reply_to is not None and message.type != ERROR_REPLY:
+            notice = Message(
+                ERROR_REPLY,
+                {
+                    "reason": reason,
+                    "agent_id": agent_id,
+                    "error_type": letter.error_type,
+                    "error": letter.error_message,
+                    "attempts": letter.attempts,
+                },
+                sender=f"agent:{agent_id}" if agent_id else None,
+                target=message.reply_to,
+                correlation_id=message.id,
+                trace_id=message.trace_id,
+            )
+            await self.notify(message.reply_to, notice)
+
+    def log_handled(self, cell: AgentCell, message: Message, duration: float, status: str) -> None:
+        structlog.get_logger("mas.cell").debug(
+            "message_handled",
+            agent_id=cell.id,
+            message_id=message.id,
+            message_type=message.type,
+            trace_id=self.ensure_trace(message),
+            duration=round(duration, 6),
+            status=status,
+        )
+
+
+async def _await(job: Callable[[], Awaitable[None]]) -> None:
+    await job()
+
+
+def _error_from_reply(reply: Message) -> MasError:
+    payload = reply.payload
+    reason = payload.get("reason")
+    agent_id = str(payload.get("agent_id") or "?")
+    if reason == "agent_stopped":
+        return AgentStopped(agent_id)
+    if reason == "mailbox_overflow":
+        return MailboxFull(agent_id, 0)
+    if reason == "unknown_address":
+        return UnknownAgent(str(reply.sender or agent_id))
+    return HandlerError(
+        agent_id,
+        str(payload.get("error_type") or "Error"),
+        str(payload.get("error") or ""),
+        int(payload.get("attempts") or 0),
+    )

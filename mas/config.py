@@ -1,0 +1,66 @@
+"""Settings: one object, read from `MAS_*` environment variables (nested with `__`) or `.env`.
+
+Defaults serve a newcomer: in-memory transport, nothing to install or start.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["MailboxSettings", "RetrySettings", "Settings", "SupervisorSettings"]
+
+Overflow = Literal["block", "reject", "drop_oldest"]
+
+
+class MailboxSettings(BaseModel):
+    """Default mailbox of every agent (an agent class may override both)."""
+
+    capacity: int = Field(1000, ge=1, description="messages a mailbox holds before overflow")
+    overflow: Overflow = "block"
+
+
+class RetrySettings(BaseModel):
+    """How a message whose handler raised is retried before it goes to dead letters."""
+
+    max_attempts: int = Field(3, ge=1)
+    base_delay: float = Field(0.1, ge=0, description="seconds before the first retry")
+    max_delay: float = Field(30.0, ge=0)
+    jitter: float = Field(0.1, ge=0, le=1, description="+/- fraction of each delay")
+
+
+class SupervisorSettings(BaseModel):
+    """Restart intensity and backoff of supervisors that do not set their own."""
+
+    max_restarts: int = Field(20, ge=0)
+    period: float = Field(10.0, gt=0, description="seconds over which restarts are counted")
+    backoff_base: float = Field(0.0, ge=0, description="delay before the 2nd restart in a row")
+    backoff_max: float = Field(5.0, ge=0)
+    jitter: float = Field(0.1, ge=0, le=1)
+
+
+class Settings(BaseSettings):
+    """Everything configurable; `MAS_TRANSPORT` alone switches one-process to distributed."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MAS_", env_nested_delimiter="__", env_file=".env", extra="ignore"
+    )
+
+    transport: Literal["memory", "rabbitmq"] = "memory"
+    node_id: str | None = Field(None, description="this process's name; generated when unset")
+    message_max_bytes: int = Field(1_048_576, ge=256)
+    serialize_messages: bool = Field(
+        False, description="round-trip every message through JSON even in one process"
+    )
+    dedupe_window: int = Field(10_000, ge=0, description="message ids remembered per agent")
+    shutdown_timeout: float = Field(10.0, ge=0)
+    mailbox: MailboxSettings = MailboxSettings()
+    retry: RetrySettings = RetrySettings()
+    supervisor: SupervisorSettings = SupervisorSettings()
+    log_level: str = "INFO"
+    log_format: Literal["json", "console"] = "json"
+    amqp_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
+    database_url: SecretStr = SecretStr("sqlite+aiosqlite:///./mas.db")
+    redis_url: SecretStr | None = None

@@ -1,0 +1,390 @@
+"""Messages, task results and addresses: the values that travel between agents.
+
+A `Message` is a plain slotted object rather than a pydantic model: it is created and handled
+on the per-message fast path, so construction costs a uuid, a timestamp and a few isinstance
+checks. Full validation happens where untrusted data enters, in `Message.from_dict` /
+`Message.from_json`. Only JSON crosses a wire; nothing here pickles.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from mas.errors import InvalidAddress, InvalidMessage, MessageTooLarge
+
+__all__ = [
+    "Address",
+    "Message",
+    "TaskError",
+    "TaskResult",
+    "parse_address",
+    "topic_matches",
+]
+
+JSONObject = dict[str, Any]
+AddressKind = Literal["agent", "type", "topic", "reply"]
+
+_MAX_ADDRESS_VALUE = 200
+_ID_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:@\-]*")
+_TYPE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
+_WORD_RE = re.compile(r"[A-Za-z0-9_\-]+")
+_KINDS: tuple[AddressKind, ...] = ("agent", "type", "topic", "reply")
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """A parsed address: `agent:<id>`, `type:<agent_type>`, `topic:<routing.key>`.
+
+    `reply:<node>` is internal: it names the node that waits for the answers to its `ask`s.
+    """
+
+    kind: AddressKind
+    value: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.value}"
+
+    @property
+    def is_pattern(self) -> bool:
+        """True for a topic pattern that uses `*` or `#` (valid to subscribe, not to publish)."""
+        return self.kind == "topic" and any(w in ("*", "#") for w in self.value.split("."))
+
+
+def parse_address(text: str, *, allow_patterns: bool = False) -> Address:
+    """Parse an address string, raising `InvalidAddress` with what to write instead.
+
+    Topic patterns (`orders.*`, `audit.#`) are accepted only with `allow_patterns=True`:
+    a message is published to one concrete key, a subscription may use wildcards.
+    """
+    if not isinstance(text, str):
+        raise InvalidAddress(f"an address is a string like 'agent:<id>', got {type(text).__name__}")
+    kind, sep, value = text.partition(":")
+    if not sep or kind not in _KINDS:
+        raise InvalidAddress(
+            f"{text!r} is not an address: write 'agent:<id>', 'type:<agent_type>' "
+            "or 'topic:<routing.key>'"
+        )
+    if not value or len(value) > _MAX_ADDRESS_VALUE:
+        raise InvalidAddress(
+            f"{text!r}: the part after '{kind}:' must be 1 to {_MAX_ADDRESS_VALUE} characters"
+        )
+    if kind in ("agent", "reply"):
+        if not _ID_RE.fullmatch(value):
+            raise InvalidAddress(
+                f"{text!r}: an id uses letters, digits and _ . : @ - and starts with a "
+                "letter, digit or _"
+            )
+    elif kind == "type":
+        if not _TYPE_RE.fullmatch(value):
+            raise InvalidAddress(
+                f"{text!r}: an agent type uses letters, digits and _ . - and starts with a "
+                "letter or _"
+            )
+    else:
+        _check_topic(text, value, allow_patterns)
+    return Address(kind, value)
+
+
+def _check_topic(text: str, key: str, allow_patterns: bool) -> None:
+    for word in key.split("."):
+        if word in ("*", "#"):
+            if not allow_patterns:
+                raise InvalidAddress(
+                    f"{text!r}: wildcards '*' and '#' are for subscriptions; "
+                    "publish to a concrete key such as 'orders.created'"
+                )
+        elif not _WORD_RE.fullmatch(word):
+            raise InvalidAddress(
+                f"{text!r}: a topic is dot-separated words of letters, digits, _ and - "
+                "(and '*' or '#' as whole words in a subscription)"
+            )
+
+
+def topic_matches(pattern: str, key: str) -> bool:
+    """AMQP topic matching: `*` is exactly one word, `#` is zero or more words."""
+    return _match_words(pattern.split("."), 0, key.split("."), 0)
+
+
+def _match_words(pat: list[str], i: int, words: list[str], j: int) -> bool:
+    while i < len(pat):
+        p = pat[i]
+        if p == "#":
+            # '#' can swallow any number of words: try each split point.
+            return any(_match_words(pat, i + 1, words, k) for k in range(j, len(words) + 1))
+        if j >= len(words) or (p != "*" and p != words[j]):
+            return False
+        i += 1
+        j += 1
+    return j == len(words)
+
+
+class Message:
+    """One message between agents; `id` is its idempotency key.
+
+    The runtime fills `sender`, `target` and `trace_id` when they are unset. Treat a message as
+    a value: build a new one (`reply`, `evolve`) rather than mutating one that was sent.
+    """
+
+    __slots__ = (
+        "correlation_id",
+        "created_at",
+        "id",
+        "metadata",
+        "payload",
+        "reply_to",
+        "sender",
+        "target",
+        "trace_id",
+        "type",
+    )
+
+    def __init__(
+        self,
+        type: str,
+        payload: JSONObject | None = None,
+        *,
+        id: str | None = None,
+        sender: str | None = None,
+        target: str | None = None,
+        created_at: datetime | None = None,
+        metadata: JSONObject | None = None,
+        trace_id: str | None = None,
+        reply_to: str | None = None,
+        correlation_id: str | None = None,
+    ) -> None:
+        if not isinstance(type, str) or not type:
+            raise InvalidMessage("a message needs a non-empty string 'type'")
+        if payload is None:
+            payload = {}
+        elif not isinstance(payload, dict):
+            raise InvalidMessage(
+                f"message payload must be a JSON object (dict), got {payload.__class__.__name__}"
+            )
+        self.type = type
+        self.payload = payload
+        self.id = id if id is not None else str(uuid.uuid4())
+        self.sender = sender
+        self.target = target
+        self.created_at = created_at if created_at is not None else datetime.now(UTC)
+        self.metadata = metadata if metadata is not None else {}
+        self.trace_id = trace_id
+        self.reply_to = reply_to
+        self.correlation_id = correlation_id
+
+    def __repr__(self) -> str:
+        return (
+            f"Message(type={self.type!r}, id={self.id!r}, sender={self.sender!r}, "
+            f"target={self.target!r})"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Message):
+            return NotImplemented
+        return all(getattr(self, name) == getattr(other, name) for name in Message.__slots__)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable value
+
+    @property
+    def task_id(self) -> str | None:
+        """The task this message belongs to (`metadata["task_id"]`), if any."""
+        task_id = self.metadata.get("task_id")
+        return task_id if isinstance(task_id, str) else None
+
+    def reply(
+        self,
+        payload: JSONObject | None = None,
+        *,
+        type: str | None = None,
+        metadata: JSONObject | None = None,
+    ) -> Message:
+        """Build the answer: addressed to the asker, correlated, on the same trace."""
+        meta = dict(metadata) if metadata else {}
+        if self.task_id is not None:
+            meta.setdefault("task_id", self.task_id)
+        return Message(
+            type or f"{self.type}.reply",
+            payload,
+            sender=self.target,
+            target=self.reply_to or self.sender,
+            metadata=meta,
+            trace_id=self.trace_id,
+            correlation_id=self.id,
+        )
+
+    def evolve(self, **changes: Any) -> Message:
+        """A copy with some fields replaced (the id is kept unless given)."""
+        fields = {name: getattr(self, name) for name in Message.__slots__}
+        fields.update(changes)
+        message_type = fields.pop("type")
+        payload = fields.pop("payload")
+        return Message(message_type, payload, **fields)
+
+    def to_dict(self) -> JSONObject:
+        """The JSON-ready form (timestamps as ISO 8601 strings)."""
+        return {
+            "id": self.id,
+            "type": self.type,
+            "sender": self.sender,
+            "target": self.target,
+            "payload": self.payload,
+            "created_at": self.created_at.isoformat(),
+            "metadata": self.metadata,
+            "trace_id": self.trace_id,
+            "reply_to": self.reply_to,
+            "correlation_id": self.correlation_id,
+        }
+
+    def to_json(self, *, max_bytes: int | None = None) -> bytes:
+        """Serialize to UTF-8 JSON, refusing payloads that are not JSON or over `max_bytes`.
+
+        Raises:
+            InvalidMessage: the payload or metadata holds something JSON cannot carry.
+            MessageTooLarge: the encoded message exceeds `max_bytes`.
+        """
+        try:
+            data = json.dumps(
+                self.to_dict(), separators=(",", ":"), ensure_ascii=False, allow_nan=False
+            ).encode()
+        except (TypeError, ValueError) as exc:
+            raise InvalidMessage(
+                f"message {self.id} of type {self.type!r} is not JSON-serializable: {exc}; "
+                "payload and metadata may hold only dict, list, str, int, float, bool and None"
+            ) from exc
+        if max_bytes is not None and len(data) > max_bytes:
+            raise MessageTooLarge(len(data), max_bytes)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Message:
+        """Validate untrusted data into a Message, raising `InvalidMessage` naming the field."""
+        if not isinstance(data, dict):
+            raise InvalidMessage(f"a message is a JSON object, got {type(data).__name__}")
+        unknown = set(data) - set(cls.__slots__)
+        if unknown:
+            raise InvalidMessage(f"unknown message field(s): {', '.join(sorted(unknown))}")
+        for name in ("id", "sender", "target", "trace_id", "reply_to", "correlation_id"):
+            value = data.get(name)
+            if value is not None and not isinstance(value, str):
+                raise InvalidMessage(f"message field {name!r} must be a string or null")
+        for name in ("target", "reply_to", "sender"):
+            value = data.get(name)
+            if value is not None:
+                try:
+                    parse_address(value)
+                except InvalidAddress as exc:
+                    raise InvalidMessage(f"message field {name!r}: {exc}") from exc
+        metadata = data.get("metadata")
+        if metadata is not None and not isinstance(metadata, dict):
+            raise InvalidMessage("message field 'metadata' must be a JSON object")
+        return cls(
+            data.get("type"),  # type: ignore[arg-type]  # checked in __init__
+            data.get("payload"),
+            id=data.get("id"),
+            sender=data.get("sender"),
+            target=data.get("target"),
+            created_at=_parse_timestamp(data.get("created_at")),
+            metadata=metadata,
+            trace_id=data.get("trace_id"),
+            reply_to=data.get("reply_to"),
+            correlation_id=data.get("correlation_id"),
+        )
+
+    @classmethod
+    def from_json(cls, raw: bytes | str, *, max_bytes: int | None = None) -> Message:
+        """Decode and validate a message from JSON text.
+
+        Raises:
+            MessageTooLarge: `raw` exceeds `max_bytes`.
+            InvalidMessage: not JSON, or not a valid message.
+        """
+        if max_bytes is not None and len(raw) > max_bytes:
+            raise MessageTooLarge(len(raw), max_bytes)
+        try:
+            data = json.loads(raw)
+        except ValueError as exc:
+            raise InvalidMessage(f"message is not valid JSON: {exc}") from exc
+        return cls.from_dict(data)
+
+
+def _parse_timestamp(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        parsed = value
+    elif isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError as exc:
+            raise InvalidMessage(f"'created_at' is not an ISO 8601 timestamp: {value!r}") from exc
+    else:
+        raise InvalidMessage("'created_at' must be an ISO 8601 string")
+    if parsed.tzinfo is None:
+        raise InvalidMessage("'created_at' must carry a timezone (for example '+00:00')")
+    return parsed.astimezone(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskError:
+    """Why a task failed: the exception type, its message, and whether a retry may help."""
+
+    type: str
+    message: str
+    retryable: bool = False
+
+    def to_dict(self) -> JSONObject:
+        return {"type": self.type, "message": self.message, "retryable": self.retryable}
+
+
+@dataclass(frozen=True, slots=True)
+class TaskResult:
+    """The outcome of a task; returned by a handler, it completes the task it names."""
+
+    task_id: str
+    status: Literal["succeeded", "failed"] = "succeeded"
+    result: Any = None
+    error: TaskError | None = None
+    metadata: JSONObject = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.status not in ("succeeded", "failed"):
+            raise InvalidMessage(
+                f"TaskResult status must be 'succeeded' or 'failed', got {self.status!r}"
+            )
+        if self.status == "failed" and self.error is None:
+            raise InvalidMessage("a failed TaskResult needs an error=TaskError(...)")
+
+    @classmethod
+    def succeeded(cls, task_id: str, result: Any = None) -> TaskResult:
+        return cls(task_id, "succeeded", result)
+
+    @classmethod
+    def failed(cls, task_id: str, error: TaskError) -> TaskResult:
+        return cls(task_id, "failed", None, error)
+
+    def to_dict(self) -> JSONObject:
+        return {
+            "task_id": self.task_id,
+            "status": self.status,
+            "result": self.result,
+            "error": self.error.to_dict() if self.error else None,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> TaskResult:
+        """Validate untrusted data into a TaskResult (raises `InvalidMessage`)."""
+        if not isinstance(data, dict) or not isinstance(data.get("task_id"), str):
+            raise InvalidMessage("a task result is an object with a string 'task_id'")
+        error = data.get("error")
+        task_error = None
+        if error is not None:
+            if not isinstance(error, dict) or not isinstance(error.get("type"), str):
+                raise InvalidMessage("task result 'error' needs 'type' and 'message' strings")
+            task_error = TaskError(
+                error["type"], str(error.get("message", "")), bool(error.get("retryable"))
+            )
+        return cls(data["task_id"], data.get("status", "succeeded"), data.get("result"), task_error)

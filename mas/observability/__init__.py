@@ -1,0 +1,5 @@
+"""Logs (structlog JSON), and later metrics and traces, that follow one request everywhere."""
+
+from mas.observability.logging import configure_logging
+
+__all__ = ["configure_logging"]

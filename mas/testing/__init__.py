@@ -1,0 +1,8 @@
+"""Test kit: a deterministic runtime, probes, fault injection and a pytest plugin."""
+
+from mas.testing.clock import ManualClock
+from mas.testing.faults import Crash, FaultPlan, crashing
+from mas.testing.probe import Probe
+from mas.testing.runtime import TestRuntime
+
+__all__ = ["Crash", "FaultPlan", "ManualClock", "Probe", "TestRuntime", "crashing"]

@@ -1,0 +1,55 @@
+"""TestRuntime: a Runtime for tests — manual clock, JSON on every hop, fault injection."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mas.actors.cell import AgentCell, LocalDelivery
+from mas.actors.clock import Clock
+from mas.actors.runtime import Runtime
+from mas.config import Settings
+from mas.messages import Message
+from mas.testing.clock import ManualClock
+from mas.testing.faults import FaultPlan
+from mas.transports.base import Transport
+
+__all__ = ["TestRuntime"]
+
+
+class TestRuntime(Runtime):
+    """A Runtime whose time is a `ManualClock` and whose messages all cross as JSON.
+
+    `await rt.settle()` returns when nothing is left to happen (jumping the clock over backoff
+    delays); `rt.faults` drops or duplicates deliveries; `rt.clock.advance(s)` moves time.
+    """
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        transport: Transport | None = None,
+        clock: Clock | None = None,
+        node_id: str | None = None,
+        **overrides: Any,
+    ) -> None:
+        if settings is None:
+            settings = Settings(serialize_messages=True, log_level="WARNING", **overrides)
+        elif overrides:
+            settings = settings.model_copy(update=overrides)
+        self.manual_clock = clock if isinstance(clock, ManualClock) else ManualClock()
+        super().__init__(
+            settings,
+            transport=transport,
+            clock=clock if clock is not None else self.manual_clock,
+            node_id=node_id,
+        )
+        self.faults = FaultPlan()
+
+    async def _deliver_local(self, cell: AgentCell, message: Message) -> None:
+        copies = self.faults.copies(message)
+        if self._serialize:
+            message = Message.from_json(message.to_json(max_bytes=self._max_bytes))
+        for _ in range(copies):
+            await cell.put(LocalDelivery(message, cell))

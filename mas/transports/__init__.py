@@ -1,0 +1,22 @@
+"""Transports: the seam between the runtime and the wire (see `base.Transport`)."""
+
+from mas.config import Settings
+from mas.errors import ConfigError
+from mas.transports.base import DeadLetter, Delivery, Transport, TransportNode
+
+__all__ = ["DeadLetter", "Delivery", "Transport", "TransportNode", "create_transport"]
+
+
+def create_transport(settings: Settings) -> Transport:
+    """The transport `MAS_TRANSPORT` names; broker clients are imported only when chosen."""
+    if settings.transport == "memory":
+        from mas.transports.memory import MemoryBroker, MemoryTransport
+
+        broker = MemoryBroker(
+            serialize=settings.serialize_messages, max_bytes=settings.message_max_bytes
+        )
+        return MemoryTransport(broker)
+    raise ConfigError(
+        f"MAS_TRANSPORT={settings.transport!r} is not available in this version of mas: "
+        "use MAS_TRANSPORT=memory"
+    )

@@ -1,0 +1,78 @@
+"""The transport protocol: how a runtime reaches agents it does not host.
+
+A runtime hands its transport the messages whose address it cannot serve locally, and the
+transport hands the runtime a `Delivery` for every message that arrives for an address the
+runtime subscribed to. A delivery is settled exactly once: `ack` after the handler finished
+and its effects were recorded, `retry` to try again after a delay, or `dead_letter`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Protocol, runtime_checkable
+
+from mas.actors.deadletters import DeadLetter
+from mas.messages import Message
+
+__all__ = ["DeadLetter", "Delivery", "Transport", "TransportNode"]
+
+
+class Delivery(Protocol):
+    """One received message, to be settled exactly once."""
+
+    message: Message
+    attempt: int
+
+    async def ack(self) -> None:
+        """The message was handled and its effects recorded: forget it."""
+
+    async def retry(self, delay: float) -> None:
+        """Deliver the message again after `delay` seconds with `attempt + 1`."""
+
+    async def dead_letter(self, letter: DeadLetter) -> None:
+        """Give up: move the message to the dead-letter queue with the reason."""
+
+
+class TransportNode(Protocol):
+    """What a transport needs from the runtime it serves."""
+
+    @property
+    def node_id(self) -> str: ...
+
+    def call_later(self, delay: float, job: Callable[[], Awaitable[None]]) -> None:
+        """Run `job()` after `delay` seconds of the runtime's clock, as a task it owns."""
+
+    async def receive(self, delivery: Delivery) -> None:
+        """Accept one delivery; returns once it is queued (may wait: back-pressure)."""
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """Carries messages between runtimes; the runtime never imports a concrete one."""
+
+    async def start(self, node: TransportNode) -> None:
+        """Connect and begin handing deliveries for this node's subscriptions to `node`."""
+
+    async def close(self) -> None:
+        """Stop consuming and disconnect; unsettled deliveries return to their queues."""
+
+    async def send(self, message: Message) -> None:
+        """Route `message` to `message.target` (agent, type, topic or reply address).
+
+        Raises:
+            UnknownAgent: no queue or subscriber exists for an agent/type address.
+            MessageTooLarge: the encoded message is over the cap.
+            TransportError: the broker could not take it.
+        """
+
+    async def subscribe_agent(self, agent_id: str, agent_type: str) -> None:
+        """Consume messages for `agent:<agent_id>` and, competing, for `type:<agent_type>`."""
+
+    async def unsubscribe_agent(self, agent_id: str, agent_type: str) -> None:
+        """Stop consuming for that agent (its queued messages stay for another node)."""
+
+    async def subscribe_topic(self, pattern: str) -> None:
+        """Receive every message published to a topic key matching `pattern`."""
+
+    async def unsubscribe_topic(self, pattern: str) -> None:
+        """Stop receiving a topic pattern."""
