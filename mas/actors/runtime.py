@@ -281,7 +281,8 @@ class Runtime:
         """Wait until no handler runs, no mailbox holds a message and no retry is pending.
 
         With a manual clock and `advance_clock`, pending backoff timers are jumped to, so that
-        everything that would eventually happen has happened when this returns.
+        everything that would eventually happen has happened when this returns; without
+        `advance_clock`, it returns once only timers are left.
 
         Raises:
             TimeoutError: still busy after `timeout` seconds (a handler that never returns).
@@ -294,11 +295,14 @@ class Runtime:
                     continue
                 if self._timers:
                     skip = getattr(self.clock, "skip_to_next_timer", None)
-                    if advance_clock and skip is not None and skip():
+                    if skip is None:
+                        await self._no_timers.wait()  # a real clock: the timers will fire
+                        continue
+                    if not advance_clock:
+                        return  # a manual clock the caller wants to move by hand
+                    if skip():
                         await asyncio.sleep(0)
                         continue
-                    await self._no_timers.wait()
-                    continue
                 await asyncio.sleep(0)  # let callbacks that were just scheduled run
                 if not self._tasks and not self._timers:
                     return

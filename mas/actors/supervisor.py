@@ -244,11 +244,14 @@ class Supervisor:
                 await each.suspend()
             runtime.restarts += 1
             settings = runtime.settings.supervisor
-            delay = backoff_delay(
-                self.intensity.recent - 1,
-                settings.backoff_base,
-                settings.backoff_max,
-                settings.jitter,
+            # The first restart in a window is immediate; restarts in a row back off.
+            in_a_row = self.intensity.recent - 1
+            delay = (
+                backoff_delay(
+                    in_a_row, settings.backoff_base, settings.backoff_max, settings.jitter
+                )
+                if in_a_row
+                else 0.0
             )
             _log.warning(
                 "agent_restarting",

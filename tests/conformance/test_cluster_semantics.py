@@ -1,0 +1,157 @@
+"""Actor semantics across nodes that share a transport; identical on every transport."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from mas import Agent, HandlerError, HandlerResult, Message, UnknownAgent
+from mas.testing import Probe, TestRuntime, crashing
+
+from .conftest import Cluster
+
+pytestmark = pytest.mark.anyio
+
+
+class Echo(Agent):
+    type = "echo"
+
+    async def handle_message(self, message: Message) -> HandlerResult:
+        return message.reply({"echo": message.payload, "by": self.id})
+
+
+async def settle_all(runtimes: list[TestRuntime]) -> None:
+    """Settle every node until a full pass finds nothing left to do anywhere."""
+    for _ in range(10):
+        busy_before = [rt.handled + rt.dead_letters.count for rt in runtimes]
+        for rt in runtimes:
+            await rt.settle()
+        if busy_before == [rt.handled + rt.dead_letters.count for rt in runtimes]:
+            return
+
+
+async def test_tell_reaches_an_agent_hosted_by_another_node(cluster: Cluster) -> None:
+    probe = Probe()
+    async with cluster(2) as (a, b):
+        await b.spawn(probe.agent(), id="remote")
+        await a.ref("remote").tell(Message("hello", {"from": "a"}))
+        await settle_all([a, b])
+    assert [(m.type, m.payload) for m in probe.messages] == [("hello", {"from": "a"})]
+
+
+async def test_ask_across_nodes_returns_the_reply(cluster: Cluster) -> None:
+    async with cluster(2) as (a, b):
+        await b.spawn(Echo, id="echo")
+        reply = await a.ask("agent:echo", Message("ping", {"n": 1}), timeout=2)
+    assert reply.payload == {"echo": {"n": 1}, "by": "echo"}
+    assert reply.correlation_id is not None
+
+
+async def test_type_address_spreads_work_over_the_nodes_hosting_that_type(cluster: Cluster) -> None:
+    seen: Counter[str] = Counter()
+
+    class Worker(Agent):
+        type = "worker"
+
+        async def handle_message(self, message: Message) -> HandlerResult:
+            seen[self.id] += 1
+            return None
+
+    async with cluster(3) as (gateway, w1, w2):
+        await w1.spawn(Worker, id="worker-1")
+        await w2.spawn(Worker, id="worker-2")
+        for n in range(10):
+            await gateway.tell("type:worker", Message("job", {"n": n}))
+        await settle_all([gateway, w1, w2])
+    assert sum(seen.values()) == 10
+    assert set(seen) == {"worker-1", "worker-2"}
+
+
+async def test_topic_broadcast_reaches_subscribers_on_every_node_once(cluster: Cluster) -> None:
+    got: list[tuple[str, int]] = []
+
+    class Listener(Agent):
+        type = "listener"
+        topics = ("news.*",)
+
+        async def handle_message(self, message: Message) -> HandlerResult:
+            got.append((self.id, message.payload["n"]))
+            return None
+
+    async with cluster(3) as (a, b, c):
+        await a.spawn(Listener, id="on-a")
+        await b.spawn(Listener, id="on-b")
+        await c.publish("news.today", Message("news", {"n": 1}))
+        await a.publish("news.today", Message("news", {"n": 2}))
+        await settle_all([a, b, c])
+    assert sorted(got) == [("on-a", 1), ("on-a", 2), ("on-b", 1), ("on-b", 2)]
+
+
+async def test_an_address_no_node_serves_is_an_error_and_a_dead_letter(cluster: Cluster) -> None:
+    async with cluster(2) as (a, _b):
+        with pytest.raises(UnknownAgent):
+            await a.ref("ghost").tell(Message("boo"))
+        assert a.dead_letters.by_reason["unknown_address"] == 1
+
+
+async def test_poison_message_from_another_node_fails_the_asker_after_retries(
+    cluster: Cluster,
+) -> None:
+    factory, counters = crashing(0, agent_type="poisoned", on_types=("poison",))
+    async with cluster(2) as (a, b):
+        await b.spawn(factory, id="p")
+        with pytest.raises(HandlerError) as caught:
+            await a.ask("agent:p", Message("poison"), timeout=5)
+        reply = await a.ask("agent:p", Message("fine", {"ok": 1}), timeout=5)
+    assert caught.value.attempts == 3
+    assert counters["crashes"] == 3
+    assert reply.payload == {"ok": 1}
+    assert b.dead_letters.by_reason["max_attempts"] == 1
+
+
+async def test_the_same_message_id_sent_twice_is_handled_once(cluster: Cluster) -> None:
+    probe = Probe()
+    async with cluster(2) as (a, b):
+        await b.spawn(probe.agent(), id="p")
+        await a.tell("agent:p", Message("charge", {"cents": 100}, id="payment-1"))
+        await a.tell("agent:p", Message("charge", {"cents": 100}, id="payment-1"))
+        await settle_all([a, b])
+        assert b.duplicates == 1
+    assert len(probe.messages) == 1
+
+
+async def test_messages_from_one_sender_keep_their_order_across_nodes(cluster: Cluster) -> None:
+    probe = Probe()
+    async with cluster(2) as (a, b):
+        await b.spawn(probe.agent(), id="p")
+        for n in range(100):
+            await a.tell("agent:p", Message("seq", {"n": n}))
+        await settle_all([a, b])
+    assert [m.payload["n"] for m in probe.messages] == list(range(100))
+
+
+async def test_one_activation_per_agent_id_with_failover_to_a_standby(cluster: Cluster) -> None:
+    handled_by: list[str] = []
+
+    def make(node: str) -> type[Agent]:
+        class Singleton(Agent):
+            type = "singleton"
+
+            async def handle_message(self, message: Message) -> HandlerResult:
+                handled_by.append(node)
+                return None
+
+        return Singleton
+
+    async with cluster(3) as (client, first, standby):
+        await first.spawn(make("first"), id="the-one")
+        await standby.spawn(make("standby"), id="the-one")
+        for _ in range(3):
+            await client.tell("agent:the-one", Message("work"))
+        await settle_all([client, first, standby])
+        assert handled_by == ["first"] * 3
+        await first.shutdown()  # the active consumer leaves
+        await client.tell("agent:the-one", Message("work"))
+        await settle_all([client, standby])
+    assert handled_by == ["first"] * 3 + ["standby"]

@@ -1,0 +1,258 @@
+"""One agent's processing: activation, ordering, retries, dead letters, overflow, idempotency."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from mas import (
+    Agent,
+    HandlerError,
+    HandlerResult,
+    MailboxFull,
+    Message,
+    TaskResult,
+)
+from mas.testing import ManualClock, Probe, TestRuntime, crashing
+
+pytestmark = pytest.mark.anyio
+
+
+class Gate(Agent):
+    """Blocks in its handler until the test opens the gate; counts concurrency."""
+
+    type = "gate"
+    opened: asyncio.Event
+    entered: asyncio.Event
+    running = 0
+    max_running = 0
+    seen: list[str]
+
+    async def handle_message(self, message: Message) -> HandlerResult:
+        cls = type(self)
+        cls.running += 1
+        cls.max_running = max(cls.max_running, cls.running)
+        cls.entered.set()
+        await cls.opened.wait()
+        cls.seen.append(str(message.payload.get("n")))
+        cls.running -= 1
+        return None
+
+
+def fresh_gate() -> type[Gate]:
+    class FreshGate(Gate):
+        opened = asyncio.Event()
+        entered = asyncio.Event()
+        running = 0
+        max_running = 0
+        seen: list[str] = []
+
+    return FreshGate
+
+
+async def test_an_idle_agent_holds_no_task_until_a_message_arrives() -> None:
+    probe = Probe()
+    async with TestRuntime() as rt:
+        ref = await rt.spawn(probe.agent(), id="idle")
+        cell = rt.local_cell("idle")
+        assert cell is not None
+        assert not cell.busy
+        assert not rt._tasks
+        await ref.tell(Message("wake"))
+        assert cell.busy  # activated by the message
+        await rt.settle()
+        assert not cell.busy
+        assert probe.types == ["wake"]
+
+
+async def test_one_agent_handles_one_message_at_a_time_in_order() -> None:
+    gate = fresh_gate()
+    async with TestRuntime() as rt:
+        ref = await rt.spawn(gate, id="g")
+        for n in range(5):
+            await ref.tell(Message("work", {"n": n}))
+        await asyncio.wait_for(gate.entered.wait(), 1)
+        gate.opened.set()
+        await rt.settle()
+    assert gate.max_running == 1
+    assert gate.seen == ["0", "1", "2", "3", "4"]
+
+
+async def test_messages_from_one_sender_arrive_in_send_order() -> None:
+    probe = Probe()
+
+    class Sender(Agent):
+        async def handle_message(self, message: Message) -> HandlerResult:
+            return [Message("seq", {"n": n}, target="agent:sink") for n in range(50)]
+
+    async with TestRuntime() as rt:
+        await rt.spawn(probe.agent(), id="sink")
+        await rt.spawn(Sender, id="sender")
+        await rt.tell("agent:sender", Message("go"))
+        await rt.settle()
+    assert [m.payload["n"] for m in probe.messages] == list(range(50))
+    assert {m.sender for m in probe.messages} == {"agent:sender"}
+
+
+async def test_a_poison_message_is_retried_then_dead_lettered_with_error_and_attempts() -> None:
+    factory, counters = crashing(0, agent_type="poisoned", on_types=("poison",))
+    async with TestRuntime() as rt:
+        ref = await rt.spawn(factory, id="p")
+        async with rt.dead_letters.subscribe() as letters:
+            await ref.tell(Message("poison", {"id": 1}))
+            await ref.tell(Message("fine"))
+            letter = await asyncio.wait_for(letters.get(), 2)
+        await rt.settle()
+        assert letter.reason == "max_attempts"
+        assert letter.attempts == 3
+        assert letter.error_type == "Crash"
+        assert letter.message.payload == {"id": 1}
+        assert counters["crashes"] == 3
+        assert counters["handled"] == 1  # other messages keep flowing
+        assert rt.dead_letters.count == 1
+
+
+async def test_retries_wait_an_exponential_backoff_on_the_runtime_clock() -> None:
+    clock = ManualClock(autojump=False)
+    factory, counters = crashing(2, agent_type="flaky")
+    settings = {"retry": {"max_attempts": 3, "base_delay": 1.0, "jitter": 0.0}}
+    async with TestRuntime(clock=clock, **settings) as rt:
+        await rt.spawn(factory, id="f")
+        await rt.tell("agent:f", Message("job"))
+        await rt.settle(advance_clock=False)
+        assert counters["crashes"] == 1
+        clock.advance(0.99)
+        await rt.settle(advance_clock=False)
+        assert counters["crashes"] == 1  # not before 1s
+        clock.advance(0.01)
+        await rt.settle(advance_clock=False)
+        assert counters["crashes"] == 2
+        clock.advance(1.99)  # second retry waits 2s
+        await rt.settle(advance_clock=False)
+        assert counters["handled"] == 0
+        clock.advance(0.01)
+        await rt.settle(advance_clock=False)
+        assert counters["handled"] == 1
+
+
+async def test_ask_raises_handler_error_when_every_attempt_failed() -> None:
+    factory, _ = crashing(99, agent_type="broken")
+    async with TestRuntime() as rt:
+        ref = await rt.spawn(factory, id="b")
+        with pytest.raises(HandlerError) as caught:
+            await ref.ask(Message("q"), timeout=2)
+        assert caught.value.attempts == 3
+        assert caught.value.error_type == "Crash"
+
+
+async def test_wrong_handler_return_type_is_a_type_error_naming_the_agent() -> None:
+    class Wrong(Agent):
+        async def handle_message(self, message: Message) -> HandlerResult:
+            return "not a message"  # type: ignore[return-value]
+
+    async with TestRuntime(retry={"max_attempts": 1}) as rt:
+        ref = await rt.spawn(Wrong, id="wrong")
+        with pytest.raises(HandlerError) as caught:
+            await ref.ask(Message("q"), timeout=2)
+        assert caught.value.error_type == "HandlerReturnError"
+        assert "'wrong'" in caught.value.error_message
+        assert "str" in caught.value.error_message
+        letter = rt.dead_letters.recent[-1]
+        assert letter.error_type == "HandlerReturnError"
+
+
+async def test_a_duplicate_message_id_is_handled_once_and_its_reply_resent() -> None:
+    calls = {"n": 0}
+
+    class Counter(Agent):
+        async def handle_message(self, message: Message) -> HandlerResult:
+            calls["n"] += 1
+            return message.reply({"n": calls["n"]})
+
+    async with TestRuntime() as rt:
+        ref = await rt.spawn(Counter, id="c")
+        first = await ref.ask(Message("inc", id="fixed-id"), timeout=1)
+        again = await ref.ask(Message("inc", id="fixed-id"), timeout=1)
+        assert calls["n"] == 1
+        assert again.payload == first.payload == {"n": 1}
+        assert rt.duplicates == 1
+
+
+async def test_an_injected_duplicate_delivery_is_handled_once() -> None:
+    probe = Probe()
+    async with TestRuntime() as rt:
+        await rt.spawn(probe.agent(), id="p")
+        rt.faults.duplicate_next("pay")
+        await rt.tell("agent:p", Message("pay", {"amount": 5}))
+        await rt.settle()
+        assert probe.types == ["pay"]
+        assert rt.duplicates == 1
+
+
+async def test_reject_policy_raises_mailbox_full_to_the_sender() -> None:
+    gate = fresh_gate()
+    async with TestRuntime() as rt:
+        ref = await rt.spawn(gate, id="r", mailbox_capacity=2, overflow="reject")
+        await ref.tell(Message("w", {"n": 0}))
+        await asyncio.wait_for(gate.entered.wait(), 1)  # handler busy, mailbox empty
+        await ref.tell(Message("w", {"n": 1}))
+        await ref.tell(Message("w", {"n": 2}))
+        with pytest.raises(MailboxFull) as caught:
+            await ref.tell(Message("w", {"n": 3}))
+        assert caught.value.capacity == 2
+        gate.opened.set()
+        await rt.settle()
+    assert gate.seen == ["0", "1", "2"]
+
+
+async def test_drop_oldest_policy_dead_letters_the_dropped_message() -> None:
+    gate = fresh_gate()
+    async with TestRuntime() as rt:
+        ref = await rt.spawn(gate, id="d", mailbox_capacity=2, overflow="drop_oldest")
+        await ref.tell(Message("w", {"n": 0}))
+        await asyncio.wait_for(gate.entered.wait(), 1)
+        for n in (1, 2, 3):
+            await ref.tell(Message("w", {"n": n}))
+        gate.opened.set()
+        await rt.settle()
+        assert rt.dead_letters.by_reason["mailbox_overflow"] == 1
+        assert rt.dead_letters.recent[-1].message.payload == {"n": 1}
+    assert gate.seen == ["0", "2", "3"]
+
+
+async def test_block_policy_makes_the_sender_wait_for_room() -> None:
+    gate = fresh_gate()
+    async with TestRuntime() as rt:
+        ref = await rt.spawn(gate, id="b", mailbox_capacity=1, overflow="block")
+        await ref.tell(Message("w", {"n": 0}))
+        await asyncio.wait_for(gate.entered.wait(), 1)
+        await ref.tell(Message("w", {"n": 1}))  # fills the mailbox
+        blocked = asyncio.create_task(ref.tell(Message("w", {"n": 2})))
+        done, _ = await asyncio.wait({blocked}, timeout=0.05)
+        assert not done  # back-pressure: the sender waits while the mailbox is full
+        gate.opened.set()
+        await asyncio.wait_for(blocked, 1)
+        await rt.settle()
+    assert gate.seen == ["0", "1", "2"]
+
+
+async def test_task_result_completes_the_task_and_answers_the_asker() -> None:
+    completed: list[TaskResult] = []
+
+    class Worker(Agent):
+        async def handle_message(self, message: Message) -> HandlerResult:
+            assert message.task_id is not None
+            return TaskResult.succeeded(message.task_id, {"sum": sum(message.payload["xs"])})
+
+    async def on_result(result: TaskResult, message: Message) -> None:
+        completed.append(result)
+
+    async with TestRuntime() as rt:
+        rt.add_task_listener(on_result)
+        ref = await rt.spawn(Worker, id="w")
+        reply = await ref.ask(Message("add", {"xs": [1, 2]}, metadata={"task_id": "t1"}), timeout=1)
+        assert reply.type == "mas.task_result"
+        assert reply.payload["status"] == "succeeded"
+        assert reply.payload["result"] == {"sum": 3}
+    assert [r.task_id for r in completed] == ["t1"]

@@ -1,0 +1,281 @@
+"""The runtime: routing, ask, errors at the call site, death watch, traces, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from mas import (
+    Agent,
+    AgentStartError,
+    AgentStopped,
+    AskTimeout,
+    ConfigError,
+    DuplicateAgent,
+    HandlerResult,
+    InvalidAddress,
+    InvalidMessage,
+    Message,
+    MessageTooLarge,
+    Runtime,
+    RuntimeNotRunning,
+    Settings,
+    Terminated,
+    UnknownAgent,
+)
+from mas.testing import Probe, TestRuntime
+
+pytestmark = pytest.mark.anyio
+
+
+class Echo(Agent):
+    type = "echo"
+
+    async def handle_message(self, message: Message) -> HandlerResult:
+        return message.reply(dict(message.payload))
+
+
+class Silent(Agent):
+    type = "silent"
+
+    async def handle_message(self, message: Message) -> HandlerResult:
+        return None
+
+
+class Stuck(Agent):
+    """Never finishes a handler unless cancelled."""
+
+    type = "stuck"
+    entered = asyncio.Event()
+
+    async def handle_message(self, message: Message) -> HandlerResult:
+        Stuck.entered.set()
+        await asyncio.Event().wait()
+        return None
+
+
+async def test_the_quickstart_from_the_design_works_with_defaults() -> None:
+    class Greeter(Agent):
+        type = "greeter"
+
+        async def handle_message(self, message: Message) -> Message:
+            return message.reply(payload={"text": f"hello {message.payload['name']}"})
+
+    async with Runtime() as rt:
+        ref = await rt.spawn(Greeter, id="g1")
+        reply = await ref.ask(Message(type="greet", payload={"name": "ada"}), timeout=1)
+    assert reply.payload["text"] == "hello ada"
+    assert reply.sender == "agent:g1"
+
+
+async def test_ask_times_out_with_ask_timeout_which_is_a_timeout_error() -> None:
+    async with TestRuntime() as rt:
+        ref = await rt.spawn(Silent, id="s")
+        with pytest.raises(AskTimeout) as caught:
+            await ref.ask(Message("q"), timeout=0.05)
+        assert isinstance(caught.value, TimeoutError)
+        assert caught.value.address == "agent:s"
+
+
+async def test_ask_to_a_stopped_agent_raises_agent_stopped() -> None:
+    async with TestRuntime() as rt:
+        ref = await rt.spawn(Echo, id="e")
+        await ref.stop()
+        with pytest.raises(AgentStopped):
+            await ref.ask(Message("q"), timeout=1)
+        with pytest.raises(AgentStopped):
+            await ref.tell(Message("q"))
+
+
+async def test_a_pending_ask_fails_when_its_agent_stops() -> None:
+    Stuck.entered = asyncio.Event()
+    async with TestRuntime(shutdown_timeout=0.05) as rt:
+        stuck = await rt.spawn(Stuck, id="stuck")
+        await stuck.tell(Message("block"))
+        await asyncio.wait_for(Stuck.entered.wait(), 1)
+        pending = asyncio.create_task(stuck.ask(Message("queued"), timeout=5))
+        await asyncio.wait({pending}, timeout=0.01)
+        await stuck.stop()  # cancels the stuck handler after 0.05s, dead-letters the queue
+        with pytest.raises(AgentStopped):
+            await asyncio.wait_for(pending, 2)
+
+
+async def test_unknown_address_raises_and_is_counted_as_a_dead_letter() -> None:
+    async with TestRuntime() as rt:
+        with pytest.raises(UnknownAgent) as caught:
+            await rt.tell("agent:nobody", Message("hello"))
+        assert "spawn it first" in str(caught.value)
+        with pytest.raises(UnknownAgent):
+            await rt.tell("type:no_such_type", Message("hello"))
+        assert rt.dead_letters.by_reason["unknown_address"] == 2
+
+
+async def test_bad_addresses_are_rejected_at_the_call_site() -> None:
+    async with TestRuntime() as rt:
+        for bad in ("nobody", "agent:", "queue:x", "topic:a.*"):
+            with pytest.raises(InvalidAddress):
+                await rt.tell(bad, Message("hello"))
+
+
+async def test_duplicate_agent_id_is_a_typed_error() -> None:
+    async with TestRuntime() as rt:
+        await rt.spawn(Echo, id="same")
+        with pytest.raises(DuplicateAgent, match="choose another id"):
+            await rt.spawn(Echo, id="same")
+
+
+async def test_a_failing_start_is_raised_from_spawn_and_frees_the_id() -> None:
+    class Broken(Agent):
+        async def start(self) -> None:
+            raise OSError("no database")
+
+    async with TestRuntime() as rt:
+        with pytest.raises(AgentStartError, match="no database"):
+            await rt.spawn(Broken, id="b")
+        assert rt.local_cell("b") is None
+        await rt.spawn(Echo, id="b")
+
+
+async def test_spawn_refuses_something_that_is_not_an_agent() -> None:
+    async with TestRuntime() as rt:
+        with pytest.raises(ConfigError, match="Agent"):
+            await rt.spawn(lambda: object(), id="x")  # type: ignore[arg-type, return-value]
+
+
+async def test_using_a_runtime_that_is_not_started_is_a_clear_error() -> None:
+    rt = Runtime(Settings(log_level="CRITICAL"))
+    with pytest.raises(RuntimeNotRunning, match="async with Runtime"):
+        await rt.spawn(Echo)
+
+
+async def test_tell_after_shutdown_is_refused() -> None:
+    async with TestRuntime() as rt:
+        await rt.spawn(Echo, id="e")
+    with pytest.raises(RuntimeNotRunning):
+        await rt.tell("agent:e", Message("late"))
+
+
+async def test_non_json_payload_breaks_in_tests_as_it_would_on_the_wire() -> None:
+    async with TestRuntime() as rt:
+        ref = await rt.spawn(Echo, id="e")
+        with pytest.raises(InvalidMessage, match="JSON"):
+            await ref.tell(Message("bad", {"when": object()}))
+
+
+async def test_a_message_over_the_size_cap_is_refused() -> None:
+    async with TestRuntime(message_max_bytes=1024) as rt:
+        ref = await rt.spawn(Echo, id="e")
+        with pytest.raises(MessageTooLarge, match="1024"):
+            await ref.tell(Message("big", {"blob": "x" * 2000}))
+
+
+async def test_type_addressing_balances_across_live_agents_of_that_type() -> None:
+    probe = Probe()
+    async with TestRuntime() as rt:
+        for n in range(3):
+            await rt.spawn(probe.agent("worker"), id=f"w{n}")
+        for _ in range(9):
+            await rt.tell("type:worker", Message("job"))
+        await rt.settle()
+        handled_by = [rt.local_cell(f"w{n}") for n in range(3)]
+        assert all(cell is not None for cell in handled_by)
+    assert len(probe.messages) == 9
+
+
+async def test_topic_publish_reaches_every_matching_subscriber_once() -> None:
+    probe = Probe()
+
+    class Audit(Agent):
+        type = "audit"
+        topics = ("orders.#",)
+
+        async def handle_message(self, message: Message) -> HandlerResult:
+            probe.messages.append(message)
+            return None
+
+    async with TestRuntime() as rt:
+        await rt.spawn(Audit, id="audit")
+        created = await rt.spawn(probe.agent("created"), id="created")
+        cell = rt.local_cell(created.id)
+        assert cell is not None
+        await cell.ctx.subscribe("orders.created")
+        await cell.ctx.subscribe("orders.*")  # overlapping patterns: still one delivery
+        await rt.publish("orders.created", Message("evt", {"n": 1}))
+        await rt.publish("orders.paid.late", Message("evt", {"n": 2}))
+        await rt.publish("users.created", Message("evt", {"n": 3}))
+        await rt.settle()
+    received = sorted((m.payload["n"], m.target) for m in probe.messages)
+    assert received == [
+        (1, "topic:orders.created"),
+        (1, "topic:orders.created"),
+        (2, "topic:orders.paid.late"),
+    ]
+
+
+async def test_death_watch_delivers_terminated() -> None:
+    probe = Probe()
+    async with TestRuntime() as rt:
+        watcher = await rt.spawn(probe.agent("watcher"), id="watcher")
+        watched = await rt.spawn(Echo, id="watched")
+        watched.watch(watcher)
+        await watched.stop()
+        await rt.settle()
+        assert probe.types == [Terminated.TYPE]
+        notice = Terminated.from_message(probe.messages[0])
+        assert notice.agent_id == "watched"
+        assert notice.reason == "stopped"
+
+
+async def test_trace_id_is_created_and_carried_onto_messages_sent_while_handling() -> None:
+    probe = Probe()
+
+    class Relay(Agent):
+        async def handle_message(self, message: Message) -> HandlerResult:
+            await self.ctx.send("agent:sink", Message("via_ctx"))
+            return Message("via_return", target="agent:sink")
+
+    async with TestRuntime() as rt:
+        await rt.spawn(probe.agent(), id="sink")
+        await rt.spawn(Relay, id="relay")
+        await rt.tell("agent:relay", Message("start"))
+        await rt.settle()
+        traced = Message("start", trace_id="abc123")
+        await rt.tell("agent:relay", traced)
+        await rt.settle()
+    first, second = probe.messages[:2], probe.messages[2:]
+    assert first[0].trace_id is not None
+    assert first[0].trace_id == first[1].trace_id
+    assert [m.trace_id for m in second] == ["abc123", "abc123"]
+    assert {m.sender for m in probe.messages} == {"agent:relay"}
+
+
+async def test_shutdown_drains_queued_and_in_flight_messages() -> None:
+    handled: list[int] = []
+    release = asyncio.Event()
+
+    class Slow(Agent):
+        async def handle_message(self, message: Message) -> HandlerResult:
+            await release.wait()
+            handled.append(message.payload["n"])
+            return None
+
+    async with Runtime(Settings(log_level="CRITICAL", shutdown_timeout=5)) as rt:
+        ref = await rt.spawn(Slow, id="slow")
+        for n in range(5):
+            await ref.tell(Message("w", {"n": n}))
+        asyncio.get_running_loop().call_soon(release.set)
+    assert handled == [0, 1, 2, 3, 4]
+    assert rt.dead_letters.count == 0
+
+
+async def test_shutdown_timeout_cancels_a_stuck_handler_and_dead_letters_what_is_left() -> None:
+    Stuck.entered = asyncio.Event()
+    async with TestRuntime(shutdown_timeout=0.05) as rt:
+        ref = await rt.spawn(Stuck, id="stuck")
+        await ref.tell(Message("first"))
+        await ref.tell(Message("second"))
+        await asyncio.wait_for(Stuck.entered.wait(), 1)
+    letters = [(d.message.type, d.reason) for d in rt.dead_letters.recent]
+    # Nothing is lost: the interrupted message and the queued one are both dead letters.
+    assert letters == [("first", "agent_stopped"), ("second", "agent_stopped")]
