@@ -250,7 +250,7 @@ class Message:
             data = json.dumps(
                 self.to_dict(), separators=(",", ":"), ensure_ascii=False, allow_nan=False
             ).encode()
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RecursionError) as exc:
             raise InvalidMessage(
                 f"message {self.id} of type {self.type!r} is not JSON-serializable: {exc}; "
                 "payload and metadata may hold only dict, list, str, int, float, bool and None"
@@ -302,11 +302,13 @@ class Message:
             MessageTooLarge: `raw` exceeds `max_bytes`.
             InvalidMessage: not JSON, or not a valid message.
         """
-        if max_bytes is not None and len(raw) > max_bytes:
-            raise MessageTooLarge(len(raw), max_bytes)
+        if max_bytes is not None:
+            size = len(raw.encode() if isinstance(raw, str) else raw)
+            if size > max_bytes:
+                raise MessageTooLarge(size, max_bytes)
         try:
             data = json.loads(raw)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise InvalidMessage(f"message is not valid JSON: {exc}") from exc
         return cls.from_dict(data)
 
@@ -372,6 +374,7 @@ class TaskResult:
             "status": self.status,
             "result": self.result,
             "error": self.error.to_dict() if self.error else None,
+            "metadata": self.metadata,
         }
 
     @classmethod
@@ -387,4 +390,13 @@ class TaskResult:
             task_error = TaskError(
                 error["type"], str(error.get("message", "")), bool(error.get("retryable"))
             )
-        return cls(data["task_id"], data.get("status", "succeeded"), data.get("result"), task_error)
+        metadata = data.get("metadata") or {}
+        if not isinstance(metadata, dict):
+            raise InvalidMessage("task result 'metadata' must be an object")
+        return cls(
+            data["task_id"],
+            data.get("status", "succeeded"),
+            data.get("result"),
+            task_error,
+            metadata,
+        )

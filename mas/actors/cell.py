@@ -96,7 +96,7 @@ class AgentCell:
         agent_type: str,
         factory: AgentFactory,
         restart: Restart,
-        mailbox: Mailbox[Delivery],
+        mailbox: Mailbox[Message | Delivery],
         retry: RetryPolicy,
         shutdown_timeout: float,
     ) -> None:
@@ -147,8 +147,11 @@ class AgentCell:
 
     # -- receiving ---------------------------------------------------------------------------
 
-    async def put(self, delivery: Delivery) -> None:
-        """Queue a delivery (waits when full under `block`); activates the agent if idle.
+    async def put(self, item: Message | Delivery) -> None:
+        """Queue a message (waits when full under `block`); activates the agent if idle.
+
+        A bare `Message` is a first local attempt (nothing to settle); anything that must be
+        acknowledged, retried or counted comes wrapped in a `Delivery`.
 
         Raises:
             AgentStopped: the agent has stopped.
@@ -159,13 +162,18 @@ class AgentCell:
         mailbox = self.mailbox
         items = mailbox._items
         if items is not None and len(items) < mailbox.capacity:
-            items.append(delivery)
+            items.append(item)
         else:
-            dropped = await mailbox.put(delivery)
+            dropped = await mailbox.put(item)
             if dropped is not None:
-                await self.runtime.dead_letter(dropped, "mailbox_overflow", agent_id=self.id)
+                await self.runtime.dead_letter(
+                    self.as_delivery(dropped), "mailbox_overflow", agent_id=self.id
+                )
         if not self._active and self.status is RUNNING:
             self._activate()
+
+    def as_delivery(self, item: Message | Delivery) -> Delivery:
+        return LocalDelivery(item, self) if type(item) is Message else item  # type: ignore[return-value]
 
     async def requeue(self, delivery: Delivery) -> None:
         """Put a retried delivery back; it was admitted once, so capacity does not apply."""
@@ -183,49 +191,65 @@ class AgentCell:
     # -- processing --------------------------------------------------------------------------
 
     async def _drain(self) -> None:
+        """Handle queued messages one at a time until the mailbox is empty.
+
+        This loop is the per-message fast path: a first-attempt local message costs a
+        popleft, a dedupe lookup, the handler call and an insert into the dedupe window.
+        """
         mailbox = self.mailbox
+        runtime = self.runtime
         try:
             while self.status is RUNNING:
-                delivery = mailbox.get_nowait()
-                if delivery is None:
+                items = mailbox._items
+                if not items:
                     return
-                await self._handle(delivery)
+                item = items.popleft()
+                if mailbox._putters:
+                    mailbox._wake_putter()
+                if type(item) is Message:
+                    message, delivery = item, None
+                else:
+                    delivery = item  # type: ignore[assignment]
+                    message = delivery.message  # type: ignore[union-attr]
+                message_id = message.id
+                seen = self._seen
+                if seen is not None and (message_id in seen or message_id in self._seen_old):  # type: ignore[operator]
+                    await self._duplicate(message, delivery)
+                    continue
+                instance = self.instance
+                assert instance is not None  # RUNNING implies an instance
+                self.current = message
+                started = time.perf_counter() if runtime.log_messages else 0.0
+                try:
+                    result = await instance.handle_message(message)
+                    reply = (
+                        None
+                        if result is None
+                        else await runtime.dispatch_result(self, message, result)
+                    )
+                except asyncio.CancelledError:
+                    # Cancelled mid-handler (shutdown timeout): keep it, it was not handled.
+                    mailbox.put_front(item)
+                    raise
+                except Exception as exc:
+                    self._idle()
+                    await self._failed(delivery or LocalDelivery(message, self), exc)
+                else:
+                    self.current = None
+                    if self._idle_waiters:
+                        self._idle()
+                    self._remember(message_id, reply)
+                    runtime.handled += 1
+                    if delivery is not None:
+                        await delivery.ack()
+                    if started:
+                        runtime.log_handled(self, message, time.perf_counter() - started)
                 if self.stop_requested:
                     self.stop_requested = False
                     await self.supervisor.child_exited(self)
         finally:
             self._active = False
             self._task = None
-
-    async def _handle(self, delivery: Delivery) -> None:
-        message = delivery.message
-        message_id = message.id
-        seen = self._seen
-        if seen is not None and (message_id in seen or message_id in self._seen_old):  # type: ignore[operator]
-            await self._duplicate(delivery)
-            return
-        runtime = self.runtime
-        instance = self.instance
-        assert instance is not None  # RUNNING implies an instance
-        self.current = message
-        started = time.perf_counter() if runtime.log_messages else 0.0
-        try:
-            result = await instance.handle_message(message)
-            reply = None if result is None else await runtime.dispatch_result(self, message, result)
-        except asyncio.CancelledError:
-            # Cancelled mid-handler (shutdown timeout): keep the message, it was not handled.
-            self.mailbox.put_front(delivery)
-            raise
-        except Exception as exc:
-            self._idle()
-            await self._failed(delivery, exc)
-            return
-        self._idle()
-        self._remember(message_id, reply)
-        runtime.handled += 1
-        await delivery.ack()
-        if started:
-            runtime.log_handled(self, message, time.perf_counter() - started, "succeeded")
 
     def _idle(self) -> None:
         self.current = None
@@ -250,8 +274,7 @@ class AgentCell:
             self._seen_old = seen
             self._seen = {}
 
-    async def _duplicate(self, delivery: Delivery) -> None:
-        message = delivery.message
+    async def _duplicate(self, message: Message, delivery: Delivery | None) -> None:
         seen, old = self._seen, self._seen_old
         assert seen is not None and old is not None
         reply = seen[message.id] if message.id in seen else old[message.id]
@@ -265,7 +288,8 @@ class AgentCell:
         )
         if reply is not None:
             await self.runtime.resend_reply(reply)
-        await delivery.ack()
+        if delivery is not None:
+            await delivery.ack()
 
     async def _failed(self, delivery: Delivery, exc: Exception) -> None:
         runtime = self.runtime
@@ -375,8 +399,8 @@ class AgentCell:
         await self.wait_idle(self.shutdown_timeout)
         await self.stop_instance()
         runtime = self.runtime
-        for delivery in self.mailbox.close():
-            await runtime.dead_letter(delivery, "agent_stopped", agent_id=self.id)
+        for item in self.mailbox.close():
+            await runtime.dead_letter(self.as_delivery(item), "agent_stopped", agent_id=self.id)
         await runtime.unregister(self)
         log = _log.debug if reason == "shutdown" else _log.info
         log("agent_stopped", agent_id=self.id, agent_type=self.agent_type, reason=reason)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from mas.actors.cell import RUNNING
 from mas.errors import AgentStopped, MasError
 from mas.messages import Message
 
@@ -52,6 +53,19 @@ class AgentRef:
             MailboxFull: its mailbox is full and its policy is `reject`.
             UnknownAgent: (remote refs) no node hosts the agent.
         """
+        cell = self._cell
+        if cell is not None and self._runtime.fast_path:
+            # The common case, kept short: a local, running agent with room in its mailbox.
+            target = message.target
+            if target is None or target == self.address:
+                mailbox = cell.mailbox
+                items = mailbox._items
+                if items is not None and len(items) < mailbox.capacity and cell.status is RUNNING:
+                    message.target = self.address
+                    items.append(message)
+                    if not cell._active:
+                        cell._activate()
+                    return
         await self._runtime.tell(self, message)
 
     async def ask(self, message: Message, timeout: float) -> Message:

@@ -138,6 +138,9 @@ class Runtime:
         self._autojump_scheduled = False
         self._state = "new"
         self._accepting = False
+        # True while a local tell may skip straight into a mailbox: running, no JSON
+        # round trip, and no subclass hook (the test kit's fault injection) on delivery.
+        self.fast_path = False
         self._failure: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._no_tasks: asyncio.Event | None = None
@@ -180,6 +183,7 @@ class Runtime:
         await self.transport.start(self)
         self._state = "running"
         self._accepting = True
+        self.fast_path = not self._serialize and type(self)._deliver_local is Runtime._deliver_local
         _log.info("runtime_started", node_id=self._node_id, transport=type(self.transport).__name__)
 
     async def __aenter__(self) -> Runtime:
@@ -247,6 +251,7 @@ class Runtime:
             return
         self._state = "stopping"
         self._accepting = False
+        self.fast_path = False
         timeout = self.settings.shutdown_timeout if timeout is None else timeout
         _log.info("runtime_stopping", node_id=self._node_id, timeout=timeout)
         with anyio.move_on_after(timeout):
@@ -581,7 +586,7 @@ class Runtime:
     async def _deliver_local(self, cell: AgentCell, message: Message) -> None:
         if self._serialize:
             message = Message.from_json(message.to_json(max_bytes=self._max_bytes))
-        await cell.put(LocalDelivery(message, cell))
+        await cell.put(message)
 
     async def _route(self, message: Message) -> None:
         target = message.target
@@ -645,12 +650,12 @@ class Runtime:
         fanout = _FanoutDelivery(parent, len(cells)) if parent is not None else None
         for cell in cells:
             copy = Message.from_json(message.to_json()) if self._serialize else message
-            delivery = _TopicDelivery(copy, cell, fanout) if fanout else LocalDelivery(copy, cell)
+            item: Message | Delivery = _TopicDelivery(copy, cell, fanout) if fanout else copy
             try:
-                await cell.put(delivery)
+                await cell.put(item)
             except (AgentStopped, MailboxFull) as exc:
                 reason = "agent_stopped" if isinstance(exc, AgentStopped) else "mailbox_overflow"
-                await self.dead_letter(delivery, reason, agent_id=cell.id, error=exc)
+                await self.dead_letter(cell.as_delivery(item), reason, agent_id=cell.id, error=exc)
         return len(cells)
 
     def _resolve_reply(self, message: Message) -> None:
@@ -826,7 +831,7 @@ class Runtime:
             )
             await self.notify(message.reply_to, notice)
 
-    def log_handled(self, cell: AgentCell, message: Message, duration: float, status: str) -> None:
+    def log_handled(self, cell: AgentCell, message: Message, duration: float) -> None:
         structlog.get_logger("mas.cell").debug(
             "message_handled",
             agent_id=cell.id,
@@ -834,7 +839,7 @@ class Runtime:
             message_type=message.type,
             trace_id=self.ensure_trace(message),
             duration=round(duration, 6),
-            status=status,
+            status="succeeded",
         )
 
 

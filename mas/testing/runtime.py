@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mas.actors.cell import AgentCell, LocalDelivery
+from mas.actors.cell import AgentCell
 from mas.actors.clock import Clock
 from mas.actors.runtime import Runtime
 from mas.config import Settings
@@ -35,7 +35,8 @@ class TestRuntime(Runtime):
         **overrides: Any,
     ) -> None:
         if settings is None:
-            settings = Settings(serialize_messages=True, log_level="WARNING", **overrides)
+            defaults: dict[str, Any] = {"serialize_messages": True, "log_level": "WARNING"}
+            settings = Settings(**(defaults | overrides))
         elif overrides:
             settings = settings.model_copy(update=overrides)
         self.manual_clock = clock if isinstance(clock, ManualClock) else ManualClock()
@@ -52,4 +53,4 @@ class TestRuntime(Runtime):
         if self._serialize:
             message = Message.from_json(message.to_json(max_bytes=self._max_bytes))
         for _ in range(copies):
-            await cell.put(LocalDelivery(message, cell))
+            await cell.put(message)

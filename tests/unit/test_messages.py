@@ -193,11 +193,6 @@ def test_from_json_raises_message_too_large_over_max_bytes():
         Message.from_json(raw, max_bytes=len(raw) - 1)
 
 
-@pytest.mark.xfail(
-    reason="BUG: from_json compares len(raw) to max_bytes, which counts characters, "
-    "not bytes, when raw is a str; multi-byte text slips past the byte cap",
-    strict=True,
-)
 def test_from_json_byte_cap_counts_bytes_for_str_input():
     raw = Message("t", {"text": "ü" * 200}).to_json()
     text = raw.decode()
@@ -291,11 +286,6 @@ def test_from_json_of_arbitrary_bytes_raises_only_invalid_message(raw):
         Message.from_json(raw)
 
 
-@pytest.mark.xfail(
-    reason="BUG: deeply nested JSON makes json.loads raise RecursionError, which from_json "
-    "does not turn into InvalidMessage, so untrusted input escapes the documented error",
-    strict=True,
-)
 def test_from_json_of_deeply_nested_input_raises_invalid_message():
     with pytest.raises(InvalidMessage):
         Message.from_json(b"[" * 100_000)

@@ -1,0 +1,70 @@
+"""Structured logs: JSON lines carrying the ids that let you follow one message."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+
+import pytest
+import structlog
+
+from mas import Agent, HandlerResult, Message
+from mas.observability import configure_logging
+from mas.testing import TestRuntime, crashing
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def log_lines() -> Iterator[io.StringIO]:
+    stream = io.StringIO()
+    configure_logging("DEBUG", "json", stream)
+    yield stream
+    structlog.reset_defaults()
+
+
+def parse(stream: io.StringIO) -> list[dict[str, object]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
+
+
+async def test_each_handled_message_is_logged_with_ids_duration_and_status(
+    log_lines: io.StringIO,
+) -> None:
+    class Quiet(Agent):
+        async def handle_message(self, message: Message) -> HandlerResult:
+            self.ctx.log.info("custom_event", step=1)
+            return None
+
+    async with TestRuntime(log_level="DEBUG") as rt:
+        await rt.spawn(Quiet, id="q")
+        await rt.tell("agent:q", Message("job", trace_id="trace-1", id="m-1"))
+        await rt.settle()
+    records = parse(log_lines)
+    handled = [r for r in records if r["event"] == "message_handled"]
+    assert len(handled) == 1
+    record = handled[0]
+    assert record["agent_id"] == "q"
+    assert record["message_id"] == "m-1"
+    assert record["trace_id"] == "trace-1"
+    assert record["status"] == "succeeded"
+    assert isinstance(record["duration"], float)
+    custom = next(r for r in records if r["event"] == "custom_event")
+    assert (custom["agent_id"], custom["message_id"], custom["trace_id"]) == ("q", "m-1", "trace-1")
+
+
+async def test_failures_and_dead_letters_are_logged_with_the_same_trace(
+    log_lines: io.StringIO,
+) -> None:
+    factory, _ = crashing(99)
+    async with TestRuntime(log_level="DEBUG", retry={"max_attempts": 2}) as rt:
+        await rt.spawn(factory, id="c")
+        await rt.tell("agent:c", Message("job", trace_id="t-9"))
+        await rt.settle()
+    records = parse(log_lines)
+    failed = [r for r in records if r["event"] == "handler_failed"]
+    assert [r["attempt"] for r in failed] == [1, 2]
+    assert {r["trace_id"] for r in failed} == {"t-9"}
+    dead = next(r for r in records if r["event"] == "message_dead_lettered")
+    assert (dead["reason"], dead["trace_id"], dead["attempts"]) == ("max_attempts", "t-9", 2)
+    assert all("payload" not in r for r in records)  # payloads never go to the logs
