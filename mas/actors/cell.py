@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import structlog
 
@@ -206,11 +206,12 @@ class AgentCell:
                 item = items.popleft()
                 if mailbox._putters:
                     mailbox._wake_putter()
+                delivery: Delivery | None
                 if type(item) is Message:
                     message, delivery = item, None
                 else:
-                    delivery = item  # type: ignore[assignment]
-                    message = delivery.message  # type: ignore[union-attr]
+                    delivery = cast("Delivery", item)
+                    message = delivery.message
                 message_id = message.id
                 seen = self._seen
                 if seen is not None and (message_id in seen or message_id in self._seen_old):  # type: ignore[operator]
