@@ -610,10 +610,12 @@ def spawn_scenario(
         if contender.skipped is None:
             memory = _probe_memory(contender.name, contender.n)
             report["results"][contender.name]["memory"] = memory
-    mas = report["results"]["mas"]["memory"]
     report["extrapolated_1m_bytes"] = {
-        "traced": mas["traced_bytes_per_agent"] * 1_000_000,
-        "rss": mas["rss_bytes_per_agent"] * 1_000_000,
+        kind: (per_agent * 1_000_000 if per_agent is not None else None)
+        for kind, per_agent in (
+            ("traced", _value(report, "mas", "memory", "traced_bytes_per_agent")),
+            ("rss", _value(report, "mas", "memory", "rss_bytes_per_agent")),
+        )
     }
     if million:
         _say("spawn: measuring 1,000,000 mas agents (RSS only)")
@@ -708,13 +710,10 @@ def _probe_memory(impl: str, n: int, *, rss_only: bool = False) -> dict[str, Any
 # -- ratios, targets and the report --------------------------------------------------------
 
 
-def _ratio(scenario: dict[str, Any], other: str, key: str = "us_per_op") -> float | None:
+def _ratio(scenario: dict[str, Any] | None, other: str, key: str = "us_per_op") -> float | None:
     """How many times better mas is than `other` on `key` (lower is better): >1 = mas wins."""
-    results = scenario["results"]
-    mine, theirs = results["mas"], results.get(other, {})
-    if key not in mine or key not in theirs:
-        return None
-    return float(theirs[key]) / float(mine[key])
+    mine, theirs = _value(scenario, "mas", key), _value(scenario, other, key)
+    return theirs / mine if mine and theirs is not None else None
 
 
 def add_ratios(report: dict[str, Any]) -> None:
@@ -736,34 +735,35 @@ def _target(name: str, value: float | None, limit: float, at_least: bool) -> dic
     return {"name": name, "value": value, "limit": limit, "passed": passed}
 
 
+def _value(scenario: dict[str, Any] | None, contender: str, *keys: str) -> float | None:
+    """A nested result value, or None when the scenario, contender or key is missing."""
+    node: Any = (scenario or {}).get("results", {}).get(contender, {})
+    for key in keys:
+        node = node.get(key) if isinstance(node, dict) else None
+    return float(node) if isinstance(node, int | float) else None
+
+
+def _p99_ratio(ask: dict[str, Any] | None) -> float | None:
+    mine, theirs = _value(ask, "mas", "p99_us"), _value(ask, "minimal", "p99_us")
+    return mine / theirs if mine is not None and theirs else None
+
+
 def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The informational pass/fail checks (None: not measured in this run)."""
     s = report["scenarios"]
-    tell, ask, spawn = s["tell"], s["ask"], s["spawn"]
-    mas_ask, minimal_ask = ask["results"]["mas"], ask["results"]["minimal"]
-    mas_spawn = spawn["results"]["mas"]
-    memory = mas_spawn.get("memory", {})
-    extrapolated = spawn.get("extrapolated_1m_bytes", {}).get("traced")
+    tell, ask, spawn = s.get("tell"), s.get("ask"), s.get("spawn")
+    heap = _value(spawn, "mas", "memory", "traced_bytes_per_agent")
     return [
         _target("tell throughput: mas / minimal >= 0.5", _ratio(tell, "minimal"), 0.5, True),
         _target("tell throughput: mas / pykka >= 3", _ratio(tell, "pykka"), 3.0, True),
         _target("ask throughput: mas / minimal >= 0.5", _ratio(ask, "minimal"), 0.5, True),
-        _target(
-            "ask p99: mas p99 / minimal p99 <= 2",
-            mas_ask["p99_us"] / minimal_ask["p99_us"],
-            2.0,
-            False,
-        ),
+        _target("ask p99: mas p99 / minimal p99 <= 2", _p99_ratio(ask), 2.0, False),
         _target("ask throughput: mas / pykka >= 4", _ratio(ask, "pykka"), 4.0, True),
-        _target(
-            "idle agent heap bytes (tracemalloc) <= 1.5 KiB",
-            memory.get("traced_bytes_per_agent"),
-            1.5 * KIB,
-            False,
-        ),
-        _target("idle agent spawn µs <= 15", mas_spawn["us_per_op"], 15.0, False),
+        _target("idle agent heap bytes (tracemalloc) <= 1.5 KiB", heap, 1.5 * KIB, False),
+        _target("idle agent spawn µs <= 15", _value(spawn, "mas", "us_per_op"), 15.0, False),
         _target(
             "1M idle agents (extrapolated from tracemalloc) < 2 GiB",
-            extrapolated / GIB if extrapolated is not None else None,
+            heap * 1_000_000 / GIB if heap is not None else None,
             2.0,
             False,
         ),
@@ -778,6 +778,8 @@ def _fmt(value: Any, digits: int = 2) -> str:
             return f"{value / 1e6:.2f}M"
         if abs(value) >= 1e4:
             return f"{value / 1e3:.0f}k"
+        if abs(value) >= 1e3:
+            return f"{value:.0f}"
         return f"{value:.{digits}f}"
     return str(value)
 
@@ -833,6 +835,25 @@ def _scenario_rows(name: str, scenario: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def _gib(value: Any) -> str:
+    return _fmt(value / GIB) if isinstance(value, int | float) else "-"
+
+
+def _million_lines(spawn: dict[str, Any]) -> list[str]:
+    extrapolated = spawn.get("extrapolated_1m_bytes", {})
+    lines = [
+        f"  1M idle mas agents, extrapolated: {_gib(extrapolated.get('traced'))} GiB heap, "
+        f"{_gib(extrapolated.get('rss'))} GiB RSS"
+    ]
+    if "measured_1m" in spawn:
+        measured = spawn["measured_1m"]
+        lines.append(
+            f"  1M idle mas agents, measured: {_gib(measured.get('rss_bytes'))} GiB RSS, "
+            f"{_fmt(measured.get('seconds'))} s to spawn"
+        )
+    return lines
+
+
 def render(report: dict[str, Any]) -> str:
     lines = [
         "Medians; 'mas speedup' = other's time per op / mas's time per op (> 1: mas is faster);",
@@ -841,19 +862,8 @@ def render(report: dict[str, Any]) -> str:
     for name, scenario in report["scenarios"].items():
         lines += ["", f"{name}: {scenario['description']} (median of {scenario['reps']})"]
         lines.append(_grid(_scenario_rows(name, scenario)))
-    spawn = report["scenarios"]["spawn"]
-    extrapolated = spawn.get("extrapolated_1m_bytes", {})
-    lines.append(
-        "  1M idle mas agents, extrapolated: "
-        f"{_fmt((extrapolated.get('traced') or 0) / GIB)} GiB heap, "
-        f"{_fmt((extrapolated.get('rss') or 0) / GIB)} GiB RSS"
-    )
-    if "measured_1m" in spawn:
-        measured = spawn["measured_1m"]
-        lines.append(
-            f"  1M idle mas agents, measured: {_fmt(measured.get('rss_bytes', 0) / GIB)} GiB RSS, "
-            f"{_fmt(measured.get('seconds'))} s to spawn"
-        )
+    if "spawn" in report["scenarios"]:
+        lines += _million_lines(report["scenarios"]["spawn"])
     lines += ["", "targets (informational):"]
     for target in report["targets"]:
         verdict = {True: "PASS", False: "FAIL", None: "n/a "}[target["passed"]]
@@ -868,8 +878,25 @@ def _version(distribution: str) -> str | None:
         return None
 
 
+def _git() -> str | None:
+    """The commit benchmarked, with `-dirty` when mas/ has uncommitted changes."""
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        command = ["git", *args]
+        return subprocess.run(command, cwd=root, capture_output=True, text=True, check=True).stdout
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD").strip()
+        dirty = bool(git("status", "--porcelain", "--", "mas").strip())
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return f"{commit}-dirty" if dirty else commit
+
+
 def _meta(args: argparse.Namespace, sizes: Sizes, reps: int) -> dict[str, Any]:
     return {
+        "git": _git(),
         "started_at": datetime.now(UTC).isoformat(),
         "quick": args.quick,
         "reps": reps,
@@ -890,12 +917,17 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
     reps = args.reps or (3 if args.quick else 5)
     missing = {name: _peer_missing(name) for name in ("pykka", "thespian")}
     report: dict[str, Any] = {"meta": _meta(args, sizes, reps)}
-    report["scenarios"] = {
-        "tell": tell_scenario(sizes, reps, missing),
-        "ask": ask_scenario(sizes, reps, missing),
-        "spawn": spawn_scenario(sizes, reps, missing, args.million),
-        "fanout": fanout_scenario(sizes, reps),
+    runners: dict[str, Callable[[], dict[str, Any]]] = {
+        "tell": lambda: tell_scenario(sizes, reps, missing),
+        "ask": lambda: ask_scenario(sizes, reps, missing),
+        "spawn": lambda: spawn_scenario(sizes, reps, missing, args.million),
+        "fanout": lambda: fanout_scenario(sizes, reps),
     }
+    chosen = args.only.split(",") if args.only else list(runners)
+    unknown = set(chosen) - set(runners)
+    if unknown:
+        raise SystemExit(f"--only: unknown scenario(s) {sorted(unknown)}; use {list(runners)}")
+    report["scenarios"] = {name: runners[name]() for name in runners if name in chosen}
     report["meta"]["loadavg_at_end"] = os.getloadavg()
     add_ratios(report)
     report["targets"] = targets(report)
@@ -907,6 +939,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="sizes / 10, 3 repetitions")
     parser.add_argument("--reps", type=int, default=0, help="repetitions per contender")
     parser.add_argument("--million", action="store_true", help="also spawn 1M mas agents")
+    parser.add_argument("--only", default="", help="comma-separated: tell,ask,spawn,fanout")
     parser.add_argument("--probe", choices=("mas", "minimal", "pykka"), help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--rss-only", action="store_true", help=argparse.SUPPRESS)

@@ -9,8 +9,8 @@ checks. Full validation happens where untrusted data enters, in `Message.from_di
 from __future__ import annotations
 
 import json
+import os
 import re
-import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -123,6 +123,36 @@ def _match_words(pat: list[str], i: int, words: list[str], j: int) -> bool:
     return j == len(words)
 
 
+_ID_POOL_SIZE = 16 * 512
+_id_pool = b""
+_id_pos = _ID_POOL_SIZE
+
+
+def _reset_id_pool() -> None:
+    global _id_pool, _id_pos
+    _id_pool, _id_pos = b"", _ID_POOL_SIZE
+
+
+os.register_at_fork(after_in_child=_reset_id_pool)  # a forked child must not reuse our ids
+
+
+def new_id() -> str:
+    """A random (version 4) UUID string, like `str(uuid.uuid4())` at a third of the cost.
+
+    Random bytes are read from the OS 8 KiB at a time; every message needs an id, so this is
+    on the fast path.
+    """
+    global _id_pool, _id_pos
+    if _id_pos >= _ID_POOL_SIZE:
+        _id_pool, _id_pos = os.urandom(_ID_POOL_SIZE), 0
+    h = _id_pool[_id_pos : _id_pos + 16].hex()
+    _id_pos += 16
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+
+
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+
+
 class Message:
     """One message between agents; `id` is its idempotency key.
 
@@ -167,7 +197,7 @@ class Message:
             )
         self.type = type
         self.payload = payload
-        self.id = id if id is not None else str(uuid.uuid4())
+        self.id = id if id is not None else new_id()
         self.sender = sender
         self.target = target
         self.created_at = created_at if created_at is not None else datetime.now(UTC)

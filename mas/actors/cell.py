@@ -186,7 +186,7 @@ class AgentCell:
 
     def _activate(self) -> None:
         self._active = True
-        self._task = self.runtime.start_task(self._drain())
+        self._task = self.runtime.start_drain(self._drain())
 
     # -- processing --------------------------------------------------------------------------
 
@@ -198,11 +198,20 @@ class AgentCell:
         """
         mailbox = self.mailbox
         runtime = self.runtime
+        lingered = False
         try:
             while self.status is RUNNING:
                 items = mailbox._items
                 if not items:
-                    return
+                    if lingered:
+                        return
+                    # Stay one loop iteration longer: a sender that is about to send again
+                    # (an ask loop, a chat between agents) then reuses this task instead of
+                    # paying for a new one. An idle agent still holds no task after that.
+                    lingered = True
+                    await asyncio.sleep(0)
+                    continue
+                lingered = False
                 item = items.popleft()
                 if mailbox._putters:
                     mailbox._wake_putter()
@@ -248,9 +257,14 @@ class AgentCell:
                 if self.stop_requested:
                     self.stop_requested = False
                     await self.supervisor.child_exited(self)
+        except BaseException as exc:
+            if not isinstance(exc, asyncio.CancelledError):
+                runtime.fail(exc)  # a bug in mas, or SystemExit/KeyboardInterrupt from a handler
+            raise
         finally:
             self._active = False
-            self._task = None
+            task, self._task = self._task, None
+            runtime.drain_done(task)
 
     def _idle(self) -> None:
         self.current = None

@@ -133,6 +133,7 @@ class Runtime:
         self._supervisors: dict[str, Supervisor] = {}
         self._pending: dict[str, asyncio.Future[Message]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._drains: set[asyncio.Task[None]] = set()
         self._timers: dict[Timer, Callable[[], Awaitable[None]]] = {}
         self._task_listeners: list[TaskListener] = []
         self._autojump_scheduled = False
@@ -263,8 +264,8 @@ class Runtime:
             if not future.done():
                 future.set_exception(RuntimeNotRunning("the runtime stopped before the reply"))
         await self.transport.close()
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=timeout)
+        if self._tasks or self._drains:
+            await asyncio.wait([*self._tasks, *self._drains], timeout=timeout)
         self._state = "stopped"
         _log.info(
             "runtime_stopped",
@@ -295,7 +296,7 @@ class Runtime:
         assert self._no_tasks is not None and self._no_timers is not None
         with anyio.fail_after(timeout):
             while True:
-                if self._tasks:
+                if self._tasks or self._drains:
                     await self._no_tasks.wait()
                     continue
                 if self._timers:
@@ -309,7 +310,7 @@ class Runtime:
                         await asyncio.sleep(0)
                         continue
                 await asyncio.sleep(0)  # let callbacks that were just scheduled run
-                if not self._tasks and not self._timers:
+                if not self._tasks and not self._drains and not self._timers:
                     return
 
     # -- tasks and timers owned by the runtime -----------------------------------------------
@@ -323,9 +324,28 @@ class Runtime:
         task.add_done_callback(self._task_done)
         return task
 
+    def start_drain(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Start an agent's drain task: counted, but settled by `drain_done` (no callback).
+
+        Drain tasks report their own end, which saves a done-callback per activation.
+        """
+        assert self._loop is not None and self._no_tasks is not None
+        task = self._loop.create_task(coro)
+        self._drains.add(task)
+        self._no_tasks.clear()
+        return task
+
+    def drain_done(self, task: asyncio.Task[None] | None) -> None:
+        self._drains.discard(task)
+        if not self._drains and not self._tasks:
+            assert self._no_tasks is not None
+            self._no_tasks.set()
+            if self._timers:
+                self._schedule_autojump()
+
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
-        if not self._tasks:
+        if not self._tasks and not self._drains:
             assert self._no_tasks is not None
             self._no_tasks.set()
             if self._timers:
@@ -353,7 +373,7 @@ class Runtime:
         timer = self.clock.call_later(delay, fire)
         self._timers[timer] = job
         self._no_timers.clear()
-        if not self._tasks:
+        if not self._tasks and not self._drains:
             self._schedule_autojump()
 
     def _schedule_autojump(self) -> None:
@@ -366,7 +386,7 @@ class Runtime:
 
     def _autojump(self) -> None:
         self._autojump_scheduled = False
-        if self._timers and not self._tasks:
+        if self._timers and not self._tasks and not self._drains:
             self.clock.skip_to_next_timer()  # type: ignore[attr-defined]
 
     # -- spawning and the registry -----------------------------------------------------------
@@ -533,26 +553,35 @@ class Runtime:
 
     def _current_cell_task(self) -> asyncio.Task[Any] | None:
         task = asyncio.current_task()
-        return task if task in self._tasks else None
+        return task if task in self._tasks or task in self._drains else None
 
     async def ask(self, target: str | AgentRef, message: Message, *, timeout: float) -> Message:
         """Send and wait for the reply (see `AgentRef.ask` for the errors raised)."""
         assert self._loop is not None or self._state == "new"
         if self._loop is None:
             self.check_running()
-        future: asyncio.Future[Message] = self._loop.create_future()  # type: ignore[union-attr]
+        loop = self._loop
+        assert loop is not None
+        future: asyncio.Future[Message] = loop.create_future()
         message.reply_to = self.reply_address
-        self._pending[message.id] = future
+        message_id = message.id
+        pending = self._pending
+        pending[message_id] = future
+        # A bare timer on the loop rather than asyncio.timeout(): asks are on the fast path.
+        expiry = loop.call_later(timeout, _expire, future)
         try:
-            async with asyncio.timeout(timeout):
+            if type(target) is AgentRef:
+                await target.tell(message)
+            else:
                 await self.tell(target, message)
-                reply = await future
-        except TimeoutError:
+            reply = await future
+        except _Expired:
             name = target.address if isinstance(target, AgentRef) else target
             raise AskTimeout(name, timeout) from None
         finally:
-            if self._pending.get(message.id) is future:
-                del self._pending[message.id]
+            expiry.cancel()
+            if pending.get(message_id) is future:
+                del pending[message_id]
         if reply.type == ERROR_REPLY:
             raise _error_from_reply(reply)
         return reply
@@ -704,7 +733,12 @@ class Runtime:
         """The message's trace id, created on first need (kept off the no-op fast path)."""
         trace_id = message.trace_id
         if trace_id is None:
-            trace_id = message.trace_id = uuid.uuid4().hex
+            # A message that starts a trace lends it its (random, unique) id: 32 hex digits,
+            # a valid W3C trace id, at the cost of a string replace.
+            candidate = message.id.replace("-", "")
+            if len(candidate) != 32:
+                candidate = uuid.uuid4().hex
+            trace_id = message.trace_id = candidate
         return trace_id
 
     async def dispatch_result(
@@ -841,6 +875,15 @@ class Runtime:
             duration=round(duration, 6),
             status="succeeded",
         )
+
+
+class _Expired(Exception):
+    """An ask's timer fired before its reply arrived (turned into AskTimeout)."""
+
+
+def _expire(future: asyncio.Future[Message]) -> None:
+    if not future.done():
+        future.set_exception(_Expired())
 
 
 async def _await(job: Callable[[], Awaitable[None]]) -> None:

@@ -21,18 +21,29 @@ __all__ = ["MemoryBroker", "MemoryDelivery", "MemoryTransport"]
 
 
 class _Queue:
-    __slots__ = ("backlog", "consumers", "name", "next_consumer")
+    """An agent queue (single active consumer) or a type queue (competing consumers).
 
-    def __init__(self, name: str) -> None:
-        self.name = name
+    Kept small: one exists per agent id, and the backlog is allocated only when a message
+    waits with no consumer.
+    """
+
+    __slots__ = ("backlog", "consumers", "next_consumer", "single_active")
+
+    def __init__(self, single_active: bool) -> None:
+        self.single_active = single_active
         self.consumers: list[MemoryTransport] = []
-        self.backlog: deque[tuple[Message, int]] = deque()
+        self.backlog: deque[tuple[Message, int]] | None = None
         self.next_consumer = 0
 
-    def pick(self, single_active: bool) -> MemoryTransport | None:
+    def park(self, message: Message, attempt: int) -> None:
+        if self.backlog is None:
+            self.backlog = deque()
+        self.backlog.append((message, attempt))
+
+    def pick(self) -> MemoryTransport | None:
         if not self.consumers:
             return None
-        if single_active:
+        if self.single_active:
             return self.consumers[0]
         self.next_consumer = (self.next_consumer + 1) % len(self.consumers)
         return self.consumers[self.next_consumer]
@@ -75,30 +86,26 @@ class MemoryBroker:
         queue = queues.get(address.value)
         if queue is None:
             raise UnknownAgent(target)
-        await self._route(queue, message, attempt, single_active=address.kind == "agent")
+        await self._route(queue, message, attempt)
 
-    async def _route(
-        self, queue: _Queue, message: Message, attempt: int, single_active: bool
-    ) -> None:
-        consumer = queue.pick(single_active)
+    async def _route(self, queue: _Queue, message: Message, attempt: int) -> None:
+        consumer = queue.pick()
         if consumer is None:
-            queue.backlog.append((message, attempt))
+            queue.park(message, attempt)
             return
         await consumer.deliver(message, attempt, queue)
 
-    async def _consume(
-        self, queue: _Queue, transport: MemoryTransport, single_active: bool
-    ) -> None:
+    async def _consume(self, queue: _Queue, transport: MemoryTransport) -> None:
         if transport in queue.consumers:
             return
         queue.consumers.append(transport)
-        if single_active and queue.consumers[0] is not transport:
+        if queue.single_active and queue.consumers[0] is not transport:
             return  # a standby: takes over when the active consumer leaves
         while queue.backlog and queue.consumers and queue.consumers[0] is transport:
             message, attempt = queue.backlog.popleft()
             await transport.deliver(message, attempt, queue)
 
-    async def _leave(self, queue: _Queue, transport: MemoryTransport, single_active: bool) -> None:
+    async def _leave(self, queue: _Queue, transport: MemoryTransport) -> None:
         if transport not in queue.consumers:
             return
         queue.consumers.remove(transport)
@@ -113,8 +120,7 @@ class MemoryBroker:
         if queue is None:
             await self.publish(message, origin="", attempt=attempt)
             return
-        single = queue.name.startswith("agent.")
-        await self._route(queue, message, attempt, single_active=single)
+        await self._route(queue, message, attempt)
 
 
 class MemoryDelivery:
@@ -202,14 +208,18 @@ class MemoryTransport:
 
     async def subscribe_agent(self, agent_id: str, agent_type: str) -> None:
         broker = self.broker
-        agent_queue = broker._agents.setdefault(agent_id, _Queue(f"agent.{agent_id}"))
-        type_queue = broker._types.setdefault(agent_type, _Queue(f"agent_type.{agent_type}"))
         if agent_id in self._agents:
             return
+        agent_queue = broker._agents.get(agent_id)
+        if agent_queue is None:
+            agent_queue = broker._agents[agent_id] = _Queue(single_active=True)
+        type_queue = broker._types.get(agent_type)
+        if type_queue is None:
+            type_queue = broker._types[agent_type] = _Queue(single_active=False)
         self._agents[agent_id] = agent_type
         self._type_counts[agent_type] = self._type_counts.get(agent_type, 0) + 1
-        await broker._consume(agent_queue, self, single_active=True)
-        await broker._consume(type_queue, self, single_active=False)
+        await broker._consume(agent_queue, self)
+        await broker._consume(type_queue, self)
 
     async def unsubscribe_agent(self, agent_id: str, agent_type: str) -> None:
         broker = self.broker
@@ -217,7 +227,7 @@ class MemoryTransport:
             return
         queue = broker._agents.get(agent_id)
         if queue is not None:
-            await broker._leave(queue, self, single_active=True)
+            await broker._leave(queue, self)
             if not queue.consumers and not queue.backlog:
                 del broker._agents[agent_id]
         left = self._type_counts.get(agent_type, 1) - 1
@@ -227,7 +237,7 @@ class MemoryTransport:
             self._type_counts.pop(agent_type, None)
             type_queue = broker._types.get(agent_type)
             if type_queue is not None:
-                await broker._leave(type_queue, self, single_active=False)
+                await broker._leave(type_queue, self)
                 if not type_queue.consumers and not type_queue.backlog:
                     del broker._types[agent_type]
 
