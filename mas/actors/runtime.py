@@ -23,23 +23,31 @@ import structlog
 from mas.actors.agent import Agent
 from mas.actors.backoff import RetryPolicy
 from mas.actors.cell import STOPPED, AgentCell, LocalDelivery
-from mas.actors.clock import Clock, LoopClock, Timer
+from mas.actors.clock import Clock, LoopClock
 from mas.actors.deadletters import DeadLetter, DeadLetters
 from mas.actors.ref import AgentRef
+from mas.actors.registry import LocalRegistry
+from mas.actors.replies import (
+    ERROR_REPLY,
+    TASK_RESULT_REPLY,
+    AskExpired,
+    error_from_reply,
+    error_notice,
+    expire,
+)
 from mas.actors.supervisor import Restart, Strategy, Supervisor
+from mas.actors.tasks import TaskOwner
 from mas.config import Settings
 from mas.errors import (
     AgentStopped,
     AskTimeout,
-    DuplicateAgent,
-    HandlerError,
     HandlerReturnError,
     MailboxFull,
     MasError,
     RuntimeNotRunning,
     UnknownAgent,
 )
-from mas.messages import Address, Message, TaskResult, parse_address, topic_matches
+from mas.messages import Address, Message, TaskResult, parse_address
 from mas.observability.logging import configure_logging, level_number
 from mas.transports import Transport, create_transport
 from mas.transports.base import Delivery
@@ -48,8 +56,6 @@ __all__ = ["Runtime"]
 
 _log = structlog.get_logger("mas.runtime")
 
-ERROR_REPLY = "mas.error"
-TASK_RESULT_REPLY = "mas.task_result"
 TaskListener = Callable[[TaskResult, Message], Awaitable[None]]
 
 
@@ -125,18 +131,11 @@ class Runtime:
         self.tasks_completed = 0
         self._serialize = s.serialize_messages
         self._max_bytes = s.message_max_bytes
-        self._cells: dict[str, AgentCell] = {}
-        self._by_type: dict[str, dict[str, AgentCell]] = {}
-        self._type_rotation: dict[str, tuple[list[AgentCell], list[int]]] = {}
-        self._topic_subs: dict[str, dict[str, AgentCell]] = {}
-        self._topic_cache: dict[str, list[AgentCell]] = {}
-        self._supervisors: dict[str, Supervisor] = {}
+        self.registry = LocalRegistry()
+        self._cells = self.registry.cells  # the hot path's lookup, without an attribute hop
         self._pending: dict[str, asyncio.Future[Message]] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._drains: set[asyncio.Task[None]] = set()
-        self._timers: dict[Timer, Callable[[], Awaitable[None]]] = {}
+        self.tasks = TaskOwner(self.clock, self.fail)
         self._task_listeners: list[TaskListener] = []
-        self._autojump_scheduled = False
         self._state = "new"
         self._accepting = False
         # True while a local tell may skip straight into a mailbox: running, no JSON
@@ -144,8 +143,6 @@ class Runtime:
         self.fast_path = False
         self._failure: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._no_tasks: asyncio.Event | None = None
-        self._no_timers: asyncio.Event | None = None
         self._failed: asyncio.Event | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
         self.root: Supervisor | None = None
@@ -170,14 +167,11 @@ class Runtime:
         if self._state != "new":
             raise RuntimeNotRunning("a Runtime can be started once; create a new one")
         self._loop = asyncio.get_running_loop()
-        self._no_tasks = asyncio.Event()
-        self._no_tasks.set()
-        self._no_timers = asyncio.Event()
-        self._no_timers.set()
+        self.tasks.bind(self._loop)
         self._failed = asyncio.Event()
         s = self.settings
         self.root = Supervisor(self, "root", strategy=root_strategy)
-        self._supervisors["root"] = self.root
+        self.registry.add_supervisor(self.root)
         if not structlog.is_configured():
             configure_logging(s.log_level, s.log_format)
         self.log_messages = level_number(s.log_level) <= logging.DEBUG
@@ -257,15 +251,14 @@ class Runtime:
         _log.info("runtime_stopping", node_id=self._node_id, timeout=timeout)
         with anyio.move_on_after(timeout):
             await self.settle(timeout=None, advance_clock=True)
-        self._flush_timers()
+        self.tasks.flush_timers()
         assert self.root is not None
         await self.root.stop()
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(RuntimeNotRunning("the runtime stopped before the reply"))
         await self.transport.close()
-        if self._tasks or self._drains:
-            await asyncio.wait([*self._tasks, *self._drains], timeout=timeout)
+        await self.tasks.wait_all(timeout)
         self._state = "stopped"
         _log.info(
             "runtime_stopped",
@@ -273,15 +266,6 @@ class Runtime:
             handled=self.handled,
             dead_letters=self.dead_letters.count,
         )
-
-    def _flush_timers(self) -> None:
-        """Run what is still scheduled now, so that pending retries reach dead letters."""
-        timers, self._timers = self._timers, {}
-        for timer, job in timers.items():
-            timer.cancel()
-            self.start_task(_await(job))
-        if self._no_timers is not None:
-            self._no_timers.set()
 
     async def settle(self, *, timeout: float | None = 10.0, advance_clock: bool = True) -> None:
         """Wait until no handler runs, no mailbox holds a message and no retry is pending.
@@ -293,101 +277,22 @@ class Runtime:
         Raises:
             TimeoutError: still busy after `timeout` seconds (a handler that never returns).
         """
-        assert self._no_tasks is not None and self._no_timers is not None
         with anyio.fail_after(timeout):
-            while True:
-                if self._tasks or self._drains:
-                    await self._no_tasks.wait()
-                    continue
-                if self._timers:
-                    skip = getattr(self.clock, "skip_to_next_timer", None)
-                    if skip is None:
-                        await self._no_timers.wait()  # a real clock: the timers will fire
-                        continue
-                    if not advance_clock:
-                        return  # a manual clock the caller wants to move by hand
-                    if skip():
-                        await asyncio.sleep(0)
-                        continue
-                await asyncio.sleep(0)  # let callbacks that were just scheduled run
-                if not self._tasks and not self._drains and not self._timers:
-                    return
-
-    # -- tasks and timers owned by the runtime -----------------------------------------------
+            await self.tasks.settle(advance_clock=advance_clock)
 
     def start_task(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run `coro` as a task the runtime owns: awaited at shutdown, errors fail it."""
-        assert self._loop is not None and self._no_tasks is not None
-        task = self._loop.create_task(coro)
-        self._tasks.add(task)
-        self._no_tasks.clear()
-        task.add_done_callback(self._task_done)
-        return task
+        return self.tasks.start_task(coro)
 
     def start_drain(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        """Start an agent's drain task: counted, but settled by `drain_done` (no callback).
-
-        Drain tasks report their own end, which saves a done-callback per activation.
-        """
-        assert self._loop is not None and self._no_tasks is not None
-        task = self._loop.create_task(coro)
-        self._drains.add(task)
-        self._no_tasks.clear()
-        return task
+        return self.tasks.start_drain(coro)
 
     def drain_done(self, task: asyncio.Task[None] | None) -> None:
-        self._drains.discard(task)
-        if not self._drains and not self._tasks:
-            assert self._no_tasks is not None
-            self._no_tasks.set()
-            if self._timers:
-                self._schedule_autojump()
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not self._tasks and not self._drains:
-            assert self._no_tasks is not None
-            self._no_tasks.set()
-            if self._timers:
-                self._schedule_autojump()
-        if not task.cancelled():
-            error = task.exception()
-            if error is not None:
-                _log.error(
-                    "runtime_task_crashed", error_type=type(error).__name__, error=str(error)
-                )
-                self.fail(error)
+        self.tasks.drain_done(task)
 
     def call_later(self, delay: float, job: Callable[[], Awaitable[None]]) -> None:
-        """Run `job()` after `delay` seconds of the runtime's clock, as an owned task."""
-        assert self._no_timers is not None
-
-        def fire() -> None:
-            if self._timers.pop(timer, None) is None:
-                return
-            if not self._timers:
-                assert self._no_timers is not None
-                self._no_timers.set()
-            self.start_task(_await(job))
-
-        timer = self.clock.call_later(delay, fire)
-        self._timers[timer] = job
-        self._no_timers.clear()
-        if not self._tasks and not self._drains:
-            self._schedule_autojump()
-
-    def _schedule_autojump(self) -> None:
-        """With an autojumping test clock, skip dead time whenever the runtime is idle."""
-        if self._autojump_scheduled or not getattr(self.clock, "autojump", False):
-            return
-        self._autojump_scheduled = True
-        assert self._loop is not None
-        self._loop.call_soon(self._autojump)
-
-    def _autojump(self) -> None:
-        self._autojump_scheduled = False
-        if self._timers and not self._tasks and not self._drains:
-            self.clock.skip_to_next_timer()  # type: ignore[attr-defined]
+        """TransportNode: run `job()` after `delay` seconds of the runtime's clock."""
+        self.tasks.call_later(delay, job)
 
     # -- spawning and the registry -----------------------------------------------------------
 
@@ -430,20 +335,14 @@ class Runtime:
         )
 
     def register(self, cell: AgentCell) -> None:
-        if cell.id in self._cells:
-            raise DuplicateAgent(cell.id)
-        self._cells[cell.id] = cell
-        self._by_type.setdefault(cell.agent_type, {})[cell.id] = cell
-        self._type_rotation.pop(cell.agent_type, None)
+        """Index a new agent (raises `DuplicateAgent`)."""
+        self.registry.add(cell)
 
     def register_supervisor(self, supervisor: Supervisor) -> None:
-        if supervisor.id in self._supervisors:
-            raise DuplicateAgent(supervisor.id)
-        self._supervisors[supervisor.id] = supervisor
+        self.registry.add_supervisor(supervisor)
 
     def unregister_supervisor(self, supervisor: Supervisor) -> None:
-        if self._supervisors.get(supervisor.id) is supervisor:
-            del self._supervisors[supervisor.id]
+        self.registry.remove_supervisor(supervisor)
 
     async def subscribe_cell(self, cell: AgentCell, cls: type[Agent]) -> None:
         """Make a freshly started agent reachable through the transport and its topics."""
@@ -452,37 +351,18 @@ class Runtime:
         await self.transport.subscribe_agent(cell.id, cell.agent_type)
 
     async def unregister(self, cell: AgentCell) -> None:
+        """Forget a stopped agent here and on the transport."""
         if self._cells.get(cell.id) is not cell:
             return
-        del self._cells[cell.id]
-        same_type = self._by_type.get(cell.agent_type)
-        if same_type is not None:
-            same_type.pop(cell.id, None)
-            if not same_type:
-                del self._by_type[cell.agent_type]
-        self._type_rotation.pop(cell.agent_type, None)
-        for pattern in cell.topics or ():
-            subscribers = self._topic_subs.get(pattern)
-            if subscribers is not None:
-                subscribers.pop(cell.id, None)
-                if not subscribers:
-                    del self._topic_subs[pattern]
-            self._topic_cache.clear()
+        for pattern in self.registry.remove(cell):
             await self.transport.unsubscribe_topic(pattern)
         await self.transport.unsubscribe_agent(cell.id, cell.agent_type)
 
     async def subscribe(self, cell: AgentCell, pattern: str) -> None:
         """Subscribe an agent to a topic pattern (`orders.*`, `audit.#`)."""
         parse_address(f"topic:{pattern}", allow_patterns=True)
-        subscribers = self._topic_subs.setdefault(pattern, {})
-        if cell.id in subscribers:
-            return
-        subscribers[cell.id] = cell
-        if cell.topics is None:
-            cell.topics = []
-        cell.topics.append(pattern)
-        self._topic_cache.clear()
-        await self.transport.subscribe_topic(pattern)
+        if self.registry.subscribe(cell, pattern):
+            await self.transport.subscribe_topic(pattern)
 
     def local_cell(self, agent_id: str) -> AgentCell | None:
         return self._cells.get(agent_id)
@@ -498,7 +378,7 @@ class Runtime:
 
     def supervisor(self, supervisor_id: str) -> Supervisor:
         try:
-            return self._supervisors[supervisor_id]
+            return self.registry.supervisors[supervisor_id]
         except KeyError:
             raise UnknownAgent(f"supervisor:{supervisor_id}") from None
 
@@ -553,7 +433,7 @@ class Runtime:
 
     def _current_cell_task(self) -> asyncio.Task[Any] | None:
         task = asyncio.current_task()
-        return task if task in self._tasks or task in self._drains else None
+        return task if self.tasks.owns(task) else None
 
     async def ask(self, target: str | AgentRef, message: Message, *, timeout: float) -> Message:
         """Send and wait for the reply (see `AgentRef.ask` for the errors raised)."""
@@ -568,14 +448,14 @@ class Runtime:
         pending = self._pending
         pending[message_id] = future
         # A bare timer on the loop rather than asyncio.timeout(): asks are on the fast path.
-        expiry = loop.call_later(timeout, _expire, future)
+        expiry = loop.call_later(timeout, expire, future)
         try:
             if type(target) is AgentRef:
                 await target.tell(message)
             else:
                 await self.tell(target, message)
             reply = await future
-        except _Expired:
+        except AskExpired:
             name = target.address if isinstance(target, AgentRef) else target
             raise AskTimeout(name, timeout) from None
         finally:
@@ -583,7 +463,7 @@ class Runtime:
             if pending.get(message_id) is future:
                 del pending[message_id]
         if reply.type == ERROR_REPLY:
-            raise _error_from_reply(reply)
+            raise error_from_reply(reply)
         return reply
 
     async def publish(self, topic: str, message: Message) -> None:
@@ -628,7 +508,7 @@ class Runtime:
                 await self._deliver_local(cell, message)
                 return
         elif kind == "type":
-            cell = self._pick(address.value)
+            cell = self.registry.pick(address.value)
             if cell is not None:
                 await self._deliver_local(cell, message)
                 return
@@ -653,29 +533,8 @@ class Runtime:
             )
             raise
 
-    def _pick(self, agent_type: str) -> AgentCell | None:
-        """Round-robin over the live local agents of a type."""
-        rotation = self._type_rotation.get(agent_type)
-        if rotation is None:
-            cells = [c for c in self._by_type.get(agent_type, {}).values() if not c.stopped]
-            if not cells:
-                return None
-            rotation = self._type_rotation[agent_type] = (cells, [0])
-        cells, position = rotation
-        index = position[0] = (position[0] + 1) % len(cells)
-        return cells[index]
-
     async def _publish_local(self, message: Message, key: str, parent: Delivery | None) -> int:
-        cells = self._topic_cache.get(key)
-        if cells is None:
-            cells = [
-                cell
-                for pattern, subscribers in self._topic_subs.items()
-                if topic_matches(pattern, key)
-                for cell in subscribers.values()
-            ]
-            cells = list({cell.id: cell for cell in cells}.values())
-            self._topic_cache[key] = cells
+        cells = self.registry.subscribers(key)
         fanout = _FanoutDelivery(parent, len(cells)) if parent is not None else None
         for cell in cells:
             copy = Message.from_json(message.to_json()) if self._serialize else message
@@ -716,7 +575,9 @@ class Runtime:
                 await delivery.ack()
             return
         cell = (
-            self._cells.get(address.value) if address.kind == "agent" else self._pick(address.value)
+            self._cells.get(address.value)
+            if address.kind == "agent"
+            else self.registry.pick(address.value)
         )
         if cell is None:
             await self.dead_letter(delivery, "unknown_address")
@@ -848,22 +709,9 @@ class Runtime:
         )
         self.dead_letters.record(letter)
         await delivery.dead_letter(letter)
-        if message.reply_to is not None and message.type != ERROR_REPLY:
-            notice = Message(
-                ERROR_REPLY,
-                {
-                    "reason": reason,
-                    "agent_id": agent_id,
-                    "error_type": letter.error_type,
-                    "error": letter.error_message,
-                    "attempts": letter.attempts,
-                },
-                sender=f"agent:{agent_id}" if agent_id else None,
-                target=message.reply_to,
-                correlation_id=message.id,
-                trace_id=message.trace_id,
-            )
-            await self.notify(message.reply_to, notice)
+        notice = error_notice(letter)
+        if notice is not None:
+            await self.notify(str(notice.target), notice)
 
     def log_handled(self, cell: AgentCell, message: Message, duration: float) -> None:
         structlog.get_logger("mas.cell").debug(
@@ -875,34 +723,3 @@ class Runtime:
             duration=round(duration, 6),
             status="succeeded",
         )
-
-
-class _Expired(Exception):
-    """An ask's timer fired before its reply arrived (turned into AskTimeout)."""
-
-
-def _expire(future: asyncio.Future[Message]) -> None:
-    if not future.done():
-        future.set_exception(_Expired())
-
-
-async def _await(job: Callable[[], Awaitable[None]]) -> None:
-    await job()
-
-
-def _error_from_reply(reply: Message) -> MasError:
-    payload = reply.payload
-    reason = payload.get("reason")
-    agent_id = str(payload.get("agent_id") or "?")
-    if reason == "agent_stopped":
-        return AgentStopped(agent_id)
-    if reason == "mailbox_overflow":
-        return MailboxFull(agent_id, 0)
-    if reason == "unknown_address":
-        return UnknownAgent(str(reply.sender or agent_id))
-    return HandlerError(
-        agent_id,
-        str(payload.get("error_type") or "Error"),
-        str(payload.get("error") or ""),
-        int(payload.get("attempts") or 0),
-    )

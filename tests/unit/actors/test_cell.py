@@ -58,7 +58,7 @@ async def test_an_idle_agent_holds_no_task_until_a_message_arrives() -> None:
         cell = rt.local_cell("idle")
         assert cell is not None
         assert not cell.busy
-        assert not rt._tasks
+        assert not rt.tasks.busy
         await ref.tell(Message("wake"))
         assert cell.busy  # activated by the message
         await rt.settle()
