@@ -1,0 +1,38 @@
+"""Every script in examples/ runs and prints what its docstring promises."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def run(name: str) -> str:
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / name)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_every_example_has_a_test() -> None:
+    assert sorted(p.name for p in EXAMPLES.glob("*.py")) == ["quickstart.py", "supervision.py"]
+
+
+def test_quickstart_prints_the_greeting() -> None:
+    assert run("quickstart.py").strip() == "hello ada"
+
+
+@pytest.mark.parametrize("line", ["total before the crash: 3", "total after the restart: 0"])
+def test_supervision_example_restarts_the_rest_of_the_pipeline(line: str) -> None:
+    out = run("supervision.py")
+    assert line in out
+    assert "dead letter: max_attempts after 2 attempts" in out
