@@ -50,7 +50,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from mas import Agent, AgentRef, Message, Runtime, Settings
+from mas import Agent, Message, Runtime, Settings
 
 RESULTS_FILE = Path(__file__).resolve().parent / "results" / "actors.json"
 MAILBOX_CAPACITY = Settings().mailbox.capacity  # the minimal actor gets the same bound as mas
@@ -228,8 +228,11 @@ async def _timed_asks(
     return Sample(clock() - start, latencies)
 
 
-async def _mas_spawn_all(rt: Runtime, n: int, first: int = 0) -> list[AgentRef]:
-    return [await rt.spawn(Idle, id=f"idle-{i}") for i in range(first, first + n)]
+async def _mas_spawn_all(rt: Runtime, n: int, first: int = 0) -> Runtime:
+    """Spawn `n` idle agents; their refs are dropped (the runtime's registry holds them)."""
+    for i in range(first, first + n):
+        await rt.spawn(Idle, id=f"idle-{i}")
+    return rt
 
 
 async def _mas_spawn(n: int) -> Sample:
@@ -647,69 +650,78 @@ def _rss_bytes() -> int:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-async def _async_probe(impl: str, n: int, rss_only: bool) -> dict[str, Any]:
+async def _async_probe(impl: str, n: int, traced: bool) -> dict[str, Any]:
     if impl == "mas":
         async with Runtime(_settings()) as rt:
-            return await _measure(impl, n, rss_only, lambda first: _mas_spawn_all(rt, n, first))
-    return await _measure(impl, n, rss_only, lambda first: _minimal_spawn_all(n, first))
+            return await _measure(impl, n, traced, lambda: _mas_spawn_all(rt, n))
+    return await _measure(impl, n, traced, lambda: _minimal_spawn_all(n))
 
 
 async def _measure(
-    impl: str, n: int, rss_only: bool, spawn: Callable[[int], Awaitable[object]]
+    impl: str, n: int, traced: bool, spawn: Callable[[], Awaitable[object]]
 ) -> dict[str, Any]:
-    """RSS growth of spawning `n` agents, then tracemalloc growth of `n` more."""
-    keep: list[object] = []
+    """Memory growth over spawning `n` agents: RSS, or the Python heap when `traced`."""
     gc.collect()
-    rss_before, start = _rss_bytes(), time.perf_counter()
-    keep.append(await spawn(0))
+    if traced:
+        tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0] if traced else _rss_bytes()
+    start = time.perf_counter()
+    agents = await spawn()
     seconds = time.perf_counter() - start
     gc.collect()
-    report: dict[str, Any] = {
-        "impl": impl,
+    grown = (tracemalloc.get_traced_memory()[0] if traced else _rss_bytes()) - before
+    tracemalloc.stop()
+    del agents
+    kind = "traced" if traced else "rss"
+    return {
         "n": n,
+        f"{kind}_bytes": grown,
+        f"{kind}_bytes_per_agent": grown / n,
         "seconds": seconds,
-        "rss_bytes": _rss_bytes() - rss_before,
     }
-    report["rss_bytes_per_agent"] = report["rss_bytes"] / n
-    if not rss_only:
-        tracemalloc.start()
-        traced_before = tracemalloc.get_traced_memory()[0]
-        keep.append(await spawn(n))
-        gc.collect()
-        report["traced_bytes_per_agent"] = (tracemalloc.get_traced_memory()[0] - traced_before) / n
-        tracemalloc.stop()
-    return report
 
 
-def _sync_probe(impl: str, n: int, rss_only: bool) -> dict[str, Any]:
+def _sync_probe(impl: str, n: int, traced: bool) -> dict[str, Any]:
     import pykka
 
-    async def spawn(first: int) -> object:
+    async def spawn() -> object:
         return _pykka_spawn_all(n)
 
     try:
-        return asyncio.run(_measure(impl, n, rss_only, spawn))
+        return asyncio.run(_measure(impl, n, traced, spawn))
     finally:
         pykka.ActorRegistry.stop_all()
 
 
-def probe(impl: str, n: int, rss_only: bool) -> dict[str, Any]:
+def probe(impl: str, n: int, traced: bool) -> dict[str, Any]:
     """Measure what `n` idle agents of `impl` cost (run inside a fresh process)."""
     if impl == "pykka":
-        return _sync_probe(impl, n, rss_only)
-    return asyncio.run(_async_probe(impl, n, rss_only))
+        return _sync_probe(impl, n, traced)
+    return asyncio.run(_async_probe(impl, n, traced))
 
 
-def _probe_memory(impl: str, n: int, *, rss_only: bool = False) -> dict[str, Any]:
-    _say(f"  spawn   memory probe: {impl}, {n} agents (fresh process)")
+def _run_probe(impl: str, n: int, traced: bool) -> dict[str, Any]:
+    kind = "tracemalloc" if traced else "RSS"
+    _say(f"  spawn   memory probe: {impl}, {n} agents, {kind} (fresh process)")
     command = [sys.executable, str(Path(__file__).resolve()), "--probe", impl, "--n", str(n)]
-    if rss_only:
-        command.append("--rss-only")
+    if traced:
+        command.append("--traced")
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         return {"error": done.stderr.strip()[-2000:]}
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
+
+
+def _probe_memory(impl: str, n: int, *, rss_only: bool = False) -> dict[str, Any]:
+    """RSS growth (no tracemalloc) and heap growth (tracemalloc), each in a fresh process."""
+    rss = _run_probe(impl, n, traced=False)
+    memory = {"n": n, "spawn_seconds": rss.pop("seconds", None), **rss}
+    if not rss_only:
+        heap = _run_probe(impl, n, traced=True)
+        heap.pop("seconds", None)
+        memory.update(heap)
+    return memory
 
 
 # -- ratios, targets and the report --------------------------------------------------------
@@ -876,7 +888,7 @@ def _million_lines(spawn: dict[str, Any]) -> list[str]:
         measured = spawn["measured_1m"]
         lines.append(
             f"  1M idle mas agents, measured: {_gib(measured.get('rss_bytes'))} GiB RSS, "
-            f"{_fmt(measured.get('seconds'))} s to spawn"
+            f"{_fmt(measured.get('spawn_seconds'))} s to spawn"
         )
     return lines
 
@@ -972,14 +984,14 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", default="", help="comma-separated: tell,ask,spawn,fanout")
     parser.add_argument("--probe", choices=("mas", "minimal", "pykka"), help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, default=0, help=argparse.SUPPRESS)
-    parser.add_argument("--rss-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--traced", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = _parse_args(argv)
     if args.probe:
-        print(json.dumps(probe(args.probe, args.n, args.rss_only)))
+        print(json.dumps(probe(args.probe, args.n, args.traced)))
         return
     report = run_all(args)
     text = json.dumps(report, indent=2)

@@ -6,6 +6,7 @@ Everything importable from here is the public API; other modules may change with
 from mas.actors.agent import Agent, AgentContext, HandlerResult, Terminated
 from mas.actors.backoff import RetryPolicy
 from mas.actors.deadletters import DeadLetter, DeadLetters, DeadLetterSubscription
+from mas.actors.journal import Journal
 from mas.actors.ref import AgentRef
 from mas.actors.runtime import Runtime
 from mas.actors.supervisor import ChildSpec, Restart, Strategy, Supervisor
@@ -24,6 +25,8 @@ from mas.errors import (
     MasError,
     MessageTooLarge,
     RuntimeNotRunning,
+    SchemaOutdated,
+    StoreUnavailable,
     SupervisorEscalation,
     TransportError,
     UnknownAgent,
@@ -51,6 +54,7 @@ __all__ = [
     "HandlerReturnError",
     "InvalidAddress",
     "InvalidMessage",
+    "Journal",
     "MailboxFull",
     "MasError",
     "Message",
@@ -59,7 +63,9 @@ __all__ = [
     "RetryPolicy",
     "Runtime",
     "RuntimeNotRunning",
+    "SchemaOutdated",
     "Settings",
+    "StoreUnavailable",
     "Strategy",
     "Supervisor",
     "SupervisorEscalation",

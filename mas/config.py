@@ -63,4 +63,13 @@ class Settings(BaseSettings):
     log_format: Literal["json", "console"] = "json"
     amqp_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
     database_url: SecretStr = SecretStr("sqlite+aiosqlite:///./mas.db")
+    database_schema: str | None = Field(
+        None, description="PostgreSQL schema to use (tests use one per run)"
+    )
+    persist: bool = Field(
+        False, description="record agents, tasks and messages in MAS_DATABASE_URL"
+    )
+    audit: Literal["all", "tasks", "off"] = Field(
+        "all", description="which messages the audit records (when persisting)"
+    )
     redis_url: SecretStr | None = None

@@ -133,3 +133,11 @@ class RuntimeNotRunning(MasError, RuntimeError):
 
 class TransportError(MasError):
     """The transport could not carry a message (broker unreachable, publish refused)."""
+
+
+class StoreUnavailable(MasError):
+    """The database cannot be reached (its URL is shown with the password masked)."""
+
+
+class SchemaOutdated(MasError):
+    """The database schema is behind (or ahead of) the migrations this mas expects."""

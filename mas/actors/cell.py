@@ -19,10 +19,11 @@ from mas.actors.agent import Agent, AgentContext
 from mas.actors.backoff import RetryPolicy
 from mas.actors.deadletters import DeadLetter
 from mas.actors.mailbox import Mailbox
-from mas.errors import AgentStartError, AgentStopped, ConfigError
+from mas.errors import AgentStartError, AgentStopped, ConfigError, MasError
 from mas.messages import Message
 
 if TYPE_CHECKING:
+    from mas.actors.journal import Journal
     from mas.actors.ref import AgentRef
     from mas.actors.runtime import Runtime
     from mas.actors.supervisor import Restart, Supervisor
@@ -72,6 +73,7 @@ class AgentCell:
         "_watchers",
         "address",
         "agent_type",
+        "attempt",
         "ctx",
         "current",
         "factory",
@@ -114,6 +116,7 @@ class AgentCell:
         self.instance: Agent | None = None
         self.status = SUSPENDED
         self.current: Message | None = None
+        self.attempt = 0
         self.stop_requested = False
         self.topics: list[str] | None = None
         self._active = False
@@ -198,8 +201,11 @@ class AgentCell:
         """
         mailbox = self.mailbox
         runtime = self.runtime
+        journal = runtime.journal
         lingered = False
         try:
+            if journal is not None and self._seen is None:
+                await self._recall(journal)
             while self.status is RUNNING:
                 items = mailbox._items
                 if not items:
@@ -229,6 +235,11 @@ class AgentCell:
                 instance = self.instance
                 assert instance is not None  # RUNNING implies an instance
                 self.current = message
+                if journal is not None:
+                    self.attempt = delivery.attempt if delivery is not None else 1
+                    runtime.ensure_trace(message)  # every audited message can be found by trace
+                    if "task_id" in message.metadata:
+                        journal.task_running(message, self.id, self.attempt)
                 started = time.perf_counter() if runtime.log_messages else 0.0
                 try:
                     result = await instance.handle_message(message)
@@ -250,7 +261,9 @@ class AgentCell:
                         self._idle()
                     self._remember(message_id, reply)
                     runtime.handled += 1
-                    if delivery is not None:
+                    if journal is not None:
+                        await journal.handled(self.id, message, reply, delivery)
+                    elif delivery is not None:
                         await delivery.ack()
                     if started:
                         runtime.log_handled(self, message, time.perf_counter() - started)
@@ -265,6 +278,21 @@ class AgentCell:
             self._active = False
             task, self._task = self._task, None
             runtime.drain_done(task)
+
+    async def _recall(self, journal: Journal) -> None:
+        """Load the ids this agent handled before a restart of the process (idempotency)."""
+        half = self.runtime.dedupe_half
+        if half == 0:
+            return
+        self._seen, self._seen_old = {}, {}
+        try:
+            remembered = await journal.recall(self.id, half)
+        except MasError as exc:
+            _log.warning("idempotency_recall_failed", agent_id=self.id, error=str(exc))
+            self._seen = None  # try again on the next activation
+            return
+        for message_id, reply in remembered:
+            self._remember(message_id, reply)
 
     def _idle(self) -> None:
         self.current = None
@@ -417,6 +445,8 @@ class AgentCell:
         for item in self.mailbox.close():
             await runtime.dead_letter(self.as_delivery(item), "agent_stopped", agent_id=self.id)
         await runtime.unregister(self)
+        if runtime.journal is not None:
+            runtime.journal.agent_stopped(self.id, self.agent_type, reason)
         log = _log.debug if reason == "shutdown" else _log.info
         log("agent_stopped", agent_id=self.id, agent_type=self.agent_type, reason=reason)
         watchers, self._watchers = self._watchers, None

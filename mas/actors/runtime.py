@@ -25,6 +25,7 @@ from mas.actors.backoff import RetryPolicy
 from mas.actors.cell import STOPPED, AgentCell, LocalDelivery
 from mas.actors.clock import Clock, LoopClock
 from mas.actors.deadletters import DeadLetter, DeadLetters
+from mas.actors.journal import Journal
 from mas.actors.ref import AgentRef
 from mas.actors.registry import LocalRegistry
 from mas.actors.replies import (
@@ -110,6 +111,7 @@ class Runtime:
         transport: Transport | None = None,
         clock: Clock | None = None,
         node_id: str | None = None,
+        journal: Journal | None = None,
     ) -> None:
         self.settings = settings if settings is not None else Settings()
         s = self.settings
@@ -117,6 +119,7 @@ class Runtime:
         self.clock: Clock = clock if clock is not None else LoopClock()
         self.transport: Transport = transport if transport is not None else create_transport(s)
         self.dead_letters = DeadLetters()
+        self.journal: Journal | None = journal
         self.retry_policy = RetryPolicy(
             s.retry.max_attempts, s.retry.base_delay, s.retry.max_delay, s.retry.jitter
         )
@@ -175,6 +178,12 @@ class Runtime:
         if not structlog.is_configured():
             configure_logging(s.log_level, s.log_format)
         self.log_messages = level_number(s.log_level) <= logging.DEBUG
+        if self.journal is None and s.persist:
+            from mas.persistence import open_journal  # the SQL stack loads only when asked
+
+            self.journal = await open_journal(s)
+        if self.journal is not None:
+            await self.journal.open(self._node_id)
         await self.transport.start(self)
         self._state = "running"
         self._accepting = True
@@ -257,6 +266,8 @@ class Runtime:
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(RuntimeNotRunning("the runtime stopped before the reply"))
+        if self.journal is not None:
+            await self.journal.close()  # commit the audit and ack what it covers
         await self.transport.close()
         await self.tasks.wait_all(timeout)
         self._state = "stopped"
@@ -279,6 +290,8 @@ class Runtime:
         """
         with anyio.fail_after(timeout):
             await self.tasks.settle(advance_clock=advance_clock)
+            if self.journal is not None:
+                await self.journal.flush()
 
     def start_task(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run `coro` as a task the runtime owns: awaited at shutdown, errors fail it."""
@@ -646,6 +659,8 @@ class Runtime:
             if out.correlation_id is None:
                 out.correlation_id = incoming.id
         is_reply = out.correlation_id == incoming.id and out.target == incoming.reply_to
+        if is_reply and self.journal is not None:
+            self.journal.replied(out)
         try:
             await self._route(out)
         except UnknownAgent:
@@ -663,6 +678,8 @@ class Runtime:
 
     async def _complete_task(self, cell: AgentCell, incoming: Message, result: TaskResult) -> None:
         self.tasks_completed += 1
+        if self.journal is not None:
+            self.journal.task_finished(result, incoming, cell.attempt)
         _log.info(
             "task_completed",
             task_id=result.task_id,
@@ -708,6 +725,8 @@ class Runtime:
             attempts if attempts is not None else delivery.attempt,
         )
         self.dead_letters.record(letter)
+        if self.journal is not None:
+            self.journal.task_dead_lettered(letter)
         await delivery.dead_letter(letter)
         notice = error_notice(letter)
         if notice is not None:

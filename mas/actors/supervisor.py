@@ -197,6 +197,8 @@ class Supervisor:
             raise AgentStartError(f"agent {agent_id!r} failed in start(): {exc!r}") from exc
         cell.instance = instance
         self.children.append(cell)
+        if runtime.journal is not None:
+            runtime.journal.agent_started(agent_id, cls.type, cls.capabilities)
         await runtime.subscribe_cell(cell, cls)
         await cell.resume()
         return cell.ref()

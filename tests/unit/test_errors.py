@@ -48,6 +48,8 @@ def test_the_error_module_defines_the_expected_classes():
         "MasError",
         "MessageTooLarge",
         "RuntimeNotRunning",
+        "SchemaOutdated",
+        "StoreUnavailable",
         "SupervisorEscalation",
         "TransportError",
         "UnknownAgent",

@@ -1,4 +1,4 @@
-"""The `mas` command line: `mas demo` now; `up`, `api`, `worker`, ... as they land."""
+"""`mas demo`: a short end-to-end scenario in one process."""
 
 from __future__ import annotations
 
@@ -15,25 +15,6 @@ from mas.config import RetrySettings, Settings
 from mas.errors import HandlerError
 from mas.messages import Message
 from mas.observability.logging import configure_logging
-
-app = typer.Typer(
-    help="mas: a multi-agent system runtime — supervised actors with mailboxes.",
-    no_args_is_help=True,
-    add_completion=False,
-)
-
-
-@app.callback()
-def main() -> None:
-    """Run `mas COMMAND --help` for the options of a command."""
-
-
-@app.command()
-def version() -> None:
-    """Print the installed mas version."""
-    from mas import __version__
-
-    typer.echo(__version__)
 
 
 class _Flaky(Agent):
@@ -95,7 +76,6 @@ async def _demo() -> dict[str, int]:
     return stats
 
 
-@app.command()
 def demo(
     log_level: Annotated[
         str, typer.Option(help="also show the runtime's JSON logs at this level (on stderr)")
@@ -107,7 +87,3 @@ def demo(
     if stats["dead_letters"] != 1 or stats["restarts"] < 1:
         typer.echo("demo did not behave as expected", err=True)
         raise typer.Exit(1)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    app()

@@ -1,0 +1,59 @@
+"""Journal: what the runtime tells a persistent record of itself (the store implements it).
+
+The actor core stays free of SQL: it calls these hooks at the moments that matter, and the
+implementation (`mas.persistence.journal.StoreJournal`) decides how to write them — in
+batches, behind the hot path. `handled` owns the delivery from then on and acknowledges it
+only once the record is committed: nothing is acknowledged that was not recorded.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+from mas.messages import Message, TaskResult
+
+if TYPE_CHECKING:
+    from mas.actors.deadletters import DeadLetter
+    from mas.transports.base import Delivery
+
+__all__ = ["Journal"]
+
+
+class Journal(Protocol):
+    async def open(self, node_id: str) -> None:
+        """Start writing (the runtime is starting)."""
+
+    async def close(self) -> None:
+        """Flush everything recorded so far and stop (the runtime has drained)."""
+
+    async def flush(self) -> None:
+        """Wait until everything recorded so far is committed."""
+
+    async def handled(
+        self, agent_id: str, message: Message, reply: Message | None, delivery: Delivery | None
+    ) -> None:
+        """An agent handled `message` (and answered `reply`); settle `delivery` once durable.
+
+        May wait when the write backlog is too long (back-pressure on the handlers).
+        """
+
+    def replied(self, reply: Message) -> None:
+        """A reply went to an asker (audit)."""
+
+    async def recall(self, agent_id: str, limit: int) -> list[tuple[str, Message | None]]:
+        """Message ids (and replies) the agent handled before, oldest first."""
+
+    def task_running(self, message: Message, agent_id: str, attempt: int) -> None:
+        """A message that belongs to a task is being handled."""
+
+    def task_finished(self, result: TaskResult, message: Message, attempt: int) -> None:
+        """A handler returned a TaskResult for the task."""
+
+    def task_dead_lettered(self, letter: DeadLetter) -> None:
+        """The task's message went to dead letters."""
+
+    def agent_started(self, agent_id: str, agent_type: str, capabilities: tuple[str, ...]) -> None:
+        """An agent was spawned on this node."""
+
+    def agent_stopped(self, agent_id: str, agent_type: str, reason: str) -> None:
+        """An agent stopped for good on this node."""

@@ -1,0 +1,34 @@
+"""The `mas` command line; each command lives in its own module of this package."""
+
+from __future__ import annotations
+
+import typer
+
+from mas.cli import db, demo, replay
+
+app = typer.Typer(
+    help="mas: a multi-agent system runtime — supervised actors with mailboxes.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def main() -> None:
+    """Run `mas COMMAND --help` for the options of a command."""
+
+
+@app.command()
+def version() -> None:
+    """Print the installed mas version."""
+    from mas import __version__
+
+    typer.echo(__version__)
+
+
+app.command()(demo.demo)
+app.command()(replay.replay)
+app.add_typer(db.app, name="db")
+
+__all__ = ["app"]

@@ -1,0 +1,76 @@
+"""`mas db upgrade | current`: the database schema, migrated by the migrations mas ships."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import anyio
+import typer
+from pydantic import SecretStr
+
+from mas.config import Settings
+from mas.errors import MasError
+
+app = typer.Typer(help="Database schema: migrate it and show where it is.", no_args_is_help=True)
+
+UrlOption = Annotated[
+    str | None, typer.Option("--url", help="database URL (default: MAS_DATABASE_URL)")
+]
+
+
+def _settings(url: str | None) -> Settings:
+    settings = Settings()
+    if url is not None:
+        settings = settings.model_copy(update={"database_url": SecretStr(url)})
+    return settings
+
+
+def _run(work: object) -> None:
+    try:
+        anyio.run(work)  # type: ignore[arg-type]
+    except MasError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def upgrade(url: UrlOption = None) -> None:
+    """Migrate the database to the schema this mas needs."""
+    from mas.persistence import open_store
+    from mas.persistence.schema import head_revision
+
+    async def work() -> None:
+        store = await open_store(_settings(url), migrate=True)
+        try:
+            revision = await store.revision()
+            typer.echo(f"{store.url}: at revision {revision} (head {head_revision()})")
+        finally:
+            await store.close()
+
+    _run(work)
+
+
+@app.command()
+def current(url: UrlOption = None) -> None:
+    """Show the database's schema revision and whether it is up to date."""
+    from mas.persistence.engine import connect, display_url
+    from mas.persistence.schema import current_revision, head_revision
+
+    settings = _settings(url)
+
+    async def work() -> None:
+        engine = await connect(
+            settings.database_url.get_secret_value(), schema=settings.database_schema
+        )
+        try:
+            revision = await current_revision(engine, settings.database_schema)
+        finally:
+            await engine.dispose()
+        head = head_revision()
+        state = "up to date" if revision == head else "behind: run `mas db upgrade`"
+        where = display_url(engine.url)
+        typer.echo(f"{where}: revision {revision or 'none'}, head {head} ({state})")
+        if revision != head:
+            raise typer.Exit(2)
+
+    _run(work)

@@ -1,0 +1,152 @@
+"""`mas replay --trace ID`: re-run a recorded trace in memory and diff the outputs.
+
+The messages that entered the trace from outside (their sender is not one of the trace's
+agents) are sent again, in their recorded order, to fresh instances of the same agent classes
+in an in-memory test runtime. What the agents emit is compared with what they emitted when
+the trace was recorded (type, sender, target and payload; ids and timestamps differ by
+nature). Identical outputs exit 0; a difference prints a diff and exits 1.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import json
+from typing import Annotated, Any
+
+import anyio
+import typer
+from pydantic import SecretStr
+
+from mas.actors.agent import Agent
+from mas.config import Settings
+from mas.errors import ConfigError, MasError
+from mas.messages import Message
+
+AgentsOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--agents", help="agent classes as module:Class (repeat); agents.echo:EchoAgent is built in"
+    ),
+]
+
+
+def load_agent_class(spec: str) -> type[Agent]:
+    """Import `module:Class` and check it is an Agent subclass."""
+    module_name, _, class_name = spec.partition(":")
+    if not module_name or not class_name:
+        raise ConfigError(f"{spec!r}: write agent classes as module:Class")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"cannot import {spec!r}: {exc}") from exc
+    if not (isinstance(cls, type) and issubclass(cls, Agent)):
+        raise ConfigError(f"{spec!r} is not an Agent subclass")
+    return cls
+
+
+def canonical(message: Message) -> str:
+    target = message.target or ""
+    if target.startswith("reply:"):
+        target = "reply:<asker>"
+    return json.dumps(
+        {
+            "type": message.type,
+            "sender": message.sender,
+            "target": target,
+            "payload": message.payload,
+        },
+        sort_keys=True,
+    )
+
+
+async def replay_trace(
+    recorded: list[Message], agent_types: dict[str, str], classes: dict[str, type[Agent]]
+) -> tuple[list[str], list[str]]:
+    """Re-run `recorded`; returns (expected, actual) canonical outputs."""
+    from mas.testing import TestRuntime
+    from mas.testing.journal import MemoryJournal
+
+    agent_addresses = {f"agent:{agent_id}" for agent_id in agent_types}
+    roots = [m for m in recorded if m.sender not in agent_addresses]
+    root_ids = {m.id for m in roots}
+    expected = [canonical(m) for m in recorded if m.id not in root_ids]
+    journal = MemoryJournal()
+    async with TestRuntime(journal=journal, log_level="ERROR") as rt:
+        for agent_id, agent_type in agent_types.items():
+            await rt.spawn(classes[agent_type], id=agent_id)
+        with typer.progressbar(roots, label="replaying", file=None) as progress:
+            for root in progress:
+                again = root.evolve(reply_to=rt.reply_address if root.reply_to else None)
+                if root.target is None:
+                    continue
+                await rt.tell(root.target, again)
+                await rt.settle()
+    actual = [canonical(m) for m in journal.messages if m.id not in root_ids]
+    return expected, actual
+
+
+def replay(
+    trace: Annotated[str, typer.Option("--trace", help="the trace id to re-run")],
+    agents: AgentsOption = None,
+    url: Annotated[
+        str | None, typer.Option("--url", help="database URL (default: MAS_DATABASE_URL)")
+    ] = None,
+) -> None:
+    """Re-run a recorded trace into an in-memory runtime and diff the outputs."""
+    settings = Settings()
+    if url is not None:
+        settings = settings.model_copy(update={"database_url": SecretStr(url)})
+    specs = ["agents.echo:EchoAgent", *(agents or [])]
+
+    async def work() -> bool:
+        from mas.persistence import open_store
+
+        classes = {cls.type: cls for cls in map(load_agent_class, specs)}
+        store = await open_store(settings)
+        try:
+            recorded = await store.trace(trace)
+            if not recorded:
+                raise ConfigError(f"no messages recorded for trace {trace!r} in {store.url}")
+            agent_types = await _agent_types(store, recorded)
+        finally:
+            await store.close()
+        missing = {t for t in agent_types.values() if t not in classes}
+        if missing:
+            raise ConfigError(
+                f"no class for agent type(s) {', '.join(sorted(missing))}: "
+                "pass --agents module:Class"
+            )
+        typer.echo(f"trace {trace}: {len(recorded)} messages, agents {sorted(agent_types)}")
+        expected, actual = await replay_trace(recorded, agent_types, classes)
+        if expected == actual:
+            typer.echo(f"identical: {len(actual)} output messages match the recording")
+            return True
+        typer.echo(
+            "\n".join(difflib.unified_diff(expected, actual, "recorded", "replayed", lineterm=""))
+        )
+        return False
+
+    try:
+        same = anyio.run(work)
+    except MasError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if not same:
+        raise typer.Exit(1)
+
+
+async def _agent_types(store: Any, recorded: list[Message]) -> dict[str, str]:
+    ids = {
+        address[6:]
+        for m in recorded
+        for address in (m.sender, m.target)
+        if address and address.startswith("agent:")
+    }
+    types: dict[str, str] = {}
+    for agent_id in sorted(ids):
+        record = await store.get_agent(agent_id)
+        if record is None:
+            raise ConfigError(f"agent {agent_id!r} of the trace is not in the agents table")
+        types[agent_id] = record.type
+    return types

@@ -1,0 +1,81 @@
+"""Creating and checking the async engine: SQLite (WAL) or PostgreSQL (asyncpg)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from mas.errors import ConfigError, StoreUnavailable
+
+__all__ = ["connect", "display_url", "parse_database_url"]
+
+
+def parse_database_url(url: str) -> URL:
+    """Validate a `MAS_DATABASE_URL`, naming the drivers mas supports."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ConfigError(f"MAS_DATABASE_URL is not a database URL: {exc}") from exc
+    if parsed.drivername not in ("sqlite+aiosqlite", "postgresql+asyncpg"):
+        raise ConfigError(
+            f"MAS_DATABASE_URL uses driver {parsed.drivername!r}: use "
+            "'sqlite+aiosqlite:///./mas.db' or 'postgresql+asyncpg://user:pass@host/db'"
+        )
+    return parsed
+
+
+def display_url(url: URL) -> str:
+    """The URL with its password masked, for errors and logs."""
+    return url.render_as_string(hide_password=True)
+
+
+async def connect(url: str, *, schema: str | None = None) -> AsyncEngine:
+    """Create an engine and prove it can reach the database.
+
+    Raises:
+        ConfigError: the URL is malformed or names an unsupported driver.
+        StoreUnavailable: the database cannot be reached (password masked in the message).
+    """
+    parsed = parse_database_url(url)
+    options: dict[str, Any] = {}
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        options["connect_args"] = {"timeout": 30}
+    else:
+        options["pool_pre_ping"] = True
+        options["pool_size"] = 5
+        if schema:
+            options["connect_args"] = {"server_settings": {"search_path": schema}}
+    engine = create_async_engine(parsed, **options)
+    if parsed.get_backend_name() == "sqlite":
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    try:
+        async with engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+    except (OSError, SQLAlchemyError, DBAPIError) as exc:
+        await engine.dispose()
+        raise StoreUnavailable(
+            f"cannot reach the database at {display_url(parsed)}: {_reason(exc)}"
+        ) from exc
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets readers (the API) and the writer (the runtime) work at once; NORMAL sync is
+    # durable across application crashes, which is what the audit needs.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def _reason(exc: BaseException) -> str:
+    original = getattr(exc, "orig", None) or exc.__cause__ or exc
+    return f"{type(original).__name__}: {str(original).splitlines()[0] if str(original) else ''}"

@@ -1,0 +1,314 @@
+"""StoreJournal: the runtime's record in the database, written in batches behind the hot path.
+
+Handlers never wait for the database: each record is appended to an in-memory batch, and one
+writer task commits whatever has accumulated while the previous commit ran (group commit).
+Deliveries from a transport are acknowledged only after the commit that records them. When
+the database is down, the writer keeps the batch and retries with backoff; past
+`high_water` pending rows, handlers wait (back-pressure) instead of memory growing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import structlog
+from sqlalchemy.exc import DataError
+
+from mas.actors.deadletters import DeadLetter
+from mas.errors import StoreUnavailable
+from mas.messages import Message, TaskResult
+from mas.persistence.store import Batch, Store, message_row
+from mas.transports.base import Delivery
+
+__all__ = ["BatchWriter", "StoreJournal"]
+
+_log = structlog.get_logger("mas.persistence")
+
+Audit = Literal["all", "tasks", "off"]
+
+
+class BatchWriter:
+    """Collects rows and commits them in batches; acks deliveries after their commit."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        high_water: int = 20_000,
+        retry_max: float = 5.0,
+        close_timeout: float = 10.0,
+    ) -> None:
+        self.store = store
+        self.high_water = high_water
+        self.retry_max = retry_max
+        self.close_timeout = close_timeout
+        self.pending = Batch()
+        self.settle: list[Delivery] = []
+        self.written = 0
+        self.batches = 0
+        self.failures = 0
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="mas-batch-writer")
+
+    def wake(self) -> None:
+        """New rows were appended to `pending`."""
+        self._idle.clear()
+        self._wake.set()
+        if len(self.pending) >= self.high_water:
+            self._room.clear()
+
+    @property
+    def full(self) -> bool:
+        return not self._room.is_set()
+
+    async def wait_for_room(self) -> None:
+        await self._room.wait()
+
+    async def flush(self) -> None:
+        """Wait until every row appended so far is committed."""
+        await self._idle.wait()
+
+    async def _run(self) -> None:
+        delay = 0.05
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while len(self.pending) or self.settle:
+                batch, settle = self.pending, self.settle
+                self.pending, self.settle = Batch(), []
+                try:
+                    await self._write(batch)
+                except StoreUnavailable as exc:
+                    self.failures += 1
+                    _log.warning(
+                        "store_write_failed", rows=len(batch), retry_in=delay, error=str(exc)
+                    )
+                    batch.extend(self.pending)
+                    self.pending, self.settle = batch, settle + self.settle
+                    if self._closing and self._task is not None and self._give_up():
+                        return
+                    await asyncio.sleep(delay)  # backoff while the database is away
+                    delay = min(delay * 2, self.retry_max)
+                    continue
+                delay = 0.05
+                self.written += len(batch)
+                self.batches += 1
+                for delivery in settle:
+                    await delivery.ack()
+                if len(self.pending) < self.high_water:
+                    self._room.set()
+            self._idle.set()
+            if self._closing:
+                return
+
+    def _give_up(self) -> bool:
+        return asyncio.get_running_loop().time() >= self._deadline
+
+    async def _write(self, batch: Batch) -> None:
+        try:
+            await self.store.apply(batch)
+        except StoreUnavailable as exc:
+            if not isinstance(exc.__cause__, DataError):
+                raise
+            # One row the database refuses (NUL characters on PostgreSQL) must not hold the
+            # rest back: store it with the characters replaced, and say so.
+            _log.error("store_rows_sanitized", rows=len(batch), error=str(exc.__cause__))
+            await self.store.apply(_sanitized(batch))
+
+    async def close(self) -> None:
+        """Commit what is pending (bounded by `close_timeout`), then stop."""
+        if self._task is None:
+            return
+        self._closing = True
+        self._deadline = asyncio.get_running_loop().time() + self.close_timeout
+        self._wake.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), self.close_timeout + 1)
+        except TimeoutError:
+            self._task.cancel()
+        if len(self.pending):
+            _log.error(
+                "store_rows_not_written",
+                rows=len(self.pending),
+                unacknowledged=len(self.settle),
+                hint="the database was unreachable at shutdown; unacknowledged messages "
+                "return to their queues",
+            )
+        self._task = None
+
+
+def _sanitized(batch: Batch) -> Batch:
+    def clean(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [
+            json.loads(json.dumps(row, default=str).replace("\\u0000", "\\ufffd")) for row in rows
+        ]
+
+    result = Batch(
+        agents=clean(batch.agents),
+        messages=clean(batch.messages),
+        processed=clean(batch.processed),
+        running=clean(batch.running),
+        finished=clean(batch.finished),
+    )
+    for rows in (result.agents, result.messages, result.processed, result.running):
+        for row in rows:
+            for key, value in row.items():
+                if key.endswith("_at") or key == "last_heartbeat":
+                    row[key] = datetime.fromisoformat(value) if value else None
+    for row in result.finished:
+        row["finished_at"] = datetime.fromisoformat(row["finished_at"])
+    return result
+
+
+class StoreJournal:
+    """The runtime's Journal backed by a Store (`MAS_AUDIT=all|tasks|off`)."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        audit: Audit = "all",
+        high_water: int = 20_000,
+        owns_store: bool = False,
+    ) -> None:
+        self.store = store
+        self.owns_store = owns_store
+        self.audit = audit
+        self.writer = BatchWriter(store, high_water=high_water)
+        self.node_id: str | None = None
+        self._audit_all = audit == "all"
+        self._audit_tasks = audit == "tasks"
+
+    async def open(self, node_id: str) -> None:
+        self.node_id = node_id
+        self.writer.start()
+
+    async def close(self) -> None:
+        await self.writer.close()
+        if self.owns_store:
+            await self.store.close()
+
+    async def flush(self) -> None:
+        await self.writer.flush()
+
+    def _audits(self, message: Message) -> bool:
+        return self._audit_all or (self._audit_tasks and "task_id" in message.metadata)
+
+    async def handled(
+        self, agent_id: str, message: Message, reply: Message | None, delivery: Delivery | None
+    ) -> None:
+        writer = self.writer
+        pending = writer.pending
+        if self._audits(message):
+            pending.messages.append(message_row(message))
+        pending.processed.append(
+            {
+                "agent_id": agent_id,
+                "message_id": message.id,
+                "reply": reply.to_dict() if reply is not None else None,
+                "processed_at": datetime.now(UTC),
+            }
+        )
+        if delivery is not None:
+            writer.settle.append(delivery)
+        writer.wake()
+        if writer.full:
+            await writer.wait_for_room()
+
+    def replied(self, reply: Message) -> None:
+        if self._audits(reply):
+            self.writer.pending.messages.append(message_row(reply))
+            self.writer.wake()
+
+    async def recall(self, agent_id: str, limit: int) -> list[tuple[str, Message | None]]:
+        return await self.store.recent_processed(agent_id, limit)
+
+    def task_running(self, message: Message, agent_id: str, attempt: int) -> None:
+        task_id = message.task_id
+        if task_id is None:
+            return
+        now = datetime.now(UTC)
+        self.writer.pending.running.append(
+            {
+                "id": task_id,
+                "type": message.type,
+                "status": "running",
+                "target": message.target,
+                "payload": message.payload,
+                "result": None,
+                "error": None,
+                "attempts": attempt,
+                "created_by": message.sender,
+                "trace_id": message.trace_id,
+                "created_at": now,
+                "started_at": now,
+                "finished_at": None,
+            }
+        )
+        self.writer.wake()
+
+    def task_finished(self, result: TaskResult, message: Message, attempt: int) -> None:
+        self.writer.pending.finished.append(
+            {
+                "task_id": result.task_id,
+                "status": result.status,
+                "result": result.result,
+                "error": result.error.to_dict() if result.error else None,
+                "attempts": attempt,
+                "finished_at": datetime.now(UTC),
+            }
+        )
+        self.writer.wake()
+
+    def task_dead_lettered(self, letter: DeadLetter) -> None:
+        task_id = letter.message.task_id
+        if task_id is None:
+            return
+        self.writer.pending.finished.append(
+            {
+                "task_id": task_id,
+                "status": "dead_lettered",
+                "result": None,
+                "error": {
+                    "type": letter.error_type or letter.reason,
+                    "message": letter.error_message or letter.reason,
+                    "reason": letter.reason,
+                    "retryable": False,
+                },
+                "attempts": letter.attempts,
+                "finished_at": datetime.now(UTC),
+            }
+        )
+        self.writer.wake()
+
+    def agent_started(self, agent_id: str, agent_type: str, capabilities: tuple[str, ...]) -> None:
+        self._agent(agent_id, agent_type, "running", {"capabilities": list(capabilities)})
+
+    def agent_stopped(self, agent_id: str, agent_type: str, reason: str) -> None:
+        self._agent(agent_id, agent_type, "stopped", {"stop_reason": reason})
+
+    def _agent(self, agent_id: str, agent_type: str, status: str, meta: dict[str, Any]) -> None:
+        now = datetime.now(UTC)
+        self.writer.pending.agents.append(
+            {
+                "id": agent_id,
+                "type": agent_type,
+                "status": status,
+                "node_id": self.node_id,
+                "last_heartbeat": now,
+                "metadata": meta,
+                "created_at": now,
+            }
+        )
+        self.writer.wake()

@@ -1,0 +1,102 @@
+"""Tables: agents, tasks, the message audit, and processed message ids (idempotency).
+
+One model serves SQLite and PostgreSQL: JSON columns become JSONB on PostgreSQL. Agent ids are
+strings (`agent:<id>` allows any id a user picks), task and message ids are the UUID strings
+mas generates (or a client-supplied idempotency key).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Index, Integer, MetaData, String, UniqueConstraint
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = ["AgentRow", "Base", "MessageRow", "ProcessedMessageRow", "TaskRow"]
+
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+Timestamp = DateTime(timezone=True)
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class AgentRow(Base):
+    """An agent known to the system: where it runs, whether it is alive."""
+
+    __tablename__ = "agents"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    type: Mapped[str] = mapped_column(String(200), index=True)
+    status: Mapped[str] = mapped_column(String(32), index=True)
+    node_id: Mapped[str | None] = mapped_column(String(200))
+    last_heartbeat: Mapped[datetime | None] = mapped_column(Timestamp)
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSONType, default=dict)
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
+class TaskRow(Base):
+    """A unit of work and its lifecycle: pending -> running -> a final status."""
+
+    __tablename__ = "tasks"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    type: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(32))
+    target: Mapped[str | None] = mapped_column(String(210))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    result: Mapped[Any | None] = mapped_column(JSONType)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_by: Mapped[str | None] = mapped_column(String(200))
+    trace_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+    started_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    finished_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+    __table_args__ = (Index("ix_tasks_status_created_at", "status", "created_at"),)
+
+
+class MessageRow(Base):
+    """The audit trail: every message handled by an agent, and every reply to an asker."""
+
+    __tablename__ = "messages"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    msg_type: Mapped[str] = mapped_column(String(200))
+    sender: Mapped[str | None] = mapped_column(String(210), index=True)
+    target: Mapped[str | None] = mapped_column(String(210), index=True)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSONType, default=dict)
+    trace_id: Mapped[str | None] = mapped_column(String(64))
+    correlation_id: Mapped[str | None] = mapped_column(String(64))
+    reply_to: Mapped[str | None] = mapped_column(String(210))
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+
+    __table_args__ = (Index("ix_messages_trace_id_created_at", "trace_id", "created_at"),)
+
+
+class ProcessedMessageRow(Base):
+    """Message ids an agent has handled (and the reply it gave), across restarts."""
+
+    __tablename__ = "processed_messages"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    agent_id: Mapped[str] = mapped_column(String(200))
+    message_id: Mapped[str] = mapped_column(String(64))
+    reply: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    processed_at: Mapped[datetime] = mapped_column(Timestamp)
+
+    __table_args__ = (
+        UniqueConstraint("agent_id", "message_id"),
+        Index("ix_processed_messages_agent_id_id", "agent_id", "id"),
+    )

@@ -1,0 +1,446 @@
+"""Store: the repository API over the database — agents, tasks, message audit, idempotency.
+
+The runtime never opens sessions itself; it calls these methods (reads) or hands rows to the
+`BatchWriter` (writes), which applies them with `Store.apply` in one transaction per batch.
+Writes use SQLAlchemy Core multi-row statements: a batched insert is ~50x faster than
+row-at-a-time ORM inserts, and the audit must keep up with the runtime.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Table, bindparam, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from mas.errors import InvalidMessage, SchemaOutdated, StoreUnavailable
+from mas.messages import Message
+from mas.persistence import schema as migrations
+from mas.persistence.engine import connect, display_url
+from mas.persistence.models import AgentRow, MessageRow, ProcessedMessageRow, TaskRow
+
+__all__ = ["AgentRecord", "Batch", "Store", "TaskRecord"]
+
+agents: Table = AgentRow.__table__  # type: ignore[assignment]
+tasks: Table = TaskRow.__table__  # type: ignore[assignment]
+messages: Table = MessageRow.__table__  # type: ignore[assignment]
+processed: Table = ProcessedMessageRow.__table__  # type: ignore[assignment]
+
+FINAL_STATUSES = ("succeeded", "failed", "dead_lettered", "cancelled")
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRecord:
+    id: str
+    type: str
+    status: str
+    target: str | None
+    payload: dict[str, Any]
+    result: Any
+    error: dict[str, Any] | None
+    attempts: int
+    created_by: str | None
+    trace_id: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @property
+    def done(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+
+@dataclass(frozen=True, slots=True)
+class AgentRecord:
+    id: str
+    type: str
+    status: str
+    node_id: str | None
+    last_heartbeat: datetime | None
+    metadata: dict[str, Any]
+    created_at: datetime
+
+
+@dataclass
+class Batch:
+    """Rows waiting to be written together; applied kind by kind in this field order."""
+
+    agents: list[dict[str, Any]] = field(default_factory=list)
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    processed: list[dict[str, Any]] = field(default_factory=list)
+    running: list[dict[str, Any]] = field(default_factory=list)
+    finished: list[dict[str, Any]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return (
+            len(self.agents)
+            + len(self.messages)
+            + len(self.processed)
+            + len(self.running)
+            + len(self.finished)
+        )
+
+    def extend(self, other: Batch) -> None:
+        self.agents.extend(other.agents)
+        self.messages.extend(other.messages)
+        self.processed.extend(other.processed)
+        self.running.extend(other.running)
+        self.finished.extend(other.finished)
+
+
+def message_row(message: Message) -> dict[str, Any]:
+    return {
+        "id": message.id,
+        "msg_type": message.type,
+        "sender": message.sender,
+        "target": message.target,
+        "payload": message.payload,
+        "metadata": message.metadata,
+        "trace_id": message.trace_id,
+        "correlation_id": message.correlation_id,
+        "reply_to": message.reply_to,
+        "created_at": message.created_at,
+    }
+
+
+def message_from_row(row: Any) -> Message:
+    return Message(
+        row.msg_type,
+        row.payload,
+        id=row.id,
+        sender=row.sender,
+        target=row.target,
+        created_at=_aware(row.created_at),
+        metadata=row.metadata or {},
+        trace_id=row.trace_id,
+        reply_to=row.reply_to,
+        correlation_id=row.correlation_id,
+    )
+
+
+class Store:
+    """Repositories over one async engine (SQLite or PostgreSQL)."""
+
+    def __init__(self, engine: AsyncEngine, schema: str | None = None) -> None:
+        self.engine = engine
+        self.schema = schema
+        self.dialect = engine.dialect.name
+        self.url = display_url(engine.url)
+        self._insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+
+    @classmethod
+    async def open(
+        cls, url: str, *, schema: str | None = None, migrate: bool | None = None
+    ) -> Store:
+        """Connect, then migrate (default for SQLite) or check the schema is current.
+
+        Raises:
+            StoreUnavailable: the database cannot be reached.
+            SchemaOutdated: the schema is not at this mas's revision (and migrate is off).
+        """
+        engine = await connect(url, schema=schema)
+        store = cls(engine, schema)
+        try:
+            if migrate if migrate is not None else store.dialect == "sqlite":
+                await store.migrate()
+            else:
+                await store.check_schema()
+        except BaseException:
+            await engine.dispose()
+            raise
+        return store
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    # -- schema ------------------------------------------------------------------------------
+
+    async def migrate(self) -> None:
+        await migrations.upgrade(self.engine, self.schema)
+
+    async def revision(self) -> str | None:
+        return await migrations.current_revision(self.engine, self.schema)
+
+    async def check_schema(self) -> None:
+        current, head = await self.revision(), migrations.head_revision()
+        if current != head:
+            raise SchemaOutdated(
+                f"the database at {self.url} is at schema revision {current or 'none'}, "
+                f"this mas needs {head}: run `mas db upgrade`"
+            )
+
+    # -- batched writes (the runtime's journal) ----------------------------------------------
+
+    async def apply(self, batch: Batch) -> None:
+        """Write a batch in one transaction (nothing of it is visible unless all is).
+
+        Raises:
+            StoreUnavailable: the database is unreachable or refused the transaction.
+        """
+        try:
+            async with self.engine.begin() as conn:
+                await self._apply(conn, batch)
+        except (OSError, SQLAlchemyError, DBAPIError) as exc:
+            raise StoreUnavailable(f"writing to {self.url} failed: {exc}") from exc
+
+    async def _apply(self, conn: AsyncConnection, batch: Batch) -> None:
+        insert = self._insert
+        if batch.agents:
+            # One statement may not upsert the same key twice: keep each id's latest row.
+            latest_agents = list({row["id"]: row for row in batch.agents}.values())
+            stmt = insert(agents)
+            await conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=[agents.c.id],
+                    set_={
+                        "type": stmt.excluded.type,
+                        "status": stmt.excluded.status,
+                        "node_id": stmt.excluded.node_id,
+                        "last_heartbeat": stmt.excluded.last_heartbeat,
+                        "metadata": stmt.excluded.metadata,
+                    },
+                ),
+                latest_agents,
+            )
+        if batch.messages:
+            await conn.execute(insert(messages).on_conflict_do_nothing(), batch.messages)
+        if batch.processed:
+            await conn.execute(insert(processed).on_conflict_do_nothing(), batch.processed)
+        if batch.running:
+            stmt = insert(tasks)
+            await conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=[tasks.c.id],
+                    set_={
+                        "status": "running",
+                        "attempts": stmt.excluded.attempts,
+                        "started_at": func.coalesce(tasks.c.started_at, stmt.excluded.started_at),
+                        "target": func.coalesce(tasks.c.target, stmt.excluded.target),
+                    },
+                    where=tasks.c.status.in_(("pending", "running")),
+                ),
+                list({row["id"]: row for row in batch.running}.values()),
+            )
+        if batch.finished:
+            await conn.execute(
+                update(tasks)
+                .where(tasks.c.id == bindparam("task_id"))
+                .where(tasks.c.status.not_in(("succeeded", "cancelled")))
+                .values(
+                    status=bindparam("status"),
+                    result=bindparam("result"),
+                    error=bindparam("error"),
+                    attempts=bindparam("attempts"),
+                    finished_at=bindparam("finished_at"),
+                ),
+                batch.finished,
+            )
+
+    # -- tasks -------------------------------------------------------------------------------
+
+    async def create_task(
+        self,
+        task_id: str,
+        task_type: str,
+        payload: dict[str, Any],
+        *,
+        target: str | None = None,
+        created_by: str | None = None,
+        trace_id: str | None = None,
+    ) -> tuple[TaskRecord, bool]:
+        """Create a pending task; returns (task, created). An existing id returns the task.
+
+        Raises:
+            InvalidMessage: the payload cannot be stored (for example NUL characters on
+                PostgreSQL).
+        """
+        self.check_storable(payload, "payload")
+        row = {
+            "id": task_id,
+            "type": task_type,
+            "status": "pending",
+            "target": target,
+            "payload": payload,
+            "result": None,
+            "error": None,
+            "attempts": 0,
+            "created_by": created_by,
+            "trace_id": trace_id,
+            "created_at": datetime.now(UTC),
+            "started_at": None,
+            "finished_at": None,
+        }
+        try:
+            async with self.engine.begin() as conn:
+                result = await conn.execute(
+                    self._insert(tasks).on_conflict_do_nothing().returning(tasks.c.id), [row]
+                )
+                created = result.first() is not None
+        except IntegrityError as exc:  # pragma: no cover - on_conflict_do_nothing covers it
+            raise InvalidMessage(f"task {task_id!r} could not be stored: {exc.orig}") from exc
+        except (OSError, SQLAlchemyError) as exc:
+            raise StoreUnavailable(f"creating a task in {self.url} failed: {exc}") from exc
+        task = await self.get_task(task_id)
+        assert task is not None
+        return task, created
+
+    async def get_task(self, task_id: str) -> TaskRecord | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(tasks).where(tasks.c.id == task_id))).first()
+        return _task(row) if row is not None else None
+
+    async def list_tasks(
+        self,
+        *,
+        status: str | None = None,
+        task_type: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[TaskRecord]:
+        query = select(tasks).order_by(tasks.c.created_at.desc(), tasks.c.id)
+        if status is not None:
+            query = query.where(tasks.c.status == status)
+        if task_type is not None:
+            query = query.where(tasks.c.type == task_type)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query.limit(limit).offset(offset))).all()
+        return [_task(row) for row in rows]
+
+    async def cancel_task(self, task_id: str) -> TaskRecord | None:
+        """Cancel a task that has not finished; returns it as it is now (None if unknown)."""
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(tasks)
+                .where(tasks.c.id == task_id)
+                .where(tasks.c.status.in_(("pending", "running")))
+                .values(status="cancelled", finished_at=datetime.now(UTC))
+            )
+        return await self.get_task(task_id)
+
+    # -- agents ------------------------------------------------------------------------------
+
+    async def get_agent(self, agent_id: str) -> AgentRecord | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(agents).where(agents.c.id == agent_id))).first()
+        return _agent(row) if row is not None else None
+
+    async def list_agents(
+        self,
+        *,
+        agent_type: str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[AgentRecord]:
+        query = select(agents).order_by(agents.c.created_at, agents.c.id)
+        if agent_type is not None:
+            query = query.where(agents.c.type == agent_type)
+        if status is not None:
+            query = query.where(agents.c.status == status)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query.limit(limit).offset(offset))).all()
+        return [_agent(row) for row in rows]
+
+    # -- messages ----------------------------------------------------------------------------
+
+    async def trace(self, trace_id: str) -> list[Message]:
+        """Every audited message of a trace, oldest first."""
+        query = (
+            select(messages)
+            .where(messages.c.trace_id == trace_id)
+            .order_by(messages.c.created_at, messages.c.id)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [message_from_row(row) for row in rows]
+
+    async def agent_messages(self, agent_id: str, *, limit: int = 100) -> list[Message]:
+        """What an agent received and sent, newest first."""
+        address = f"agent:{agent_id}"
+        query = (
+            select(messages)
+            .where(or_(messages.c.target == address, messages.c.sender == address))
+            .order_by(messages.c.created_at.desc(), messages.c.id)
+            .limit(limit)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [message_from_row(row) for row in rows]
+
+    async def count(self, table: str) -> int:
+        target = {"agents": agents, "tasks": tasks, "messages": messages}.get(table, processed)
+        async with self.engine.connect() as conn:
+            return int((await conn.execute(select(func.count()).select_from(target))).scalar_one())
+
+    # -- idempotency -------------------------------------------------------------------------
+
+    async def recent_processed(self, agent_id: str, limit: int) -> list[tuple[str, Message | None]]:
+        """The newest `limit` message ids this agent handled, oldest first, with replies."""
+        query = (
+            select(processed.c.message_id, processed.c.reply)
+            .where(processed.c.agent_id == agent_id)
+            .order_by(processed.c.id.desc())
+            .limit(limit)
+        )
+        try:
+            async with self.engine.connect() as conn:
+                rows = (await conn.execute(query)).all()
+        except (OSError, SQLAlchemyError) as exc:
+            raise StoreUnavailable(f"reading from {self.url} failed: {exc}") from exc
+        return [
+            (row.message_id, Message.from_dict(row.reply) if row.reply else None)
+            for row in reversed(rows)
+        ]
+
+    def check_storable(self, value: Any, what: str) -> None:
+        """PostgreSQL refuses NUL characters in text and JSON: say so before it does."""
+        if self.dialect == "postgresql" and "\\u0000" in json.dumps(value):
+            raise InvalidMessage(
+                f"{what} contains a NUL character (\\u0000), which PostgreSQL cannot store: "
+                "remove it or encode the data (for example base64)"
+            )
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)  # SQLite hands back naive timestamps (stored as UTC)
+    return value
+
+
+def _task(row: Any) -> TaskRecord:
+    created_at = _aware(row.created_at)
+    assert created_at is not None
+    return TaskRecord(
+        id=row.id,
+        type=row.type,
+        status=row.status,
+        target=row.target,
+        payload=row.payload,
+        result=row.result,
+        error=row.error,
+        attempts=row.attempts,
+        created_by=row.created_by,
+        trace_id=row.trace_id,
+        created_at=created_at,
+        started_at=_aware(row.started_at),
+        finished_at=_aware(row.finished_at),
+    )
+
+
+def _agent(row: Any) -> AgentRecord:
+    created_at = _aware(row.created_at)
+    assert created_at is not None
+    return AgentRecord(
+        id=row.id,
+        type=row.type,
+        status=row.status,
+        node_id=row.node_id,
+        last_heartbeat=_aware(row.last_heartbeat),
+        metadata=row.metadata or {},
+        created_at=created_at,
+    )

@@ -1,0 +1,59 @@
+"""MemoryJournal: a Journal that keeps everything in lists (replay and tests)."""
+
+from __future__ import annotations
+
+from mas.actors.deadletters import DeadLetter
+from mas.messages import Message, TaskResult
+from mas.transports.base import Delivery
+
+__all__ = ["MemoryJournal"]
+
+
+class MemoryJournal:
+    """Records what the runtime journals, in order, without a database."""
+
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+        self.processed: dict[str, list[str]] = {}
+        self.tasks: dict[str, str] = {}
+        self.agents: dict[str, str] = {}
+
+    async def open(self, node_id: str) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def flush(self) -> None:
+        return None
+
+    async def handled(
+        self, agent_id: str, message: Message, reply: Message | None, delivery: Delivery | None
+    ) -> None:
+        self.messages.append(message)
+        self.processed.setdefault(agent_id, []).append(message.id)
+        if delivery is not None:
+            await delivery.ack()
+
+    def replied(self, reply: Message) -> None:
+        self.messages.append(reply)
+
+    async def recall(self, agent_id: str, limit: int) -> list[tuple[str, Message | None]]:
+        return [(message_id, None) for message_id in self.processed.get(agent_id, [])[-limit:]]
+
+    def task_running(self, message: Message, agent_id: str, attempt: int) -> None:
+        if message.task_id is not None:
+            self.tasks[message.task_id] = "running"
+
+    def task_finished(self, result: TaskResult, message: Message, attempt: int) -> None:
+        self.tasks[result.task_id] = result.status
+
+    def task_dead_lettered(self, letter: DeadLetter) -> None:
+        if letter.message.task_id is not None:
+            self.tasks[letter.message.task_id] = "dead_lettered"
+
+    def agent_started(self, agent_id: str, agent_type: str, capabilities: tuple[str, ...]) -> None:
+        self.agents[agent_id] = "running"
+
+    def agent_stopped(self, agent_id: str, agent_type: str, reason: str) -> None:
+        self.agents[agent_id] = "stopped"
