@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import json
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 import anyio
@@ -60,10 +61,17 @@ def canonical(message: Message) -> str:
     )
 
 
+def canonical_task(task_id: str, status: str, result: Any) -> str:
+    return json.dumps({"task": task_id, "status": status, "result": result}, sort_keys=True)
+
+
 async def replay_trace(
-    recorded: list[Message], agent_types: dict[str, str], classes: dict[str, type[Agent]]
+    recorded: list[Message],
+    agent_types: dict[str, str],
+    classes: dict[str, type[Agent]],
+    recorded_tasks: Sequence[tuple[str, str, Any]] = (),
 ) -> tuple[list[str], list[str]]:
-    """Re-run `recorded`; returns (expected, actual) canonical outputs."""
+    """Re-run `recorded`; returns (expected, actual) canonical outputs (messages, tasks)."""
     from mas.testing import TestRuntime
     from mas.testing.journal import MemoryJournal
 
@@ -71,6 +79,7 @@ async def replay_trace(
     roots = [m for m in recorded if m.sender not in agent_addresses]
     root_ids = {m.id for m in roots}
     expected = [canonical(m) for m in recorded if m.id not in root_ids]
+    expected += [canonical_task(*task) for task in recorded_tasks]
     journal = MemoryJournal()
     async with TestRuntime(journal=journal, log_level="ERROR") as rt:
         for agent_id, agent_type in agent_types.items():
@@ -83,6 +92,10 @@ async def replay_trace(
                 await rt.tell(root.target, again)
                 await rt.settle()
     actual = [canonical(m) for m in journal.messages if m.id not in root_ids]
+    actual += [
+        canonical_task(task_id, journal.tasks[task_id], result.result)
+        for task_id, result in journal.results.items()
+    ]
     return expected, actual
 
 
@@ -109,6 +122,11 @@ def replay(
             if not recorded:
                 raise ConfigError(f"no messages recorded for trace {trace!r} in {store.url}")
             agent_types = await _agent_types(store, recorded)
+            recorded_tasks = [
+                (task.id, task.status, task.result)
+                for task in await store.trace_tasks(trace)
+                if task.status in ("succeeded", "failed")
+            ]
         finally:
             await store.close()
         missing = {t for t in agent_types.values() if t not in classes}
@@ -118,7 +136,7 @@ def replay(
                 "pass --agents module:Class"
             )
         typer.echo(f"trace {trace}: {len(recorded)} messages, agents {sorted(agent_types)}")
-        expected, actual = await replay_trace(recorded, agent_types, classes)
+        expected, actual = await replay_trace(recorded, agent_types, classes, recorded_tasks)
         if expected == actual:
             typer.echo(f"identical: {len(actual)} output messages match the recording")
             return True

@@ -311,6 +311,13 @@ class Store:
             rows = (await conn.execute(query.limit(limit).offset(offset))).all()
         return [_task(row) for row in rows]
 
+    async def trace_tasks(self, trace_id: str) -> list[TaskRecord]:
+        """The tasks of a trace, oldest first."""
+        query = select(tasks).where(tasks.c.trace_id == trace_id).order_by(tasks.c.created_at)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [_task(row) for row in rows]
+
     async def cancel_task(self, task_id: str) -> TaskRecord | None:
         """Cancel a task that has not finished; returns it as it is now (None if unknown)."""
         async with self.engine.begin() as conn:

@@ -16,6 +16,7 @@ class MemoryJournal:
         self.messages: list[Message] = []
         self.processed: dict[str, list[str]] = {}
         self.tasks: dict[str, str] = {}
+        self.results: dict[str, TaskResult] = {}
         self.agents: dict[str, str] = {}
 
     async def open(self, node_id: str) -> None:
@@ -47,6 +48,7 @@ class MemoryJournal:
 
     def task_finished(self, result: TaskResult, message: Message, attempt: int) -> None:
         self.tasks[result.task_id] = result.status
+        self.results[result.task_id] = result
 
     def task_dead_lettered(self, letter: DeadLetter) -> None:
         if letter.message.task_id is not None:

@@ -6,8 +6,10 @@ from typing import Any
 
 from mas.actors.cell import AgentCell
 from mas.actors.clock import Clock
+from mas.actors.journal import Journal
 from mas.actors.runtime import Runtime
 from mas.config import Settings
+from mas.errors import ConfigError
 from mas.messages import Message
 from mas.testing.clock import ManualClock
 from mas.testing.faults import FaultPlan
@@ -32,8 +34,14 @@ class TestRuntime(Runtime):
         transport: Transport | None = None,
         clock: Clock | None = None,
         node_id: str | None = None,
+        journal: Journal | None = None,
         **overrides: Any,
     ) -> None:
+        unknown = set(overrides) - set(Settings.model_fields)
+        if unknown:
+            raise ConfigError(
+                f"unknown setting(s) {', '.join(sorted(unknown))}: see mas.Settings for the names"
+            )
         if settings is None:
             defaults: dict[str, Any] = {"serialize_messages": True, "log_level": "WARNING"}
             settings = Settings(**(defaults | overrides))
@@ -45,6 +53,7 @@ class TestRuntime(Runtime):
             transport=transport,
             clock=clock if clock is not None else self.manual_clock,
             node_id=node_id,
+            journal=journal,
         )
         self.faults = FaultPlan()
 

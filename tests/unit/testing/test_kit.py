@@ -87,3 +87,10 @@ async def test_the_mas_runtime_fixture_is_a_started_test_runtime(mas_runtime: Te
     ref = await mas_runtime.spawn(Hello, id="h")
     assert (await ref.ask(Message("q"), timeout=1)).payload == {"hi": True}
     assert mas_runtime.settings.serialize_messages
+
+
+def test_a_misspelt_setting_is_an_error_not_silently_ignored() -> None:
+    from mas import ConfigError
+
+    with pytest.raises(ConfigError, match="mailbox_capacty"):
+        TestRuntime(mailbox_capacty=5)
