@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Table, bindparam, func, or_, select, update
+from sqlalchemy import JSON, DateTime, Table, bindparam, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -208,9 +208,9 @@ class Store:
                 latest_agents,
             )
         if batch.messages:
-            await conn.execute(insert(messages).on_conflict_do_nothing(), batch.messages)
+            await self._insert_ignore(conn, messages, batch.messages)
         if batch.processed:
-            await conn.execute(insert(processed).on_conflict_do_nothing(), batch.processed)
+            await self._insert_ignore(conn, processed, batch.processed)
         if batch.running:
             stmt = insert(tasks)
             await conn.execute(
@@ -240,6 +240,39 @@ class Store:
                 ),
                 batch.finished,
             )
+
+    async def _insert_ignore(
+        self, conn: AsyncConnection, table: Table, rows: list[dict[str, Any]]
+    ) -> None:
+        """Multi-row insert skipping existing keys, straight to the driver's executemany.
+
+        The audit and the idempotency records are most of what the runtime writes; going
+        around SQLAlchemy's per-row parameter processing (the same JSON and timestamp
+        encoding, done once here) is what keeps them off the critical path.
+        """
+        columns = [c.name for c in table.columns if c.name in rows[0]]
+        encoders = [self._encoder(table.columns[name].type) for name in columns]
+        names = ", ".join(columns)
+        if self.dialect == "postgresql":
+            marks = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
+            sql = f"INSERT INTO {table.name} ({names}) VALUES ({marks}) ON CONFLICT DO NOTHING"
+        else:
+            marks = ", ".join("?" * len(columns))
+            sql = f"INSERT OR IGNORE INTO {table.name} ({names}) VALUES ({marks})"
+        params = [
+            tuple(encode(row[name]) for name, encode in zip(columns, encoders, strict=True))
+            for row in rows
+        ]
+        await conn.exec_driver_sql(sql, params)
+
+    def _encoder(self, column_type: Any) -> Any:
+        if isinstance(column_type, JSON) or isinstance(
+            getattr(column_type, "impl", None), JSON
+        ):
+            return _json_text
+        if isinstance(column_type, DateTime) and self.dialect == "sqlite":
+            return _sqlite_timestamp
+        return _same
 
     # -- tasks -------------------------------------------------------------------------------
 
@@ -411,6 +444,21 @@ class Store:
                 f"{what} contains a NUL character (\\u0000), which PostgreSQL cannot store: "
                 "remove it or encode the data (for example base64)"
             )
+
+
+def _json_text(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _sqlite_timestamp(value: datetime | None) -> str | None:
+    # The format SQLAlchemy's SQLite DateTime reads back (UTC, without an offset).
+    if value is None:
+        return None
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def _same(value: Any) -> Any:
+    return value
 
 
 def _aware(value: datetime | None) -> datetime | None:
