@@ -19,8 +19,8 @@ gets fresh ones, and a full garbage collection runs just before each timed secti
 Each scenario runs every contender `reps` times, interleaved (the order rotates every
 repetition) so that noise on a shared machine hits all of them; medians are reported, and the
 table compares them as ratios, which survive noise better than absolute times. Memory is
-measured in fresh subprocesses (`--probe`): RSS growth without tracemalloc, then the Python
-heap growth with tracemalloc, never in the timed runs.
+measured in fresh subprocesses (`--probe`), one for RSS growth without tracemalloc and one
+for the Python heap growth with tracemalloc, never in the timed runs.
 
 JSON goes to stdout and to benchmarks/results/actors.json; progress, the table of ratios and the
 target checks go to stderr. Nothing here asserts: the targets are informational.
@@ -228,9 +228,9 @@ async def _timed_asks(
     return Sample(clock() - start, latencies)
 
 
-async def _mas_spawn_all(rt: Runtime, n: int, first: int = 0) -> Runtime:
+async def _mas_spawn_all(rt: Runtime, n: int) -> Runtime:
     """Spawn `n` idle agents; their refs are dropped (the runtime's registry holds them)."""
-    for i in range(first, first + n):
+    for i in range(n):
         await rt.spawn(Idle, id=f"idle-{i}")
     return rt
 
@@ -336,9 +336,9 @@ async def _minimal_ask(n: int) -> Sample:
     return sample
 
 
-async def _minimal_spawn_all(n: int, first: int = 0) -> dict[str, MinimalActor]:
+async def _minimal_spawn_all(n: int) -> dict[str, MinimalActor]:
     """`n` actors in a registry by id; returns once every task waits on its empty queue."""
-    actors = {f"idle-{i}": MinimalActor(_idle) for i in range(first, first + n)}
+    actors = {f"idle-{i}": MinimalActor(_idle) for i in range(n)}
     await asyncio.sleep(0)
     return actors
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Table, bindparam, func, or_, select, update
+from sqlalchemy import JSON, DateTime, Table, and_, bindparam, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -221,8 +221,10 @@ class Store:
                         "attempts": stmt.excluded.attempts,
                         "started_at": func.coalesce(tasks.c.started_at, stmt.excluded.started_at),
                         "target": func.coalesce(tasks.c.target, stmt.excluded.target),
+                        "trace_id": func.coalesce(tasks.c.trace_id, stmt.excluded.trace_id),
                     },
-                    where=tasks.c.status.in_(("pending", "running")),
+                    # Plain comparisons: an IN list cannot be used with executemany.
+                    where=or_(tasks.c.status == "pending", tasks.c.status == "running"),
                 ),
                 list({row["id"]: row for row in batch.running}.values()),
             )
@@ -230,7 +232,7 @@ class Store:
             await conn.execute(
                 update(tasks)
                 .where(tasks.c.id == bindparam("task_id"))
-                .where(tasks.c.status.not_in(("succeeded", "cancelled")))
+                .where(and_(tasks.c.status != "succeeded", tasks.c.status != "cancelled"))
                 .values(
                     status=bindparam("status"),
                     result=bindparam("result"),
@@ -266,9 +268,7 @@ class Store:
         await conn.exec_driver_sql(sql, params)
 
     def _encoder(self, column_type: Any) -> Any:
-        if isinstance(column_type, JSON) or isinstance(
-            getattr(column_type, "impl", None), JSON
-        ):
+        if isinstance(column_type, JSON) or isinstance(getattr(column_type, "impl", None), JSON):
             return _json_text
         if isinstance(column_type, DateTime) and self.dialect == "sqlite":
             return _sqlite_timestamp
