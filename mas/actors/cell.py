@@ -330,6 +330,9 @@ class AgentCell:
             resent_reply=reply is not None,
         )
         if reply is not None:
+            # Answer whoever asks now: after a restart the asker is a different node.
+            if message.reply_to is not None and message.reply_to != reply.target:
+                reply = reply.evolve(target=message.reply_to)
             await self.runtime.resend_reply(reply)
         if delivery is not None:
             await delivery.ack()
