@@ -8,6 +8,9 @@ other, this works the same when the asker lives in another process.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
+import math
 
 from mas.actors.deadletters import DeadLetter
 from mas.errors import AgentStopped, HandlerError, MailboxFull, MasError, UnknownAgent
@@ -16,6 +19,7 @@ from mas.messages import Message
 __all__ = [
     "ERROR_REPLY",
     "TASK_RESULT_REPLY",
+    "AskDeadlines",
     "AskExpired",
     "error_from_reply",
     "error_notice",
@@ -34,6 +38,53 @@ def expire(future: asyncio.Future[Message]) -> None:
     """Timer callback of `ask`: fail the waiting future unless the reply won the race."""
     if not future.done():
         future.set_exception(AskExpired())
+
+
+class AskDeadlines:
+    """One loop timer for every pending ask, instead of a timer per ask.
+
+    A heap of (deadline, seq, future); the loop timer is armed for the earliest deadline.
+    Answered asks are dropped lazily (from the top, and by an occasional rebuild), which
+    makes an ask's timeout cost a heap push rather than a timer armed and cancelled.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._heap: list[tuple[float, int, asyncio.Future[Message]]] = []
+        self._seq = itertools.count()
+        self._timer: asyncio.TimerHandle | None = None
+        self._armed_at = math.inf
+
+    def add(self, timeout: float, future: asyncio.Future[Message], pending: int) -> None:
+        heap = self._heap
+        while heap and heap[0][2].done():
+            heapq.heappop(heap)
+        if len(heap) > 2 * pending + 1024:  # answered asks stuck behind a long timeout
+            heap[:] = [entry for entry in heap if not entry[2].done()]
+            heapq.heapify(heap)
+        deadline = self._loop.time() + timeout
+        heapq.heappush(heap, (deadline, next(self._seq), future))
+        if deadline < self._armed_at:
+            self._arm(deadline)
+
+    def _arm(self, deadline: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_at(deadline, self._fire)
+        self._armed_at = deadline
+
+    def _fire(self) -> None:
+        self._timer, self._armed_at = None, math.inf
+        now, heap = self._loop.time(), self._heap
+        while heap and (heap[0][2].done() or heap[0][0] <= now):
+            expire(heapq.heappop(heap)[2])
+        if heap:
+            self._arm(heap[0][0])
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._heap.clear()
 
 
 def error_notice(letter: DeadLetter) -> Message | None:

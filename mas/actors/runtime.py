@@ -31,10 +31,10 @@ from mas.actors.registry import LocalRegistry
 from mas.actors.replies import (
     ERROR_REPLY,
     TASK_RESULT_REPLY,
+    AskDeadlines,
     AskExpired,
     error_from_reply,
     error_notice,
-    expire,
 )
 from mas.actors.supervisor import Restart, Strategy, Supervisor
 from mas.actors.tasks import TaskOwner
@@ -146,6 +146,7 @@ class Runtime:
         self.fast_path = False
         self._failure: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._deadlines: AskDeadlines | None = None
         self._failed: asyncio.Event | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
         self.root: Supervisor | None = None
@@ -171,6 +172,7 @@ class Runtime:
             raise RuntimeNotRunning("a Runtime can be started once; create a new one")
         self._loop = asyncio.get_running_loop()
         self.tasks.bind(self._loop)
+        self._deadlines = AskDeadlines(self._loop)
         self._failed = asyncio.Event()
         s = self.settings
         self.root = Supervisor(self, "root", strategy=root_strategy)
@@ -269,6 +271,8 @@ class Runtime:
         if self.journal is not None:
             await self.journal.close()  # commit the audit and ack what it covers
         await self.transport.close()
+        if self._deadlines is not None:
+            self._deadlines.close()
         await self.tasks.wait_all(timeout)
         self._state = "stopped"
         _log.info(
@@ -460,8 +464,8 @@ class Runtime:
         message_id = message.id
         pending = self._pending
         pending[message_id] = future
-        # A bare timer on the loop rather than asyncio.timeout(): asks are on the fast path.
-        expiry = loop.call_later(timeout, expire, future)
+        assert self._deadlines is not None
+        self._deadlines.add(timeout, future, len(pending))
         try:
             if type(target) is AgentRef:
                 await target.tell(message)
@@ -472,7 +476,6 @@ class Runtime:
             name = target.address if isinstance(target, AgentRef) else target
             raise AskTimeout(name, timeout) from None
         finally:
-            expiry.cancel()
             if pending.get(message_id) is future:
                 del pending[message_id]
         if reply.type == ERROR_REPLY:

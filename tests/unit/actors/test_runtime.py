@@ -279,3 +279,16 @@ async def test_shutdown_timeout_cancels_a_stuck_handler_and_dead_letters_what_is
     letters = [(d.message.type, d.reason) for d in rt.dead_letters.recent]
     # Nothing is lost: the interrupted message and the queued one are both dead letters.
     assert letters == [("first", "agent_stopped"), ("second", "agent_stopped")]
+
+
+async def test_asks_with_different_timeouts_each_expire_on_their_own_deadline() -> None:
+    async with TestRuntime() as rt:
+        ref = await rt.spawn(Silent, id="s")
+        patient = asyncio.create_task(ref.ask(Message("long"), timeout=30))
+        await asyncio.wait({patient}, timeout=0.01)
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(AskTimeout):
+            await ref.ask(Message("short"), timeout=0.05)
+        assert asyncio.get_running_loop().time() - started < 5
+        assert not patient.done()  # the 30s ask is still waiting
+        patient.cancel()
