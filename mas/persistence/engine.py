@@ -51,8 +51,11 @@ async def connect(url: str, *, schema: str | None = None) -> AsyncEngine:
     else:
         options["pool_pre_ping"] = True
         options["pool_size"] = 5
+        # A host that drops packets must not hang start-up for asyncpg's default 60s.
+        connect_args: dict[str, Any] = {"timeout": 10}
         if schema:
-            options["connect_args"] = {"server_settings": {"search_path": schema}}
+            connect_args["server_settings"] = {"search_path": schema}
+        options["connect_args"] = connect_args
     engine = create_async_engine(parsed, **options)
     if parsed.get_backend_name() == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)

@@ -119,7 +119,7 @@ class BatchWriter:
         try:
             await self.store.apply(batch)
         except StoreUnavailable as exc:
-            if not isinstance(exc.__cause__, DataError):
+            if not _refused_data(exc.__cause__):
                 raise
             # One row the database refuses (NUL characters on PostgreSQL) must not hold the
             # rest back: store it with the characters replaced, and say so.
@@ -146,6 +146,18 @@ class BatchWriter:
                 "return to their queues",
             )
         self._task = None
+
+
+def _refused_data(error: BaseException | None) -> bool:
+    """The database refused a value (SQLSTATE class 22), not the connection or the schema.
+
+    asyncpg's refusals reach us as a plain DBAPIError carrying the SQLSTATE, not DataError.
+    """
+    if isinstance(error, DataError):
+        return True
+    original = getattr(error, "orig", None)
+    code = getattr(original, "sqlstate", None) or getattr(original, "pgcode", None)
+    return isinstance(code, str) and code.startswith("22")
 
 
 def _sanitized(batch: Batch) -> Batch:

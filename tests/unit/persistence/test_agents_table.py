@@ -1,0 +1,62 @@
+"""The agents table: which agents a node runs, of what type, and whether they still run."""
+
+from __future__ import annotations
+
+import pytest
+
+from agents.echo import EchoAgent
+from mas.persistence import Store
+from mas.testing import Probe
+from tests.unit.persistence.databases import Database
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_spawned_agents_are_running_with_their_type_and_node(
+    db: Database, store: Store
+) -> None:
+    async with db.runtime(node_id="node-a") as rt:
+        await rt.spawn(EchoAgent, id="e")
+        await rt.spawn(Probe().agent("probe"), id="p")
+        await rt.settle()
+        echo = await store.get_agent("e")
+        probe = await store.get_agent("p")
+        running = await store.list_agents(status="running")
+    assert echo is not None and probe is not None
+    assert (echo.type, echo.status, echo.node_id) == ("echo", "running", "node-a")
+    assert echo.metadata.get("capabilities") == ["echo"]
+    assert (probe.type, probe.status) == ("probe", "running")
+    assert {a.id for a in running} == {"e", "p"}
+
+
+async def test_agents_are_stopped_after_shutdown(db: Database, store: Store) -> None:
+    async with db.runtime() as rt:
+        await rt.spawn(EchoAgent, id="e")
+        await rt.spawn(EchoAgent, id="f")
+    agents = await store.list_agents(agent_type="echo")
+    assert {(a.id, a.status) for a in agents} == {("e", "stopped"), ("f", "stopped")}
+    assert await store.list_agents(status="running") == []
+
+
+async def test_an_agent_stopped_while_the_runtime_runs_is_stopped_in_the_table(
+    db: Database, store: Store
+) -> None:
+    async with db.runtime() as rt:
+        await rt.spawn(EchoAgent, id="e")
+        await rt.spawn(EchoAgent, id="stays")
+        await rt.stop_agent("e")
+        await rt.settle()
+        stopped = await store.get_agent("e")
+        stays = await store.get_agent("stays")
+    assert stopped is not None and stopped.status == "stopped"
+    assert stays is not None and stays.status == "running"
+
+
+async def test_a_respawned_agent_is_running_again(db: Database, store: Store) -> None:
+    async with db.runtime() as rt:
+        await rt.spawn(EchoAgent, id="e")
+    async with db.runtime() as rt:
+        await rt.spawn(EchoAgent, id="e")
+        await rt.settle()
+        agent = await store.get_agent("e")
+    assert agent is not None and agent.status == "running"

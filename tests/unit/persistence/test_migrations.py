@@ -1,0 +1,129 @@
+"""Schema migrations: opening a Store migrates or refuses, and `mas db current | upgrade`.
+
+A user relies on three things: `migrate=True` brings an empty database to the revision this
+mas ships; a database that was not migrated is refused with a message that says what to run;
+and the `mas db` commands report and fix that from a shell, with exit codes scripts can use.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import anyio
+import pytest
+from sqlalchemy import inspect
+
+from agents.echo import EchoAgent
+from mas.errors import SchemaOutdated
+from mas.persistence import Store
+from mas.persistence.schema import head_revision
+from mas.testing import TestRuntime
+from tests.integration.pg_support import PgSchema
+from tests.unit.persistence.databases import Database
+
+pytestmark = pytest.mark.anyio
+
+TABLES = {"agents", "tasks", "messages", "processed_messages"}
+
+
+async def table_names(store: Store) -> set[str]:
+    async with store.engine.connect() as connection:
+        names = await connection.run_sync(
+            lambda sync: inspect(sync).get_table_names(schema=store.schema)
+        )
+    return set(names)
+
+
+async def mas_db(command: str, db: Database) -> tuple[int, str]:
+    """Run `python -m mas.cli db <command>` against `db`; returns (exit code, output)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAS_DATABASE")}
+    env |= db.cli_env()
+    result = await anyio.run_process(
+        [sys.executable, "-m", "mas.cli", "db", command, "--url", db.url], env=env, check=False
+    )
+    return result.returncode, (result.stdout + result.stderr).decode()
+
+
+async def test_migrate_creates_the_tables_at_the_head_revision(db: Database) -> None:
+    store = await db.open_store(migrate=True)
+    try:
+        assert await table_names(store) >= TABLES
+        assert await store.revision() == head_revision()
+    finally:
+        await store.close()
+
+
+async def test_migrating_twice_is_harmless_and_keeps_the_rows(db: Database) -> None:
+    store = await db.open_store(migrate=True)
+    try:
+        await store.create_task("t-1", "echo", {"x": 1})
+    finally:
+        await store.close()
+    again = await db.open_store(migrate=True)
+    try:
+        assert await again.revision() == head_revision()
+        task = await again.get_task("t-1")
+        assert task is not None and task.payload == {"x": 1}
+    finally:
+        await again.close()
+
+
+async def test_an_unmigrated_database_is_refused_with_the_command_to_run(db: Database) -> None:
+    with pytest.raises(SchemaOutdated, match="mas db upgrade") as caught:
+        await db.open_store(migrate=False)
+    assert head_revision() in str(caught.value)
+
+
+async def test_sqlite_migrates_itself_by_default(sqlite_url: str) -> None:
+    store = await Store.open(sqlite_url)
+    try:
+        assert await store.revision() == head_revision()
+    finally:
+        await store.close()
+
+
+@pytest.mark.integration
+async def test_postgresql_is_checked_not_migrated_by_default(pg_schema: PgSchema) -> None:
+    with pytest.raises(SchemaOutdated, match="mas db upgrade"):
+        await Store.open(pg_schema.url, schema=pg_schema.schema)
+
+
+async def test_mas_db_current_says_behind_until_mas_db_upgrade_runs(db: Database) -> None:
+    code, output = await mas_db("current", db)
+    assert code == 2, output
+    assert "behind" in output
+    assert "mas db upgrade" in output
+
+    code, output = await mas_db("upgrade", db)
+    assert code == 0, output
+    assert head_revision() in output
+
+    code, output = await mas_db("current", db)
+    assert code == 0, output
+    assert "up to date" in output
+    assert "behind" not in output
+
+
+@pytest.mark.integration
+async def test_a_persisting_runtime_refuses_to_start_on_an_unmigrated_postgresql_schema(
+    pg_schema: PgSchema,
+) -> None:
+    runtime = TestRuntime(
+        database_url=pg_schema.url, database_schema=pg_schema.schema, persist=True
+    )
+    with pytest.raises(SchemaOutdated, match="mas db upgrade"):
+        async with runtime:
+            pass
+
+
+async def test_a_persisting_runtime_migrates_a_new_sqlite_database_itself(sqlite_url: str) -> None:
+    async with TestRuntime(database_url=sqlite_url, persist=True) as rt:
+        await rt.spawn(EchoAgent, id="e")
+        await rt.settle()
+    store = await Store.open(sqlite_url, migrate=False)
+    try:
+        assert await store.revision() == head_revision()
+        assert await store.get_agent("e") is not None
+    finally:
+        await store.close()

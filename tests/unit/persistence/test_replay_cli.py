@@ -1,0 +1,96 @@
+"""`mas replay --trace ID`: re-run a recorded trace in memory and compare the outputs.
+
+Recorded by a persisting runtime, replayed by the real command in a subprocess: the same
+agents give identical outputs (exit 0), a changed agent shows a diff (exit 1), and a trace
+that was never recorded is an error (exit 2).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import anyio
+import pytest
+
+from agents.echo import EchoAgent
+from mas import Agent, HandlerResult, Message
+from mas.actors.runtime import Runtime
+from mas.config import Settings
+
+pytestmark = pytest.mark.anyio
+
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+class Greeter(Agent):
+    """Says hello to whoever is named in the payload."""
+
+    type = "greeter"
+
+    async def handle_message(self, message: Message) -> HandlerResult:
+        return message.reply({"greeting": f"hello {message.payload['name']}"})
+
+
+CHANGED_GREETER = """
+from mas import Agent, Message
+
+class Greeter(Agent):
+    type = "greeter"
+
+    async def handle_message(self, message):
+        return message.reply({"greeting": f"goodbye {message.payload['name']}"})
+"""
+
+
+async def record(url: str, agent: type[Agent], agent_id: str, payloads: list[dict]) -> None:
+    """Ask `agent` once per payload, all in trace TRACE, with a persisting Runtime."""
+    settings = Settings(database_url=url, persist=True, log_level="WARNING")
+    async with Runtime(settings) as rt:
+        await rt.spawn(agent, id=agent_id)
+        for payload in payloads:
+            await rt.ask(f"agent:{agent_id}", Message("ask", payload, trace_id=TRACE), timeout=5)
+
+
+async def mas_replay(*args: str, cwd: Path, pythonpath: Path | None = None) -> tuple[int, str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAS_DATABASE")}
+    if pythonpath is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pythonpath), env.get("PYTHONPATH")]))
+    result = await anyio.run_process(
+        [sys.executable, "-m", "mas.cli", "replay", *args], cwd=cwd, env=env, check=False
+    )
+    return result.returncode, result.stdout.decode(), result.stderr.decode()
+
+
+async def test_replaying_a_trace_of_two_echo_asks_is_identical(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    await record(sqlite_url, EchoAgent, "echo", [{"n": 1}, {"n": 2}])
+    code, out, err = await mas_replay("--trace", TRACE, "--url", sqlite_url, cwd=tmp_path)
+    assert code == 0, out + err
+    assert "identical" in out
+    assert "2 output messages" in out
+
+
+async def test_replaying_with_a_changed_agent_shows_the_difference(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    await record(sqlite_url, Greeter, "greeter", [{"name": "ada"}])
+    module_dir = tmp_path / "changed"
+    module_dir.mkdir()
+    (module_dir / "changed_greeter.py").write_text(CHANGED_GREETER)
+    args = ("--trace", TRACE, "--url", sqlite_url, "--agents", "changed_greeter:Greeter")
+    code, out, err = await mas_replay(*args, cwd=tmp_path, pythonpath=module_dir)
+    assert code == 1, out + err
+    assert "identical" not in out
+    assert "hello ada" in out and "goodbye ada" in out
+
+
+async def test_replaying_an_unknown_trace_is_an_error(sqlite_url: str, tmp_path: Path) -> None:
+    await record(sqlite_url, EchoAgent, "echo", [{"n": 1}])
+    code, out, err = await mas_replay("--trace", "no-such-trace", "--url", sqlite_url, cwd=tmp_path)
+    assert code == 2, out + err
+    assert "error:" in err
+    assert "no-such-trace" in err
+    assert "identical" not in out

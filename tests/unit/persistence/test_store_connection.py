@@ -1,0 +1,53 @@
+"""Opening a Store: an unreachable database or a bad URL fails with a clear, safe error.
+
+The message of a connection failure is printed and logged, so it must never carry the
+database password; a URL mas cannot use is a configuration mistake, reported as such.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from mas.errors import ConfigError, StoreUnavailable
+from mas.persistence import Store
+
+pytestmark = pytest.mark.anyio
+
+UNREACHABLE = "postgresql+asyncpg://postgres:s3cret@127.0.0.1:1/x"
+
+
+async def test_an_unreachable_database_raises_store_unavailable_with_the_password_masked() -> None:
+    with pytest.raises(StoreUnavailable) as caught:
+        await Store.open(UNREACHABLE)
+    message = str(caught.value)
+    assert "s3cret" not in message
+    assert "***" in message
+    assert "127.0.0.1:1" in message  # the user can see which database it tried
+
+
+async def test_the_password_is_not_in_the_chained_store_unavailable_either() -> None:
+    with pytest.raises(StoreUnavailable) as caught:
+        await Store.open(UNREACHABLE)
+    rendered = repr(caught.value) + "".join(str(a) for a in caught.value.args)
+    assert "s3cret" not in rendered
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "not a database url",
+        "mysql+aiomysql://root@127.0.0.1/mas",
+        "sqlite:///./mas.db",  # the synchronous driver
+        "postgresql://postgres@127.0.0.1/test",  # psycopg2, not asyncpg
+    ],
+)
+async def test_a_malformed_url_or_unsupported_driver_is_a_config_error(url: str) -> None:
+    with pytest.raises(ConfigError, match="MAS_DATABASE_URL"):
+        await Store.open(url)
+
+
+async def test_the_config_error_names_the_supported_drivers() -> None:
+    with pytest.raises(ConfigError) as caught:
+        await Store.open("mysql+aiomysql://root@127.0.0.1/mas")
+    assert "sqlite+aiosqlite" in str(caught.value)
+    assert "postgresql+asyncpg" in str(caught.value)
