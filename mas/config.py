@@ -10,7 +10,14 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["MailboxSettings", "RetrySettings", "Settings", "SupervisorSettings"]
+__all__ = [
+    "ApiSettings",
+    "AuthSettings",
+    "MailboxSettings",
+    "RetrySettings",
+    "Settings",
+    "SupervisorSettings",
+]
 
 Overflow = Literal["block", "reject", "drop_oldest"]
 
@@ -41,6 +48,25 @@ class SupervisorSettings(BaseModel):
     jitter: float = Field(0.1, ge=0, le=1)
 
 
+class AuthSettings(BaseModel):
+    """JWT bearer auth of the gateway (HS256 with a shared secret)."""
+
+    jwt_secret: SecretStr | None = Field(
+        None, description="signs and checks tokens; `mas up` generates one when unset"
+    )
+    algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"
+    public_health: bool = Field(True, description="/livez and /readyz need no token")
+    public_metrics: bool = Field(True, description="/metrics needs no token")
+
+
+class ApiSettings(BaseModel):
+    """Where the gateway listens and how much it accepts."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    max_wait: float = Field(60.0, gt=0, description="longest ?wait= a client may ask for")
+
+
 class Settings(BaseSettings):
     """Everything configurable; `MAS_TRANSPORT` alone switches one-process to distributed."""
 
@@ -59,6 +85,8 @@ class Settings(BaseSettings):
     mailbox: MailboxSettings = MailboxSettings()
     retry: RetrySettings = RetrySettings()
     supervisor: SupervisorSettings = SupervisorSettings()
+    auth: AuthSettings = AuthSettings()
+    api: ApiSettings = ApiSettings()
     log_level: str = "INFO"
     log_format: Literal["json", "console"] = "json"
     amqp_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")

@@ -48,7 +48,7 @@ from mas.errors import (
     RuntimeNotRunning,
     UnknownAgent,
 )
-from mas.messages import Address, Message, TaskResult, parse_address
+from mas.messages import Address, Message, TaskError, TaskResult, parse_address
 from mas.observability.logging import configure_logging, level_number
 from mas.transports import Transport, create_transport
 from mas.transports.base import Delivery
@@ -676,7 +676,11 @@ class Runtime:
         return out if is_reply else None
 
     def add_task_listener(self, listener: TaskListener) -> None:
-        """Call `listener(result, message)` whenever a handler completes a task."""
+        """Call `listener(result, message)` whenever a task ends on this node.
+
+        A handler's TaskResult ends it; so does its message going to dead letters, which
+        the listener sees as a failed TaskResult whose error type is the dead-letter reason.
+        """
         self._task_listeners.append(listener)
 
     async def _complete_task(self, cell: AgentCell, incoming: Message, result: TaskResult) -> None:
@@ -731,6 +735,14 @@ class Runtime:
         if self.journal is not None:
             self.journal.task_dead_lettered(letter)
         await delivery.dead_letter(letter)
+        task_id = message.task_id
+        if task_id is not None and self._task_listeners:
+            failed = TaskResult.failed(
+                task_id,
+                TaskError(letter.error_type or reason, letter.error_message or reason),
+            )
+            for listener in self._task_listeners:
+                await listener(failed, message)
         notice = error_notice(letter)
         if notice is not None:
             await self.notify(str(notice.target), notice)

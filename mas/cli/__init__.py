@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from mas.cli import db, demo, replay
+from mas.cli import db, demo, replay, send, token, up
 
 app = typer.Typer(
     help="mas: a multi-agent system runtime — supervised actors with mailboxes.",
@@ -27,8 +27,11 @@ def version() -> None:
     typer.echo(__version__)
 
 
+app.command()(up.up)
+app.command()(send.send)
 app.command()(demo.demo)
 app.command()(replay.replay)
 app.add_typer(db.app, name="db")
+app.add_typer(token.app, name="token")
 
 __all__ = ["app"]

@@ -1,0 +1,1 @@
+"""The HTTP gateway (FastAPI): `create_app(settings, runtime=None)`."""

@@ -1,0 +1,114 @@
+"""The gateway's app factory: run it alone (`mas up`) or mount it in your FastAPI app."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from mas.actors.agent import Agent
+from mas.actors.runtime import Runtime
+from mas.api.metrics import RuntimeMetrics
+from mas.api.problems import install_problem_handlers, problem_response
+from mas.api.routes import agents, health, tasks
+from mas.api.state import Gateway
+from mas.api.tracing import TraceMiddleware
+from mas.config import Settings
+from mas.errors import ConfigError
+from mas.persistence.journal import StoreJournal
+
+__all__ = ["create_app"]
+
+
+def create_app(
+    settings: Settings | None = None,
+    runtime: Runtime | None = None,
+    agent_classes: Iterable[type[Agent]] = (),
+    start_agents: Iterable[type[Agent]] = (),
+) -> FastAPI:
+    """Build the gateway.
+
+    Without `runtime`, the app's lifespan starts one (persisting to MAS_DATABASE_URL) and
+    stops it on shutdown; with one, the caller owns its lifecycle and it must have been
+    created with a `StoreJournal` (the gateway reads tasks from that store).
+    `agent_classes` are the types `POST /agents/` may start; `start_agents` are started
+    (one each, id = type) when the app starts its own runtime.
+    """
+    settings = settings if settings is not None else Settings()
+    starting = list(start_agents)
+    classes = {cls.type: cls for cls in [*agent_classes, *starting]}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if runtime is not None:
+            _attach(app, settings, runtime, classes)
+            yield
+            return
+        own = Runtime(settings.model_copy(update={"persist": True}))
+        async with own:
+            _attach(app, settings, own, classes)
+            for cls in starting:
+                await own.spawn(cls, id=cls.type)
+            yield
+
+    app = FastAPI(
+        title="mas gateway",
+        version=_version(),
+        summary="Submit tasks to agents, read results, manage agents.",
+        lifespan=lifespan,
+    )
+    install_problem_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.message_max_bytes)
+    app.add_middleware(TraceMiddleware)
+    for router in (tasks.router, agents.router, health.router):
+        app.include_router(router)
+    return app
+
+
+def _attach(
+    app: FastAPI, settings: Settings, runtime: Runtime, classes: dict[str, type[Agent]]
+) -> None:
+    journal = runtime.journal
+    if not isinstance(journal, StoreJournal):
+        raise ConfigError(
+            "the gateway needs a runtime that persists: create it with MAS_PERSIST=true "
+            "or journal=StoreJournal(store)"
+        )
+    gateway = Gateway(settings, runtime, journal.store, classes)
+    metrics = RuntimeMetrics(runtime)
+    runtime.add_task_listener(gateway.on_task_ended)
+    runtime.add_task_listener(metrics.on_task_ended)
+    app.state.gateway = gateway
+    app.state.settings = settings
+    app.state.metrics = metrics
+
+
+class BodySizeLimit:
+    """413 for a request body over the message cap, before it is read into memory."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            length = dict(scope["headers"]).get(b"content-length")
+            if length is not None and length.isdigit() and int(length) > self.max_bytes:
+                response = problem_response(
+                    Request(scope),
+                    413,
+                    "Payload Too Large",
+                    f"the body is {int(length)} bytes, over the {self.max_bytes}-byte cap "
+                    "(MAS_MESSAGE_MAX_BYTES)",
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _version() -> str:
+    from mas import __version__
+
+    return __version__

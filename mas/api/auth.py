@@ -1,0 +1,222 @@
+"""JWT bearer auth of the gateway: tokens carry scopes, each route requires the ones it needs.
+
+The algorithm is pinned by settings (never taken from the token, so `alg: none` and algorithm
+confusion are refused), `exp` is required, and every way a token can be wrong becomes a 401
+problem whose detail tells the client what to fix; a valid token lacking a scope is a 403.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import jwt
+from fastapi import Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from mas.api.problems import Problem
+from mas.config import AuthSettings
+from mas.errors import ConfigError
+
+__all__ = ["ALGORITHMS", "SCOPES", "Claims", "decode_token", "mint_token", "require"]
+
+SCOPES: dict[str, str] = {
+    "tasks:read": "read tasks, their results and their event streams",
+    "tasks:write": "submit tasks",
+    "agents:read": "list agents and read their state",
+    "agents:admin": "spawn and stop agents",
+    "messages:write": "send messages straight to an agent",
+    "metrics:read": "read /metrics when it is not public",
+}
+
+ALGORITHMS = ("HS256", "HS384", "HS512")
+"""The only algorithms tokens may use: HMAC with the shared secret, nothing asymmetric or none."""
+
+CLOCK_SKEW = 5.0
+"""Seconds of leeway on `exp`/`iat`, so a token minted on another machine works at once."""
+
+_INVALID_TOKEN = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+_NO_TOKEN = {"WWW-Authenticate": "Bearer"}
+
+
+@dataclass(frozen=True, slots=True)
+class Claims:
+    """What a verified token says: who it is and what it may do, until when."""
+
+    subject: str
+    scopes: frozenset[str]
+    expires_at: datetime
+
+
+def _known_scopes(scopes: Iterable[str]) -> frozenset[str]:
+    wanted = frozenset(scopes)
+    unknown = sorted(wanted - SCOPES.keys())
+    if unknown:
+        raise ConfigError(
+            f"unknown scope(s) {', '.join(unknown)}: known scopes are {', '.join(SCOPES)}"
+        )
+    return wanted
+
+
+def _check_algorithm(algorithm: str) -> None:
+    if algorithm not in ALGORITHMS:
+        raise ConfigError(
+            f"algorithm {algorithm!r} is not allowed: use one of {', '.join(ALGORITHMS)}"
+        )
+
+
+def mint_token(
+    secret: str, subject: str, scopes: Sequence[str], ttl: float, algorithm: str = "HS256"
+) -> str:
+    """Sign a token for `subject` granting `scopes` for `ttl` seconds.
+
+    Raises:
+        ConfigError: an unknown scope, a ttl that is not positive, an empty secret or
+            subject, or an algorithm outside `ALGORITHMS`.
+    """
+    granted = _known_scopes(scopes)
+    if not ttl > 0:  # also refuses NaN
+        raise ConfigError(f"ttl must be more than 0 seconds, got {ttl}")
+    if not secret:
+        raise ConfigError("the secret is empty: set MAS_AUTH__JWT_SECRET")
+    if not subject:
+        raise ConfigError("the subject (sub) is empty: name who the token is for")
+    _check_algorithm(algorithm)
+    now = time.time()
+    claims = {
+        "sub": subject,
+        "scopes": sorted(granted),
+        "iat": int(now),
+        "exp": math.ceil(now + ttl),
+        "jti": secrets.token_urlsafe(16),
+    }
+    return jwt.encode(claims, secret, algorithm=algorithm)
+
+
+def _unauthorized(detail: str) -> Problem:
+    return Problem(401, "Unauthorized", detail, headers=dict(_INVALID_TOKEN))
+
+
+def _token_algorithm(token: str) -> str:
+    try:
+        return str(jwt.get_unverified_header(token).get("alg"))
+    except jwt.PyJWTError:
+        return "?"
+
+
+def decode_token(token: str, secret: str, algorithm: str) -> Claims:
+    """Verify a token's signature, algorithm and expiry, and read its claims.
+
+    Raises:
+        Problem: 401 with `WWW-Authenticate: Bearer error="invalid_token"` and a detail
+            saying what is wrong (expired, bad signature, malformed, wrong algorithm,
+            missing claim).
+        ConfigError: `algorithm` is outside `ALGORITHMS` (a server misconfiguration).
+    """
+    _check_algorithm(algorithm)
+    try:
+        payload: dict[str, Any] = jwt.decode(
+            token,
+            secret,
+            algorithms=[algorithm],
+            options={"require": ["exp", "sub"]},
+            leeway=CLOCK_SKEW,
+        )
+    except jwt.ExpiredSignatureError:
+        raise _unauthorized(
+            "the token has expired: mint a new one with `mas token create`"
+        ) from None
+    except jwt.InvalidSignatureError:
+        raise _unauthorized(
+            "the token's signature does not match: it was signed with another secret"
+        ) from None
+    except jwt.InvalidAlgorithmError:
+        used = _token_algorithm(token)
+        what = "is unsigned (alg none)" if used.lower() == "none" else f"uses alg {used}"
+        raise _unauthorized(f"the token {what}; this gateway accepts only {algorithm}") from None
+    except jwt.MissingRequiredClaimError as exc:
+        raise _unauthorized(f"the token lacks the required {exc.claim!r} claim") from None
+    except jwt.ImmatureSignatureError:
+        raise _unauthorized(
+            "the token is not valid yet (issued in the future): check the clocks"
+        ) from None
+    except jwt.DecodeError:
+        raise _unauthorized(
+            "the token is malformed: expected a JWT (header.payload.signature)"
+        ) from None
+    except jwt.InvalidTokenError as exc:
+        raise _unauthorized(f"the token is invalid: {exc}") from None
+
+    scopes = payload.get("scopes", [])
+    if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
+        raise _unauthorized("the token is malformed: the 'scopes' claim must be a list of strings")
+    return Claims(
+        subject=str(payload["sub"]),
+        scopes=frozenset(scopes),
+        expires_at=datetime.fromtimestamp(float(payload["exp"]), tz=UTC),
+    )
+
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="bearer",
+    description="a JWT from `mas token create` (or the development token `mas up` prints)",
+)
+
+
+def require(*scopes: str) -> Callable[..., Awaitable[Claims]]:
+    """Make a dependency that admits only requests whose bearer token grants all `scopes`.
+
+    Scopes are checked here, when routes are declared, so a typo fails at import rather
+    than locking everyone out at runtime.
+
+    Raises:
+        ConfigError: an unknown scope.
+    """
+    needed = _known_scopes(scopes)
+
+    async def dependency(
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+    ) -> Claims:
+        auth: AuthSettings = request.app.state.settings.auth
+        secret = auth.jwt_secret.get_secret_value() if auth.jwt_secret is not None else ""
+        if not secret:  # an empty secret would let anyone sign tokens
+            raise Problem(
+                503,
+                "Service Unavailable",
+                "authentication is not configured: set MAS_AUTH__JWT_SECRET "
+                "(or start the gateway with `mas up`, which generates one)",
+            )
+        if credentials is None:
+            header = request.headers.get("authorization")
+            detail = (
+                "no Authorization header: send `Authorization: Bearer <token>`"
+                if not header
+                else "the Authorization header is not a bearer token: send "
+                "`Authorization: Bearer <token>`"
+            )
+            raise Problem(401, "Unauthorized", detail, headers=dict(_NO_TOKEN))
+        claims = decode_token(credentials.credentials, secret, auth.algorithm)
+        missing = sorted(needed - claims.scopes)
+        if missing:
+            raise Problem(
+                403,
+                "Forbidden",
+                f"the token lacks scope(s) {', '.join(missing)}: mint one with "
+                + " ".join(f"--scope {scope}" for scope in missing),
+                headers={
+                    "WWW-Authenticate": (
+                        f'Bearer error="insufficient_scope", scope="{" ".join(missing)}"'
+                    )
+                },
+            )
+        return claims
+
+    dependency.__name__ = "require_" + "_".join(sorted(needed)).replace(":", "_")
+    return dependency

@@ -1,0 +1,131 @@
+"""Errors as RFC 9457 problem details: every error response is `application/problem+json`.
+
+Handlers map mas's typed errors to the status a client can act on: 4xx for anything the
+client did wrong (never a 500 for bad input), 429 with Retry-After when a mailbox rejects,
+503 when the store is unreachable.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from mas.errors import (
+    AgentStopped,
+    AskTimeout,
+    DuplicateAgent,
+    InvalidAddress,
+    InvalidMessage,
+    MailboxFull,
+    MasError,
+    MessageTooLarge,
+    StoreUnavailable,
+    UnknownAgent,
+)
+
+__all__ = ["PROBLEM_JSON", "Problem", "install_problem_handlers", "problem_response"]
+
+PROBLEM_JSON = "application/problem+json"
+
+
+class Problem(Exception):
+    """An HTTP error with a problem-details body; raise it from a route or a dependency."""
+
+    def __init__(
+        self,
+        status: int,
+        title: str,
+        detail: str,
+        *,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.title = title
+        self.detail = detail
+        self.headers = headers or {}
+        self.extra = extra
+
+
+def problem_response(
+    request: Request,
+    status: int,
+    title: str,
+    detail: str,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    body = {
+        "type": "about:blank",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": request.url.path,
+        **extra,
+    }
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+_MAS_ERRORS: list[tuple[type[MasError], int, str]] = [
+    (MessageTooLarge, 413, "Payload Too Large"),
+    (InvalidAddress, 422, "Invalid Address"),
+    (InvalidMessage, 422, "Invalid Message"),
+    (UnknownAgent, 404, "Unknown Agent"),
+    (DuplicateAgent, 409, "Duplicate Agent"),
+    (MailboxFull, 429, "Mailbox Full"),
+    (AgentStopped, 409, "Agent Stopped"),
+    (AskTimeout, 504, "Reply Timeout"),
+    (StoreUnavailable, 503, "Store Unavailable"),
+]
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    """Render every error (ours, FastAPI's, Starlette's) as problem+json."""
+
+    @app.exception_handler(Problem)
+    async def _problem(request: Request, exc: Problem) -> JSONResponse:
+        return problem_response(
+            request, exc.status, exc.title, exc.detail, exc.headers, **exc.extra
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"field": ".".join(str(p) for p in error.get("loc", ())), "message": error.get("msg")}
+            for error in exc.errors()
+        ]
+        first = errors[0] if errors else {"field": "?", "message": "invalid request"}
+        detail = f"{first['field']}: {first['message']}"
+        return problem_response(request, 422, "Invalid Request", detail, errors=errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return problem_response(
+            request,
+            exc.status_code,
+            _title(exc.status_code),
+            str(exc.detail),
+            dict(exc.headers or {}),
+        )
+
+    @app.exception_handler(MasError)
+    async def _mas(request: Request, exc: MasError) -> JSONResponse:
+        for error_type, status, title in _MAS_ERRORS:
+            if isinstance(exc, error_type):
+                headers = {"Retry-After": "1"} if status in (429, 503) else None
+                return problem_response(request, status, title, str(exc), headers)
+        return problem_response(request, 400, "Bad Request", str(exc))
+
+
+def _title(status: int) -> str:
+    from http import HTTPStatus
+
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"

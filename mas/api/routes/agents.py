@@ -1,0 +1,108 @@
+"""/agents: start agents of known types, list them, look one up, send it a message."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, Response, status
+
+from mas.api.auth import Claims, require
+from mas.api.problems import Problem
+from mas.api.schemas import AgentIn, AgentList, AgentOut, MessageIn, MessageOut
+from mas.api.state import Gateway, gateway
+from mas.messages import Message, parse_address
+
+router = APIRouter(prefix="/agents", tags=["agents"])
+
+GatewayDep = Annotated[Gateway, Depends(gateway)]
+
+
+def _mailbox(gw: Gateway, agent_id: str) -> int | None:
+    cell = gw.runtime.local_cell(agent_id)
+    return len(cell.mailbox) if cell is not None else None
+
+
+@router.post("/", status_code=status.HTTP_201_CREATED, response_model=AgentOut)
+async def register_agent(
+    spec: AgentIn,
+    response: Response,
+    gw: GatewayDep,
+    _: Annotated[Claims, Depends(require("agents:admin"))],
+) -> AgentOut:
+    """Start an agent of a type this node hosts (409 if the id is taken)."""
+    cls = gw.agent_classes.get(spec.type)
+    if cls is None:
+        known = ", ".join(sorted(gw.agent_classes)) or "none"
+        raise Problem(
+            422, "Unknown Agent Type", f"no agent class of type {spec.type!r} (known: {known})"
+        )
+    ref = await gw.runtime.spawn(cls, id=spec.id)
+    if gw.runtime.journal is not None:
+        await gw.runtime.journal.flush()
+    record = await gw.store.get_agent(ref.id)
+    assert record is not None
+    response.headers["Location"] = f"/agents/{ref.id}"
+    return AgentOut.of(record, _mailbox(gw, ref.id))
+
+
+@router.get("/", response_model=AgentList)
+async def list_agents(
+    gw: GatewayDep,
+    _: Annotated[Claims, Depends(require("agents:read"))],
+    type_: Annotated[str | None, Query(alias="type", max_length=200)] = None,
+    status_: Annotated[str | None, Query(alias="status", max_length=32)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+) -> AgentList:
+    """Agents known to the system (running and stopped), filtered by type and status."""
+    agents = await gw.store.list_agents(
+        agent_type=type_, status=status_, limit=limit, offset=offset
+    )
+    items = [AgentOut.of(a, _mailbox(gw, a.id)) for a in agents]
+    return AgentList(items=items, limit=limit, offset=offset)
+
+
+@router.get("/{agent_id}", response_model=AgentOut)
+async def get_agent(
+    agent_id: str,
+    gw: GatewayDep,
+    _: Annotated[Claims, Depends(require("agents:read"))],
+) -> AgentOut:
+    record = await gw.store.get_agent(agent_id)
+    if record is None:
+        raise Problem(404, "Unknown Agent", f"no agent with id {agent_id!r}")
+    return AgentOut.of(record, _mailbox(gw, agent_id))
+
+
+@router.post(
+    "/{agent_id}/message",
+    response_model=MessageOut,
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={200: {"description": "the reply, when ?wait= was given"}},
+)
+async def send_message(
+    agent_id: str,
+    body: MessageIn,
+    request: Request,
+    response: Response,
+    gw: GatewayDep,
+    claims: Annotated[Claims, Depends(require("messages:write"))],
+    wait: Annotated[float, Query(ge=0, le=3600, description="seconds to wait for a reply")] = 0,
+) -> MessageOut:
+    """Send a message to an agent; with `?wait=N`, ask and return its reply (504 on timeout)."""
+    target = str(parse_address(f"agent:{agent_id}"))
+    message = Message(
+        body.type,
+        body.payload,
+        id=body.id,
+        target=target,
+        metadata=body.metadata,
+        trace_id=request.state.trace_id,
+    )
+    message.to_json(max_bytes=gw.settings.message_max_bytes)
+    if wait > 0:
+        reply = await gw.runtime.ask(target, message, timeout=min(wait, gw.settings.api.max_wait))
+        response.status_code = status.HTTP_200_OK
+        return MessageOut.of(reply)
+    await gw.runtime.tell(target, message)
+    return MessageOut.of(message)

@@ -1,0 +1,143 @@
+"""Request and response bodies of the gateway (pydantic: validated, documented in OpenAPI)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from mas.messages import Message
+from mas.persistence.store import AgentRecord, TaskRecord
+
+__all__ = [
+    "AgentIn",
+    "AgentList",
+    "AgentOut",
+    "MessageIn",
+    "MessageOut",
+    "TaskIn",
+    "TaskList",
+    "TaskOut",
+]
+
+ID_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.:@\-]*$"
+NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.\-]*$"
+TaskStatus = Literal["pending", "running", "succeeded", "failed", "dead_lettered", "cancelled"]
+
+
+class TaskIn(BaseModel):
+    """A task for one agent (`agent`), any agent of a type (`type`), or of a capability."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    agent: str | None = Field(None, max_length=200, pattern=ID_PATTERN, description="agent id")
+    type: str | None = Field(None, max_length=200, pattern=NAME_PATTERN, description="agent type")
+    capability: str | None = Field(None, max_length=200, pattern=NAME_PATTERN)
+    message_type: str = Field("task", min_length=1, max_length=200, pattern=NAME_PATTERN)
+    payload: dict[str, Any] = Field(default_factory=dict)
+    id: str | None = Field(
+        None, max_length=64, pattern=ID_PATTERN, description="task id, also the idempotency key"
+    )
+
+    @model_validator(mode="after")
+    def _one_destination(self) -> TaskIn:
+        named = [n for n in ("agent", "type", "capability") if getattr(self, n) is not None]
+        if len(named) != 1:
+            raise ValueError(
+                "name exactly one of 'agent', 'type' or 'capability' "
+                f"(got {', '.join(named) or 'none'})"
+            )
+        return self
+
+
+class TaskOut(BaseModel):
+    id: str
+    type: str
+    status: TaskStatus
+    target: str | None
+    payload: dict[str, Any]
+    result: Any
+    error: dict[str, Any] | None
+    attempts: int
+    created_by: str | None
+    trace_id: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def of(cls, task: TaskRecord) -> TaskOut:
+        return cls.model_validate(task, from_attributes=True)
+
+
+class TaskList(BaseModel):
+    items: list[TaskOut]
+    limit: int
+    offset: int
+
+
+class AgentIn(BaseModel):
+    """Register (start) an agent of a type this gateway's runtime knows."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str = Field(..., max_length=200, pattern=NAME_PATTERN)
+    id: str | None = Field(None, max_length=200, pattern=ID_PATTERN)
+
+
+class AgentOut(BaseModel):
+    id: str
+    type: str
+    status: str
+    node_id: str | None
+    last_heartbeat: datetime | None
+    metadata: dict[str, Any]
+    created_at: datetime | None
+    mailbox: int | None = Field(None, description="queued messages, when hosted here")
+
+    @classmethod
+    def of(cls, agent: AgentRecord, mailbox: int | None = None) -> AgentOut:
+        data = {name: getattr(agent, name) for name in AgentRecord.__slots__}
+        return cls(**data, mailbox=mailbox)
+
+
+class AgentList(BaseModel):
+    items: list[AgentOut]
+    limit: int
+    offset: int
+
+
+class MessageIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: str = Field(..., min_length=1, max_length=200, pattern=NAME_PATTERN)
+    payload: dict[str, Any] = Field(default_factory=dict)
+    id: str | None = Field(None, max_length=64, pattern=ID_PATTERN)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class MessageOut(BaseModel):
+    id: str
+    type: str
+    sender: str | None
+    target: str | None
+    payload: dict[str, Any]
+    metadata: dict[str, Any]
+    trace_id: str | None
+    correlation_id: str | None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, message: Message) -> MessageOut:
+        return cls(
+            id=message.id,
+            type=message.type,
+            sender=message.sender,
+            target=message.target,
+            payload=message.payload,
+            metadata=message.metadata,
+            trace_id=message.trace_id,
+            correlation_id=message.correlation_id,
+            created_at=message.created_at,
+        )

@@ -1,0 +1,91 @@
+"""`mas token create`: mint a gateway bearer token, printed alone so scripts can capture it."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+
+from mas.api.auth import SCOPES, mint_token
+from mas.config import Settings
+from mas.errors import ConfigError
+
+__all__ = ["app", "parse_ttl"]
+
+app = typer.Typer(help="Gateway bearer tokens (JWT).", no_args_is_help=True)
+
+
+@app.callback()
+def main() -> None:
+    """Gateway bearer tokens (JWT); a group even with one command, so `create` stays a word."""
+
+
+_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_TTL = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$", re.IGNORECASE)
+
+
+def parse_ttl(text: str) -> float:
+    """Read a lifetime as seconds (`3600`) or with a unit (`30m`, `12h`, `7d`).
+
+    Raises:
+        typer.BadParameter: not a positive duration, so typer exits 2 with usage.
+    """
+    match = _TTL.match(text)
+    if match is None:
+        raise typer.BadParameter(f"{text!r} is not a duration: use seconds or 30m, 12h, 7d")
+    seconds = float(match.group(1)) * _UNITS[match.group(2).lower()]
+    if seconds <= 0:
+        raise typer.BadParameter("the lifetime must be more than 0")
+    return seconds
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        typer.echo(f"error: the MAS_* settings are invalid: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def create(
+    sub: Annotated[str, typer.Option("--sub", help="who the token is for (the `sub` claim)")],
+    scope: Annotated[
+        list[str],
+        typer.Option(
+            "--scope",
+            help=f"a scope to grant, repeatable; `all` grants every one ({', '.join(SCOPES)})",
+        ),
+    ],
+    ttl: Annotated[
+        str, typer.Option("--ttl", help="lifetime: seconds, or with a unit (30m, 12h, 7d)")
+    ] = "1h",
+    secret: Annotated[
+        str | None,
+        typer.Option(
+            "--secret",
+            help="signing secret (default: MAS_AUTH__JWT_SECRET; prefer it, "
+            "a secret on the command line lands in shell history)",
+        ),
+    ] = None,
+) -> None:
+    """Print a signed token granting the scopes for the lifetime; nothing else on stdout."""
+    seconds = parse_ttl(ttl)
+    auth = _settings().auth
+    key = secret or (auth.jwt_secret.get_secret_value() if auth.jwt_secret else None)
+    if not key:
+        typer.echo(
+            "error: no signing secret: set MAS_AUTH__JWT_SECRET (environment or .env) "
+            "to the gateway's secret, or pass --secret",
+            err=True,
+        )
+        raise typer.Exit(2)
+    scopes = list(SCOPES) if "all" in scope else scope
+    try:
+        token = mint_token(key, sub, scopes, seconds, auth.algorithm)
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(token)
