@@ -54,7 +54,11 @@ def up(
         raise typer.Exit(2) from None
     configure_logging(settings.log_level, settings.log_format)
     listen_host = host or settings.api.host
-    sock = socket.socket(socket.AF_INET6 if ":" in listen_host else socket.AF_INET)
+    # IPPROTO_TCP explicitly: asyncio only sets TCP_NODELAY on connections accepted from a
+    # socket whose proto says TCP; without it every keep-alive response waits ~40 ms for the
+    # client's delayed ACK (Nagle).
+    family = socket.AF_INET6 if ":" in listen_host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((listen_host, settings.api.port if port is None else port))

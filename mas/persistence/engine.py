@@ -48,6 +48,11 @@ async def connect(url: str, *, schema: str | None = None) -> AsyncEngine:
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
         options["connect_args"] = {"timeout": 30}
+        # One connection: SQLite has a single writer, and two connections contending for
+        # it fall into SQLite's busy handler, which sleeps in steps of up to 100 ms. A
+        # queue for the one connection hands it over as soon as it is free.
+        options["pool_size"] = 1
+        options["max_overflow"] = 0
     else:
         options["pool_pre_ping"] = True
         options["pool_size"] = 5

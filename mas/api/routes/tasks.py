@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
+from fastapi.responses import StreamingResponse
 
 from mas.api.auth import Claims, require
 from mas.api.problems import Problem
@@ -150,6 +152,43 @@ async def _wait_for_end(gw: Gateway, task: TaskRecord, wait: float) -> TaskRecor
     finally:
         gw.unwatch(task.id, event)
     return task
+
+
+@router.get(
+    "/{task_id}/events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+async def task_events(
+    task_id: str,
+    gw: GatewayDep,
+    _: Annotated[Claims, Depends(require("tasks:read"))],
+    timeout: Annotated[float, Query(gt=0, le=3600, description="close after N seconds")] = 300,
+) -> StreamingResponse:
+    """Server-Sent Events: one `status` event per state change, until the task ends."""
+    task = await gw.store.get_task(task_id)
+    if task is None:
+        raise Problem(404, "Unknown Task", f"no task with id {task_id!r}")
+
+    async def stream() -> AsyncIterator[str]:
+        current: TaskRecord = task
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        yield _event(current)
+        last = current.status
+        while not current.done and loop.time() < deadline:
+            current = await _wait_for_end(gw, current, min(1.0, deadline - loop.time()))
+            if current.status != last:
+                last = current.status
+                yield _event(current)
+
+    return StreamingResponse(
+        stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+    )
+
+
+def _event(task: TaskRecord) -> str:
+    return f"event: status\ndata: {TaskOut.of(task).model_dump_json()}\n\n"
 
 
 @router.post("/{task_id}/cancel", response_model=TaskOut)
