@@ -19,12 +19,13 @@ from mas.actors.agent import Agent, AgentContext
 from mas.actors.backoff import RetryPolicy
 from mas.actors.deadletters import DeadLetter
 from mas.actors.mailbox import Mailbox
+from mas.actors.ref import AgentRef
+from mas.actors.status import RUNNING, STOPPED, SUSPENDED
 from mas.errors import AgentStartError, AgentStopped, ConfigError, MasError
 from mas.messages import Message
 
 if TYPE_CHECKING:
     from mas.actors.journal import Journal
-    from mas.actors.ref import AgentRef
     from mas.actors.runtime import Runtime
     from mas.actors.supervisor import Restart, Supervisor
     from mas.transports.base import Delivery
@@ -33,9 +34,6 @@ __all__ = ["AgentCell", "LocalDelivery"]
 
 _log = structlog.get_logger("mas.cell")
 
-RUNNING = "running"
-SUSPENDED = "suspended"  # between a failure and the restart: queues, does not handle
-STOPPED = "stopped"  # terminal
 
 AgentFactory = Callable[[], Agent]
 
@@ -130,8 +128,6 @@ class AgentCell:
         return f"AgentCell({self.id!r}, {self.status})"
 
     def ref(self) -> AgentRef:
-        from mas.actors.ref import AgentRef
-
         return AgentRef(self.runtime, self.id, self)
 
     @property

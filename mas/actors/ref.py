@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mas.actors.cell import RUNNING
+from mas.actors.status import RUNNING
 from mas.errors import AgentStopped, MasError
 from mas.messages import Message
 

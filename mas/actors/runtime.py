@@ -22,7 +22,7 @@ import structlog
 
 from mas.actors.agent import Agent
 from mas.actors.backoff import RetryPolicy
-from mas.actors.cell import STOPPED, AgentCell, LocalDelivery
+from mas.actors.cell import AgentCell, LocalDelivery
 from mas.actors.clock import Clock, LoopClock
 from mas.actors.deadletters import DeadLetter, DeadLetters
 from mas.actors.journal import Journal
@@ -36,6 +36,7 @@ from mas.actors.replies import (
     error_from_reply,
     error_notice,
 )
+from mas.actors.status import STOPPED
 from mas.actors.supervisor import Restart, Strategy, Supervisor
 from mas.actors.tasks import TaskOwner
 from mas.config import Settings
