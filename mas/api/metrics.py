@@ -6,6 +6,7 @@ metric families when /metrics is scraped, so metrics cost nothing per message.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
@@ -23,6 +24,7 @@ DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0)
 class _RuntimeCollector(Collector):
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
+        self.ended: Counter[str] = Counter({"succeeded": 0, "failed": 0})
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         rt = self.runtime
@@ -30,7 +32,8 @@ class _RuntimeCollector(Collector):
         tasks = CounterMetricFamily(
             "agent_tasks_processed", "Tasks ended on this node, by status", labels=["status"]
         )
-        tasks.add_metric(["completed"], float(rt.tasks_completed))
+        for status, count in sorted(self.ended.items()):
+            tasks.add_metric([status], float(count))
         yield tasks
         yield GaugeMetricFamily(
             "agent_tasks_in_queue", "Messages waiting in local mailboxes", value=stats["in_queue"]
@@ -51,7 +54,8 @@ class RuntimeMetrics:
 
     def __init__(self, runtime: Runtime) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(_RuntimeCollector(runtime))
+        self.collector = _RuntimeCollector(runtime)
+        self.registry.register(self.collector)
         self.durations = Histogram(
             "agent_task_duration_seconds",
             "Seconds from a task's message being sent to the task ending",
@@ -63,6 +67,7 @@ class RuntimeMetrics:
     async def on_task_ended(self, result: TaskResult, message: Message) -> None:
         from datetime import UTC, datetime
 
+        self.collector.ended[result.status] += 1  # a dead-lettered task arrives as failed
         elapsed = (datetime.now(UTC) - message.created_at).total_seconds()
         self.durations.labels(result.status).observe(max(elapsed, 0.0))
 

@@ -18,6 +18,7 @@ from mas.errors import (
     AgentStopped,
     AskTimeout,
     DuplicateAgent,
+    HandlerError,
     InvalidAddress,
     InvalidMessage,
     MailboxFull,
@@ -80,6 +81,7 @@ _MAS_ERRORS: list[tuple[type[MasError], int, str]] = [
     (MailboxFull, 429, "Mailbox Full"),
     (AgentStopped, 409, "Agent Stopped"),
     (AskTimeout, 504, "Reply Timeout"),
+    (HandlerError, 502, "Agent Failed"),
     (StoreUnavailable, 503, "Store Unavailable"),
 ]
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import secrets
+import signal
 import socket
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -65,6 +67,7 @@ def up(
     except OSError as exc:
         typer.echo(f"error: cannot listen on {listen_host}:{port}: {exc}", err=True)
         raise typer.Exit(2) from None
+    sock.listen(2048)  # connections queue from now on, even before the server accepts them
     bound_port = sock.getsockname()[1]
     secret = settings.auth.jwt_secret
     assert secret is not None
@@ -87,6 +90,9 @@ def up(
     app = create_app(settings, start_agents=classes)
     config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on")
     server = uvicorn.Server(config)
+    # uvicorn drains on SIGTERM, then re-raises the signal to the previous handler: make
+    # that a clean exit (0) instead of death by signal.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         anyio.run(server.serve, [sock])
     except MasError as exc:

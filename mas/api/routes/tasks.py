@@ -12,7 +12,7 @@ from fastapi.responses import StreamingResponse
 
 from mas.api.auth import Claims, require
 from mas.api.problems import Problem
-from mas.api.schemas import TaskIn, TaskList, TaskOut, TaskStatus
+from mas.api.schemas import ID_PATTERN, TaskIn, TaskList, TaskOut, TaskStatus
 from mas.api.state import Gateway, gateway
 from mas.errors import UnknownAgent
 from mas.messages import Message, TaskError, new_id
@@ -46,7 +46,7 @@ async def submit_task(
     response: Response,
     gw: GatewayDep,
     claims: Annotated[Claims, Depends(require("tasks:write"))],
-    idempotency_key: Annotated[str | None, Header(max_length=64)] = None,
+    idempotency_key: Annotated[str | None, Header(max_length=64, pattern=ID_PATTERN)] = None,
 ) -> TaskOut:
     """Create a task and hand it to an agent; returns at once (202) with the task id.
 

@@ -1,0 +1,441 @@
+"""/tasks: submit, read (and wait), list, cancel — through the real app, runtime and store."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from mas.api.state import Gateway
+
+pytestmark = pytest.mark.anyio
+
+Problem = Callable[..., dict[str, Any]]
+
+
+async def submit(
+    client: httpx.AsyncClient, token: Callable[..., dict[str, str]], body: Any, **headers: str
+) -> httpx.Response:
+    return await client.post("/tasks/", json=body, headers={**token(), **headers})
+
+
+async def finished(
+    client: httpx.AsyncClient, token: Callable[..., dict[str, str]], task_id: str
+) -> dict[str, Any]:
+    response = await client.get(f"/tasks/{task_id}", params={"wait": 5}, headers=token())
+    assert response.status_code == 200, response.text
+    task: dict[str, Any] = response.json()
+    assert task["status"] not in ("pending", "running"), task
+    return task
+
+
+class TestSubmit:
+    async def test_echo_task_is_accepted_then_succeeds_with_the_result(
+        self, client: httpx.AsyncClient, token: Any
+    ) -> None:
+        response = await submit(client, token, {"type": "echo", "payload": {"text": "hi"}})
+        assert response.status_code == 202, response.text
+        task = response.json()
+        assert task["id"]
+        assert response.headers["location"] == f"/tasks/{task['id']}"
+        assert task["status"] in ("pending", "running", "succeeded")
+        assert task["target"] == "type:echo"
+        assert task["created_by"] == "tester"
+        done = await finished(client, token, task["id"])
+        assert done["status"] == "succeeded"
+        assert done["result"] == {"text": "hi"}
+        assert done["error"] is None
+        assert done["finished_at"] is not None
+
+    @pytest.mark.parametrize(
+        ("body", "target"),
+        [
+            ({"agent": "echo"}, "agent:echo"),
+            ({"capability": "echo"}, "type:echo"),
+            ({"capability": "trouble", "message_type": "count"}, "type:trouble"),
+        ],
+    )
+    async def test_agent_and_capability_route_too(
+        self, client: httpx.AsyncClient, token: Any, body: dict[str, Any], target: str
+    ) -> None:
+        response = await submit(client, token, {**body, "payload": {"n": 1}})
+        assert response.status_code == 202, response.text
+        assert response.json()["target"] == target
+        assert (await finished(client, token, response.json()["id"]))["status"] == "succeeded"
+
+    async def test_response_carries_a_trace_id_that_the_task_keeps(
+        self, client: httpx.AsyncClient, token: Any
+    ) -> None:
+        response = await submit(client, token, {"type": "echo"})
+        trace_id = response.headers["x-trace-id"]
+        assert len(trace_id) == 32
+        assert (await finished(client, token, response.json()["id"]))["trace_id"] == trace_id
+
+    async def test_traceparent_becomes_the_task_trace_id(
+        self, client: httpx.AsyncClient, token: Any
+    ) -> None:
+        trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+        response = await submit(
+            client, token, {"type": "echo"}, traceparent=f"00-{trace}-00f067aa0ba902b7-01"
+        )
+        assert response.headers["x-trace-id"] == trace
+        assert response.json()["trace_id"] == trace
+        assert (await finished(client, token, response.json()["id"]))["trace_id"] == trace
+
+    async def test_x_trace_id_becomes_the_task_trace_id(
+        self, client: httpx.AsyncClient, token: Any
+    ) -> None:
+        response = await submit(client, token, {"type": "echo"}, **{"X-Trace-Id": "abc"})
+        assert response.headers["x-trace-id"] == "abc"
+        assert response.json()["trace_id"] == "abc"
+
+    async def test_invalid_trace_headers_start_a_new_trace(
+        self, client: httpx.AsyncClient, token: Any
+    ) -> None:
+        response = await submit(
+            client, token, {"type": "echo"}, traceparent="00-" + "0" * 32 + "-" + "1" * 16 + "-01"
+        )
+        assert response.headers["x-trace-id"] != "0" * 32
+        assert response.json()["trace_id"] == response.headers["x-trace-id"]
+
+
+class TestSubmitRefusals:
+    async def test_unknown_capability_is_404(
+        self, client: httpx.AsyncClient, token: Any, problem: Problem
+    ) -> None:
+        response = await submit(client, token, {"capability": "telepathy"})
+        problem(response, 404, "telepathy")
+
+    @pytest.mark.parametrize(
+        ("body", "named"),
+        [
+            ({"payload": {}}, "got none"),
+            ({"agent": "echo", "type": "echo"}, "got agent, type"),
+            ({"type": "echo", "capability": "echo"}, "got type, capability"),
+        ],
+    )
+    async def test_exactly_one_destination_is_required(
+        self,
+        client: httpx.AsyncClient,
+        token: Any,
+        problem: Problem,
+        body: dict[str, Any],
+        named: str,
+    ) -> None:
+        response = await submit(client, token, body)
+        problem(response, 422, "exactly one of 'agent', 'type' or 'capability'", named)
+
+    async def test_unknown_field_is_422_naming_it(
+        self, client: httpx.AsyncClient, token: Any, problem: Problem
+    ) -> None:
+        response = await submit(client, token, {"type": "echo", "priority": 5})
+        body = problem(response, 422, "priority")
+        assert body["errors"][0]["field"] == "body.priority"
+
+    @pytest.mark.parametrize("payload", [[1, 2], "text", 3, None])
+    async def test_payload_must_be_an_object(
+        self, client: httpx.AsyncClient, token: Any, problem: Problem, payload: Any
+    ) -> None:
+        response = await submit(client, token, {"type": "echo", "payload": payload})
+        problem(response, 422, "body.payload")
+
+    async def test_body_over_the_cap_is_413(
+        self, client: httpx.AsyncClient, token: Any, problem: Problem, gw: Gateway
+    ) -> None:
+        response = await submit(client, token, {"type": "echo", "payload": {"x": "y" * 5000}})
+        problem(response, 413, "2048", "MAS_MESSAGE_MAX_BYTES")
+        assert await gw.store.list_tasks() == []
+
+    async def test_chunked_body_over_the_cap_is_413_too(
+        self, client: httpx.AsyncClient, token: Any, problem: Problem, gw: Gateway
+    ) -> None:
+        body = b'{"type": "echo", "payload": {"x": "' + b"y" * 5000 + b'"}}'
+
+        async def chunks() -> Any:  # no Content-Length: the middleware cannot see the size
+            for start in range(0, len(body), 1000):
+                yield body[start : start + 1000]
+
+        response = await client.post(
+            "/tasks/", content=chunks(), headers={**token(), "Content-Type": "application/json"}
+        )
+        problem(response, 413)
+        assert await gw.store.list_tasks() == []
+
+    @pytest.mark.parametrize(
+        "content", [b'{"type": ', b"not json", b"", b'{"type": "echo"}}', b"\xff\xfe"]
+    )
+    async def test_malformed_json_is_422_never_500(
+        self, client: httpx.AsyncClient, token: Any, problem: Problem, content: bytes
+    ) -> None:
+        response = await client.post(
+            "/tasks/", content=content, headers={**token(), "Content-Type": "application/json"}
+        )
+        problem(response, 422)
+
+    @pytest.mark.parametrize("body", [{"agent": "nobody"}, {"type": "nosuch"}])
+    async def test_unknown_target_is_404_and_the_task_is_failed_not_pending(
+        self,
+        client: httpx.AsyncClient,
+        token: Any,
+        problem: Problem,
+        gw: Gateway,
+        body: dict[str, Any],
+    ) -> None:
+        response = await submit(client, token, {**body, "id": "lost-task"})
+        problem(response, 404, next(iter(body.values())))
+        task = await client.get("/tasks/lost-task", headers=token())
+        assert task.status_code == 200
+        assert task.json()["status"] == "failed"
+        assert task.json()["error"]["type"] == "UnknownAgent"
+
+
+class TestIdempotency:
+    async def test_same_idempotency_key_returns_the_same_task_and_runs_once(
+        self, client: httpx.AsyncClient, token: Any, gw: Gateway, trouble: Any
+    ) -> None:
+        body = {"agent": "trouble", "message_type": "count"}
+        first = await submit(client, token, body, **{"Idempotency-Key": "key-1"})
+        assert first.status_code == 202
+        assert (await finished(client, token, "key-1"))["status"] == "succeeded"
+        second = await submit(client, token, body, **{"Idempotency-Key": "key-1"})
+        assert second.status_code == 200, second.text
+        assert second.json()["id"] == first.json()["id"] == "key-1"
+        assert second.json()["status"] == "succeeded"
+        assert second.headers["location"] == "/tasks/key-1"
+        await gw.runtime.settle()
+        assert trouble.calls["count"] == 1
+
+    async def test_repeat_while_in_flight_does_not_run_the_handler_again(
+        self, client: httpx.AsyncClient, token: Any, gw: Gateway, trouble: Any
+    ) -> None:
+        body = {"agent": "trouble", "message_type": "slow"}
+        first = await submit(client, token, body, **{"Idempotency-Key": "key-2"})
+        assert first.status_code == 202
+        await trouble.started.wait()
+        second = await submit(client, token, body, **{"Idempotency-Key": "key-2"})
+        assert second.status_code == 200
+        assert second.json()["id"] == "key-2"
+        trouble.release.set()
+        done = await finished(client, token, "key-2")
+        assert done["status"] == "succeeded"
+        await gw.runtime.settle()
+        assert trouble.calls["slow"] == 1
+
+    async def test_same_body_id_returns_the_same_task(
+        self, client: httpx.AsyncClient, token: Any, gw: Gateway, trouble: Any
+    ) -> None:
+        body = {"agent": "trouble", "message_type": "count", "id": "order-7"}
+        first = await submit(client, token, body)
+        assert first.status_code == 202
+        assert first.json()["id"] == "order-7"
+        await finished(client, token, "order-7")
+        second = await submit(client, token, body)
+        assert second.status_code == 200
+        assert second.json()["id"] == "order-7"
+        await gw.runtime.settle()
+        assert trouble.calls["count"] == 1
+
+    @pytest.mark.parametrize("key", ["a b/c", "k/1", "../x"])
+    async def test_unusable_idempotency_key_is_refused_or_still_reachable(
+        self, client: httpx.AsyncClient, token: Any, key: str
+    ) -> None:
+        response = await client.post(
+            "/tasks/", json={"type": "echo"}, headers={**token(), "Idempotency-Key": key}
+        )
+        if response.status_code == 422:
+            assert response.headers["content-type"].startswith("application/problem+json")
+            assert "idempotency" in response.json()["detail"].lower()
+            return
+        assert response.status_code == 202
+        location = await client.get(response.headers["location"], headers=token())
+        assert location.status_code == 200, location.text
+        assert location.json()["id"] == response.json()["id"]
+
+    async def test_different_keys_make_different_tasks(
+        self, client: httpx.AsyncClient, token: Any
+    ) -> None:
+        first = await submit(client, token, {"type": "echo"}, **{"Idempotency-Key": "a"})
+        second = await submit(client, token, {"type": "echo"}, **{"Idempotency-Key": "b"})
+        assert (first.status_code, second.status_code) == (202, 202)
+        assert first.json()["id"] != second.json()["id"]
+
+
+class TestFailures:
+    async def test_crashing_handler_ends_dead_lettered_with_the_error(
+        self, client: httpx.AsyncClient, token: Any, gw: Gateway, trouble: Any
+    ) -> None:
+        response = await submit(client, token, {"agent": "trouble", "message_type": "boom"})
+        assert response.status_code == 202
+        task = await finished(client, token, response.json()["id"])
+        assert task["status"] == "dead_lettered"
+        assert task["error"]["type"] == "RuntimeError"
+        assert "boom requested" in task["error"]["message"]
+        assert task["result"] is None
+        await gw.runtime.settle()
+        assert trouble.calls["boom"] == trouble.max_attempts
+
+        listed = await client.get("/tasks/", params={"status": "dead_lettered"}, headers=token())
+        assert listed.status_code == 200
+        assert [t["id"] for t in listed.json()["items"]] == [task["id"]]
+        succeeded = await client.get("/tasks/", params={"status": "succeeded"}, headers=token())
+        assert succeeded.json()["items"] == []
+
+
+class TestList:
+    async def test_pagination_newest_first(self, client: httpx.AsyncClient, token: Any) -> None:
+        ids = []
+        for n in range(3):
+            response = await submit(client, token, {"type": "echo", "id": f"t{n}"})
+            ids.append(response.json()["id"])
+            await finished(client, token, ids[-1])
+        first = await client.get("/tasks/", params={"limit": 2}, headers=token())
+        assert first.status_code == 200
+        page = first.json()
+        assert (page["limit"], page["offset"]) == (2, 0)
+        assert [t["id"] for t in page["items"]] == ["t2", "t1"]
+        rest = await client.get("/tasks/", params={"limit": 2, "offset": 2}, headers=token())
+        assert [t["id"] for t in rest.json()["items"]] == ["t0"]
+        by_type = await client.get("/tasks/", params={"type": "nothing"}, headers=token())
+        assert by_type.json()["items"] == []
+
+    @pytest.mark.parametrize(
+        ("params", "field"),
+        [
+            ({"limit": 0}, "limit"),
+            ({"limit": 501}, "limit"),
+            ({"offset": -1}, "offset"),
+            ({"status": "sleeping"}, "status"),
+            ({"limit": "many"}, "limit"),
+        ],
+    )
+    async def test_bad_query_is_422_naming_the_parameter(
+        self,
+        client: httpx.AsyncClient,
+        token: Any,
+        problem: Problem,
+        params: dict[str, Any],
+        field: str,
+    ) -> None:
+        response = await client.get("/tasks/", params=params, headers=token())
+        problem(response, 422, field)
+
+
+class TestGet:
+    async def test_unknown_task_is_404(
+        self, client: httpx.AsyncClient, token: Any, problem: Problem
+    ) -> None:
+        problem(await client.get("/tasks/nope", headers=token()), 404, "'nope'")
+
+    async def test_unknown_task_with_wait_is_404_at_once(
+        self, client: httpx.AsyncClient, token: Any, problem: Problem
+    ) -> None:
+        response = await client.get("/tasks/nope", params={"wait": 30}, headers=token())
+        problem(response, 404, "'nope'")
+
+    @pytest.mark.parametrize("wait", ["-1", "3601", "soon", "nan"])
+    async def test_bad_wait_is_422(
+        self, client: httpx.AsyncClient, token: Any, problem: Problem, wait: str
+    ) -> None:
+        response = await client.get("/tasks/x", params={"wait": wait}, headers=token())
+        problem(response, 422, "wait")
+
+    async def test_wait_returns_the_running_task_when_time_runs_out(
+        self, client: httpx.AsyncClient, token: Any, trouble: Any
+    ) -> None:
+        response = await submit(client, token, {"agent": "trouble", "message_type": "slow"})
+        await trouble.started.wait()
+        task_id = response.json()["id"]
+        waited = await client.get(f"/tasks/{task_id}", params={"wait": 0.1}, headers=token())
+        assert waited.status_code == 200
+        assert waited.json()["status"] in ("pending", "running")
+
+
+class TestCancel:
+    async def test_running_task_can_be_cancelled_and_stays_cancelled(
+        self, client: httpx.AsyncClient, token: Any, gw: Gateway, trouble: Any
+    ) -> None:
+        response = await submit(client, token, {"agent": "trouble", "message_type": "slow"})
+        task_id = response.json()["id"]
+        await trouble.started.wait()
+        cancelled = await client.post(f"/tasks/{task_id}/cancel", headers=token())
+        assert cancelled.status_code == 200, cancelled.text
+        assert cancelled.json()["status"] == "cancelled"
+        assert cancelled.json()["finished_at"] is not None
+        # Cancelling is bookkeeping: the handler already running finishes, and its
+        # result does not overwrite the cancellation.
+        trouble.release.set()
+        await gw.runtime.settle()
+        again = await client.get(f"/tasks/{task_id}", headers=token())
+        assert again.json()["status"] == "cancelled"
+        assert again.json()["result"] is None
+
+    async def test_pending_task_can_be_cancelled(
+        self, client: httpx.AsyncClient, token: Any, gw: Gateway, trouble: Any
+    ) -> None:
+        await submit(client, token, {"agent": "trouble", "message_type": "slow"})
+        await trouble.started.wait()  # the agent is busy: the next task waits its turn
+        queued = await submit(client, token, {"agent": "trouble", "message_type": "count"})
+        assert queued.json()["status"] == "pending"
+        task_id = queued.json()["id"]
+        cancelled = await client.post(f"/tasks/{task_id}/cancel", headers=token())
+        assert cancelled.status_code == 200
+        assert cancelled.json()["status"] == "cancelled"
+        trouble.release.set()
+        await gw.runtime.settle()
+        after = await client.get(f"/tasks/{task_id}", headers=token())
+        assert after.json()["status"] == "cancelled"
+
+    async def test_finished_task_is_409(
+        self, client: httpx.AsyncClient, token: Any, problem: Problem
+    ) -> None:
+        response = await submit(client, token, {"type": "echo", "id": "done-task"})
+        await finished(client, token, response.json()["id"])
+        refused = await client.post("/tasks/done-task/cancel", headers=token())
+        problem(refused, 409, "already succeeded")
+
+    async def test_unknown_task_is_404(
+        self, client: httpx.AsyncClient, token: Any, problem: Problem
+    ) -> None:
+        problem(await client.post("/tasks/ghost/cancel", headers=token()), 404, "'ghost'")
+
+
+ROUTES = [
+    ("POST", "/tasks/", {"type": "echo"}, "tasks:write"),
+    ("GET", "/tasks/", None, "tasks:read"),
+    ("GET", "/tasks/some-id", None, "tasks:read"),
+    ("POST", "/tasks/some-id/cancel", None, "tasks:write"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "scope"), ROUTES)
+async def test_every_route_needs_a_token(
+    client: httpx.AsyncClient,
+    problem: Problem,
+    method: str,
+    path: str,
+    body: Any,
+    scope: str,
+) -> None:
+    response = await client.request(method, path, json=body)
+    problem(response, 401, "Authorization")
+    assert response.headers["www-authenticate"] == "Bearer"
+
+
+@pytest.mark.parametrize(("method", "path", "body", "scope"), ROUTES)
+async def test_every_route_needs_its_scope(
+    client: httpx.AsyncClient,
+    token: Any,
+    problem: Problem,
+    method: str,
+    path: str,
+    body: Any,
+    scope: str,
+) -> None:
+    from mas.api.auth import SCOPES
+
+    others = [s for s in SCOPES if s != scope]
+    response = await client.request(method, path, json=body, headers=token(*others))
+    problem(response, 403, scope)
+    assert 'error="insufficient_scope"' in response.headers["www-authenticate"]
