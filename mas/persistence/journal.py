@@ -222,16 +222,21 @@ class StoreJournal:
     ) -> None:
         writer = self.writer
         pending = writer.pending
-        if self._audits(message):
-            pending.messages.append(message_row(message))
-        pending.processed.append(
-            {
-                "agent_id": agent_id,
-                "message_id": message.id,
-                "reply": reply.to_dict() if reply is not None else None,
-                "processed_at": datetime.now(UTC),
-            }
-        )
+        audited = self._audits(message)
+        if audited and not (message.target or "").startswith("topic:"):
+            # One row is both the audit and the idempotency record.
+            pending.messages.append(message_row(message, agent_id, reply))
+        else:
+            if audited:
+                pending.messages.append(message_row(message))
+            pending.processed.append(
+                {
+                    "agent_id": agent_id,
+                    "message_id": message.id,
+                    "reply": reply.to_dict() if reply is not None else None,
+                    "processed_at": datetime.now(UTC),
+                }
+            )
         if delivery is not None:
             writer.settle.append(delivery)
         writer.wake()

@@ -74,19 +74,30 @@ class MessageRow(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     msg_type: Mapped[str] = mapped_column(String(200))
     sender: Mapped[str | None] = mapped_column(String(210), index=True)
-    target: Mapped[str | None] = mapped_column(String(210), index=True)
+    target: Mapped[str | None] = mapped_column(String(210))
     payload: Mapped[dict[str, Any]] = mapped_column(JSONType)
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSONType, default=dict)
     trace_id: Mapped[str | None] = mapped_column(String(64))
     correlation_id: Mapped[str | None] = mapped_column(String(64))
     reply_to: Mapped[str | None] = mapped_column(String(210))
     created_at: Mapped[datetime] = mapped_column(Timestamp)
+    # The agent that handled this message and the reply it gave: with a full audit, this row
+    # is also the idempotency record, so a handled message costs one row, not two.
+    handled_by: Mapped[str | None] = mapped_column(String(200))
+    reply: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
 
-    __table_args__ = (Index("ix_messages_trace_id_created_at", "trace_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_messages_trace_id_created_at", "trace_id", "created_at"),
+        Index("ix_messages_handled_by_created_at", "handled_by", "created_at"),
+    )
 
 
 class ProcessedMessageRow(Base):
-    """Message ids an agent has handled (and the reply it gave), across restarts."""
+    """Message ids an agent has handled (and the reply it gave), across restarts.
+
+    Written when the audit does not already record the handling (`MAS_AUDIT` other than
+    `all`, or a topic message, which several agents handle under one id).
+    """
 
     __tablename__ = "processed_messages"
 

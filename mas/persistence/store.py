@@ -93,7 +93,9 @@ class Batch:
         self.finished.extend(other.finished)
 
 
-def message_row(message: Message) -> dict[str, Any]:
+def message_row(
+    message: Message, handled_by: str | None = None, reply: Message | None = None
+) -> dict[str, Any]:
     return {
         "id": message.id,
         "msg_type": message.type,
@@ -105,6 +107,8 @@ def message_row(message: Message) -> dict[str, Any]:
         "correlation_id": message.correlation_id,
         "reply_to": message.reply_to,
         "created_at": message.created_at,
+        "handled_by": handled_by,
+        "reply": reply.to_dict() if reply is not None else None,
     }
 
 
@@ -404,7 +408,7 @@ class Store:
         address = f"agent:{agent_id}"
         query = (
             select(messages)
-            .where(or_(messages.c.target == address, messages.c.sender == address))
+            .where(or_(messages.c.handled_by == agent_id, messages.c.sender == address))
             .order_by(messages.c.created_at.desc(), messages.c.id)
             .limit(limit)
         )
@@ -417,25 +421,46 @@ class Store:
         async with self.engine.connect() as conn:
             return int((await conn.execute(select(func.count()).select_from(target))).scalar_one())
 
+    async def handled_count(self) -> int:
+        """Idempotency records: processed ids plus audited messages that name their handler."""
+        async with self.engine.connect() as conn:
+            marks = (await conn.execute(select(func.count()).select_from(processed))).scalar_one()
+            audited = (
+                await conn.execute(
+                    select(func.count())
+                    .select_from(messages)
+                    .where(messages.c.handled_by.is_not(None))
+                )
+            ).scalar_one()
+        return int(marks) + int(audited)
+
     # -- idempotency -------------------------------------------------------------------------
 
     async def recent_processed(self, agent_id: str, limit: int) -> list[tuple[str, Message | None]]:
-        """The newest `limit` message ids this agent handled, oldest first, with replies."""
-        query = (
-            select(processed.c.message_id, processed.c.reply)
+        """The newest `limit` message ids this agent handled, oldest first, with replies.
+
+        Handled messages are recorded in the audit (`messages.handled_by`) or, when the
+        audit does not cover them, in `processed_messages`: both are read.
+        """
+        marks = (
+            select(processed.c.message_id, processed.c.reply, processed.c.processed_at)
             .where(processed.c.agent_id == agent_id)
             .order_by(processed.c.id.desc())
             .limit(limit)
         )
+        audited = (
+            select(messages.c.id, messages.c.reply, messages.c.created_at)
+            .where(messages.c.handled_by == agent_id)
+            .order_by(messages.c.created_at.desc())
+            .limit(limit)
+        )
         try:
             async with self.engine.connect() as conn:
-                rows = (await conn.execute(query)).all()
+                rows = [*(await conn.execute(marks)).all(), *(await conn.execute(audited)).all()]
         except (OSError, SQLAlchemyError) as exc:
             raise StoreUnavailable(f"reading from {self.url} failed: {exc}") from exc
-        return [
-            (row.message_id, Message.from_dict(row.reply) if row.reply else None)
-            for row in reversed(rows)
-        ]
+        rows.sort(key=lambda row: _aware(row[2]) or datetime.min.replace(tzinfo=UTC))
+        return [(row[0], Message.from_dict(row[1]) if row[1] else None) for row in rows[-limit:]]
 
     def check_storable(self, value: Any, what: str) -> None:
         """PostgreSQL refuses NUL characters in text and JSON: say so before it does."""

@@ -72,7 +72,7 @@ async def test_audit_tasks_records_only_messages_that_belong_to_a_task(
         task_reply = await rt.ask("agent:e", task, timeout=5)
         await rt.settle()
         history = await store.agent_messages("e")
-        assert await store.count("processed_messages") == 2
+        assert await store.handled_count() == 2
     assert {m.id for m in history} == {task.id, task_reply.id}
     assert all(m.metadata.get("task_id") == "t-1" for m in history)
 
@@ -86,7 +86,7 @@ async def test_audit_off_records_no_message_but_still_remembers_processed_ids(
         await rt.tell("agent:e", Message("work", {}, metadata={"task_id": "t-1"}))
         await rt.settle()
     assert await store.count("messages") == 0
-    assert await store.count("processed_messages") == 2
+    assert await store.handled_count() == 2
     task = await store.get_task("t-1")
     assert task is not None and task.status == "succeeded"  # tasks are kept regardless
 
@@ -102,6 +102,6 @@ async def test_nothing_handled_is_missing_from_the_audit_after_a_clean_stop(
         # no settle: leaving the block must drain the mailboxes and commit the audit
     assert rt.handled == count
     assert await store.count("messages") == count
-    assert await store.count("processed_messages") == count
+    assert await store.handled_count() == count
     history = await store.agent_messages("e", limit=count)
     assert sorted(m.payload["n"] for m in history) == list(range(count))

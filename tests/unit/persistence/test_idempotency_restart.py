@@ -40,15 +40,17 @@ def reset_counter() -> None:
     CountingAgent.seen.clear()
 
 
+@pytest.mark.parametrize("audit", ["all", "tasks", "off"])
 async def test_a_redelivered_tell_is_not_handled_again_after_a_restart(
-    db: Database, store: Store
+    db: Database, store: Store, audit: str
 ) -> None:
-    async with db.runtime() as rt:
+    # audit=all remembers through messages.handled_by, the others through processed_messages
+    async with db.runtime(audit=audit) as rt:
         await rt.spawn(CountingAgent, id="c")
         await rt.tell("agent:c", Message("job", {}, id="msg-x"))
         await rt.settle()
     assert handler_calls == 1
-    async with db.runtime() as rt:
+    async with db.runtime(audit=audit) as rt:
         await rt.spawn(CountingAgent, id="c")
         await rt.tell("agent:c", Message("job", {}, id="msg-x"))
         await rt.tell("agent:c", Message("job", {}, id="msg-y"))
