@@ -455,10 +455,9 @@ class Runtime:
 
     async def ask(self, target: str | AgentRef, message: Message, *, timeout: float) -> Message:
         """Send and wait for the reply (see `AgentRef.ask` for the errors raised)."""
-        assert self._loop is not None or self._state == "new"
-        if self._loop is None:
-            self.check_running()
         loop = self._loop
+        if loop is None:
+            self.check_running()  # raises: never started
         assert loop is not None
         future: asyncio.Future[Message] = loop.create_future()
         message.reply_to = self.reply_address
