@@ -172,7 +172,9 @@ class AgentCell:
             self._activate()
 
     def as_delivery(self, item: Message | Delivery) -> Delivery:
-        return LocalDelivery(item, self) if type(item) is Message else item  # type: ignore[return-value]
+        if type(item) is Message:
+            return LocalDelivery(item, self)
+        return cast("Delivery", item)
 
     async def requeue(self, delivery: Delivery) -> None:
         """Put a retried delivery back; it was admitted once, so capacity does not apply."""

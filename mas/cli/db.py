@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 import anyio
@@ -25,9 +26,9 @@ def _settings(url: str | None) -> Settings:
     return settings
 
 
-def _run(work: object) -> None:
+def _run(work: Callable[[], Awaitable[None]]) -> None:
     try:
-        anyio.run(work)  # type: ignore[arg-type]
+        anyio.run(work)
     except MasError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
