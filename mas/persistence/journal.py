@@ -57,6 +57,12 @@ class BatchWriter:
         self._room.set()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        # Batches are numbered as they are taken from `pending`; `flush` waits for the
+        # number that will hold what is pending now, not for the writer to fall idle
+        # (under steady load it never does).
+        self._taken = 0
+        self._committed = 0
+        self._progress = asyncio.Event()
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="mas-batch-writer")
@@ -76,8 +82,13 @@ class BatchWriter:
         await self._room.wait()
 
     async def flush(self) -> None:
-        """Wait until every row appended so far is committed."""
-        await self._idle.wait()
+        """Wait until every row appended so far is committed (not what comes after)."""
+        if self._idle.is_set():
+            return
+        target = self._taken + (1 if len(self.pending) or self.settle else 0)
+        while self._committed < target:
+            progress = self._progress
+            await progress.wait()
 
     async def _run(self) -> None:
         delay = 0.05
@@ -87,6 +98,8 @@ class BatchWriter:
             while len(self.pending) or self.settle:
                 batch, settle = self.pending, self.settle
                 self.pending, self.settle = Batch(), []
+                self._taken += 1
+                number = self._taken
                 try:
                     await self._write(batch)
                 except StoreUnavailable as exc:
@@ -106,6 +119,12 @@ class BatchWriter:
                 self.batches += 1
                 for delivery in settle:
                     await delivery.ack()
+                self._committed = number
+                self._progress.set()
+                self._progress = asyncio.Event()
+                # Let whoever waits for the connection (SQLite has one) take it before the
+                # next batch does: under steady writes, reads would otherwise starve.
+                await asyncio.sleep(0)
                 if len(self.pending) < self.high_water:
                     self._room.set()
             self._idle.set()
