@@ -51,8 +51,12 @@ class LocalDelivery:
     async def ack(self) -> None:
         return None
 
+    def next_attempt(self) -> LocalDelivery:
+        """The same delivery, one attempt later (subclasses keep what they carry)."""
+        return LocalDelivery(self.message, self.cell, self.attempt + 1)
+
     async def retry(self, delay: float) -> None:
-        again = LocalDelivery(self.message, self.cell, self.attempt + 1)
+        again = self.next_attempt()
         self.cell.runtime.call_later(delay, lambda: self.cell.requeue(again))
 
     async def dead_letter(self, letter: DeadLetter) -> None:

@@ -84,9 +84,16 @@ class _FanoutDelivery:
 class _TopicDelivery(LocalDelivery):
     __slots__ = ("fanout",)
 
-    def __init__(self, message: Message, cell: AgentCell, fanout: _FanoutDelivery) -> None:
-        super().__init__(message, cell)
+    def __init__(
+        self, message: Message, cell: AgentCell, fanout: _FanoutDelivery, attempt: int = 1
+    ) -> None:
+        super().__init__(message, cell, attempt)
         self.fanout = fanout
+
+    def next_attempt(self) -> _TopicDelivery:
+        # A retried copy still belongs to the fan-out, so the broker's delivery is acked
+        # once every subscriber has settled its copy.
+        return _TopicDelivery(self.message, self.cell, self.fanout, self.attempt + 1)
 
     async def ack(self) -> None:
         await self.fanout.done()

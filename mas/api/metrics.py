@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -65,8 +66,6 @@ class RuntimeMetrics:
         )
 
     async def on_task_ended(self, result: TaskResult, message: Message) -> None:
-        from datetime import UTC, datetime
-
         self.collector.ended[result.status] += 1  # a dead-lettered task arrives as failed
         elapsed = (datetime.now(UTC) - message.created_at).total_seconds()
         self.durations.labels(result.status).observe(max(elapsed, 0.0))

@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import JSON, DateTime, Table, and_, bindparam, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from mas.errors import InvalidMessage, SchemaOutdated, StoreUnavailable
@@ -318,8 +318,6 @@ class Store:
                     self._insert(tasks).on_conflict_do_nothing().returning(tasks.c.id), [row]
                 )
                 created = result.first() is not None
-        except IntegrityError as exc:  # pragma: no cover - on_conflict_do_nothing covers it
-            raise InvalidMessage(f"task {task_id!r} could not be stored: {exc.orig}") from exc
         except (OSError, SQLAlchemyError) as exc:
             raise StoreUnavailable(f"creating a task in {self.url} failed: {exc}") from exc
         task = await self.get_task(task_id)

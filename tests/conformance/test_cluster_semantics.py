@@ -155,3 +155,18 @@ async def test_one_activation_per_agent_id_with_failover_to_a_standby(cluster: C
         await client.tell("agent:the-one", Message("work"))
         await settle_all([client, standby])
     assert handled_by == ["first"] * 3 + ["standby"]
+
+
+async def test_a_topic_message_retried_on_its_node_is_settled_with_the_broker(
+    cluster: Cluster,
+) -> None:
+    factory, counters = crashing(1, agent_type="flaky_listener", reply=False)
+    async with cluster(2) as (a, b):
+        ref = await b.spawn(factory, id="listener")
+        cell = b.local_cell(ref.id)
+        assert cell is not None
+        await cell.ctx.subscribe("alerts.*")
+        await a.publish("alerts.disk", Message("alert", {"free": 1}))
+        await settle_all([a, b])
+        assert counters == {"handled": 1, "crashes": 1, "starts": 2, "stops": 1}
+        assert not b.transport.unacked  # type: ignore[attr-defined]

@@ -15,7 +15,7 @@ from mas.api.problems import Problem
 from mas.api.schemas import ID_PATTERN, TaskIn, TaskList, TaskOut, TaskStatus
 from mas.api.state import Gateway, gateway
 from mas.errors import UnknownAgent
-from mas.messages import Message, TaskError, new_id
+from mas.messages import Message, TaskError, TaskResult, new_id
 from mas.persistence.store import TaskRecord
 
 router = APIRouter(prefix="/tasks", tags=["tasks"])
@@ -91,8 +91,6 @@ async def submit_task(
 async def _fail(gw: Gateway, task: TaskRecord, error_type: str, detail: str) -> None:
     journal = gw.runtime.journal
     if journal is not None:
-        from mas.messages import TaskResult
-
         journal.task_finished(
             TaskResult.failed(task.id, TaskError(error_type, detail)),
             Message(task.type, metadata={"task_id": task.id}),
