@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = [
+    "AmqpSettings",
     "ApiSettings",
     "AuthSettings",
     "MailboxSettings",
@@ -67,6 +68,24 @@ class ApiSettings(BaseModel):
     max_wait: float = Field(60.0, gt=0, description="longest ?wait= a client may ask for")
 
 
+class AmqpSettings(BaseModel):
+    """The RabbitMQ transport (`MAS_TRANSPORT=rabbitmq`); the URL is `MAS_AMQP_URL`."""
+
+    prefix: str = Field(
+        "", max_length=64, description="prepended to every exchange and queue name (tests)"
+    )
+    prefetch: int = Field(
+        256, ge=1, le=65535, description="unacknowledged deliveries a node holds at once"
+    )
+    publish_timeout: float = Field(
+        10.0, gt=0, description="seconds a send may wait for the broker's confirm, retries included"
+    )
+    connect_timeout: float = Field(10.0, gt=0)
+    queue_type: Literal["quorum", "classic"] = Field(
+        "quorum", description="agent and type queues: quorum (replicated) or classic"
+    )
+
+
 class Settings(BaseSettings):
     """Everything configurable; `MAS_TRANSPORT` alone switches one-process to distributed."""
 
@@ -90,6 +109,7 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: Literal["json", "console"] = "json"
     amqp_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
+    amqp: AmqpSettings = AmqpSettings()
     database_url: SecretStr = SecretStr("sqlite+aiosqlite:///./mas.db")
     database_schema: str | None = Field(
         None, description="PostgreSQL schema to use (tests use one per run)"

@@ -16,6 +16,19 @@ def create_transport(settings: Settings) -> Transport:
             serialize=settings.serialize_messages, max_bytes=settings.message_max_bytes
         )
         return MemoryTransport(broker)
+    if settings.transport == "rabbitmq":
+        try:
+            from mas.transports.amqp import AmqpTransport
+        except ImportError as exc:  # pragma: no cover - depends on the installed extras
+            raise ConfigError(
+                "MAS_TRANSPORT=rabbitmq needs the rabbitmq extra: "
+                "pip install 'mas-runtime[rabbitmq]'"
+            ) from exc
+        return AmqpTransport(
+            settings.amqp_url.get_secret_value(),
+            settings.amqp,
+            max_bytes=settings.message_max_bytes,
+        )
     raise ConfigError(
         f"MAS_TRANSPORT={settings.transport!r} is not available in this version of mas: "
         "use MAS_TRANSPORT=memory"

@@ -7,9 +7,9 @@ from collections import Counter
 import pytest
 
 from mas import Agent, HandlerError, HandlerResult, Message, UnknownAgent
-from mas.testing import Probe, TestRuntime, crashing
+from mas.testing import Probe, crashing
 
-from .conftest import Cluster
+from .conftest import Cluster, settle_all
 
 pytestmark = pytest.mark.anyio
 
@@ -19,16 +19,6 @@ class Echo(Agent):
 
     async def handle_message(self, message: Message) -> HandlerResult:
         return message.reply({"echo": message.payload, "by": self.id})
-
-
-async def settle_all(runtimes: list[TestRuntime]) -> None:
-    """Settle every node until a full pass finds nothing left to do anywhere."""
-    for _ in range(10):
-        busy_before = [rt.handled + rt.dead_letters.count for rt in runtimes]
-        for rt in runtimes:
-            await rt.settle()
-        if busy_before == [rt.handled + rt.dead_letters.count for rt in runtimes]:
-            return
 
 
 async def test_tell_reaches_an_agent_hosted_by_another_node(cluster: Cluster) -> None:

@@ -1,0 +1,519 @@
+"""RabbitMQ transport (aio-pika): the same semantics as the memory transport, across processes.
+
+Topology (every name starts with `MAS_AMQP__PREFIX`, empty by default):
+
+- exchange `agents.direct` (direct): `agent.<id>` -> queue `agent.<id>` (quorum, single active
+  consumer: one activation per agent id across the cluster, failover to a standby node);
+  `type.<type>` -> queue `agent_type.<type>` (competing consumers); `reply.<node>` -> the
+  node's exclusive reply queue (answers to its `ask`s);
+- exchange `agents.topic` (topic): every node binds its exclusive topic queue with the patterns
+  its agents subscribed to;
+- exchange `agents.delay` (headers): retries wait in `agents.delay.<ms>` queues whose message
+  TTL dead-letters them back to `agents.direct` with their original routing key;
+- exchange `agents.dlx` (fanout) -> queue `agents.dead_letter`: dead letters with the reason in
+  their headers; every agent and type queue dead-letters there too (a quorum queue's delivery
+  limit, for example).
+
+Publishes are persistent, `mandatory` (an address nobody serves raises `UnknownAgent`) and
+confirmed, bounded by `publish_timeout` however the broker behaves (blocked, restarting). A
+delivery is acknowledged only when the runtime settles it: after the handler ran and its
+effects were recorded. The attempt count travels in the `x-mas-attempt` header. Bodies are the
+message's JSON; never pickle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import Any
+
+import aio_pika
+import structlog
+from aio_pika import DeliveryMode, ExchangeType
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
+from aio_pika.exceptions import AMQPError, DeliveryError, PublishError
+from aiormq.exceptions import ChannelInvalidStateError
+from yarl import URL
+
+from mas.config import AmqpSettings
+from mas.errors import (
+    InvalidMessage,
+    MessageTooLarge,
+    RuntimeNotRunning,
+    TransportError,
+    UnknownAgent,
+)
+from mas.messages import Message, parse_address
+from mas.transports.base import DeadLetter, TransportNode
+
+__all__ = ["AmqpDelivery", "AmqpTransport"]
+
+_log = structlog.get_logger("mas.transports.amqp")
+
+ATTEMPT_HEADER = "x-mas-attempt"
+ORIGIN_HEADER = "x-mas-origin"
+DELAY_HEADER = "x-mas-delay"
+
+# Failures a publish survives by trying again (the robust connection reconnects meanwhile).
+_RETRYABLE = (TimeoutError, DeliveryError, AMQPError, ChannelInvalidStateError, ConnectionError)
+
+
+def _delay_ms(delay: float) -> int:
+    """Retry delays rounded to two significant digits, so a few delay queues serve them all."""
+    ms = max(1, round(delay * 1000))
+    digits = int(math.log10(ms)) + 1
+    if digits <= 2:
+        return ms
+    scale = 10 ** (digits - 2)
+    return int(round(ms / scale) * scale)
+
+
+class AmqpDelivery:
+    """A message consumed from RabbitMQ; settling it acks the broker's delivery."""
+
+    __slots__ = ("_incoming", "_settled", "_transport", "attempt", "message")
+
+    def __init__(
+        self,
+        message: Message,
+        attempt: int,
+        incoming: AbstractIncomingMessage,
+        transport: AmqpTransport,
+    ) -> None:
+        self.message = message
+        self.attempt = attempt
+        self._incoming = incoming
+        self._transport = transport
+        self._settled = False
+
+    def _settle(self) -> bool:
+        if self._settled:
+            return False
+        self._settled = True
+        self._transport.unacked.discard(self)
+        return True
+
+    async def ack(self) -> None:
+        if self._settle():
+            await self._transport._ack(self._incoming)
+
+    async def retry(self, delay: float) -> None:
+        if not self._settle():
+            return
+        incoming = self._incoming
+        await self._transport._publish_delayed(
+            incoming.body, self.message, incoming.routing_key or "", self.attempt + 1, delay
+        )
+        await self._transport._ack(self._incoming)
+
+    async def dead_letter(self, letter: DeadLetter) -> None:
+        if not self._settle():
+            return
+        await self._transport._publish_dead_letter(
+            self._incoming.body,
+            self._incoming.routing_key or "",
+            reason=letter.reason,
+            agent_id=letter.agent_id,
+            error=f"{letter.error_type}: {letter.error_message}" if letter.error_type else None,
+            attempts=letter.attempts,
+        )
+        await self._transport._ack(self._incoming)
+
+
+class AmqpTransport:
+    """One node's connection to RabbitMQ (see the module docstring for the topology)."""
+
+    def __init__(
+        self,
+        url: str,
+        settings: AmqpSettings | None = None,
+        *,
+        max_bytes: int | None = None,
+    ) -> None:
+        self._url = url
+        self.settings = settings if settings is not None else AmqpSettings()
+        self.max_bytes = max_bytes
+        self.prefix = self.settings.prefix
+        self.unacked: set[AmqpDelivery] = set()
+        self.declared_queues: set[str] = set()
+        self._node: TransportNode | None = None
+        self._connection: AbstractRobustConnection | None = None
+        self._publish_channel: AbstractChannel | None = None
+        self._consume_channel: AbstractChannel | None = None
+        self._exchanges: dict[str, AbstractExchange] = {}
+        self._topic_queue: AbstractQueue | None = None
+        self._topics: dict[str, int] = {}
+        self._agents: dict[str, tuple[str, str]] = {}  # agent id -> (type, consumer tag)
+        self._types: dict[str, tuple[int, str]] = {}  # type -> (local agents, consumer tag)
+        self._cancelled: set[str] = set()
+        self._delay_queues: set[int] = set()
+        self._inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        self._pump: asyncio.Task[None] | None = None
+
+    # -- names -------------------------------------------------------------------------------
+
+    def name(self, base: str) -> str:
+        return f"{self.prefix}{base}"
+
+    @property
+    def node(self) -> TransportNode:
+        if self._node is None:
+            raise RuntimeNotRunning("the RabbitMQ transport is not started")
+        return self._node
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self, node: TransportNode) -> None:
+        s = self.settings
+        try:
+            connection = await aio_pika.connect_robust(
+                self._url,
+                timeout=s.connect_timeout,
+                client_properties={"connection_name": node.node_id},
+            )
+        except (OSError, TimeoutError, AMQPError) as exc:
+            raise TransportError(
+                f"cannot connect to RabbitMQ at {_masked(self._url)}: {exc!r}; check MAS_AMQP_URL "
+                "and that the broker runs"
+            ) from exc
+        self._connection = connection
+        self._node = node
+        publish = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        consume = await connection.channel(publisher_confirms=False)
+        await consume.set_qos(prefetch_count=s.prefetch)
+        self._publish_channel, self._consume_channel = publish, consume
+        declare = publish.declare_exchange
+        self._exchanges = {
+            "direct": await declare(self.name("agents.direct"), ExchangeType.DIRECT, durable=True),
+            "topic": await declare(self.name("agents.topic"), ExchangeType.TOPIC, durable=True),
+            "delay": await declare(self.name("agents.delay"), ExchangeType.HEADERS, durable=True),
+            "dlx": await declare(self.name("agents.dlx"), ExchangeType.FANOUT, durable=True),
+        }
+        dead = await publish.declare_queue(self.name("agents.dead_letter"), durable=True)
+        await dead.bind(self._exchanges["dlx"])
+        self.declared_queues.add(dead.name)
+        # Replies and topic copies belong to this node only: exclusive queues vanish with it.
+        node_id = node.node_id
+        replies = await consume.declare_queue(self.name(f"node.{node_id}.replies"), exclusive=True)
+        await replies.bind(self.name("agents.direct"), routing_key=f"reply.{node_id}")
+        await replies.consume(self._on_message)
+        self._topic_queue = await consume.declare_queue(
+            self.name(f"node.{node_id}.topics"), exclusive=True
+        )
+        await self._topic_queue.consume(self._on_message)
+        self._pump = asyncio.get_running_loop().create_task(self._run_pump())
+        _log.info("amqp_connected", url=_masked(self._url), prefix=self.prefix, node_id=node_id)
+
+    async def close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is None:
+            return
+        if self._pump is not None:
+            self._pump.cancel()
+            await asyncio.gather(self._pump, return_exceptions=True)
+            self._pump = None
+        # Closing the channels hands every unsettled delivery back to its queue.
+        self.unacked.clear()
+        await connection.close()
+        self._node = None
+
+    # -- sending -----------------------------------------------------------------------------
+
+    async def send(self, message: Message) -> None:
+        target = message.target
+        if target is None:
+            raise UnknownAgent("<no target>")
+        address = parse_address(target)
+        body = message.to_json(max_bytes=self.max_bytes)
+        if address.kind == "topic":
+            await self._publish("topic", body, address.value, message, 1, mandatory=False)
+            return
+        await self._publish("direct", body, f"{address.kind}.{address.value}", message, 1)
+
+    def _amqp_message(
+        self, body: bytes, message: Message | None, headers: dict[str, Any]
+    ) -> aio_pika.Message:
+        return aio_pika.Message(
+            body,
+            content_type="application/json",
+            delivery_mode=DeliveryMode.PERSISTENT,
+            message_id=message.id if message is not None else None,
+            correlation_id=message.correlation_id if message is not None else None,
+            headers=headers,
+        )
+
+    async def _publish(
+        self,
+        exchange: str,
+        body: bytes,
+        routing_key: str,
+        message: Message | None,
+        attempt: int,
+        *,
+        mandatory: bool = True,
+        headers: dict[str, Any] | None = None,
+    ) -> None:
+        """Publish with confirms; retried across reconnects until `publish_timeout` runs out."""
+        all_headers: dict[str, Any] = {ATTEMPT_HEADER: attempt, ORIGIN_HEADER: self.node.node_id}
+        if message is not None and message.trace_id:
+            all_headers["trace_id"] = message.trace_id
+        if headers:
+            all_headers.update(headers)
+        amqp_message = self._amqp_message(body, message, all_headers)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.publish_timeout
+        pause = 0.05
+        while True:
+            left = deadline - loop.time()
+            try:
+                await self._exchanges[exchange].publish(
+                    amqp_message, routing_key, mandatory=mandatory, timeout=max(left, 0.001)
+                )
+                return
+            except PublishError as exc:
+                raise UnknownAgent(_address_of(routing_key)) from exc
+            except (
+                TimeoutError,
+                DeliveryError,
+                AMQPError,
+                ChannelInvalidStateError,
+                ConnectionError,
+            ) as exc:
+                if loop.time() + pause >= deadline:
+                    raise TransportError(
+                        f"RabbitMQ did not confirm the publish to {routing_key!r} within "
+                        f"{self.settings.publish_timeout}s: {exc!r}"
+                    ) from exc
+                _log.warning("amqp_publish_retry", routing_key=routing_key, error=repr(exc))
+            await asyncio.sleep(pause)  # the robust connection reconnects meanwhile
+            pause = min(pause * 2, 1.0)
+
+    async def _publish_delayed(
+        self, body: bytes, message: Message, routing_key: str, attempt: int, delay: float
+    ) -> None:
+        ms = _delay_ms(delay)
+        if ms not in self._delay_queues:
+            await self._declare_delay_queue(ms)
+        try:
+            await self._publish(
+                "delay", body, routing_key, message, attempt, headers={DELAY_HEADER: str(ms)}
+            )
+        except UnknownAgent:
+            # The delay queue expired since it was declared: declare it again, once.
+            await self._declare_delay_queue(ms)
+            await self._publish(
+                "delay", body, routing_key, message, attempt, headers={DELAY_HEADER: str(ms)}
+            )
+
+    async def _declare_delay_queue(self, ms: int) -> None:
+        channel = self._publish_channel
+        assert channel is not None
+        queue = await channel.declare_queue(
+            self.name(f"agents.delay.{ms}"),
+            durable=True,
+            arguments={
+                "x-message-ttl": ms,
+                "x-dead-letter-exchange": self.name("agents.direct"),
+                # An idle delay queue removes itself, long after its last message left.
+                "x-expires": max(ms * 10, 3_600_000),
+            },
+        )
+        await queue.bind(
+            self._exchanges["delay"], arguments={"x-match": "all", DELAY_HEADER: str(ms)}
+        )
+        self._delay_queues.add(ms)
+        self.declared_queues.add(queue.name)
+
+    async def _publish_dead_letter(
+        self,
+        body: bytes,
+        routing_key: str,
+        *,
+        reason: str,
+        agent_id: str | None = None,
+        error: str | None = None,
+        attempts: int = 0,
+    ) -> None:
+        headers: dict[str, Any] = {
+            "x-mas-reason": reason,
+            "x-mas-routing-key": routing_key,
+            "x-mas-attempts": attempts,
+        }
+        if agent_id is not None:
+            headers["x-mas-agent-id"] = agent_id
+        if error is not None:
+            headers["x-mas-error"] = error[:1000]
+        await self._publish("dlx", body, routing_key, None, attempts, headers=headers)
+
+    async def _ack(self, incoming: AbstractIncomingMessage) -> None:
+        try:
+            await incoming.ack()
+        except (AMQPError, ChannelInvalidStateError, ConnectionError) as exc:
+            # The channel that carried it is gone, so the broker already requeued it; the
+            # redelivery is recognised by its message id and not handled twice.
+            _log.warning("amqp_ack_lost", message_id=incoming.message_id, error=repr(exc))
+
+    # -- receiving ---------------------------------------------------------------------------
+
+    async def _on_message(self, incoming: AbstractIncomingMessage) -> None:
+        # aiormq runs each delivery's callback as its own task; queueing before any await keeps
+        # the broker's order, which a mailbox that blocks could otherwise shuffle.
+        self._inbox.put_nowait(incoming)
+
+    async def _run_pump(self) -> None:
+        while True:
+            incoming = await self._inbox.get()
+            try:
+                await self._receive(incoming)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                _log.exception("amqp_receive_failed", message_id=incoming.message_id)
+
+    async def _receive(self, incoming: AbstractIncomingMessage) -> None:
+        if incoming.consumer_tag in self._cancelled:
+            # Delivered just before this node stopped consuming that queue: back for another.
+            await incoming.nack(requeue=True)
+            return
+        headers = incoming.headers or {}
+        origin = headers.get(ORIGIN_HEADER)
+        if incoming.exchange == self.name("agents.topic") and origin == self.node.node_id:
+            await self._ack(incoming)  # this node's own broadcast, already delivered locally
+            return
+        try:
+            message = Message.from_json(incoming.body, max_bytes=self.max_bytes)
+        except (InvalidMessage, MessageTooLarge) as exc:
+            _log.warning(
+                "amqp_undecodable_message",
+                routing_key=incoming.routing_key,
+                message_id=incoming.message_id,
+                error=str(exc),
+            )
+            await self._publish_dead_letter(
+                incoming.body,
+                incoming.routing_key or "",
+                reason="invalid_message",
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            await self._ack(incoming)
+            return
+        attempt = _attempt(headers.get(ATTEMPT_HEADER))
+        delivery = AmqpDelivery(message, attempt, incoming, self)
+        self.unacked.add(delivery)
+        await self.node.receive(delivery)
+
+    @property
+    def idle(self) -> bool:
+        """No delivery waits in this node's inbox or for its settlement."""
+        return not self.unacked and self._inbox.empty()
+
+    async def queue_depths(self) -> dict[str, int]:
+        """Messages ready in each queue this node declared (for metrics and tests)."""
+        if self._connection is None:
+            return {}
+        depths: dict[str, int] = {}
+        for name in sorted(self.declared_queues):
+            # A passive declare of a missing queue closes its channel: use a throwaway one.
+            channel = await self._connection.channel(publisher_confirms=False)
+            try:
+                queue = await channel.declare_queue(name, passive=True)
+                depths[name] = queue.declaration_result.message_count or 0
+            except AMQPError:
+                pass  # deleted meanwhile (an expired delay queue): nothing waits there
+            finally:
+                if not channel.is_closed:
+                    await channel.close()
+        return depths
+
+    # -- subscriptions -----------------------------------------------------------------------
+
+    def _queue_arguments(self, *, single_active: bool) -> dict[str, Any]:
+        arguments: dict[str, Any] = {
+            "x-queue-type": self.settings.queue_type,
+            "x-dead-letter-exchange": self.name("agents.dlx"),
+        }
+        if single_active:
+            arguments["x-single-active-consumer"] = True
+        return arguments
+
+    async def _consume(self, queue_name: str, routing_key: str, *, single_active: bool) -> str:
+        channel = self._consume_channel
+        assert channel is not None
+        queue = await channel.declare_queue(
+            queue_name, durable=True, arguments=self._queue_arguments(single_active=single_active)
+        )
+        await queue.bind(self.name("agents.direct"), routing_key=routing_key)
+        self.declared_queues.add(queue_name)
+        return await queue.consume(self._on_message)
+
+    async def _cancel(self, queue_name: str, consumer_tag: str) -> None:
+        channel = self._consume_channel
+        assert channel is not None
+        self._cancelled.add(consumer_tag)
+        queue = await channel.get_queue(queue_name, ensure=False)
+        await queue.cancel(consumer_tag)
+
+    async def subscribe_agent(self, agent_id: str, agent_type: str) -> None:
+        if agent_id in self._agents:
+            return
+        tag = await self._consume(
+            self.name(f"agent.{agent_id}"), f"agent.{agent_id}", single_active=True
+        )
+        self._agents[agent_id] = (agent_type, tag)
+        count, type_tag = self._types.get(agent_type, (0, ""))
+        if count == 0:
+            type_tag = await self._consume(
+                self.name(f"agent_type.{agent_type}"), f"type.{agent_type}", single_active=False
+            )
+        self._types[agent_type] = (count + 1, type_tag)
+
+    async def unsubscribe_agent(self, agent_id: str, agent_type: str) -> None:
+        entry = self._agents.pop(agent_id, None)
+        if entry is None or self._connection is None:
+            return
+        await self._cancel(self.name(f"agent.{agent_id}"), entry[1])
+        count, type_tag = self._types.get(agent_type, (1, ""))
+        if count > 1:
+            self._types[agent_type] = (count - 1, type_tag)
+            return
+        self._types.pop(agent_type, None)
+        await self._cancel(self.name(f"agent_type.{agent_type}"), type_tag)
+
+    async def subscribe_topic(self, pattern: str) -> None:
+        count = self._topics.get(pattern, 0)
+        self._topics[pattern] = count + 1
+        if count == 0 and self._topic_queue is not None:
+            await self._topic_queue.bind(self.name("agents.topic"), routing_key=pattern)
+
+    async def unsubscribe_topic(self, pattern: str) -> None:
+        count = self._topics.get(pattern, 0) - 1
+        if count > 0:
+            self._topics[pattern] = count
+            return
+        self._topics.pop(pattern, None)
+        if self._topic_queue is not None and self._connection is not None:
+            await self._topic_queue.unbind(self.name("agents.topic"), routing_key=pattern)
+
+
+def _attempt(value: object) -> int:
+    return value if isinstance(value, int) and value >= 1 else 1
+
+
+def _address_of(routing_key: str) -> str:
+    kind, _, value = routing_key.partition(".")
+    return f"{kind}:{value}" if value else routing_key
+
+
+def _masked(url: str) -> str:
+    """The URL with its password hidden, for logs and errors."""
+    try:
+        parsed = URL(url)
+    except ValueError:
+        return "<unparsable AMQP URL>"
+    return str(parsed.with_password("***")) if parsed.password else url
