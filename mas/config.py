@@ -18,6 +18,7 @@ __all__ = [
     "RetrySettings",
     "Settings",
     "SupervisorSettings",
+    "masked_url",
 ]
 
 Overflow = Literal["block", "reject", "drop_oldest"]
@@ -121,3 +122,14 @@ class Settings(BaseSettings):
         "all", description="which messages the audit records (when persisting)"
     )
     redis_url: SecretStr | None = None
+
+
+def masked_url(url: str) -> str:
+    """A service URL with any password hidden, for banners, logs and errors."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    credentials, _, host = rest.rpartition("@")
+    user, has_password, _ = credentials.partition(":")
+    # A lone user part may be a password too (`redis://secret@host`): hide it either way.
+    return f"{scheme}://{user}:***@{host}" if has_password else f"{scheme}://***@{host}"

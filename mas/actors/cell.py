@@ -62,6 +62,9 @@ class LocalDelivery:
     async def dead_letter(self, letter: DeadLetter) -> None:
         return None  # the runtime records every dead letter itself
 
+    async def release(self) -> bool:
+        return False  # no other node holds this process's local messages
+
 
 class AgentCell:
     """Owns one agent's mailbox, instance and lifecycle state."""
@@ -234,6 +237,13 @@ class AgentCell:
                 if seen is not None and (message_id in seen or message_id in self._seen_old):  # type: ignore[operator]
                     await self._duplicate(message, delivery)
                     continue
+                if (
+                    journal is not None
+                    and getattr(delivery, "redelivered", False)
+                    and await self._handled_elsewhere(journal, message_id)
+                ):
+                    await self._duplicate(message, delivery)
+                    continue
                 instance = self.instance
                 assert instance is not None  # RUNNING implies an instance
                 self.current = message
@@ -280,6 +290,18 @@ class AgentCell:
             self._active = False
             task, self._task = self._task, None
             runtime.drain_done(task)
+
+    async def _handled_elsewhere(self, journal: Journal, message_id: str) -> bool:
+        """A redelivered message another node may have handled (and died before the ack)."""
+        try:
+            found, reply = await journal.handled_elsewhere(message_id)
+        except MasError as exc:
+            # Unknown: handle it. At-least-once is the promise when the record is unreadable.
+            _log.warning("idempotency_lookup_failed", agent_id=self.id, error=str(exc))
+            return False
+        if found:
+            self._remember(message_id, reply)
+        return found
 
     async def _recall(self, journal: Journal) -> None:
         """Load the ids this agent handled before a restart of the process (idempotency)."""
@@ -447,9 +469,13 @@ class AgentCell:
         await self.wait_idle(self.shutdown_timeout)
         await self.stop_instance()
         runtime = self.runtime
-        for item in self.mailbox.close():
-            await runtime.dead_letter(self.as_delivery(item), "agent_stopped", agent_id=self.id)
+        # Leave the transport first, so that what is handed back goes to a standby node
+        # rather than to this one again.
         await runtime.unregister(self)
+        for item in self.mailbox.close():
+            delivery = self.as_delivery(item)
+            if not await delivery.release():
+                await runtime.dead_letter(delivery, "agent_stopped", agent_id=self.id)
         if runtime.journal is not None:
             runtime.journal.agent_stopped(self.id, self.agent_type, reason)
         log = _log.debug if reason == "shutdown" else _log.info

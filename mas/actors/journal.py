@@ -43,6 +43,13 @@ class Journal(Protocol):
     async def recall(self, agent_id: str, limit: int) -> list[tuple[str, Message | None]]:
         """Message ids (and replies) the agent handled before, oldest first."""
 
+    async def handled_elsewhere(self, message_id: str) -> tuple[bool, Message | None]:
+        """Whether any agent handled this message id already (and its stored reply).
+
+        Asked only for a message the broker delivers again, which another node may have
+        handled before it died without acknowledging.
+        """
+
     def task_running(self, message: Message, agent_id: str, attempt: int) -> None:
         """A message that belongs to a task is being handled."""
 

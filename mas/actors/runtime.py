@@ -101,6 +101,9 @@ class _TopicDelivery(LocalDelivery):
     async def dead_letter(self, letter: DeadLetter) -> None:
         await self.fanout.done()
 
+    async def release(self) -> bool:
+        return False  # every other node got its own copy
+
 
 class Runtime:
     """Hosts agents, routes messages, supervises, and drains on shutdown.
@@ -268,6 +271,8 @@ class Runtime:
         self.fast_path = False
         timeout = self.settings.shutdown_timeout if timeout is None else timeout
         _log.info("runtime_stopping", node_id=self._node_id, timeout=timeout)
+        # Stop taking deliveries, so the drain below ends; queued ones are still handled.
+        await self.transport.pause()
         with anyio.move_on_after(timeout):
             await self.settle(timeout=None, advance_clock=True)
         self.tasks.flush_timers()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from mas.cli import db, demo, replay, send, token, up
+from mas.cli import api, db, demo, replay, send, token, up, worker
 
 app = typer.Typer(
     help="mas: a multi-agent system runtime — supervised actors with mailboxes.",
@@ -28,6 +28,8 @@ def version() -> None:
 
 
 app.command()(up.up)
+app.command()(api.api)
+app.command()(worker.worker)
 app.command()(send.send)
 app.command()(demo.demo)
 app.command()(replay.replay)

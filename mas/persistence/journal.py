@@ -270,6 +270,9 @@ class StoreJournal:
     async def recall(self, agent_id: str, limit: int) -> list[tuple[str, Message | None]]:
         return await self.store.recent_processed(agent_id, limit)
 
+    async def handled_elsewhere(self, message_id: str) -> tuple[bool, Message | None]:
+        return await self.store.processed_reply(message_id)
+
     def task_running(self, message: Message, agent_id: str, attempt: int) -> None:
         task_id = message.task_id
         if task_id is None:

@@ -110,4 +110,5 @@ class ProcessedMessageRow(Base):
     __table_args__ = (
         UniqueConstraint("agent_id", "message_id"),
         Index("ix_processed_messages_agent_id_id", "agent_id", "id"),
+        Index("ix_processed_messages_message_id", "message_id"),
     )

@@ -460,6 +460,24 @@ class Store:
         rows.sort(key=lambda row: _aware(row[2]) or datetime.min.replace(tzinfo=UTC))
         return [(row[0], Message.from_dict(row[1]) if row[1] else None) for row in rows[-limit:]]
 
+    async def processed_reply(self, message_id: str) -> tuple[bool, Message | None]:
+        """Whether any agent handled `message_id`, and the reply it stored if one."""
+        queries = (
+            select(messages.c.reply).where(
+                messages.c.id == message_id, messages.c.handled_by.is_not(None)
+            ),
+            select(processed.c.reply).where(processed.c.message_id == message_id).limit(1),
+        )
+        try:
+            async with self.engine.connect() as conn:
+                for query in queries:
+                    row = (await conn.execute(query)).first()
+                    if row is not None:
+                        return True, Message.from_dict(row[0]) if row[0] else None
+        except (OSError, SQLAlchemyError) as exc:
+            raise StoreUnavailable(f"reading from {self.url} failed: {exc}") from exc
+        return False, None
+
     def check_storable(self, value: Any, what: str) -> None:
         """PostgreSQL refuses NUL characters in text and JSON: say so before it does."""
         if self.dialect == "postgresql" and "\\u0000" in json.dumps(value):

@@ -42,6 +42,9 @@ class MemoryJournal:
     async def recall(self, agent_id: str, limit: int) -> list[tuple[str, Message | None]]:
         return [(message_id, None) for message_id in self.processed.get(agent_id, [])[-limit:]]
 
+    async def handled_elsewhere(self, message_id: str) -> tuple[bool, Message | None]:
+        return any(message_id in ids for ids in self.processed.values()), None
+
     def task_running(self, message: Message, agent_id: str, attempt: int) -> None:
         if message.task_id is not None:
             self.tasks[message.task_id] = "running"

@@ -39,9 +39,8 @@ from aio_pika.abc import (
 )
 from aio_pika.exceptions import AMQPError, DeliveryError, PublishError
 from aiormq.exceptions import ChannelInvalidStateError
-from yarl import URL
 
-from mas.config import AmqpSettings
+from mas.config import AmqpSettings, masked_url
 from mas.errors import (
     InvalidMessage,
     MessageTooLarge,
@@ -77,7 +76,7 @@ def _delay_ms(delay: float) -> int:
 class AmqpDelivery:
     """A message consumed from RabbitMQ; settling it acks the broker's delivery."""
 
-    __slots__ = ("_incoming", "_settled", "_transport", "attempt", "message")
+    __slots__ = ("_incoming", "_settled", "_transport", "attempt", "message", "redelivered")
 
     def __init__(
         self,
@@ -91,6 +90,9 @@ class AmqpDelivery:
         self._incoming = incoming
         self._transport = transport
         self._settled = False
+        # The broker gave it to a consumer before, which may have handled it and died: the
+        # runtime asks the record before handling it again.
+        self.redelivered = bool(incoming.redelivered)
 
     def _settle(self) -> bool:
         if self._settled:
@@ -125,6 +127,16 @@ class AmqpDelivery:
         )
         await self._transport._ack(self._incoming)
 
+    async def release(self) -> bool:
+        incoming = self._incoming
+        if incoming.exchange != self._transport.name("agents.direct") or (
+            incoming.routing_key or ""
+        ).startswith("reply."):
+            return False
+        if self._settle():
+            await self._transport._nack_requeue(incoming)
+        return True
+
 
 class AmqpTransport:
     """One node's connection to RabbitMQ (see the module docstring for the topology)."""
@@ -148,6 +160,7 @@ class AmqpTransport:
         self._consume_channel: AbstractChannel | None = None
         self._exchanges: dict[str, AbstractExchange] = {}
         self._topic_queue: AbstractQueue | None = None
+        self._topic_tag: str | None = None
         self._topics: dict[str, int] = {}
         self._agents: dict[str, tuple[str, str]] = {}  # agent id -> (type, consumer tag)
         self._types: dict[str, tuple[int, str]] = {}  # type -> (local agents, consumer tag)
@@ -179,8 +192,8 @@ class AmqpTransport:
             )
         except (OSError, TimeoutError, AMQPError) as exc:
             raise TransportError(
-                f"cannot connect to RabbitMQ at {_masked(self._url)}: {exc!r}; check MAS_AMQP_URL "
-                "and that the broker runs"
+                f"cannot connect to RabbitMQ at {masked_url(self._url)}: {exc!r}; "
+                "check MAS_AMQP_URL and that the broker runs"
             ) from exc
         self._connection = connection
         self._node = node
@@ -206,9 +219,19 @@ class AmqpTransport:
         self._topic_queue = await consume.declare_queue(
             self.name(f"node.{node_id}.topics"), exclusive=True
         )
-        await self._topic_queue.consume(self._on_message)
+        self._topic_tag = await self._topic_queue.consume(self._on_message)
         self._pump = asyncio.get_running_loop().create_task(self._run_pump())
-        _log.info("amqp_connected", url=_masked(self._url), prefix=self.prefix, node_id=node_id)
+        _log.info("amqp_connected", url=masked_url(self._url), prefix=self.prefix, node_id=node_id)
+
+    async def pause(self) -> None:
+        if self._connection is None:
+            return
+        for agent_id, (agent_type, _) in list(self._agents.items()):
+            await self.unsubscribe_agent(agent_id, agent_type)
+        if self._topic_tag is not None and self._topic_queue is not None:
+            tag, self._topic_tag = self._topic_tag, None
+            self._cancelled.add(tag)
+            await self._topic_queue.cancel(tag)
 
     async def close(self) -> None:
         connection, self._connection = self._connection, None
@@ -359,6 +382,13 @@ class AmqpTransport:
             # redelivery is recognised by its message id and not handled twice.
             _log.warning("amqp_ack_lost", message_id=incoming.message_id, error=repr(exc))
 
+    async def _nack_requeue(self, incoming: AbstractIncomingMessage) -> None:
+        try:
+            await incoming.nack(requeue=True)
+        except (AMQPError, ChannelInvalidStateError, ConnectionError) as exc:
+            # Its channel is gone: the broker requeued it already.
+            _log.warning("amqp_nack_lost", message_id=incoming.message_id, error=repr(exc))
+
     # -- receiving ---------------------------------------------------------------------------
 
     async def _on_message(self, incoming: AbstractIncomingMessage) -> None:
@@ -379,7 +409,7 @@ class AmqpTransport:
     async def _receive(self, incoming: AbstractIncomingMessage) -> None:
         if incoming.consumer_tag in self._cancelled:
             # Delivered just before this node stopped consuming that queue: back for another.
-            await incoming.nack(requeue=True)
+            await self._nack_requeue(incoming)
             return
         headers = incoming.headers or {}
         origin = headers.get(ORIGIN_HEADER)
@@ -508,12 +538,3 @@ def _attempt(value: object) -> int:
 def _address_of(routing_key: str) -> str:
     kind, _, value = routing_key.partition(".")
     return f"{kind}:{value}" if value else routing_key
-
-
-def _masked(url: str) -> str:
-    """The URL with its password hidden, for logs and errors."""
-    try:
-        parsed = URL(url)
-    except ValueError:
-        return "<unparsable AMQP URL>"
-    return str(parsed.with_password("***")) if parsed.password else url

@@ -32,6 +32,13 @@ class Delivery(Protocol):
     async def dead_letter(self, letter: DeadLetter) -> None:
         """Give up: move the message to the dead-letter queue with the reason."""
 
+    async def release(self) -> bool:
+        """Not handled here: hand the message back to its queue for another node.
+
+        Returns False when no other node could take it (a topic copy, a reply); the caller
+        then dead-letters it. No attempt is counted: the handler never ran.
+        """
+
 
 class TransportNode(Protocol):
     """What a transport needs from the runtime it serves."""
@@ -52,6 +59,9 @@ class Transport(Protocol):
 
     async def start(self, node: TransportNode) -> None:
         """Connect and begin handing deliveries for this node's subscriptions to `node`."""
+
+    async def pause(self) -> None:
+        """Stop taking new deliveries (shutdown drain); sends, settles and replies go on."""
 
     async def close(self) -> None:
         """Stop consuming and disconnect; unsettled deliveries return to their queues."""

@@ -158,6 +158,13 @@ class MemoryDelivery:
         if self._settle():
             self._transport.broker.dead_letters.append(letter)
 
+    async def release(self) -> bool:
+        if self._queue is None:
+            return False
+        if self._settle():
+            await self._transport.broker.requeue(self._queue, self.message, self.attempt)
+        return True
+
 
 class MemoryTransport:
     """One node's connection to a `MemoryBroker` (a private broker when none is given)."""
@@ -179,6 +186,11 @@ class MemoryTransport:
     async def start(self, node: TransportNode) -> None:
         self._node = node
         self.broker._nodes[node.node_id] = self
+
+    async def pause(self) -> None:
+        for agent_id, agent_type in list(self._agents.items()):
+            await self.unsubscribe_agent(agent_id, agent_type)
+        self._topics.clear()
 
     async def close(self) -> None:
         node = self._node

@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Annotated
 
+import structlog
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 
@@ -17,6 +18,8 @@ from mas.api.state import Gateway, gateway
 from mas.errors import UnknownAgent
 from mas.messages import Message, TaskError, TaskResult, new_id
 from mas.persistence.store import TaskRecord
+
+_log = structlog.get_logger("mas.api.tasks")
 
 router = APIRouter(prefix="/tasks", tags=["tasks"])
 
@@ -81,6 +84,14 @@ async def submit_task(
         except UnknownAgent:
             await _fail(gw, task, "UnknownAgent", f"no agent answers to {target!r}")
             raise
+    _log.info(
+        "task_submitted",
+        task_id=task_id,
+        target=target,
+        trace_id=trace_id,
+        created=created,
+        created_by=claims.subject,
+    )
     response.headers["Location"] = f"/tasks/{task_id}"
     if not created:
         response.status_code = status.HTTP_200_OK

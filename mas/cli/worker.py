@@ -1,0 +1,86 @@
+"""`mas worker`: host agents in this process and serve them from the configured transport.
+
+With `MAS_TRANSPORT=rabbitmq`, start as many workers as you like, on any machine: each one
+consumes its agents' type queues (competing) and their own agent queues. SIGTERM or Ctrl-C
+drains: the worker stops taking deliveries, finishes and acknowledges what it holds, records
+the audit, and exits 0; what it did not start goes back to the broker for the others.
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import Annotated
+
+import anyio
+import typer
+
+from mas.actors.agent import Agent
+from mas.config import Settings, masked_url
+from mas.errors import MasError
+
+__all__ = ["worker"]
+
+
+def worker(
+    agents: Annotated[
+        list[str],
+        typer.Option("--agents", help="agent classes to host, as module:Class (repeat)"),
+    ],
+    instances: Annotated[
+        int, typer.Option(min=1, max=10_000, help="agents of each class in this worker")
+    ] = 1,
+    persist: Annotated[
+        bool, typer.Option(help="record tasks and the audit in MAS_DATABASE_URL")
+    ] = True,
+    log_level: Annotated[str | None, typer.Option(help="log level (JSON on stderr)")] = None,
+) -> None:
+    """Host agents and handle their messages until SIGTERM or Ctrl-C (both drain, exit 0)."""
+    from mas.cli.replay import load_agent_class
+    from mas.observability.logging import configure_logging
+
+    overrides: dict[str, object] = {"persist": persist}
+    if log_level is not None:
+        overrides["log_level"] = log_level
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+        classes = [load_agent_class(spec) for spec in agents]
+    except (MasError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        anyio.run(_run, settings, classes, instances)
+    except MasError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+async def _run(settings: Settings, classes: list[type[Agent]], instances: int) -> None:
+    from mas.actors.runtime import Runtime
+
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with Runtime(settings) as runtime:
+            node = runtime.node_id
+            for cls in classes:
+                for n in range(instances):
+                    await runtime.spawn(cls, id=f"{cls.type}-{node}-{n}")
+            transport = settings.transport
+            where = (
+                masked_url(settings.amqp_url.get_secret_value())
+                if transport == "rabbitmq"
+                else "this process"
+            )
+            typer.echo(f"mas worker {node}: {transport} ({where})", err=True)
+            typer.echo(
+                f"  agents: {', '.join(f'{cls.type} x{instances}' for cls in classes)}", err=True
+            )
+            if settings.persist:
+                typer.echo(
+                    f"  database: {masked_url(settings.database_url.get_secret_value())}",
+                    err=True,
+                )
+            typer.echo("  ready; SIGTERM or Ctrl-C drains and stops", err=True)
+            async for signum in signals:
+                typer.echo(f"mas worker {node}: {signal.Signals(signum).name}, draining", err=True)
+                break
+    typer.echo(f"mas worker {node}: stopped", err=True)
