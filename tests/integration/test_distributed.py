@@ -1,0 +1,206 @@
+"""Distributed mode with real processes: `mas api` and `mas worker` over RabbitMQ and PostgreSQL.
+
+The gateway runs in one process and the workers in others, as DESIGN §1 tells users to run
+them; the tests talk HTTP to the gateway and read the database and the processes' JSON logs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+
+from mas.api.auth import mint_token
+from mas.config import Settings
+from mas.persistence import open_store
+from tests.amqp_support import AmqpScope, amqp_scope, amqp_vhost_url
+from tests.integration.pg_support import PgSchema, admin_connection
+from tests.process_support import MasProcess, clean_environment
+
+__all__ = ["amqp_scope", "amqp_vhost_url"]
+
+pytestmark = pytest.mark.anyio
+
+SECRET = "d" * 40
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+SLOW_ECHO = "tests.integration.work_agents:SlowEcho"
+
+
+class System:
+    """The environment every process of one test shares, and the processes started."""
+
+    def __init__(self, scope: AmqpScope, pg: PgSchema, tmp: Path) -> None:
+        self.tmp = tmp
+        self.pg = pg
+        self.env = clean_environment(
+            MAS_TRANSPORT="rabbitmq",
+            MAS_AMQP_URL=scope.url,
+            MAS_AMQP__PREFIX=scope.prefix,
+            MAS_DATABASE_URL=pg.url,
+            MAS_DATABASE_SCHEMA=pg.schema,
+            MAS_AUTH__JWT_SECRET=SECRET,
+            MAS_SHUTDOWN_TIMEOUT="20",
+        )
+        self.processes: list[MasProcess] = []
+        self.url = ""
+        self.token = mint_token(SECRET, "tester", ["tasks:read", "tasks:write"], ttl=600)
+        scope.extra_queues |= {
+            f"{scope.prefix}agent_type.echo",
+            f"{scope.prefix}agent_type.slow_echo",
+            f"{scope.prefix}agents.dead_letter",
+        }
+
+    def start(self, args: list[str], **env: str) -> MasProcess:
+        process = MasProcess(args, self.env | env, self.tmp)
+        self.processes.append(process)
+        return process
+
+    def api(self) -> MasProcess:
+        api = self.start(["api", "--port", "0"])
+        line = api.wait_for(lambda line: line.startswith("mas api: "))
+        self.url = line.split()[2]
+        api.wait_for(lambda line: '"event": "runtime_started"' in line)
+        return api
+
+    def worker(self, *agents: str, effects: str = "", **options: str) -> MasProcess:
+        args = ["worker"]
+        for agent in agents:
+            args += ["--agents", agent]
+        for name, value in options.items():
+            args += [f"--{name}", value]
+        worker = self.start(args, MAS_TEST_EFFECTS=effects) if effects else self.start(args)
+        worker.wait_for(lambda line: "ready; SIGTERM" in line)
+        return worker
+
+    def client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            base_url=self.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=60
+        )
+
+
+@pytest.fixture
+async def system(
+    amqp_scope: AmqpScope, pg_schema: PgSchema, tmp_path: Path
+) -> AsyncIterator[System]:
+    settings = Settings(database_url=pg_schema.url, database_schema=pg_schema.schema)
+    store = await open_store(settings, migrate=True)  # `mas db upgrade`, as a user would
+    await store.close()
+    system = System(amqp_scope, pg_schema, tmp_path)
+    try:
+        yield system
+    finally:
+        for process in system.processes:
+            process.kill()
+
+
+async def _rows(pg: PgSchema, query: str) -> list[asyncpg.Record]:
+    admin = await admin_connection()
+    try:
+        await admin.execute(f'SET search_path TO "{pg.schema}"')
+        return list(await admin.fetch(query))
+    finally:
+        await admin.close()
+
+
+async def test_a_task_crosses_from_the_gateway_process_to_a_worker_and_back(system: System) -> None:
+    worker = system.worker("agents.echo:EchoAgent")
+    api = system.api()
+    traceparent = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
+    async with system.client() as client:
+        created = await client.post(
+            "/tasks/",
+            json={"type": "echo", "payload": {"text": "hi"}},
+            headers={"traceparent": traceparent},
+        )
+        assert created.status_code == 202, created.text
+        task_id = created.json()["id"]
+        done = await client.get(f"/tasks/{task_id}", params={"wait": 20})
+    assert done.json()["status"] == "succeeded", done.text
+    assert done.json()["result"] == {"text": "hi"}
+    rows = await _rows(system.pg, f"SELECT status FROM tasks WHERE id = '{task_id}'")
+    assert [row["status"] for row in rows] == ["succeeded"]
+    assert api.terminate() == 0
+    assert worker.terminate() == 0
+    # One trace id from the HTTP request through the other process's handling.
+    api_traces = {e.get("trace_id") for e in api.logs() if e.get("task_id") == task_id}
+    worker_traces = {e.get("trace_id") for e in worker.logs() if e.get("task_id") == task_id}
+    assert api_traces == {TRACE_ID}, api.logs()
+    assert worker_traces == {TRACE_ID}, worker.logs()
+
+
+async def _submit(client: httpx.AsyncClient, count: int, delay: float) -> list[str]:
+    ids = []
+    for n in range(count):
+        created = await client.post(
+            "/tasks/", json={"type": "slow_echo", "payload": {"n": n, "delay": delay}}
+        )
+        assert created.status_code == 202, created.text
+        ids.append(created.json()["id"])
+    return ids
+
+
+async def _wait_all_done(client: httpx.AsyncClient, ids: list[str]) -> dict[str, str]:
+    statuses = {}
+    for task_id in ids:
+        response = await client.get(f"/tasks/{task_id}", params={"wait": 60})
+        statuses[task_id] = response.json()["status"]
+    return statuses
+
+
+def _effects(path: Path) -> list[str]:
+    return path.read_text().split() if path.exists() else []
+
+
+async def test_a_worker_killed_mid_run_leaves_its_messages_to_another(system: System) -> None:
+    first_effects, second_effects = system.tmp / "first.effects", system.tmp / "second.effects"
+    first = system.worker(SLOW_ECHO, effects=str(first_effects))
+    system.api()
+    async with system.client() as client:
+        ids = await _submit(client, 100, delay=0.02)
+        # Wait until the first worker is part-way through, then kill it without warning.
+        first.wait_for(lambda line: '"event": "task_completed"' in line, timeout=30)
+        first.kill()
+        killed_after = set(_effects(first_effects))
+        assert len(killed_after) < 100, "the first worker finished everything before the kill"
+        system.worker(SLOW_ECHO, effects=str(second_effects))
+        statuses = await _wait_all_done(client, ids)
+    assert set(statuses.values()) == {"succeeded"}, statuses
+    recorded = await _rows(
+        system.pg, "SELECT id, handled_by FROM messages WHERE handled_by IS NOT NULL"
+    )
+    handled_by = {row["id"]: row["handled_by"] for row in recorded}
+    assert set(ids) <= set(handled_by)
+    second = _effects(second_effects)
+    assert len(second) == len(set(second)), "the second worker handled a message twice"
+    # What the killed worker had recorded (committed, so acknowledged or about to be) was not
+    # handled again; what it had not recorded, the second worker handled.
+    first_agent = f"slow_echo-{_node_id(first)}-0"
+    recorded_by_first = {m for m, agent in handled_by.items() if agent == first_agent}
+    assert recorded_by_first, "the first worker recorded nothing before it was killed"
+    assert not recorded_by_first & set(second)
+    assert set(ids) <= killed_after | set(second)
+
+
+def _node_id(worker: MasProcess) -> str:
+    started = [e["node_id"] for e in worker.logs() if e.get("event") == "runtime_started"]
+    assert len(started) == 1, worker.logs()
+    return str(started[0])
+
+
+async def test_sigterm_drains_a_worker_and_others_take_the_rest(system: System) -> None:
+    effects = system.tmp / "first.effects"
+    first = system.worker(SLOW_ECHO, effects=str(effects))
+    system.api()
+    async with system.client() as client:
+        ids = await _submit(client, 30, delay=0.05)
+        first.wait_for(lambda line: '"event": "task_completed"' in line, timeout=30)
+        assert first.terminate() == 0, str(first)
+        assert any("draining" in line for line in first.lines)
+        system.worker(SLOW_ECHO)
+        statuses = await _wait_all_done(client, ids)
+    assert set(statuses.values()) == {"succeeded"}, statuses
+    dead = await _rows(system.pg, "SELECT count(*) FROM tasks WHERE status <> 'succeeded'")
+    assert dead[0][0] == 0
