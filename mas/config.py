@@ -102,6 +102,11 @@ class Settings(BaseSettings):
     )
     dedupe_window: int = Field(10_000, ge=0, description="message ids remembered per agent")
     shutdown_timeout: float = Field(10.0, ge=0)
+    heartbeat_interval: float = Field(
+        5.0,
+        gt=0,
+        description="seconds between a node's heartbeats; an agent is live for 3 of them",
+    )
     mailbox: MailboxSettings = MailboxSettings()
     retry: RetrySettings = RetrySettings()
     supervisor: SupervisorSettings = SupervisorSettings()

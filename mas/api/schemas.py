@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -95,11 +95,22 @@ class AgentOut(BaseModel):
     metadata: dict[str, Any]
     created_at: datetime | None
     mailbox: int | None = Field(None, description="queued messages, when hosted here")
+    live: bool = Field(
+        False, description="running, and its node's heartbeat is fresh (3 intervals)"
+    )
 
     @classmethod
-    def of(cls, agent: AgentRecord, mailbox: int | None = None) -> AgentOut:
+    def of(
+        cls, agent: AgentRecord, mailbox: int | None = None, stale_after: float = 15.0
+    ) -> AgentOut:
         data = {name: getattr(agent, name) for name in AgentRecord.__slots__}
-        return cls(**data, mailbox=mailbox)
+        beat = agent.last_heartbeat
+        live = (
+            agent.status == "running"
+            and beat is not None
+            and (datetime.now(UTC) - beat).total_seconds() <= stale_after
+        )
+        return cls(**data, mailbox=mailbox, live=live)
 
 
 class AgentList(BaseModel):

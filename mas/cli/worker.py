@@ -57,6 +57,7 @@ def worker(
 
 async def _run(settings: Settings, classes: list[type[Agent]], instances: int) -> None:
     from mas.actors.runtime import Runtime
+    from mas.orchestrator import spawner_for
 
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with Runtime(settings) as runtime:
@@ -64,6 +65,8 @@ async def _run(settings: Settings, classes: list[type[Agent]], instances: int) -
             for cls in classes:
                 for n in range(instances):
                     await runtime.spawn(cls, id=f"{cls.type}-{node}-{n}")
+                # POST /agents/ for this type reaches one worker's spawner.
+                await runtime.spawn(spawner_for(cls), id=f"mas.spawner.{cls.type}-{node}")
             transport = settings.transport
             where = (
                 masked_url(settings.amqp_url.get_secret_value())

@@ -30,4 +30,9 @@ async def open_store(settings: Settings, *, migrate: bool | None = None) -> Stor
 
 async def open_journal(settings: Settings) -> StoreJournal:
     """A journal writing to the Store of `settings`, with `MAS_AUDIT` applied."""
-    return StoreJournal(await open_store(settings), audit=settings.audit, owns_store=True)
+    return StoreJournal(
+        await open_store(settings),
+        audit=settings.audit,
+        owns_store=True,
+        heartbeat_interval=settings.heartbeat_interval,
+    )

@@ -212,20 +212,38 @@ class StoreJournal:
         audit: Audit = "all",
         high_water: int = 20_000,
         owns_store: bool = False,
+        heartbeat_interval: float = 5.0,
     ) -> None:
         self.store = store
         self.owns_store = owns_store
         self.audit = audit
         self.writer = BatchWriter(store, high_water=high_water)
         self.node_id: str | None = None
+        self.heartbeat_interval = heartbeat_interval
+        self._heartbeats: asyncio.Task[None] | None = None
         self._audit_all = audit == "all"
         self._audit_tasks = audit == "tasks"
 
     async def open(self, node_id: str) -> None:
         self.node_id = node_id
         self.writer.start()
+        self._heartbeats = asyncio.get_running_loop().create_task(self._beat(node_id))
+
+    async def _beat(self, node_id: str) -> None:
+        """Keep `agents.last_heartbeat` of this node's running agents fresh (liveness)."""
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            try:
+                await self.store.touch_agents(node_id)
+            except StoreUnavailable as exc:
+                # The heartbeat goes stale, which is what readers should see; keep trying.
+                _log.warning("heartbeat_failed", node_id=node_id, error=str(exc))
 
     async def close(self) -> None:
+        if self._heartbeats is not None:
+            self._heartbeats.cancel()
+            await asyncio.gather(self._heartbeats, return_exceptions=True)
+            self._heartbeats = None
         await self.writer.close()
         if self.owns_store:
             await self.store.close()

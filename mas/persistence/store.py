@@ -371,6 +371,19 @@ class Store:
             row = (await conn.execute(select(agents).where(agents.c.id == agent_id))).first()
         return _agent(row) if row is not None else None
 
+    async def touch_agents(self, node_id: str) -> int:
+        """Heartbeat: the running agents of `node_id` are alive now; returns how many."""
+        try:
+            async with self.engine.begin() as conn:
+                result = await conn.execute(
+                    update(agents)
+                    .where(agents.c.node_id == node_id, agents.c.status == "running")
+                    .values(last_heartbeat=datetime.now(UTC))
+                )
+        except (OSError, SQLAlchemyError) as exc:
+            raise StoreUnavailable(f"writing to {self.url} failed: {exc}") from exc
+        return int(result.rowcount or 0)
+
     async def list_agents(
         self,
         *,

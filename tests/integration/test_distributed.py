@@ -43,13 +43,18 @@ class System:
             MAS_DATABASE_SCHEMA=pg.schema,
             MAS_AUTH__JWT_SECRET=SECRET,
             MAS_SHUTDOWN_TIMEOUT="20",
+            MAS_HEARTBEAT_INTERVAL="0.5",
         )
         self.processes: list[MasProcess] = []
         self.url = ""
-        self.token = mint_token(SECRET, "tester", ["tasks:read", "tasks:write"], ttl=600)
+        scopes = ["tasks:read", "tasks:write", "agents:read", "agents:admin", "messages:write"]
+        self.token = mint_token(SECRET, "tester", scopes, ttl=600)
         scope.extra_queues |= {
             f"{scope.prefix}agent_type.echo",
             f"{scope.prefix}agent_type.slow_echo",
+            f"{scope.prefix}agent_type.mas.spawner.echo",
+            f"{scope.prefix}agent_type.mas.spawner.slow_echo",
+            f"{scope.prefix}agent.echo-special",
             f"{scope.prefix}agents.dead_letter",
         }
 
@@ -159,13 +164,13 @@ async def test_a_worker_killed_mid_run_leaves_its_messages_to_another(system: Sy
     first = system.worker(SLOW_ECHO, effects=str(first_effects))
     system.api()
     async with system.client() as client:
-        ids = await _submit(client, 100, delay=0.02)
+        ids = await _submit(client, 100, delay=0.1)
         # Wait until the first worker is part-way through, then kill it without warning.
         first.wait_for(lambda line: '"event": "task_completed"' in line, timeout=30)
         first.kill()
         killed_after = set(_effects(first_effects))
         assert len(killed_after) < 100, "the first worker finished everything before the kill"
-        system.worker(SLOW_ECHO, effects=str(second_effects))
+        system.worker(SLOW_ECHO, effects=str(second_effects), instances="10")
         statuses = await _wait_all_done(client, ids)
     assert set(statuses.values()) == {"succeeded"}, statuses
     recorded = await _rows(
@@ -177,8 +182,8 @@ async def test_a_worker_killed_mid_run_leaves_its_messages_to_another(system: Sy
     assert len(second) == len(set(second)), "the second worker handled a message twice"
     # What the killed worker had recorded (committed, so acknowledged or about to be) was not
     # handled again; what it had not recorded, the second worker handled.
-    first_agent = f"slow_echo-{_node_id(first)}-0"
-    recorded_by_first = {m for m, agent in handled_by.items() if agent == first_agent}
+    first_agents = f"slow_echo-{_node_id(first)}-"
+    recorded_by_first = {m for m, agent in handled_by.items() if agent.startswith(first_agents)}
     assert recorded_by_first, "the first worker recorded nothing before it was killed"
     assert not recorded_by_first & set(second)
     assert set(ids) <= killed_after | set(second)
@@ -204,3 +209,35 @@ async def test_sigterm_drains_a_worker_and_others_take_the_rest(system: System) 
     assert set(statuses.values()) == {"succeeded"}, statuses
     dead = await _rows(system.pg, "SELECT count(*) FROM tasks WHERE status <> 'succeeded'")
     assert dead[0][0] == 0
+
+
+async def test_post_agents_starts_the_agent_on_a_worker_that_hosts_its_type(
+    system: System,
+) -> None:
+    worker = system.worker("agents.echo:EchoAgent")
+    system.api()
+    async with system.client() as client:
+        created = await client.post("/agents/", json={"type": "echo", "id": "echo-special"})
+        assert created.status_code == 201, created.text
+        assert created.json()["node_id"] == _node_id(worker)
+        assert created.json()["live"] is True
+        again = await client.post("/agents/", json={"type": "echo", "id": "echo-special"})
+        assert again.status_code == 409, again.text
+        unhosted = await client.post("/agents/", json={"type": "planner", "id": "p1"})
+        assert unhosted.status_code == 422
+        assert "no worker hosts" in unhosted.json()["detail"]
+        reply = await client.post(
+            "/agents/echo-special/message",
+            params={"wait": 10},
+            json={"type": "ping", "payload": {"n": 7}},
+        )
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["payload"] == {"n": 7}
+        assert reply.json()["sender"] == "agent:echo-special"
+        listed = (await client.get("/agents/", params={"type": "echo"})).json()["items"]
+        assert {a["id"] for a in listed if a["live"]} >= {"echo-special"}
+        assert worker.terminate() == 0
+        # The worker stopped its agents: the registry says so.
+        stopped = (await client.get("/agents/echo-special")).json()
+    assert stopped["status"] == "stopped"
+    assert stopped["live"] is False

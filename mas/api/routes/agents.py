@@ -10,16 +10,20 @@ from mas.api.auth import Claims, require
 from mas.api.problems import Problem
 from mas.api.schemas import AgentIn, AgentList, AgentOut, MessageIn, MessageOut
 from mas.api.state import Gateway, gateway
-from mas.messages import Message, parse_address
+from mas.errors import DuplicateAgent, UnknownAgent
+from mas.messages import Message, new_id, parse_address
+from mas.orchestrator import SPAWN, spawner_type
+from mas.persistence.store import AgentRecord
 
 router = APIRouter(prefix="/agents", tags=["agents"])
 
 GatewayDep = Annotated[Gateway, Depends(gateway)]
 
 
-def _mailbox(gw: Gateway, agent_id: str) -> int | None:
-    cell = gw.runtime.local_cell(agent_id)
-    return len(cell.mailbox) if cell is not None else None
+def _out(gw: Gateway, record: AgentRecord) -> AgentOut:
+    cell = gw.runtime.local_cell(record.id)
+    mailbox = len(cell.mailbox) if cell is not None else None
+    return AgentOut.of(record, mailbox, stale_after=3 * gw.settings.heartbeat_interval)
 
 
 @router.post("/", status_code=status.HTTP_201_CREATED, response_model=AgentOut)
@@ -29,20 +33,43 @@ async def register_agent(
     gw: GatewayDep,
     _: Annotated[Claims, Depends(require("agents:admin"))],
 ) -> AgentOut:
-    """Start an agent of a type this node hosts (409 if the id is taken)."""
+    """Start an agent (409 if the id is taken): here, or on a worker that hosts its type."""
     cls = gw.agent_classes.get(spec.type)
-    if cls is None:
+    if cls is not None:
+        agent_id = (await gw.runtime.spawn(cls, id=spec.id)).id
+        if gw.runtime.journal is not None:
+            await gw.runtime.journal.flush()
+    elif gw.settings.transport != "memory":
+        agent_id = await _spawn_on_a_worker(gw, spec)
+    else:
         known = ", ".join(sorted(gw.agent_classes)) or "none"
         raise Problem(
             422, "Unknown Agent Type", f"no agent class of type {spec.type!r} (known: {known})"
         )
-    ref = await gw.runtime.spawn(cls, id=spec.id)
-    if gw.runtime.journal is not None:
-        await gw.runtime.journal.flush()
-    record = await gw.store.get_agent(ref.id)
+    record = await gw.store.get_agent(agent_id)
     assert record is not None
-    response.headers["Location"] = f"/agents/{ref.id}"
-    return AgentOut.of(record, _mailbox(gw, ref.id))
+    response.headers["Location"] = f"/agents/{agent_id}"
+    return _out(gw, record)
+
+
+async def _spawn_on_a_worker(gw: Gateway, spec: AgentIn) -> str:
+    agent_id = spec.id or f"{spec.type}-{new_id()}"
+    existing = await gw.store.get_agent(agent_id)
+    if existing is not None and _out(gw, existing).live:
+        raise DuplicateAgent(agent_id)
+    request = Message(SPAWN, {"id": agent_id})
+    try:
+        reply = await gw.runtime.ask(f"type:{spawner_type(spec.type)}", request, timeout=10)
+    except UnknownAgent:
+        raise Problem(
+            422,
+            "Unknown Agent Type",
+            f"no worker hosts agents of type {spec.type!r}: start one with "
+            f"`mas worker --agents module:Class`",
+        ) from None
+    if reply.payload.get("error") == "duplicate":
+        raise DuplicateAgent(agent_id)
+    return agent_id
 
 
 @router.get("/", response_model=AgentList)
@@ -58,7 +85,7 @@ async def list_agents(
     agents = await gw.store.list_agents(
         agent_type=type_, status=status_, limit=limit, offset=offset
     )
-    items = [AgentOut.of(a, _mailbox(gw, a.id)) for a in agents]
+    items = [_out(gw, a) for a in agents]
     return AgentList(items=items, limit=limit, offset=offset)
 
 
@@ -71,7 +98,7 @@ async def get_agent(
     record = await gw.store.get_agent(agent_id)
     if record is None:
         raise Problem(404, "Unknown Agent", f"no agent with id {agent_id!r}")
-    return AgentOut.of(record, _mailbox(gw, agent_id))
+    return _out(gw, record)
 
 
 @router.post(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import anyio
 import pytest
 
 from agents.echo import EchoAgent
@@ -60,3 +61,46 @@ async def test_a_respawned_agent_is_running_again(db: Database, store: Store) ->
         await rt.settle()
         agent = await store.get_agent("e")
     assert agent is not None and agent.status == "running"
+
+
+async def test_a_running_node_keeps_its_agents_heartbeat_fresh(db: Database, store: Store) -> None:
+    async with db.runtime(node_id="node-h", heartbeat_interval=0.05) as rt:
+        await rt.spawn(EchoAgent, id="e")
+        await rt.settle()
+        first = await store.get_agent("e")
+        assert first is not None and first.last_heartbeat is not None
+        # The heartbeat runs on the loop's clock: wait for it to move the timestamp on.
+        with anyio.fail_after(10):
+            while True:
+                latest = await store.get_agent("e")
+                assert latest is not None and latest.last_heartbeat is not None
+                if latest.last_heartbeat > first.last_heartbeat:
+                    break
+                await anyio.sleep(0.02)
+    stopped = await store.get_agent("e")
+    assert stopped is not None and stopped.status == "stopped"
+
+
+def test_an_agent_is_live_only_while_running_with_a_fresh_heartbeat() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from mas.api.schemas import AgentOut
+    from mas.persistence.store import AgentRecord
+
+    now = datetime.now(UTC)
+
+    def record(status: str, beat: datetime | None) -> AgentRecord:
+        return AgentRecord(
+            id="a",
+            type="echo",
+            status=status,
+            node_id="n",
+            last_heartbeat=beat,
+            metadata={},
+            created_at=now,
+        )
+
+    assert AgentOut.of(record("running", now), stale_after=15).live
+    assert not AgentOut.of(record("running", now - timedelta(seconds=16)), stale_after=15).live
+    assert not AgentOut.of(record("stopped", now), stale_after=15).live
+    assert not AgentOut.of(record("running", None), stale_after=15).live
