@@ -466,11 +466,12 @@ class AgentCell:
         if self.status is STOPPED:
             return
         self.status = STOPPED
+        runtime = self.runtime
+        # Stop consuming at once: what arrives from now on, and what is handed back below,
+        # goes to a standby node rather than to this one again.
+        await runtime.transport.unsubscribe_agent(self.id, self.agent_type)
         await self.wait_idle(self.shutdown_timeout)
         await self.stop_instance()
-        runtime = self.runtime
-        # Leave the transport first, so that what is handed back goes to a standby node
-        # rather than to this one again.
         await runtime.unregister(self)
         for item in self.mailbox.close():
             delivery = self.as_delivery(item)

@@ -612,9 +612,12 @@ class Runtime:
             return
         try:
             await cell.put(delivery)
-        except (AgentStopped, MailboxFull) as exc:
-            reason = "agent_stopped" if isinstance(exc, AgentStopped) else "mailbox_overflow"
-            await self.dead_letter(delivery, reason, agent_id=cell.id, error=exc)
+        except AgentStopped as exc:
+            # Arrived while the agent was stopping: another node may host it.
+            if not await delivery.release():
+                await self.dead_letter(delivery, "agent_stopped", agent_id=cell.id, error=exc)
+        except MailboxFull as exc:
+            await self.dead_letter(delivery, "mailbox_overflow", agent_id=cell.id, error=exc)
 
     # -- results of handlers -----------------------------------------------------------------
 

@@ -165,6 +165,9 @@ class AmqpTransport:
         self._agents: dict[str, tuple[str, str]] = {}  # agent id -> (type, consumer tag)
         self._types: dict[str, tuple[int, str]] = {}  # type -> (local agents, consumer tag)
         self._cancelled: set[str] = set()
+        # The queue object each consumer was registered on: the robust channel restores a
+        # consumer after a reconnection unless it was cancelled through that same object.
+        self._consumer_queues: dict[str, AbstractQueue] = {}
         self._delay_queues: set[int] = set()
         self._inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
         self._pump: asyncio.Task[None] | None = None
@@ -480,14 +483,19 @@ class AmqpTransport:
         )
         await queue.bind(self.name("agents.direct"), routing_key=routing_key)
         self.declared_queues.add(queue_name)
-        return await queue.consume(self._on_message)
+        tag = await queue.consume(self._on_message)
+        self._consumer_queues[tag] = queue
+        return tag
 
-    async def _cancel(self, queue_name: str, consumer_tag: str) -> None:
-        channel = self._consume_channel
-        assert channel is not None
+    async def _cancel(self, consumer_tag: str) -> None:
         self._cancelled.add(consumer_tag)
-        queue = await channel.get_queue(queue_name, ensure=False)
-        await queue.cancel(consumer_tag)
+        # Through the queue object that registered the consumer: a new one (`get_queue`) would
+        # leave it registered there, the robust connection would restore it after a
+        # reconnection, and this node would take the agent's messages again (and requeue them
+        # forever, its tag being cancelled).
+        queue = self._consumer_queues.pop(consumer_tag, None)
+        if queue is not None:  # None: not consuming under that tag (nothing to cancel)
+            await queue.cancel(consumer_tag)
 
     async def subscribe_agent(self, agent_id: str, agent_type: str) -> None:
         if agent_id in self._agents:
@@ -507,13 +515,13 @@ class AmqpTransport:
         entry = self._agents.pop(agent_id, None)
         if entry is None or self._connection is None:
             return
-        await self._cancel(self.name(f"agent.{agent_id}"), entry[1])
+        await self._cancel(entry[1])
         count, type_tag = self._types.get(agent_type, (1, ""))
         if count > 1:
             self._types[agent_type] = (count - 1, type_tag)
             return
         self._types.pop(agent_type, None)
-        await self._cancel(self.name(f"agent_type.{agent_type}"), type_tag)
+        await self._cancel(type_tag)
 
     async def subscribe_topic(self, pattern: str) -> None:
         count = self._topics.get(pattern, 0)

@@ -1,0 +1,640 @@
+"""The RabbitMQ transport when things go wrong, against the real broker.
+
+Poison and undecodable messages end in the broker's dead-letter queue with the reason in their
+headers; an oversized message is refused before it is published; an address nobody serves is
+an error at once; a broker connection cut mid-run loses nothing and handles nothing twice; a
+broker that stops answering makes `send` fail after `publish_timeout` instead of hanging; an
+agent stopped on one node leaves its queued messages (and those still arriving) to a standby on
+another, and stays stopped when the node's connection is restored.
+
+Faults touch this test's connections only (other sessions share the broker): the test's nodes
+reach RabbitMQ through `BrokerProxy`, a TCP proxy that can cut or freeze what passes through it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aio_pika
+import pytest
+from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
+from yarl import URL
+
+from mas import Agent, HandlerResult, Message, MessageTooLarge, UnknownAgent
+from mas.actors.clock import LoopClock
+from mas.actors.runtime import Runtime
+from mas.config import Settings
+from mas.errors import TransportError
+from mas.testing import Probe, TestRuntime
+from mas.transports.amqp import AmqpTransport
+from tests.amqp_support import AmqpScope, amqp_scope, amqp_vhost_url
+
+__all__ = ["amqp_scope", "amqp_vhost_url"]
+
+pytestmark = [pytest.mark.anyio, pytest.mark.integration]
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def node(transport: AmqpTransport, node_id: str, **settings: Any) -> TestRuntime:
+    """A runtime on the broker; its messages travel in real time, so it uses the loop's clock."""
+    return TestRuntime(transport=transport, node_id=node_id, clock=LoopClock(), **settings)
+
+
+@pytest.fixture
+async def broker(amqp_scope: AmqpScope) -> AsyncIterator[AbstractConnection]:
+    """A plain aio-pika connection of the test's own, to look at (or write to) the broker."""
+    connection = await aio_pika.connect(amqp_scope.url, timeout=5)
+    try:
+        yield connection
+    finally:
+        await connection.close()
+
+
+async def queue_depth(connection: AbstractConnection, name: str) -> int:
+    """Messages ready in a queue (a passive declare: it must exist)."""
+    channel = await connection.channel()
+    try:
+        queue = await channel.declare_queue(name, passive=True)
+        return queue.declaration_result.message_count or 0
+    finally:
+        await channel.close()
+
+
+async def take_dead_letters(
+    connection: AbstractConnection, scope: AmqpScope, count: int, timeout: float = 5.0
+) -> list[AbstractIncomingMessage]:
+    """Take `count` messages off the broker's dead-letter queue; then check it is empty."""
+    channel = await connection.channel()
+    taken: list[AbstractIncomingMessage] = []
+    try:
+        queue = await channel.declare_queue(scope.prefix + "agents.dead_letter", passive=True)
+        async with asyncio.timeout(timeout):
+            while len(taken) < count:
+                got = await queue.get(no_ack=True, fail=False)
+                if got is not None:
+                    taken.append(got)
+                else:
+                    await asyncio.sleep(0.01)  # nothing signals a dead letter: poll the queue
+        extra = await queue.get(no_ack=True, fail=False)
+        assert extra is None, f"more dead letters than expected: {extra.headers if extra else ''}"
+    finally:
+        await channel.close()
+    return taken
+
+
+async def eventually(check: Callable[[], bool | Awaitable[bool]], timeout: float = 5.0) -> None:
+    """Poll a condition that nothing signals (a broker queue's depth, a mailbox's length)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            done = check()
+            if await done if inspect.isawaitable(done) else done:
+                return
+            await asyncio.sleep(0.01)
+
+
+def amqp(rt: Runtime) -> AmqpTransport:
+    assert isinstance(rt.transport, AmqpTransport)
+    return rt.transport
+
+
+async def wait_until_drained(
+    connection: AbstractConnection, queue: str, nodes: list[Runtime], timeout: float = 5
+) -> None:
+    """Wait until `queue` holds nothing ready and no node holds an unsettled delivery."""
+
+    async def drained() -> bool:
+        return all(amqp(rt).idle for rt in nodes) and not await queue_depth(connection, queue)
+
+    await eventually(drained, timeout)
+
+
+class BrokerProxy:
+    """A TCP proxy to RabbitMQ that can cut every connection through it, or freeze them.
+
+    Frozen, it still reads what both sides write but forwards nothing until thawed: to the
+    client the broker is alive (the socket accepts bytes) and silent.
+    """
+
+    def __init__(self, url: str) -> None:
+        target = URL(url)
+        self.upstream = (target.host or "127.0.0.1", target.port or 5672)
+        self._target = target
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+        self._links: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._server: asyncio.Server | None = None
+        self.connections = 0  # accepted since the start (reconnections included)
+        self.port = 0
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def url(self, **query: str) -> str:
+        """The broker URL through the proxy; aio-pika reconnects after 0.1 s (not 5)."""
+        proxied = self._target.with_host("127.0.0.1").with_port(self.port)
+        return str(proxied.update_query({"reconnect_interval": "0.1", **query}))
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+        except OSError:
+            writer.transport.abort()
+            return
+        self.connections += 1
+        link = (writer, up_writer)
+        self._links.add(link)
+        pipes = {
+            asyncio.ensure_future(self._pipe(reader, up_writer)),
+            asyncio.ensure_future(self._pipe(up_reader, writer)),
+        }
+        self._tasks |= pipes
+        try:
+            await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for pipe in pipes:
+                pipe.cancel()
+            await asyncio.gather(*pipes, return_exceptions=True)
+            self._tasks -= pipes
+            self._links.discard(link)
+            for side in link:
+                side.transport.abort()
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                await self._flowing.wait()
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+
+    def sever(self) -> int:
+        """Cut every connection through the proxy (both sides see a reset); returns how many."""
+        links = list(self._links)
+        for link in links:
+            for side in link:
+                side.transport.abort()
+        return len(links)
+
+    def freeze(self) -> None:
+        self._flowing.clear()
+
+    def thaw(self) -> None:
+        self._flowing.set()
+
+    async def close(self) -> None:
+        self.thaw()
+        self.sever()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+@pytest.fixture
+async def proxy(amqp_scope: AmqpScope) -> AsyncIterator[BrokerProxy]:
+    started = BrokerProxy(amqp_scope.url)
+    await started.start()
+    try:
+        yield started
+    finally:
+        await started.close()
+
+
+def proxied_transport(scope: AmqpScope, proxy: BrokerProxy, **overrides: object) -> AmqpTransport:
+    """A transport that reaches the broker through `proxy` (its queues still cleaned up)."""
+    transport = AmqpTransport(proxy.url(), scope.settings(**overrides), max_bytes=1_048_576)
+    scope.transports.append(transport)
+    return transport
+
+
+class Counting(Agent):
+    """Counts the messages it handles by id, and signals when a target count is reached."""
+
+    type = "counting"
+    seen: Counter[str]
+    target: int
+    reached: asyncio.Event
+
+    async def handle_message(self, message: Message) -> HandlerResult:
+        type(self).seen[message.id] += 1
+        if sum(type(self).seen.values()) >= type(self).target:
+            type(self).reached.set()
+        return None
+
+
+class Echo(Agent):
+    type = "echo"
+
+    async def handle_message(self, message: Message) -> HandlerResult:
+        return message.reply({"echo": message.payload})
+
+
+def counting(target: int) -> type[Counting]:
+    return type(
+        "CountingAgent",
+        (Counting,),
+        {"seen": Counter(), "target": target, "reached": asyncio.Event()},
+    )
+
+
+# -- 1. poison messages --------------------------------------------------------------------
+
+
+async def test_a_poison_message_lands_in_the_broker_dead_letter_queue_after_max_attempts(
+    amqp_scope: AmqpScope, broker: AbstractConnection
+) -> None:
+    crashes: list[int] = []
+    crashed = asyncio.Event()
+    healthy = Probe()
+
+    class Poisoned(Agent):
+        type = "poisoned"
+
+        async def handle_message(self, message: Message) -> HandlerResult:
+            crashes.append(message.payload["n"])
+            crashed.set()
+            raise ValueError(f"cannot digest {message.payload['n']}")
+
+    retry = {"max_attempts": 3, "base_delay": 0.3, "max_delay": 1.0, "jitter": 0.1}
+    async with (
+        node(amqp_scope.transport(), "a") as a,
+        node(amqp_scope.transport(), "b", retry=retry) as b,
+    ):
+        await b.spawn(Poisoned, id="poisoned")
+        await b.spawn(healthy.agent(), id="healthy")
+        poison = Message("eat", {"n": 7})
+        await a.tell("agent:poisoned", poison)
+        async with asyncio.timeout(5):
+            await crashed.wait()
+        # The poison waits for its retries; the same node's other agent keeps working meanwhile.
+        for n in range(20):
+            await a.tell("agent:healthy", Message("food", {"n": n}))
+        await healthy.wait_for(20)
+        assert len(crashes) < 3, "the healthy agent waited for the poison's retries"
+
+        [letter] = await take_dead_letters(broker, amqp_scope, 1)
+        await wait_until_drained(broker, amqp_scope.prefix + "agent.poisoned", [b])
+
+    assert crashes == [7, 7, 7]
+    assert [m.payload["n"] for m in healthy.messages] == list(range(20))
+    headers = letter.headers
+    assert headers["x-mas-reason"] == "max_attempts"
+    assert headers["x-mas-attempts"] == 3
+    assert headers["x-mas-agent-id"] == "poisoned"
+    assert headers["x-mas-error"] == "ValueError: cannot digest 7"
+    assert headers["x-mas-routing-key"] == "agent.poisoned"
+    assert Message.from_json(letter.body).id == poison.id  # the original body, untouched
+    assert b.dead_letters.by_reason["max_attempts"] == 1
+
+
+# -- 2. undecodable bodies -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b"\x80\x81 not json at all", id="not-json"),
+        pytest.param(b'{"kind": "hello", "n": 1}', id="json-not-a-message"),
+        pytest.param(b'["type", "payload"]', id="json-array"),
+        pytest.param(b'{"type": "x", "payload": 3}', id="payload-not-an-object"),
+    ],
+)
+async def test_an_undecodable_body_is_dead_lettered_at_once_and_the_queue_moves_on(
+    amqp_scope: AmqpScope, broker: AbstractConnection, body: bytes
+) -> None:
+    probe = Probe()
+    async with node(amqp_scope.transport(), "a") as a, node(amqp_scope.transport(), "b") as b:
+        await b.spawn(probe.agent(), id="target")
+        channel = await broker.channel(publisher_confirms=True)
+        exchange = await channel.get_exchange(amqp_scope.prefix + "agents.direct")
+        await exchange.publish(
+            aio_pika.Message(body, message_id="garbage-1"), "agent.target", mandatory=True
+        )
+        await channel.close()
+        [letter] = await take_dead_letters(broker, amqp_scope, 1, timeout=3)
+        await a.tell("agent:target", Message("valid", {"after": "garbage"}))
+        await probe.wait_for(1)
+        queue = amqp_scope.prefix + "agent.target"
+        await wait_until_drained(broker, queue, [b])
+        assert amqp(b).idle
+    # Closing b's channels would have returned anything it left unacknowledged to the queue.
+    assert await queue_depth(broker, queue) == 0
+    assert letter.body == body
+    assert letter.headers["x-mas-reason"] == "invalid_message"
+    assert letter.headers["x-mas-attempts"] == 0  # not retried: it never will decode
+    assert letter.headers["x-mas-routing-key"] == "agent.target"
+    assert str(letter.headers["x-mas-error"]).startswith("InvalidMessage: ")
+    assert [m.payload for m in probe.messages] == [{"after": "garbage"}]
+
+
+async def test_a_body_over_the_receivers_cap_is_dead_lettered_not_handled(
+    amqp_scope: AmqpScope, broker: AbstractConnection
+) -> None:
+    probe = Probe()
+    small = AmqpTransport(amqp_scope.url, amqp_scope.settings(), max_bytes=512)
+    amqp_scope.transports.append(small)
+    async with node(amqp_scope.transport(), "a") as a, node(small, "b") as b:
+        await b.spawn(probe.agent(), id="target")
+        big = Message("big", {"blob": "x" * 1000})
+        await a.tell("agent:target", big)  # a's cap is 1 MiB: it sends
+        await a.tell("agent:target", Message("small"))
+        await probe.wait_for(1)
+        [letter] = await take_dead_letters(broker, amqp_scope, 1)
+        await wait_until_drained(broker, amqp_scope.prefix + "agent.target", [b])
+        assert amqp(b).idle
+    assert probe.types == ["small"]
+    assert letter.headers["x-mas-reason"] == "invalid_message"
+    assert str(letter.headers["x-mas-error"]).startswith("MessageTooLarge: ")
+    assert Message.from_json(letter.body).id == big.id
+
+
+# -- 3. the size cap at send ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("configured_by", ["transport", "runtime_settings"])
+async def test_a_message_over_the_size_cap_is_refused_at_send_and_never_published(
+    amqp_scope: AmqpScope, broker: AbstractConnection, configured_by: str
+) -> None:
+    probe = Probe()
+    sender: TestRuntime
+    if configured_by == "transport":
+        transport = AmqpTransport(amqp_scope.url, amqp_scope.settings(), max_bytes=1024)
+        amqp_scope.transports.append(transport)
+        sender = node(transport, "a")
+    else:
+        settings = Settings(
+            transport="rabbitmq",
+            amqp_url=amqp_scope.url,
+            amqp=amqp_scope.settings(),
+            message_max_bytes=1024,
+            serialize_messages=True,
+            log_level="WARNING",
+        )
+        sender = TestRuntime(settings, node_id="a", clock=LoopClock())
+        assert isinstance(sender.transport, AmqpTransport)
+        amqp_scope.transports.append(sender.transport)
+    async with sender as a, node(amqp_scope.transport(), "b") as b:
+        await b.spawn(probe.agent(), id="target")
+        with pytest.raises(MessageTooLarge):
+            await a.tell("agent:target", Message("big", {"blob": "x" * 2000}))
+        with pytest.raises(MessageTooLarge):
+            await a.publish("news.big", Message("big", {"blob": "x" * 2000}))
+        await a.tell("agent:target", Message("small"))
+        await probe.wait_for(1)
+        await wait_until_drained(broker, amqp_scope.prefix + "agent.target", [b])
+    assert probe.types == ["small"]  # the big one never reached the broker
+    assert await queue_depth(broker, amqp_scope.prefix + "agents.dead_letter") == 0
+
+
+# -- 4. reconnection -----------------------------------------------------------------------
+
+
+async def test_connections_cut_mid_run_lose_nothing_and_handle_nothing_twice(
+    amqp_scope: AmqpScope, proxy: BrokerProxy, broker: AbstractConnection
+) -> None:
+    total = 200
+    agent = counting(total + 1)
+    listener = Probe()
+    cut_at = (60, 140)
+    cuts: list[int] = []
+    async with (
+        node(proxied_transport(amqp_scope, proxy), "a") as a,
+        node(proxied_transport(amqp_scope, proxy), "b") as b,
+    ):
+        await b.spawn(agent, id="counter")
+        await b.spawn(Echo, id="echo")
+        listening = await b.spawn(listener.agent("listener"), id="listener")
+        cell = b.local_cell(listening.id)
+        assert cell is not None
+        await cell.ctx.subscribe("alerts.*")
+        connected = proxy.connections
+        ids: list[str] = []
+        for n in range(total):
+            if n in cut_at:
+                # Both nodes lose their connection: b holds prefetched, unacknowledged
+                # deliveries and a's next publish finds no channel.
+                cuts.append(proxy.sever())
+            message = Message("count", {"n": n})
+            ids.append(message.id)
+            await a.tell("agent:counter", message)
+        # After the cuts every consumer must be back: the agent queue's, the node's reply
+        # queue (exclusive: the broker deleted it with the connection) and its topic queue.
+        last = Message("after-reconnect")
+        ids.append(last.id)
+        await a.tell("agent:counter", last)
+        reply = await a.ask("agent:echo", Message("ping", {"after": "cuts"}), timeout=5)
+        await a.publish("alerts.disk", Message("alert", {"free": 1}))
+        async with asyncio.timeout(8):
+            await agent.reached.wait()
+        await listener.wait_for(1)
+        queue = amqp_scope.prefix + "agent.counter"
+        await wait_until_drained(broker, queue, [a, b])
+        await b.settle()
+    assert cuts == [2, 2], "each cut should have hit both nodes' connections"
+    assert proxy.connections >= connected + 4, "the nodes did not reconnect"
+    assert set(agent.seen) == set(ids), "messages were lost"
+    assert [i for i, times in agent.seen.items() if times > 1] == [], "handled twice"
+    assert reply.payload == {"echo": {"after": "cuts"}}
+    assert [m.payload for m in listener.messages] == [{"free": 1}]
+    assert b.dead_letters.count == 0
+    assert await queue_depth(broker, amqp_scope.prefix + "agents.dead_letter") == 0
+
+
+async def test_an_agent_stopped_before_a_reconnection_stays_stopped_after_it(
+    amqp_scope: AmqpScope, proxy: BrokerProxy
+) -> None:
+    """The robust connection restores consumers: not one this node cancelled on purpose."""
+    alive, standby = Probe(), Probe()
+    async with (
+        node(amqp_scope.transport(), "a") as a,
+        node(proxied_transport(amqp_scope, proxy), "b") as b,
+    ):
+        await b.spawn(Probe().agent("worker"), id="worker")
+        await b.spawn(alive.agent(), id="alive")
+        await b.stop_agent("worker")  # b no longer consumes agent.worker
+        assert proxy.sever() == 1
+        # b is back (its live consumer resumed) when a message for `alive` gets handled.
+        await a.tell("agent:alive", Message("ping"))
+        await alive.wait_for(1)
+        for n in range(5):
+            await a.tell("agent:worker", Message("job", {"n": n}))  # they wait in the queue
+        async with node(amqp_scope.transport(), "c") as c:
+            await c.spawn(standby.agent("worker"), id="worker")
+            try:
+                await standby.wait_for(5, timeout=5)
+            except TimeoutError:
+                pytest.fail(
+                    "the standby got nothing: b consumes agent.worker again since reconnecting"
+                )
+        assert b.dead_letters.count == 0
+    assert [m.payload["n"] for m in standby.messages] == list(range(5))
+
+
+# -- 5. a broker that stops answering ------------------------------------------------------
+
+
+async def test_send_fails_after_publish_timeout_when_the_broker_stops_answering(
+    amqp_scope: AmqpScope, proxy: BrokerProxy
+) -> None:
+    publish_timeout = 1.0
+    probe = Probe()
+    sending = proxied_transport(amqp_scope, proxy, publish_timeout=publish_timeout)
+    async with node(sending, "a") as a, node(amqp_scope.transport(), "b") as b:
+        await b.spawn(probe.agent(), id="target")
+        await a.tell("agent:target", Message("before"))
+        await probe.wait_for(1)
+        proxy.freeze()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            async with asyncio.timeout(publish_timeout + 5):
+                with pytest.raises(TransportError, match="did not confirm"):
+                    await a.tell("agent:target", Message("while-frozen"))
+            elapsed = loop.time() - started
+        finally:
+            proxy.thaw()  # let the nodes shut down cleanly
+        assert publish_timeout * 0.9 <= elapsed <= publish_timeout + 1.0
+        # Once the broker answers again the node sends as before.
+        await a.tell("agent:target", Message("after"))
+        await probe.wait_for(2)
+
+
+# -- 6. unknown addresses ------------------------------------------------------------------
+
+
+async def test_an_address_nobody_serves_raises_unknown_agent_at_once(
+    amqp_scope: AmqpScope, broker: AbstractConnection
+) -> None:
+    async with node(amqp_scope.transport(publish_timeout=5.0), "a") as a:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(UnknownAgent, match="agent:nobody"):
+            await a.tell("agent:nobody", Message("hello"))
+        with pytest.raises(UnknownAgent, match="type:nobody"):
+            await a.tell("type:nobody", Message("hello"))
+        # The mandatory publish came back: no waiting out the publish timeout.
+        assert loop.time() - started < 2.0
+        assert a.dead_letters.by_reason["unknown_address"] == 2
+    # Returned to the sender, not parked in the broker's dead-letter queue.
+    assert await queue_depth(broker, amqp_scope.prefix + "agents.dead_letter") == 0
+
+
+# -- 7. handing an agent's queue to a standby ----------------------------------------------
+
+
+def handover_agents(
+    handled: list[tuple[str, int]], gate: asyncio.Event, busy: asyncio.Event
+) -> tuple[type[Agent], type[Agent]]:
+    """The same agent id on two nodes; the first holds its first message until `gate` opens."""
+
+    def make(where: str) -> type[Agent]:
+        class Worker(Agent):
+            type = "handover"
+
+            async def handle_message(self, message: Message) -> HandlerResult:
+                busy.set()
+                if where == "first":
+                    await gate.wait()  # hold the first message so the rest queue up here
+                handled.append((where, message.payload["n"]))
+                return None
+
+        return Worker
+
+    return make("first"), make("standby")
+
+
+async def wait_for_mailbox(rt: Runtime, agent_id: str, length: int) -> None:
+    def full() -> bool:
+        cell = rt.local_cell(agent_id)
+        return cell is not None and len(cell.mailbox) >= length
+
+    await eventually(full)
+
+
+async def test_an_agent_stopped_on_one_node_leaves_its_queued_messages_to_a_standby(
+    amqp_scope: AmqpScope, broker: AbstractConnection
+) -> None:
+    handled: list[tuple[str, int]] = []
+    gate, busy = asyncio.Event(), asyncio.Event()
+    first_agent, standby_agent = handover_agents(handled, gate, busy)
+    total = 30
+    queue = amqp_scope.prefix + "agent.worker"
+    async with (
+        node(amqp_scope.transport(), "client") as client,
+        node(amqp_scope.transport(), "first") as first,
+        node(amqp_scope.transport(), "standby") as standby,
+    ):
+        await first.spawn(first_agent, id="worker")
+        await standby.spawn(standby_agent, id="worker")
+        for n in range(total):
+            await client.tell("agent:worker", Message("job", {"n": n}))
+        async with asyncio.timeout(5):
+            await busy.wait()
+        # Everything after the first message waits in the first node's mailbox (prefetched,
+        # not acknowledged) when the agent stops there.
+        await wait_for_mailbox(first, "worker", total - 1)
+        stopping = asyncio.ensure_future(first.stop_agent("worker"))
+        gate.set()  # the message in hand finishes; the rest must go to the standby
+        await stopping
+        await eventually(lambda: len(handled) >= total)
+        await wait_until_drained(broker, queue, [first, standby])
+        await standby.settle()
+        dead = first.dead_letters.count + standby.dead_letters.count
+    assert sorted(n for _, n in handled) == list(range(total)), "lost or handled twice"
+    assert handled[0] == ("first", 0)
+    assert {where for where, _ in handled[1:]} == {"standby"}
+    assert [n for _, n in handled] == list(range(total)), "the handover broke the order"
+    assert dead == 0
+    assert await queue_depth(broker, amqp_scope.prefix + "agents.dead_letter") == 0
+
+
+async def test_a_message_arriving_while_an_agent_stops_goes_to_the_standby(
+    amqp_scope: AmqpScope, broker: AbstractConnection
+) -> None:
+    handled: list[tuple[str, int]] = []
+    gate, busy = asyncio.Event(), asyncio.Event()
+    first_agent, standby_agent = handover_agents(handled, gate, busy)
+    queue = amqp_scope.prefix + "agent.worker"
+    async with (
+        node(amqp_scope.transport(), "client") as client,
+        node(amqp_scope.transport(), "first") as first,
+        node(amqp_scope.transport(), "standby") as standby,
+    ):
+        await first.spawn(first_agent, id="worker")
+        await standby.spawn(standby_agent, id="worker")
+        await client.tell("agent:worker", Message("job", {"n": 0}))
+        async with asyncio.timeout(5):
+            await busy.wait()
+        # The agent is stopping (waiting for its handler) while a new message comes in.
+        stopping = asyncio.ensure_future(first.stop_agent("worker"))
+        cell = first.local_cell("worker")
+        assert cell is not None
+        # Stopping: the cell waits for its handler and its node still consumes the queue.
+        await eventually(lambda: cell.status == "stopped")
+        await client.tell("agent:worker", Message("job", {"n": 1}))
+
+        # Wait until the broker handed it to a consumer (either node) before letting go.
+        async def delivered() -> bool:
+            return await queue_depth(broker, queue) == 0
+
+        await eventually(delivered)
+        gate.set()
+        await stopping
+        await eventually(lambda: len(handled) >= 2 or first.dead_letters.count > 0)
+        await wait_until_drained(broker, queue, [first, standby])
+        await standby.settle()
+        first_dead = dict(first.dead_letters.by_reason)
+    assert first_dead == {}, "a message for a standby was dead-lettered"
+    assert sorted(handled) == [("first", 0), ("standby", 1)]
+    assert await queue_depth(broker, amqp_scope.prefix + "agents.dead_letter") == 0
