@@ -1,0 +1,215 @@
+"""The Redis client every cluster helper shares, and how they treat an outage.
+
+Redis is an accelerator in mas, never the source of truth (DESIGN §6): the database's unique
+constraints decide when Redis is down or has evicted a key. So the client is built to fail
+fast — short connect and read timeouts and one quick retry — because a caller waiting on a dead
+Redis is worse than a caller that falls back to the database at once.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Final
+
+import structlog
+from pydantic import SecretStr
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import RedisError
+
+from mas.config import Settings
+from mas.errors import ConfigError, MasError
+
+__all__ = [
+    "DEFAULT_PREFIX",
+    "REDIS_ERRORS",
+    "Outage",
+    "RedisUnavailable",
+    "check_prefix",
+    "connect",
+    "connect_from_settings",
+    "ttl_ms",
+]
+
+DEFAULT_PREFIX: Final = "mas:"
+
+# What an unreachable, overloaded or refusing Redis raises. Everything a Redis server or the
+# network can do wrong is a RedisError or an OSError; our own bugs (TypeError...) are neither
+# and still propagate.
+REDIS_ERRORS: Final = (RedisError, OSError)
+
+_log = structlog.get_logger("mas.cluster")
+
+
+class RedisUnavailable(MasError, ConnectionError):
+    """Redis could not answer, so the cluster helper cannot tell what it was asked.
+
+    Raised by operations whose caller must decide what "don't know" means (acquiring a lease,
+    listing nodes). The hot-path dedupe claim never raises it: it answers UNKNOWN instead.
+    """
+
+    def __init__(self, operation: str, error: BaseException) -> None:
+        super().__init__(
+            f"Redis did not answer {operation} ({type(error).__name__}: {error}); "
+            "check that Redis is running and MAS_REDIS_URL points at it"
+        )
+        self.operation = operation
+
+
+def connect(
+    url: str | SecretStr,
+    *,
+    connect_timeout: float = 1.0,
+    timeout: float = 1.0,
+    retries: int = 1,
+    client_name: str | None = None,
+) -> Redis:
+    """A `redis.asyncio` client for `url` that gives up within a few seconds.
+
+    Worst case for one command is about `(retries + 1) * (connect_timeout + timeout)`; the
+    defaults keep it near 2 s. redis-py's own default (3 retries with a backoff of up to
+    seconds) would make a dead Redis stall the message hot path. Connecting is lazy: no
+    network traffic happens here, only the URL is checked. `client_name` (e.g. the node id)
+    shows in `CLIENT LIST`.
+
+    Raises:
+        ConfigError: the URL is not a redis://, rediss:// or unix:// URL, or a timeout is not
+            positive.
+    """
+    raw = url.get_secret_value() if isinstance(url, SecretStr) else url
+    if connect_timeout <= 0 or timeout <= 0:
+        raise ConfigError(
+            f"Redis timeouts must be positive (connect_timeout={connect_timeout}, "
+            f"timeout={timeout})"
+        )
+    if retries < 0:
+        raise ConfigError(f"Redis retries must be 0 or more, not {retries}")
+    try:
+        return Redis.from_url(
+            raw,
+            socket_connect_timeout=connect_timeout,
+            socket_timeout=timeout,
+            retry=Retry(ExponentialBackoff(cap=0.1, base=0.02), retries),
+            client_name=_client_name(client_name),
+        )
+    except ValueError as exc:
+        raise ConfigError(
+            f"cannot use Redis URL {_masked(raw)!r}: {exc}; expected redis://host:port/db, "
+            "rediss://... or unix://..."
+        ) from exc
+
+
+def connect_from_settings(settings: Settings, *, client_name: str | None = None) -> Redis:
+    """The client `MAS_REDIS_URL` names (see `connect` for the timeouts).
+
+    Raises:
+        ConfigError: `MAS_REDIS_URL` is not set, or is not a Redis URL.
+    """
+    if settings.redis_url is None:
+        raise ConfigError(
+            "Redis is not configured: set MAS_REDIS_URL (e.g. redis://127.0.0.1:6379/0)"
+        )
+    return connect(settings.redis_url, client_name=client_name)
+
+
+def check_prefix(prefix: str) -> str:
+    """`prefix` if it can start Redis keys: a string (empty allowed, though unwise)."""
+    if not isinstance(prefix, str):
+        raise ConfigError(f"a Redis key prefix must be a string, not {type(prefix).__name__}")
+    return prefix
+
+
+def ttl_ms(ttl: float) -> int:
+    """`ttl` seconds as the whole milliseconds `PX` takes, rounded up so it never becomes 0.
+
+    Raises:
+        ConfigError: `ttl` is not a positive finite number of seconds.
+    """
+    if not isinstance(ttl, int | float) or not math.isfinite(ttl) or ttl <= 0:
+        raise ConfigError(f"a TTL must be a positive number of seconds, not {ttl!r}")
+    return max(1, math.ceil(ttl * 1000))
+
+
+class Outage:
+    """Tracks whether Redis answers one component: logs each outage once, and can fail fast.
+
+    A hot path that hits a dead Redis thousands of times a second must not log thousands of
+    warnings; one per outage (per component) tells the operator what they need to know, and
+    one info line says when it is over.
+
+    With a `cooldown`, a failure also opens a short window in which `skip()` is true, so the
+    caller answers "unknown" at once instead of asking Redis again: a Redis that hangs (rather
+    than refusing connections) costs a full timeout per call, and every message waiting that
+    long would stall the node. After the window one call probes Redis while the others keep
+    skipping; the first success closes it.
+    """
+
+    __slots__ = ("_component", "_cooldown", "_down", "_skip_until")
+
+    def __init__(self, component: str, *, cooldown: float = 0.0) -> None:
+        if not math.isfinite(cooldown) or cooldown < 0:
+            raise ConfigError(f"a Redis outage cooldown must be 0 or more seconds, not {cooldown}")
+        self._component = component
+        self._cooldown = cooldown
+        self._down = False
+        self._skip_until = 0.0
+
+    @property
+    def down(self) -> bool:
+        """True between a failure and the next success."""
+        return self._down
+
+    def skip(self) -> bool:
+        """True when the caller should not ask Redis now (a recent failure, cooldown running)."""
+        if not self._skip_until:
+            return False
+        now = time.monotonic()
+        if now < self._skip_until:
+            return True
+        # This caller probes; the others keep skipping until it answers (or one more cooldown
+        # passes, so a cancelled probe cannot close Redis off for good).
+        self._skip_until = now + self._cooldown
+        return False
+
+    def failed(self, operation: str, error: BaseException) -> None:
+        if self._cooldown:
+            self._skip_until = time.monotonic() + self._cooldown
+        if not self._down:
+            self._down = True
+            _log.warning(
+                "redis_unavailable",
+                component=self._component,
+                operation=operation,
+                error_type=type(error).__name__,
+                error=str(error),
+            )
+
+    def ok(self) -> None:
+        if self._down:
+            self._down = False
+            self._skip_until = 0.0
+            _log.info("redis_recovered", component=self._component)
+
+
+def _client_name(name: str | None) -> str | None:
+    """`name` as Redis accepts it in CLIENT SETNAME (printable ASCII, no spaces).
+
+    Redis refuses other characters, and that refusal would fail every connection — an
+    outage caused by a node's name.
+    """
+    if not name:
+        return None
+    return "".join(c if "!" <= c <= "~" else "_" for c in name)
+
+
+def _masked(url: str) -> str:
+    """The URL with any password hidden, for errors and logs."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    credentials, _, host = rest.rpartition("@")
+    user, has_password, _ = credentials.partition(":")
+    # A lone user part may be a password too (`redis://secret@host`): hide it either way.
+    return f"{scheme}://{user}:***@{host}" if has_password else f"{scheme}://***@{host}"
