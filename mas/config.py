@@ -101,6 +101,9 @@ class Settings(BaseSettings):
         False, description="round-trip every message through JSON even in one process"
     )
     dedupe_window: int = Field(10_000, ge=0, description="message ids remembered per agent")
+    dedupe_ttl: float = Field(
+        3600.0, gt=0, description="seconds a cluster-wide dedupe claim lives in Redis"
+    )
     shutdown_timeout: float = Field(10.0, ge=0)
     heartbeat_interval: float = Field(
         5.0,

@@ -141,3 +141,18 @@ class StoreUnavailable(MasError):
 
 class SchemaOutdated(MasError):
     """The database schema is behind (or ahead of) the migrations this mas expects."""
+
+
+class RedisUnavailable(MasError, ConnectionError):
+    """Redis could not answer, so the cluster helper cannot tell what it was asked.
+
+    Raised by operations whose caller must decide what "don't know" means (acquiring a lease,
+    listing nodes). The hot-path dedupe claim never raises it: it answers UNKNOWN instead.
+    """
+
+    def __init__(self, operation: str, error: BaseException) -> None:
+        super().__init__(
+            f"Redis did not answer {operation} ({type(error).__name__}: {error}); "
+            "check that Redis is running and MAS_REDIS_URL points at it"
+        )
+        self.operation = operation

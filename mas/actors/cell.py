@@ -237,10 +237,13 @@ class AgentCell:
                 if seen is not None and (message_id in seen or message_id in self._seen_old):  # type: ignore[operator]
                     await self._duplicate(message, delivery)
                     continue
-                if (
-                    journal is not None
-                    and getattr(delivery, "redelivered", False)
-                    and await self._handled_elsewhere(journal, message_id)
+                if delivery is not None and (
+                    getattr(delivery, "claimed_elsewhere", False)
+                    or (
+                        journal is not None
+                        and getattr(delivery, "redelivered", False)
+                        and await self._handled_elsewhere(journal, message_id)
+                    )
                 ):
                     await self._duplicate(message, delivery)
                     continue
@@ -342,9 +345,9 @@ class AgentCell:
             self._seen = {}
 
     async def _duplicate(self, message: Message, delivery: Delivery | None) -> None:
-        seen, old = self._seen, self._seen_old
-        assert seen is not None and old is not None
-        reply = seen[message.id] if message.id in seen else old[message.id]
+        seen, old = self._seen or {}, self._seen_old or {}
+        # Not remembered here: another node claimed it (no reply of ours to resend).
+        reply = seen[message.id] if message.id in seen else old.get(message.id)
         self.runtime.duplicates += 1
         _log.info(
             "duplicate_message_skipped",

@@ -19,8 +19,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
-from mas.config import Settings
-from mas.errors import ConfigError, MasError
+from mas.config import Settings, masked_url
+from mas.errors import ConfigError, RedisUnavailable
 
 __all__ = [
     "DEFAULT_PREFIX",
@@ -41,21 +41,6 @@ DEFAULT_PREFIX: Final = "mas:"
 REDIS_ERRORS: Final = (RedisError, OSError)
 
 _log = structlog.get_logger("mas.cluster")
-
-
-class RedisUnavailable(MasError, ConnectionError):
-    """Redis could not answer, so the cluster helper cannot tell what it was asked.
-
-    Raised by operations whose caller must decide what "don't know" means (acquiring a lease,
-    listing nodes). The hot-path dedupe claim never raises it: it answers UNKNOWN instead.
-    """
-
-    def __init__(self, operation: str, error: BaseException) -> None:
-        super().__init__(
-            f"Redis did not answer {operation} ({type(error).__name__}: {error}); "
-            "check that Redis is running and MAS_REDIS_URL points at it"
-        )
-        self.operation = operation
 
 
 def connect(
@@ -96,7 +81,7 @@ def connect(
         )
     except ValueError as exc:
         raise ConfigError(
-            f"cannot use Redis URL {_masked(raw)!r}: {exc}; expected redis://host:port/db, "
+            f"cannot use Redis URL {masked_url(raw)!r}: {exc}; expected redis://host:port/db, "
             "rediss://... or unix://..."
         ) from exc
 
@@ -202,14 +187,3 @@ def _client_name(name: str | None) -> str | None:
     if not name:
         return None
     return "".join(c if "!" <= c <= "~" else "_" for c in name)
-
-
-def _masked(url: str) -> str:
-    """The URL with any password hidden, for errors and logs."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    credentials, _, host = rest.rpartition("@")
-    user, has_password, _ = credentials.partition(":")
-    # A lone user part may be a password too (`redis://secret@host`): hide it either way.
-    return f"{scheme}://{user}:***@{host}" if has_password else f"{scheme}://***@{host}"

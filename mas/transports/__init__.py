@@ -28,6 +28,8 @@ def create_transport(settings: Settings) -> Transport:
             settings.amqp_url.get_secret_value(),
             settings.amqp,
             max_bytes=settings.message_max_bytes,
+            redis_url=redis.get_secret_value() if (redis := settings.redis_url) else None,
+            dedupe_ttl=settings.dedupe_ttl,
         )
     raise ConfigError(
         f"MAS_TRANSPORT={settings.transport!r} is not available in this version of mas: "

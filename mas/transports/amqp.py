@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aio_pika
 import structlog
@@ -50,6 +50,11 @@ from mas.errors import (
 )
 from mas.messages import Message, parse_address
 from mas.transports.base import DeadLetter, TransportNode
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from mas.cluster import DedupeClaims
 
 __all__ = ["AmqpDelivery", "AmqpTransport"]
 
@@ -76,7 +81,15 @@ def _delay_ms(delay: float) -> int:
 class AmqpDelivery:
     """A message consumed from RabbitMQ; settling it acks the broker's delivery."""
 
-    __slots__ = ("_incoming", "_settled", "_transport", "attempt", "message", "redelivered")
+    __slots__ = (
+        "_incoming",
+        "_settled",
+        "_transport",
+        "attempt",
+        "claimed_elsewhere",
+        "message",
+        "redelivered",
+    )
 
     def __init__(
         self,
@@ -93,6 +106,8 @@ class AmqpDelivery:
         # The broker gave it to a consumer before, which may have handled it and died: the
         # runtime asks the record before handling it again.
         self.redelivered = bool(incoming.redelivered)
+        # Another consumer claimed this message id first (Redis): a second copy of it.
+        self.claimed_elsewhere = False
 
     def _settle(self) -> bool:
         if self._settled:
@@ -147,12 +162,18 @@ class AmqpTransport:
         settings: AmqpSettings | None = None,
         *,
         max_bytes: int | None = None,
+        redis_url: str | None = None,
+        dedupe_ttl: float = 3600.0,
     ) -> None:
         self._url = url
         self.settings = settings if settings is not None else AmqpSettings()
         self.max_bytes = max_bytes
         self.prefix = self.settings.prefix
         self.unacked: set[AmqpDelivery] = set()
+        self._redis_url = redis_url
+        self._dedupe_ttl = dedupe_ttl
+        self._claims: DedupeClaims | None = None
+        self._redis: Redis | None = None
         self.declared_queues: set[str] = set()
         self._node: TransportNode | None = None
         self._connection: AbstractRobustConnection | None = None
@@ -223,6 +244,11 @@ class AmqpTransport:
             self.name(f"node.{node_id}.topics"), exclusive=True
         )
         self._topic_tag = await self._topic_queue.consume(self._on_message)
+        if self._redis_url is not None:
+            from mas.cluster import DedupeClaims, connect
+
+            self._redis = connect(self._redis_url, client_name=node_id)
+            self._claims = DedupeClaims(self._redis, prefix=f"mas:{self.prefix}", owner=node_id)
         self._pump = asyncio.get_running_loop().create_task(self._run_pump())
         _log.info("amqp_connected", url=masked_url(self._url), prefix=self.prefix, node_id=node_id)
 
@@ -247,6 +273,9 @@ class AmqpTransport:
         # Closing the channels hands every unsettled delivery back to its queue.
         self.unacked.clear()
         await connection.close()
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis, self._claims = None, None
         self._node = None
 
     # -- sending -----------------------------------------------------------------------------
@@ -439,6 +468,8 @@ class AmqpTransport:
         attempt = _attempt(headers.get(ATTEMPT_HEADER))
         delivery = AmqpDelivery(message, attempt, incoming, self)
         self.unacked.add(delivery)
+        if self._claims is not None and attempt == 1 and not delivery.redelivered:
+            await self._claim(delivery, incoming.routing_key or "")
         await self.node.receive(delivery)
 
     @property
@@ -463,6 +494,22 @@ class AmqpTransport:
                 if not channel.is_closed:
                     await channel.close()
         return depths
+
+    async def _claim(self, delivery: AmqpDelivery, routing_key: str) -> None:
+        """Cluster-wide dedupe of a first delivery: the first consumer of a message id wins.
+
+        A later copy of it (published twice, say) is a duplicate: the first consumer's copy is
+        handled, or comes back flagged `redelivered` if that consumer dies first. When Redis
+        cannot answer, the runtime asks the database's record instead.
+        """
+        assert self._claims is not None
+        if routing_key.startswith("reply."):
+            return
+        claim = await self._claims.claim(routing_key, delivery.message.id, ttl=self._dedupe_ttl)
+        if claim.duplicate:
+            delivery.claimed_elsewhere = True
+        elif claim.unknown:
+            delivery.redelivered = True
 
     # -- subscriptions -----------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ EXPORTED = [
     "MasError",
     "Message",
     "MessageTooLarge",
+    "RedisUnavailable",
     "Restart",
     "RetryPolicy",
     "Runtime",

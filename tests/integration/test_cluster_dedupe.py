@@ -1,0 +1,131 @@
+"""Cluster-wide idempotency on RabbitMQ: Redis claims first, the database when Redis is down.
+
+A message id is handled once across every node, even when the same message reaches two
+nodes (published twice to a type queue that both consume). With Redis unreachable, a node
+asks the database's record before handling a copy it cannot vouch for, so what another
+node recorded is not handled again.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+
+import pytest
+import redis.asyncio as aioredis
+
+from mas import Agent, HandlerResult, Message
+from mas.actors.clock import LoopClock
+from mas.config import Settings
+from mas.persistence import open_store
+from mas.testing import TestRuntime
+from mas.transports.amqp import AmqpTransport
+from tests.amqp_support import AmqpScope, amqp_scope, amqp_vhost_url
+from tests.conformance.conftest import settle_all
+from tests.conftest import require_service
+from tests.integration.pg_support import PgSchema
+
+__all__ = ["amqp_scope", "amqp_vhost_url"]
+
+pytestmark = pytest.mark.anyio
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+NO_REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there: every claim is "unknown"
+
+
+@pytest.fixture
+async def redis_url() -> AsyncIterator[str]:
+    client = aioredis.from_url(REDIS_URL, socket_connect_timeout=2)
+    try:
+        await client.ping()
+        reachable, detail = True, ""
+    except (OSError, aioredis.RedisError) as exc:
+        reachable, detail = False, repr(exc)
+    require_service("Redis", reachable, f"{REDIS_URL}: {detail}")
+    yield REDIS_URL
+    await client.aclose()
+
+
+def counting(seen: Counter[str], agent_type: str) -> type[Agent]:
+    class Counting(Agent):
+        type = agent_type
+
+        async def handle_message(self, message: Message) -> HandlerResult:
+            seen[message.id] += 1
+            return None
+
+    return Counting
+
+
+def transport(scope: AmqpScope, redis_url: str) -> AmqpTransport:
+    made = AmqpTransport(scope.url, scope.settings(), redis_url=redis_url, dedupe_ttl=60)
+    scope.transports.append(made)
+    return made
+
+
+async def test_a_message_published_twice_to_a_type_is_handled_once_across_nodes(
+    amqp_scope: AmqpScope, redis_url: str
+) -> None:
+    seen: Counter[str] = Counter()
+    worker = counting(seen, "counter")
+    async with AsyncExitStack() as stack:
+        nodes = [
+            await stack.enter_async_context(
+                TestRuntime(
+                    transport=transport(amqp_scope, redis_url), node_id=f"d{i}", clock=LoopClock()
+                )
+            )
+            for i in range(3)
+        ]
+        await nodes[1].spawn(worker, id="counter-1")
+        await nodes[2].spawn(worker, id="counter-2")
+        message_id = f"charge-{uuid.uuid4()}"
+        for _ in range(6):  # round-robin puts copies on both consumers
+            await nodes[0].tell("type:counter", Message("charge", {"cents": 5}, id=message_id))
+        other = [f"other-{n}-{uuid.uuid4()}" for n in range(4)]
+        for each in other:
+            await nodes[0].tell("type:counter", Message("charge", {"cents": 1}, id=each))
+        await settle_all(nodes)
+        duplicates = nodes[1].duplicates + nodes[2].duplicates
+    assert seen[message_id] == 1
+    assert duplicates == 5
+    assert all(seen[each] == 1 for each in other)
+
+
+async def test_without_redis_a_node_asks_the_record_before_handling_a_copy(
+    amqp_scope: AmqpScope, pg_schema: PgSchema
+) -> None:
+    settings = Settings(database_url=pg_schema.url, database_schema=pg_schema.schema)
+    store = await open_store(settings, migrate=True)
+    await store.close()
+    seen: Counter[str] = Counter()
+    account = counting(seen, "account")
+    persisted = {
+        "persist": True,
+        "database_url": pg_schema.url,
+        "database_schema": pg_schema.schema,
+    }
+    message_id = f"payment-{uuid.uuid4()}"
+    first = TestRuntime(
+        transport=transport(amqp_scope, NO_REDIS_URL), node_id="r1", clock=LoopClock(), **persisted
+    )
+    second = TestRuntime(
+        transport=transport(amqp_scope, NO_REDIS_URL), node_id="r2", clock=LoopClock(), **persisted
+    )
+    client = TestRuntime(
+        transport=transport(amqp_scope, NO_REDIS_URL), node_id="r0", clock=LoopClock()
+    )
+    async with client, second:
+        async with first:
+            await first.spawn(account, id="acct-1")
+            await client.tell("type:account", Message("pay", {"cents": 100}, id=message_id))
+            await settle_all([client, first])
+            assert seen[message_id] == 1
+        # The first node left; another agent of the type, on another node, gets a copy.
+        await second.spawn(account, id="acct-2")
+        await client.tell("type:account", Message("pay", {"cents": 100}, id=message_id))
+        await settle_all([client, second])
+        assert second.duplicates == 1
+    assert seen[message_id] == 1
