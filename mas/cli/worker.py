@@ -8,8 +8,11 @@ the audit, and exits 0; what it did not start goes back to the broker for the ot
 
 from __future__ import annotations
 
+import os
 import signal
-from typing import Annotated
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import TYPE_CHECKING, Annotated
 
 import anyio
 import typer
@@ -17,6 +20,9 @@ import typer
 from mas.actors.agent import Agent
 from mas.config import Settings, masked_url
 from mas.errors import MasError
+
+if TYPE_CHECKING:
+    from mas.actors.runtime import Runtime
 
 __all__ = ["worker"]
 
@@ -60,8 +66,10 @@ async def _run(settings: Settings, classes: list[type[Agent]], instances: int) -
     from mas.orchestrator import spawner_for
 
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with Runtime(settings) as runtime:
+        async with Runtime(settings) as runtime, AsyncExitStack() as stack:
             node = runtime.node_id
+            if settings.redis_url is not None:
+                await stack.enter_async_context(_heartbeat(settings, runtime, classes))
             for cls in classes:
                 for n in range(instances):
                     await runtime.spawn(cls, id=f"{cls.type}-{node}-{n}")
@@ -87,3 +95,21 @@ async def _run(settings: Settings, classes: list[type[Agent]], instances: int) -
                 typer.echo(f"mas worker {node}: {signal.Signals(signum).name}, draining", err=True)
                 break
     typer.echo(f"mas worker {node}: stopped", err=True)
+
+
+@asynccontextmanager
+async def _heartbeat(
+    settings: Settings, runtime: Runtime, classes: list[type[Agent]]
+) -> AsyncIterator[None]:
+    """`<prefix>node:<id>` in Redis while this worker lives; stale (not an error) when down."""
+    from mas.cluster import Cluster, HeartbeatLoop
+
+    node = runtime.node_id
+    prefix = f"mas:{settings.amqp.prefix}"
+    async with Cluster.from_settings(settings, prefix=prefix, node_id=node) as cluster:
+        info = {"types": [cls.type for cls in classes], "pid": os.getpid()}
+        ttl = 3 * settings.heartbeat_interval
+        async with HeartbeatLoop(
+            cluster.heartbeats, node, lambda: info | {"agents": len(runtime.agents())}, ttl
+        ):
+            yield

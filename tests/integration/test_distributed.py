@@ -6,17 +6,20 @@ them; the tests talk HTTP to the gateway and read the database and the processes
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
 import httpx
 import pytest
+import redis.asyncio as aioredis
 
 from mas.api.auth import mint_token
 from mas.config import Settings
 from mas.persistence import open_store
 from tests.amqp_support import AmqpScope, amqp_scope, amqp_vhost_url
+from tests.conftest import require_service
 from tests.integration.pg_support import PgSchema, admin_connection
 from tests.process_support import MasProcess, clean_environment
 
@@ -27,6 +30,7 @@ pytestmark = pytest.mark.anyio
 SECRET = "d" * 40
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 SLOW_ECHO = "tests.integration.work_agents:SlowEcho"
+REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 class System:
@@ -44,8 +48,11 @@ class System:
             MAS_AUTH__JWT_SECRET=SECRET,
             MAS_SHUTDOWN_TIMEOUT="20",
             MAS_HEARTBEAT_INTERVAL="0.5",
+            MAS_REDIS_URL=REDIS_URL,
         )
         self.processes: list[MasProcess] = []
+        self.redis: aioredis.Redis
+        self.redis_prefix = ""
         self.url = ""
         scopes = ["tasks:read", "tasks:write", "agents:read", "agents:admin", "messages:write"]
         self.token = mint_token(SECRET, "tester", scopes, ttl=600)
@@ -93,12 +100,25 @@ async def system(
     settings = Settings(database_url=pg_schema.url, database_schema=pg_schema.schema)
     store = await open_store(settings, migrate=True)  # `mas db upgrade`, as a user would
     await store.close()
+    redis = aioredis.from_url(REDIS_URL, socket_connect_timeout=2)
+    try:
+        await redis.ping()
+        reachable, detail = True, ""
+    except (OSError, aioredis.RedisError) as exc:
+        reachable, detail = False, repr(exc)
+    require_service("Redis", reachable, f"{REDIS_URL}: {detail}")
     system = System(amqp_scope, pg_schema, tmp_path)
+    system.redis = redis
+    system.redis_prefix = f"mas:{amqp_scope.prefix}"
     try:
         yield system
     finally:
         for process in system.processes:
             process.kill()
+        keys = [key async for key in redis.scan_iter(match=f"{system.redis_prefix}*")]
+        if keys:
+            await redis.delete(*keys)
+        await redis.aclose()
 
 
 async def _rows(pg: PgSchema, query: str) -> list[asyncpg.Record]:
@@ -241,3 +261,16 @@ async def test_post_agents_starts_the_agent_on_a_worker_that_hosts_its_type(
         stopped = (await client.get("/agents/echo-special")).json()
     assert stopped["status"] == "stopped"
     assert stopped["live"] is False
+
+
+async def test_a_worker_heartbeats_in_redis_while_it_lives(system: System) -> None:
+    worker = system.worker("agents.echo:EchoAgent")
+    key = f"{system.redis_prefix}node:{_node_id(worker)}"
+    beat = await system.redis.get(key)
+    assert beat is not None, "no heartbeat key while the worker runs"
+    info = json.loads(beat)
+    assert info["types"] == ["echo"]
+    ttl_ms = await system.redis.pttl(key)
+    assert 0 < ttl_ms <= 1500  # 3 heartbeat intervals of 0.5 s
+    assert worker.terminate() == 0
+    assert await system.redis.get(key) is None, "the heartbeat outlived a clean stop"
