@@ -8,7 +8,7 @@ Scenarios (full sizes; `--quick` uses about a tenth and 2 repetitions instead of
 
     noio   10k messages through a durable quorum queue, handler returns at once:
            raw_aio_pika, bare_taskiq, mas_1_worker_noio, mas_2_workers_noio
-    io     5k messages to agents whose handler awaits 5 ms (16 agents per worker):
+    io     3k messages to agents whose handler awaits 50 ms (16 agents per worker):
            mas_1_worker, mas_2_workers
     ask    1.5k sequential cross-process request/reply round trips:
            mas_ask, raw_aio_pika_rpc
@@ -73,7 +73,7 @@ W2_AGENTS = ("IoPair", "NoIoPair")
 @dataclass(frozen=True)
 class Sizes:
     noio: int = 10_000
-    io: int = 5_000
+    io: int = 3_000
     ask: int = 1_500
 
 
@@ -453,6 +453,12 @@ def _listed(kind: str, prefix: str) -> set[str]:
     return {line.strip() for line in done.stdout.splitlines() if line.startswith(prefix)}
 
 
+def _io_seconds() -> float:
+    from bench_agents import IO_SECONDS
+
+    return IO_SECONDS
+
+
 def _known_queues(prefix: str) -> set[str]:
     names = {"raw.work", "raw.rpc", "taskiq", "taskiq.dead_letter", "agents.dead_letter"}
     names.add("agent.bench-collector")
@@ -529,7 +535,7 @@ def _result(contender: Contender) -> dict[str, Any]:
 
 
 async def run_all(args: argparse.Namespace) -> dict[str, Any]:
-    sizes = Sizes(noio=2_000, io=1_000, ask=300) if args.quick else Sizes()
+    sizes = Sizes(noio=2_000, io=600, ask=300) if args.quick else Sizes()
     reps = args.reps or (2 if args.quick else 3)
     prefix = f"bench{uuid.uuid4().hex[:8]}."
     report: dict[str, Any] = {"meta": _meta(args, sizes, reps, prefix)}
@@ -597,7 +603,11 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
             ]
             scenarios = {
                 "noio": (noio, "messages through a quorum queue, handler returns at once"),
-                "io": (io, f"messages to {INSTANCES} agents per worker awaiting 5 ms each"),
+                "io": (
+                    io,
+                    f"messages to {INSTANCES} agents per worker awaiting "
+                    f"{_io_seconds() * 1000:g} ms each",
+                ),
                 "ask": (ask, "sequential cross-process request/reply round trips"),
             }
             report["scenarios"] = {}
