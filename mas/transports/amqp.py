@@ -132,7 +132,7 @@ class AmqpDelivery:
     async def dead_letter(self, letter: DeadLetter) -> None:
         if not self._settle():
             return
-        await self._transport._publish_dead_letter(
+        await self._transport.publish_dead_letter(
             self._incoming.body,
             self._incoming.routing_key or "",
             reason=letter.reason,
@@ -385,7 +385,7 @@ class AmqpTransport:
         self._delay_queues.add(ms)
         self.declared_queues.add(queue.name)
 
-    async def _publish_dead_letter(
+    async def publish_dead_letter(
         self,
         body: bytes,
         routing_key: str,
@@ -395,6 +395,7 @@ class AmqpTransport:
         error: str | None = None,
         attempts: int = 0,
     ) -> None:
+        """Put a body in `agents.dead_letter` with the reason in its `x-mas-*` headers."""
         headers: dict[str, Any] = {
             "x-mas-reason": reason,
             "x-mas-routing-key": routing_key,
@@ -457,7 +458,7 @@ class AmqpTransport:
                 message_id=incoming.message_id,
                 error=str(exc),
             )
-            await self._publish_dead_letter(
+            await self.publish_dead_letter(
                 incoming.body,
                 incoming.routing_key or "",
                 reason="invalid_message",
