@@ -12,7 +12,7 @@ from mas.actors.agent import Agent
 from mas.actors.runtime import Runtime
 from mas.api.metrics import RuntimeMetrics
 from mas.api.problems import install_problem_handlers, problem_response
-from mas.api.routes import agents, health, tasks
+from mas.api.routes import agents, dashboard, health, tasks
 from mas.api.state import Gateway
 from mas.api.tracing import TraceMiddleware
 from mas.config import Settings
@@ -62,7 +62,7 @@ def create_app(
     install_problem_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.message_max_bytes)
     app.add_middleware(TraceMiddleware)
-    for router in (tasks.router, agents.router, health.router):
+    for router in (tasks.router, agents.router, health.router, dashboard.router):
         app.include_router(router)
     return app
 

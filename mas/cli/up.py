@@ -53,6 +53,7 @@ def up(
     url = f"http://{listen_host}:{bound_port}"
     typer.echo(f"mas up: {url}")
     typer.echo(f"  API docs:   {url}/docs")
+    typer.echo(f"  dashboard:  {url}/dashboard#token={token}")
     typer.echo(f"  agents:     {', '.join(cls.type for cls in classes)}")
     typer.echo(f"  database:   {masked_url(settings.database_url.get_secret_value())}")
     typer.echo(f"  dev token:  {token}")

@@ -346,6 +346,13 @@ class Store:
             rows = (await conn.execute(query.limit(limit).offset(offset))).all()
         return [_task(row) for row in rows]
 
+    async def count_tasks(self) -> dict[str, int]:
+        """How many tasks are in each status (for the dashboard)."""
+        query = select(tasks.c.status, func.count()).group_by(tasks.c.status)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return {str(status): int(count) for status, count in rows}
+
     async def trace_tasks(self, trace_id: str) -> list[TaskRecord]:
         """The tasks of a trace, oldest first."""
         query = select(tasks).where(tasks.c.trace_id == trace_id).order_by(tasks.c.created_at)

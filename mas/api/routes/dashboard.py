@@ -1,0 +1,55 @@
+"""/dashboard: a live page of agents, tasks and runtime counters, and a form to submit a task.
+
+The page itself is static and public (it holds no data); everything it shows comes from
+`/dashboard/data`, which needs a token with `agents:read` and `tasks:read`. The page takes the
+token from its URL fragment (`/dashboard#token=...`, never sent to the server in a request
+line or logged) or asks for it, and keeps it in the tab's sessionStorage.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib.resources import files
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import HTMLResponse
+
+from mas.api.auth import Claims, require
+from mas.api.schemas import AgentOut, TaskOut
+from mas.api.state import Gateway, gateway
+
+router = APIRouter(tags=["dashboard"])
+
+GatewayDep = Annotated[Gateway, Depends(gateway)]
+
+
+@cache
+def _page() -> str:
+    return files("mas.api").joinpath("static/dashboard.html").read_text(encoding="utf-8")
+
+
+@router.get("/dashboard", response_class=HTMLResponse, include_in_schema=False)
+async def dashboard() -> HTMLResponse:
+    return HTMLResponse(_page(), headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/dashboard/data")
+async def dashboard_data(
+    gw: GatewayDep,
+    _: Annotated[Claims, Depends(require("agents:read", "tasks:read"))],
+) -> dict[str, Any]:
+    """What the dashboard shows: this node's counters, agents, task counts, recent tasks."""
+    stale_after = 3 * gw.settings.heartbeat_interval
+    agents = await gw.store.list_agents(limit=200)
+    recent = await gw.store.list_tasks(limit=20)
+    return {
+        "node_id": gw.runtime.node_id,
+        "transport": gw.settings.transport,
+        "runtime": gw.runtime.stats(),
+        "task_counts": await gw.store.count_tasks(),
+        "agents": [
+            AgentOut.of(agent, stale_after=stale_after).model_dump(mode="json") for agent in agents
+        ],
+        "tasks": [TaskOut.of(task).model_dump(mode="json") for task in recent],
+    }

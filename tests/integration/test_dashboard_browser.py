@@ -1,0 +1,102 @@
+"""The dashboard in a real browser (headless Chromium driven by Playwright) against `mas up`.
+
+A user opens the URL `mas up` prints, sees the echo agent live, submits a task with the form
+and sees it succeed in the task table. Needs Debian's `chromium` (`.ci/run` installs it);
+Playwright cannot download its own browser here, so it drives that binary.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.async_api import async_playwright, expect
+
+from tests.conftest import require_service
+from tests.process_support import MasProcess, clean_environment
+
+pytestmark = pytest.mark.anyio
+
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture
+def chromium() -> str:
+    path = os.environ.get("MAS_TEST_CHROMIUM") or shutil.which("chromium") or ""
+    require_service("Chromium", bool(path), "no `chromium` on PATH: apt-get install chromium")
+    return path
+
+
+@pytest.fixture
+def mas_up(tmp_path: Path) -> Iterator[tuple[str, MasProcess]]:
+    env = clean_environment(MAS_AUTH__JWT_SECRET="b" * 40)
+    process = MasProcess(["up", "--port", "0"], env, tmp_path)
+    try:
+        line = process.wait_for(lambda line: line.strip().startswith("dashboard:"))
+        process.wait_for(lambda line: "Ctrl-C stops" in line)
+        yield line.split(":", 1)[1].strip(), process
+    finally:
+        process.terminate()
+
+
+async def test_the_dashboard_shows_agents_and_runs_a_task(
+    chromium: str, mas_up: tuple[str, MasProcess], tmp_path: Path
+) -> None:
+    dashboard_url, _ = mas_up
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+        try:
+            page = await browser.new_page()
+            await page.goto(dashboard_url)
+            echo_row = page.locator("#agents tr[data-agent-id=echo]")
+            await expect(echo_row).to_contain_text("live", timeout=15_000)
+            assert "token=" not in page.url, "the token stayed in the address bar"
+            await page.fill("#submit-form input[name=payload]", '{"text": "from the browser"}')
+            await page.click("#submit-form button")
+            await expect(page.locator("#submit-result")).to_contain_text(
+                "succeeded", timeout=15_000
+            )
+            succeeded = page.locator("#tasks tr[data-status=succeeded]")
+            await expect(succeeded).to_have_count(1, timeout=5_000)
+            await expect(succeeded).to_contain_text("from the browser")
+            await page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
+            # A bad payload is refused in the page, before anything is sent.
+            await page.fill("#submit-form input[name=payload]", "{not json")
+            await page.click("#submit-form button")
+            await expect(page.locator("#submit-result")).to_contain_text("not JSON")
+        finally:
+            await browser.close()
+
+
+async def test_without_a_token_the_dashboard_asks_for_one(
+    chromium: str, mas_up: tuple[str, MasProcess]
+) -> None:
+    dashboard_url, _ = mas_up
+    bare_url = dashboard_url.split("#", 1)[0]
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+        try:
+            page = await browser.new_page()
+            await page.goto(bare_url)
+            await expect(page.locator("#login")).to_be_visible()
+            await page.fill("#login-form input[name=token]", "not-a-token")
+            await page.click("#login-form button")
+            await expect(page.locator("#status")).to_contain_text("error")
+            await expect(page.locator("#login")).to_be_visible()
+            token = dashboard_url.split("#token=", 1)[1]
+            await page.fill("#login-form input[name=token]", token)
+            await page.click("#login-form button")
+            await expect(page.locator("#agents tr[data-agent-id=echo]")).to_be_visible()
+        finally:
+            await browser.close()

@@ -1,0 +1,48 @@
+"""/dashboard serves a page without data; /dashboard/data needs a token that may read both."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.unit.api.conftest import TokenFactory
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_the_page_is_served_without_a_token_and_holds_no_data(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await client.get("/dashboard")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    assert "/dashboard/data" in response.text
+    assert "trouble" not in response.text  # agent names come from the data call only
+
+
+async def test_the_data_shows_agents_counters_and_recent_tasks(
+    client: httpx.AsyncClient, token: TokenFactory
+) -> None:
+    created = await client.post(
+        "/tasks/", json={"type": "echo", "payload": {"n": 1}}, headers=token()
+    )
+    done = await client.get(f"/tasks/{created.json()['id']}?wait=5", headers=token())
+    assert done.json()["status"] == "succeeded"
+    data = (await client.get("/dashboard/data", headers=token("agents:read", "tasks:read"))).json()
+    assert {a["id"]: a["live"] for a in data["agents"]} == {"echo": True, "trouble": True}
+    assert data["task_counts"] == {"succeeded": 1}
+    assert [t["id"] for t in data["tasks"]] == [created.json()["id"]]
+    assert data["runtime"]["handled"] >= 1
+    assert data["transport"] == "memory"
+
+
+async def test_the_data_needs_both_read_scopes(
+    client: httpx.AsyncClient, token: TokenFactory, problem: Callable[..., dict[str, Any]]
+) -> None:
+    anonymous = await client.get("/dashboard/data")
+    problem(anonymous, 401)
+    agents_only = await client.get("/dashboard/data", headers=token("agents:read"))
+    problem(agents_only, 403, "tasks:read")
