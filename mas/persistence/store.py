@@ -297,7 +297,7 @@ class Store:
                 PostgreSQL).
         """
         self.check_storable(payload, "payload")
-        row = {
+        row: dict[str, Any] = {
             "id": task_id,
             "type": task_type,
             "status": "pending",
@@ -320,6 +320,8 @@ class Store:
                 created = result.first() is not None
         except (OSError, SQLAlchemyError) as exc:
             raise StoreUnavailable(f"creating a task in {self.url} failed: {exc}") from exc
+        if created:
+            return TaskRecord(**row), True  # what was just written: no need to read it back
         task = await self.get_task(task_id)
         assert task is not None
         return task, created

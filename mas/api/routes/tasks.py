@@ -50,11 +50,15 @@ async def submit_task(
     gw: GatewayDep,
     claims: Annotated[Claims, Depends(require("tasks:write"))],
     idempotency_key: Annotated[str | None, Header(max_length=64, pattern=ID_PATTERN)] = None,
+    wait: Annotated[
+        float, Query(ge=0, le=3600, description="seconds to wait for the end (200 if it ended)")
+    ] = 0,
 ) -> TaskOut:
     """Create a task and hand it to an agent; returns at once (202) with the task id.
 
-    The same `Idempotency-Key` header (or body `id`) returns the same task instead of
-    creating another.
+    With `?wait=N`, holds the request up to N seconds and returns the finished task (200),
+    saving the client a second request. The same `Idempotency-Key` header (or body `id`)
+    returns the same task instead of creating another.
     """
     task_id = spec.id or idempotency_key or new_id()
     trace_id: str = request.state.trace_id
@@ -93,10 +97,11 @@ async def submit_task(
         created_by=claims.subject,
     )
     response.headers["Location"] = f"/tasks/{task_id}"
-    if not created:
+    if wait > 0 and not task.done:
+        task = await _wait_for_end(gw, task, min(wait, gw.settings.api.max_wait))
+    if not created or task.done:
         response.status_code = status.HTTP_200_OK
-    refreshed = await gw.store.get_task(task_id)
-    return TaskOut.of(refreshed or task)
+    return TaskOut.of(task)
 
 
 async def _fail(gw: Gateway, task: TaskRecord, error_type: str, detail: str) -> None:
@@ -144,15 +149,18 @@ async def _wait_for_end(gw: Gateway, task: TaskRecord, wait: float) -> TaskRecor
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
     event = gw.watch(task.id)
+    poll = 0.01
     try:
         while not task.done:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
-            # The runtime's listener wakes us when the task ends on this node; the short
-            # cap re-reads the store for tasks that end elsewhere.
+            # The runtime's listener wakes us when the task ends on this node; a task that
+            # ends on another node (a worker) is found by re-reading the store, soon at first
+            # (most tasks are quick), then backing off to twice a second.
             with contextlib.suppress(TimeoutError):  # the poll interval ended: re-read
-                await asyncio.wait_for(event.wait(), min(remaining, 0.5))
+                await asyncio.wait_for(event.wait(), min(remaining, poll))
+            poll = min(poll * 2, 0.5)
             if event.is_set() and gw.runtime.journal is not None:
                 await gw.runtime.journal.flush()
             latest = await gw.store.get_task(task.id)

@@ -352,6 +352,36 @@ class TestGet:
         assert waited.json()["status"] in ("pending", "running")
 
 
+class TestSubmitAndWait:
+    async def test_submit_with_wait_returns_the_finished_task_in_one_request(
+        self, client: httpx.AsyncClient, token: Any
+    ) -> None:
+        response = await client.post(
+            "/tasks/",
+            params={"wait": 5},
+            json={"type": "echo", "payload": {"text": "one trip"}},
+            headers=token(),
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["status"] == "succeeded"
+        assert response.json()["result"] == {"text": "one trip"}
+        assert response.headers["location"] == f"/tasks/{response.json()['id']}"
+
+    async def test_submit_with_wait_answers_202_with_the_task_when_time_runs_out(
+        self, client: httpx.AsyncClient, token: Any, trouble: Any
+    ) -> None:
+        response = await client.post(
+            "/tasks/",
+            params={"wait": 0.1},
+            json={"agent": "trouble", "message_type": "slow"},
+            headers=token(),
+        )
+        assert response.status_code == 202, response.text
+        assert response.json()["status"] in ("pending", "running")
+        trouble.release.set()
+        assert (await finished(client, token, response.json()["id"]))["status"] == "succeeded"
+
+
 class TestCancel:
     async def test_running_task_can_be_cancelled_and_stays_cancelled(
         self, client: httpx.AsyncClient, token: Any, gw: Gateway, trouble: Any
