@@ -43,6 +43,9 @@ class LocalDelivery:
 
     __slots__ = ("attempt", "cell", "message")
 
+    redelivered = False  # a local message is handed out once
+    claimed_elsewhere = False
+
     def __init__(self, message: Message, cell: AgentCell, attempt: int = 1) -> None:
         self.message = message
         self.cell = cell
@@ -238,10 +241,10 @@ class AgentCell:
                     await self._duplicate(message, delivery)
                     continue
                 if delivery is not None and (
-                    getattr(delivery, "claimed_elsewhere", False)
+                    delivery.claimed_elsewhere
                     or (
                         journal is not None
-                        and getattr(delivery, "redelivered", False)
+                        and delivery.redelivered
                         and await self._handled_elsewhere(journal, message_id)
                     )
                 ):

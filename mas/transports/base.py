@@ -22,6 +22,10 @@ class Delivery(Protocol):
 
     message: Message
     attempt: int
+    redelivered: bool
+    """Handed out before (to a node that may have handled it and died): ask the record."""
+    claimed_elsewhere: bool
+    """Another consumer took this message id first: this is a second copy of it."""
 
     async def ack(self) -> None:
         """The message was handled and its effects recorded: forget it."""

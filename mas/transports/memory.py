@@ -128,6 +128,10 @@ class MemoryDelivery:
 
     __slots__ = ("_queue", "_settled", "_transport", "attempt", "message")
 
+    # One process: a broker that cannot crash apart from its consumers redelivers nothing.
+    redelivered = False
+    claimed_elsewhere = False
+
     def __init__(
         self, message: Message, attempt: int, transport: MemoryTransport, queue: _Queue | None
     ) -> None:
