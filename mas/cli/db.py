@@ -75,3 +75,32 @@ def current(url: UrlOption = None) -> None:
             raise typer.Exit(2)
 
     _run(work)
+
+
+@app.command()
+def prune(
+    older_than: Annotated[
+        str, typer.Option("--older-than", help="age to keep: seconds, or 30m, 12h, 7d, ...")
+    ],
+    audit: Annotated[bool, typer.Option(help="also delete audited messages that old")] = False,
+    tasks: Annotated[bool, typer.Option(help="also delete finished tasks that old")] = False,
+    url: UrlOption = None,
+) -> None:
+    """Delete old idempotency marks (and, if asked, audit rows and finished tasks)."""
+    from datetime import UTC, datetime, timedelta
+
+    from mas.cli.token import parse_ttl
+    from mas.persistence import open_store
+
+    before = datetime.now(UTC) - timedelta(seconds=parse_ttl(older_than))
+
+    async def work() -> None:
+        store = await open_store(_settings(url))
+        try:
+            counts = await store.prune(before, audit=audit, tasks_too=tasks)
+        finally:
+            await store.close()
+        deleted = ", ".join(f"{table}: {count}" for table, count in counts.items())
+        typer.echo(f"{store.url}: deleted rows older than {before.isoformat()} ({deleted})")
+
+    _run(work)

@@ -13,7 +13,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Table, and_, bindparam, func, or_, select, update
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Table,
+    and_,
+    bindparam,
+    delete,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -347,6 +358,34 @@ class Store:
         async with self.engine.connect() as conn:
             rows = (await conn.execute(query.limit(limit).offset(offset))).all()
         return [_task(row) for row in rows]
+
+    async def prune(
+        self, before: datetime, *, audit: bool = False, tasks_too: bool = False
+    ) -> dict[str, int]:
+        """Delete records older than `before`; returns how many rows went, per table.
+
+        Always: idempotency marks (`processed_messages`). A message id older than that is no
+        longer recognised as a duplicate, so keep more than any redelivery can lag. With
+        `audit`, audited messages too (which also serve as marks when MAS_AUDIT=all); with
+        `tasks_too`, finished tasks. Running and pending tasks are never deleted.
+        """
+        statements = {
+            "processed_messages": delete(processed).where(processed.c.processed_at < before)
+        }
+        if audit:
+            statements["messages"] = delete(messages).where(messages.c.created_at < before)
+        if tasks_too:
+            statements["tasks"] = delete(tasks).where(
+                tasks.c.created_at < before, tasks.c.status.in_(sorted(FINAL_STATUSES))
+            )
+        counts: dict[str, int] = {}
+        try:
+            async with self.engine.begin() as conn:
+                for table, statement in statements.items():
+                    counts[table] = int((await conn.execute(statement)).rowcount or 0)
+        except (OSError, SQLAlchemyError) as exc:
+            raise StoreUnavailable(f"pruning {self.url} failed: {exc}") from exc
+        return counts
 
     async def count_tasks(self) -> dict[str, int]:
         """How many tasks are in each status (for the dashboard)."""
