@@ -35,3 +35,54 @@ def test_demo_shows_an_ask_a_restart_and_a_dead_letter_and_exits_0() -> None:
 def test_unknown_command_fails_with_usage() -> None:
     result = run_mas("nope")
     assert result.returncode != 0
+
+
+def _mas_env(**settings: str) -> dict[str, str]:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAS_")}
+    return env | settings
+
+
+def run_mas_with(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mas.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=env,
+    )
+
+
+def test_worker_refuses_an_agent_class_it_cannot_import() -> None:
+    result = run_mas_with(_mas_env(), "worker", "--agents", "no_such_module:Agent")
+    assert result.returncode == 2
+    assert "cannot import 'no_such_module:Agent'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_worker_says_which_broker_it_cannot_reach() -> None:
+    env = _mas_env(
+        MAS_TRANSPORT="rabbitmq",
+        MAS_AMQP_URL="amqp://guest:secret@127.0.0.1:1/",
+        MAS_AMQP__CONNECT_TIMEOUT="2",
+    )
+    result = run_mas_with(env, "worker", "--agents", "agents.echo:EchoAgent", "--no-persist")
+    assert result.returncode == 1
+    assert "cannot connect to RabbitMQ at amqp://guest:***@127.0.0.1:1/" in result.stderr
+    assert "secret" not in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_api_says_which_database_it_cannot_reach_before_it_listens() -> None:
+    env = _mas_env(
+        MAS_DATABASE_URL="postgresql+asyncpg://postgres@127.0.0.1:1/test",
+        MAS_AUTH__JWT_SECRET="s" * 40,
+    )
+    result = run_mas_with(env, "api", "--port", "0")
+    assert result.returncode == 1
+    assert "cannot reach the database at postgresql+asyncpg://postgres@127.0.0.1:1/test" in (
+        result.stderr
+    )
+    assert "Traceback" not in result.stderr
