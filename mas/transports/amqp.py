@@ -252,6 +252,11 @@ class AmqpTransport:
         self._pump = asyncio.get_running_loop().create_task(self._run_pump())
         _log.info("amqp_connected", url=masked_url(self._url), prefix=self.prefix, node_id=node_id)
 
+    @property
+    def ready(self) -> bool:
+        connection = self._connection
+        return connection is not None and not connection.is_closed and connection.connected.is_set()
+
     async def pause(self) -> None:
         if self._connection is None:
             return

@@ -67,6 +67,10 @@ class Transport(Protocol):
     async def pause(self) -> None:
         """Stop taking new deliveries (shutdown drain); sends, settles and replies go on."""
 
+    @property
+    def ready(self) -> bool:
+        """Connected and able to carry messages now (for readiness checks)."""
+
     async def close(self) -> None:
         """Stop consuming and disconnect; unsettled deliveries return to their queues."""
 

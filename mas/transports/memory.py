@@ -191,6 +191,10 @@ class MemoryTransport:
         self._node = node
         self.broker._nodes[node.node_id] = self
 
+    @property
+    def ready(self) -> bool:
+        return self._node is not None
+
     async def pause(self) -> None:
         for agent_id, agent_type in list(self._agents.items()):
             await self.unsubscribe_agent(agent_id, agent_type)

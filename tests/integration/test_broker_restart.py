@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 from yarl import URL
@@ -36,6 +36,15 @@ async def _rabbitmqctl(*args: str) -> None:
     _, err = await asyncio.wait_for(process.communicate(), 120)
     if process.returncode != 0:
         raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {err.decode()}")
+
+
+async def _until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    # A connection going down has no event to wait on: poll it, bounded by `timeout`.
+    async with asyncio.timeout(timeout):
+        while True:
+            if condition():
+                return
+            await asyncio.sleep(0.05)
 
 
 @pytest.fixture
@@ -80,6 +89,7 @@ async def test_a_broker_restart_loses_nothing_and_handles_nothing_twice(
         for message_id in ids[:50]:
             await sender.tell("agent:ledger", Message("entry", {}, id=message_id))
         await _rabbitmqctl("stop_app")
+        await _until(lambda: not host.transport.ready)  # what /readyz reports
         # Sent while the broker is down: each waits for it to come back.
         during = asyncio.gather(
             *(sender.tell("agent:ledger", Message("entry", {}, id=i)) for i in ids[50:100])
@@ -87,6 +97,7 @@ async def test_a_broker_restart_loses_nothing_and_handles_nothing_twice(
         await _rabbitmqctl("start_app")
         await _rabbitmqctl("await_startup")
         await asyncio.wait_for(during, 60)
+        await _until(lambda: host.transport.ready)
         for message_id in ids[100:]:
             await sender.tell("agent:ledger", Message("entry", {}, id=message_id))
         await settle_all([sender, host], timeout=60)

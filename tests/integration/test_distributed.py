@@ -143,6 +143,8 @@ async def test_a_task_crosses_from_the_gateway_process_to_a_worker_and_back(syst
         assert created.status_code == 202, created.text
         task_id = created.json()["id"]
         done = await client.get(f"/tasks/{task_id}", params={"wait": 20})
+        ready = await client.get("/readyz")
+    assert ready.json()["checks"] == {"runtime": "ok", "transport": "ok", "store": "ok"}
     assert done.json()["status"] == "succeeded", done.text
     assert done.json()["result"] == {"text": "hi"}
     rows = await _rows(system.pg, f"SELECT status FROM tasks WHERE id = '{task_id}'")

@@ -45,8 +45,12 @@ async def livez() -> dict[str, str]:
 
 @router.get("/readyz", dependencies=[Depends(health_access)])
 async def readyz(gw: GatewayDep) -> JSONResponse:
-    """Ready when the runtime runs and the store answers (503 otherwise, with the reason)."""
+    """Ready when the runtime runs, its transport is connected and the store answers.
+
+    503 otherwise, with the reason: a gateway that cannot reach its broker takes no tasks.
+    """
     checks: dict[str, Any] = {"runtime": "ok" if gw.runtime.running else "stopped"}
+    checks["transport"] = "ok" if gw.runtime.transport.ready else "disconnected"
     try:
         async with gw.store.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))

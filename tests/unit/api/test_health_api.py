@@ -39,7 +39,10 @@ async def test_livez_needs_no_token(client: httpx.AsyncClient) -> None:
 async def test_readyz_reports_its_checks(client: httpx.AsyncClient) -> None:
     response = await client.get("/readyz")
     assert response.status_code == 200
-    assert response.json() == {"status": "ready", "checks": {"runtime": "ok", "store": "ok"}}
+    assert response.json() == {
+        "status": "ready",
+        "checks": {"runtime": "ok", "transport": "ok", "store": "ok"},
+    }
 
 
 async def test_readyz_is_503_with_the_reason_when_the_store_is_gone(
@@ -59,7 +62,11 @@ async def test_readyz_is_503_with_the_reason_when_the_store_is_gone(
     assert response.status_code == 503
     body = response.json()
     assert body["status"] == "not ready"
-    assert body["checks"] == {"runtime": "ok", "store": "unreachable: OSError"}
+    assert body["checks"] == {
+        "runtime": "ok",
+        "transport": "ok",
+        "store": "unreachable: OSError",
+    }
 
 
 async def test_metrics_expose_task_and_runtime_metrics(
