@@ -35,7 +35,7 @@ RUN --mount=type=cache,target=/root/.cache/uv \
 ENV PATH="/app/.venv/bin:${PATH}"
 
 # Run unprivileged; the code and the environment stay root-owned (read-only to it).
-RUN useradd --system --uid 10001 --create-home --home-dir /home/mas mas
+RUN useradd --system --uid 10001 --create-home mas
 USER mas
 
 EXPOSE 8000
