@@ -131,6 +131,11 @@ class Settings(BaseSettings):
     )
     redis_url: SecretStr | None = None
 
+    @property
+    def heartbeat_ttl(self) -> float:
+        """How long a heartbeat vouches for its node: three intervals (one lost is no death)."""
+        return 3 * self.heartbeat_interval
+
 
 def masked_url(url: str) -> str:
     """A service URL with any password hidden, for banners, logs and errors."""

@@ -100,9 +100,7 @@ class AgentOut(BaseModel):
     )
 
     @classmethod
-    def of(
-        cls, agent: AgentRecord, mailbox: int | None = None, stale_after: float = 15.0
-    ) -> AgentOut:
+    def of(cls, agent: AgentRecord, mailbox: int | None = None, *, stale_after: float) -> AgentOut:
         data = {name: getattr(agent, name) for name in AgentRecord.__slots__}
         beat = agent.last_heartbeat
         live = (

@@ -9,9 +9,10 @@ from fastapi import Request
 
 from mas.actors.agent import Agent
 from mas.actors.runtime import Runtime
+from mas.api.schemas import AgentOut
 from mas.config import Settings
 from mas.messages import Message, TaskResult
-from mas.persistence.store import Store
+from mas.persistence.store import AgentRecord, Store
 
 __all__ = ["Gateway", "gateway"]
 
@@ -42,6 +43,12 @@ class Gateway:
             events.remove(event)
             if not events:
                 del self._waiters[task_id]
+
+    def agent_out(self, record: AgentRecord) -> AgentOut:
+        """An agent as the API shows it: its mailbox when hosted here, and whether it is live."""
+        cell = self.runtime.local_cell(record.id)
+        mailbox = len(cell.mailbox) if cell is not None else None
+        return AgentOut.of(record, mailbox, stale_after=self.settings.heartbeat_ttl)
 
     def capability_types(self, capability: str) -> list[str]:
         """Agent types that declare `capability`, among the classes this gateway knows."""

@@ -63,7 +63,7 @@ def worker(
 
 async def _run(settings: Settings, classes: list[type[Agent]], instances: int) -> None:
     from mas.actors.runtime import Runtime
-    from mas.orchestrator import spawner_for
+    from mas.orchestrator import spawner_for, spawner_type
 
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with Runtime(settings) as runtime, AsyncExitStack() as stack:
@@ -74,7 +74,7 @@ async def _run(settings: Settings, classes: list[type[Agent]], instances: int) -
                 for n in range(instances):
                     await runtime.spawn(cls, id=f"{cls.type}-{node}-{n}")
                 # POST /agents/ for this type reaches one worker's spawner.
-                await runtime.spawn(spawner_for(cls), id=f"mas.spawner.{cls.type}-{node}")
+                await runtime.spawn(spawner_for(cls), id=f"{spawner_type(cls.type)}-{node}")
             transport = settings.transport
             where = (
                 masked_url(settings.amqp_url.get_secret_value())
@@ -108,8 +108,10 @@ async def _heartbeat(
     prefix = f"mas:{settings.amqp.prefix}"
     async with Cluster.from_settings(settings, prefix=prefix, node_id=node) as cluster:
         info = {"types": [cls.type for cls in classes], "pid": os.getpid()}
-        ttl = 3 * settings.heartbeat_interval
         async with HeartbeatLoop(
-            cluster.heartbeats, node, lambda: info | {"agents": len(runtime.agents())}, ttl
+            cluster.heartbeats,
+            node,
+            lambda: info | {"agents": len(runtime.agents())},
+            settings.heartbeat_ttl,
         ):
             yield

@@ -49,7 +49,7 @@ from mas.errors import (
     UnknownAgent,
 )
 from mas.messages import Message, parse_address
-from mas.transports.base import DeadLetter, TransportNode
+from mas.transports.base import DeadLetter, TrackedDelivery, TransportNode
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -64,8 +64,10 @@ ATTEMPT_HEADER = "x-mas-attempt"
 ORIGIN_HEADER = "x-mas-origin"
 DELAY_HEADER = "x-mas-delay"
 
+# The channel or connection under a delivery or a publish went away.
+_GONE = (AMQPError, ChannelInvalidStateError, ConnectionError)
 # Failures a publish survives by trying again (the robust connection reconnects meanwhile).
-_RETRYABLE = (TimeoutError, DeliveryError, AMQPError, ChannelInvalidStateError, ConnectionError)
+_RETRYABLE = (TimeoutError, DeliveryError, *_GONE)
 
 
 def _delay_ms(delay: float) -> int:
@@ -78,18 +80,10 @@ def _delay_ms(delay: float) -> int:
     return int(round(ms / scale) * scale)
 
 
-class AmqpDelivery:
+class AmqpDelivery(TrackedDelivery):
     """A message consumed from RabbitMQ; settling it acks the broker's delivery."""
 
-    __slots__ = (
-        "_incoming",
-        "_settled",
-        "_transport",
-        "attempt",
-        "claimed_elsewhere",
-        "message",
-        "redelivered",
-    )
+    __slots__ = ("_incoming", "_transport", "claimed_elsewhere", "redelivered")
 
     def __init__(
         self,
@@ -98,23 +92,14 @@ class AmqpDelivery:
         incoming: AbstractIncomingMessage,
         transport: AmqpTransport,
     ) -> None:
-        self.message = message
-        self.attempt = attempt
+        super().__init__(message, attempt, transport.unacked)
         self._incoming = incoming
         self._transport = transport
-        self._settled = False
         # The broker gave it to a consumer before, which may have handled it and died: the
         # runtime asks the record before handling it again.
         self.redelivered = bool(incoming.redelivered)
         # Another consumer claimed this message id first (Redis): a second copy of it.
         self.claimed_elsewhere = False
-
-    def _settle(self) -> bool:
-        if self._settled:
-            return False
-        self._settled = True
-        self._transport.unacked.discard(self)
-        return True
 
     async def ack(self) -> None:
         if self._settle():
@@ -338,13 +323,7 @@ class AmqpTransport:
                 return
             except PublishError as exc:
                 raise UnknownAgent(_address_of(routing_key)) from exc
-            except (
-                TimeoutError,
-                DeliveryError,
-                AMQPError,
-                ChannelInvalidStateError,
-                ConnectionError,
-            ) as exc:
+            except _RETRYABLE as exc:
                 if loop.time() + pause >= deadline:
                     raise TransportError(
                         f"RabbitMQ did not confirm the publish to {routing_key!r} within "
@@ -415,7 +394,7 @@ class AmqpTransport:
     async def _ack(self, incoming: AbstractIncomingMessage) -> None:
         try:
             await incoming.ack()
-        except (AMQPError, ChannelInvalidStateError, ConnectionError) as exc:
+        except _GONE as exc:
             # The channel that carried it is gone, so the broker already requeued it; the
             # redelivery is recognised by its message id and not handled twice.
             _log.warning("amqp_ack_lost", message_id=incoming.message_id, error=repr(exc))
@@ -423,7 +402,7 @@ class AmqpTransport:
     async def _nack_requeue(self, incoming: AbstractIncomingMessage) -> None:
         try:
             await incoming.nack(requeue=True)
-        except (AMQPError, ChannelInvalidStateError, ConnectionError) as exc:
+        except _GONE as exc:
             # Its channel is gone: the broker requeued it already.
             _log.warning("amqp_nack_lost", message_id=incoming.message_id, error=repr(exc))
 
@@ -473,7 +452,6 @@ class AmqpTransport:
             return
         attempt = _attempt(headers.get(ATTEMPT_HEADER))
         delivery = AmqpDelivery(message, attempt, incoming, self)
-        self.unacked.add(delivery)
         if self._claims is not None and attempt == 1 and not delivery.redelivered:
             await self._claim(delivery, incoming.routing_key or "")
         await self.node.receive(delivery)

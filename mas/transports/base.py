@@ -9,12 +9,12 @@ and its effects were recorded, `retry` to try again after a delay, or `dead_lett
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from mas.actors.deadletters import DeadLetter
 from mas.messages import Message
 
-__all__ = ["DeadLetter", "Delivery", "Transport", "TransportNode"]
+__all__ = ["DeadLetter", "Delivery", "TrackedDelivery", "Transport", "TransportNode"]
 
 
 class Delivery(Protocol):
@@ -42,6 +42,32 @@ class Delivery(Protocol):
         Returns False when no other node could take it (a topic copy, a reply); the caller
         then dead-letters it. No attempt is counted: the handler never ran.
         """
+
+
+class TrackedDelivery:
+    """What the transports' deliveries share: held in the transport's `unacked` set from the
+    moment they arrive until they are settled, and settled once whatever is called twice."""
+
+    __slots__ = ("_settled", "_unacked", "attempt", "message")
+
+    # A transport whose broker can hand a message out again says so per delivery.
+    redelivered = False
+    claimed_elsewhere = False
+
+    def __init__(self, message: Message, attempt: int, unacked: set[Any]) -> None:
+        self.message = message
+        self.attempt = attempt
+        self._unacked = unacked
+        self._settled = False
+        unacked.add(self)
+
+    def _settle(self) -> bool:
+        """True the first time only: the caller then settles with the broker."""
+        if self._settled:
+            return False
+        self._settled = True
+        self._unacked.discard(self)
+        return True
 
 
 class TransportNode(Protocol):

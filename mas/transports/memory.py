@@ -15,7 +15,7 @@ from collections import deque
 
 from mas.errors import RuntimeNotRunning, UnknownAgent
 from mas.messages import Message, parse_address, topic_matches
-from mas.transports.base import DeadLetter, TransportNode
+from mas.transports.base import DeadLetter, TrackedDelivery, TransportNode
 
 __all__ = ["MemoryBroker", "MemoryDelivery", "MemoryTransport"]
 
@@ -123,30 +123,18 @@ class MemoryBroker:
         await self._route(queue, message, attempt)
 
 
-class MemoryDelivery:
-    """A message handed to a node by the memory broker."""
+class MemoryDelivery(TrackedDelivery):
+    """A message handed to a node by the memory broker (which redelivers nothing: one process
+    cannot crash apart from its consumers)."""
 
-    __slots__ = ("_queue", "_settled", "_transport", "attempt", "message")
-
-    # One process: a broker that cannot crash apart from its consumers redelivers nothing.
-    redelivered = False
-    claimed_elsewhere = False
+    __slots__ = ("_queue", "_transport")
 
     def __init__(
         self, message: Message, attempt: int, transport: MemoryTransport, queue: _Queue | None
     ) -> None:
-        self.message = message
-        self.attempt = attempt
+        super().__init__(message, attempt, transport.unacked)
         self._transport = transport
         self._queue = queue
-        self._settled = False
-
-    def _settle(self) -> bool:
-        if self._settled:
-            return False
-        self._settled = True
-        self._transport.unacked.discard(self)
-        return True
 
     async def ack(self) -> None:
         self._settle()
@@ -219,9 +207,7 @@ class MemoryTransport:
         return any(topic_matches(pattern, key) for pattern in self._topics)
 
     async def deliver(self, message: Message, attempt: int, queue: _Queue | None) -> None:
-        delivery = MemoryDelivery(message, attempt, self, queue)
-        self.unacked.add(delivery)
-        await self.node.receive(delivery)
+        await self.node.receive(MemoryDelivery(message, attempt, self, queue))
 
     async def send(self, message: Message) -> None:
         await self.broker.publish(message, origin=self.node.node_id)

@@ -13,17 +13,10 @@ from mas.api.state import Gateway, gateway
 from mas.errors import DuplicateAgent, UnknownAgent
 from mas.messages import Message, new_id, parse_address
 from mas.orchestrator import SPAWN, spawner_type
-from mas.persistence.store import AgentRecord
 
 router = APIRouter(prefix="/agents", tags=["agents"])
 
 GatewayDep = Annotated[Gateway, Depends(gateway)]
-
-
-def _out(gw: Gateway, record: AgentRecord) -> AgentOut:
-    cell = gw.runtime.local_cell(record.id)
-    mailbox = len(cell.mailbox) if cell is not None else None
-    return AgentOut.of(record, mailbox, stale_after=3 * gw.settings.heartbeat_interval)
 
 
 @router.post("/", status_code=status.HTTP_201_CREATED, response_model=AgentOut)
@@ -49,13 +42,13 @@ async def register_agent(
     record = await gw.store.get_agent(agent_id)
     assert record is not None
     response.headers["Location"] = f"/agents/{agent_id}"
-    return _out(gw, record)
+    return gw.agent_out(record)
 
 
 async def _spawn_on_a_worker(gw: Gateway, spec: AgentIn) -> str:
     agent_id = spec.id or f"{spec.type}-{new_id()}"
     existing = await gw.store.get_agent(agent_id)
-    if existing is not None and _out(gw, existing).live:
+    if existing is not None and gw.agent_out(existing).live:
         raise DuplicateAgent(agent_id)
     request = Message(SPAWN, {"id": agent_id})
     try:
@@ -85,7 +78,7 @@ async def list_agents(
     agents = await gw.store.list_agents(
         agent_type=type_, status=status_, limit=limit, offset=offset
     )
-    items = [_out(gw, a) for a in agents]
+    items = [gw.agent_out(a) for a in agents]
     return AgentList(items=items, limit=limit, offset=offset)
 
 
@@ -98,7 +91,7 @@ async def get_agent(
     record = await gw.store.get_agent(agent_id)
     if record is None:
         raise Problem(404, "Unknown Agent", f"no agent with id {agent_id!r}")
-    return _out(gw, record)
+    return gw.agent_out(record)
 
 
 @router.post(

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import HTMLResponse
 
 from mas.api.auth import Claims, require
-from mas.api.schemas import AgentOut, TaskOut
+from mas.api.schemas import TaskOut
 from mas.api.state import Gateway, gateway
 
 router = APIRouter(tags=["dashboard"])
@@ -40,7 +40,6 @@ async def dashboard_data(
     _: Annotated[Claims, Depends(require("agents:read", "tasks:read"))],
 ) -> dict[str, Any]:
     """What the dashboard shows: this node's counters, agents, task counts, recent tasks."""
-    stale_after = 3 * gw.settings.heartbeat_interval
     agents = await gw.store.list_agents(limit=200)
     recent = await gw.store.list_tasks(limit=20)
     return {
@@ -48,8 +47,6 @@ async def dashboard_data(
         "transport": gw.settings.transport,
         "runtime": gw.runtime.stats(),
         "task_counts": await gw.store.count_tasks(),
-        "agents": [
-            AgentOut.of(agent, stale_after=stale_after).model_dump(mode="json") for agent in agents
-        ],
+        "agents": [gw.agent_out(agent).model_dump(mode="json") for agent in agents],
         "tasks": [TaskOut.of(task).model_dump(mode="json") for task in recent],
     }
