@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 
 import pytest
-import redis.asyncio as aioredis
 
 from mas import Agent, HandlerResult, Message
 from mas.actors.clock import LoopClock
@@ -24,26 +23,19 @@ from mas.testing import TestRuntime
 from mas.transports.amqp import AmqpTransport
 from tests.amqp_support import AmqpScope, amqp_scope, amqp_vhost_url
 from tests.conformance.conftest import settle_all
-from tests.conftest import require_service
 from tests.integration.pg_support import PgSchema
+from tests.redis_support import REDIS_URL, reachable_redis
 
 __all__ = ["amqp_scope", "amqp_vhost_url"]
 
 pytestmark = pytest.mark.anyio
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 NO_REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there: every claim is "unknown"
 
 
 @pytest.fixture
 async def redis_url() -> AsyncIterator[str]:
-    client = aioredis.from_url(REDIS_URL, socket_connect_timeout=2)
-    try:
-        await client.ping()
-        reachable, detail = True, ""
-    except (OSError, aioredis.RedisError) as exc:
-        reachable, detail = False, repr(exc)
-    require_service("Redis", reachable, f"{REDIS_URL}: {detail}")
+    client = await reachable_redis()
     yield REDIS_URL
     await client.aclose()
 

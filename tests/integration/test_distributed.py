@@ -19,9 +19,9 @@ from mas.api.auth import mint_token
 from mas.config import Settings
 from mas.persistence import open_store
 from tests.amqp_support import AmqpScope, amqp_scope, amqp_vhost_url
-from tests.conftest import require_service
 from tests.integration.pg_support import PgSchema, admin_connection
 from tests.process_support import MasProcess, clean_environment
+from tests.redis_support import REDIS_URL, reachable_redis
 
 __all__ = ["amqp_scope", "amqp_vhost_url"]
 
@@ -30,7 +30,6 @@ pytestmark = pytest.mark.anyio
 SECRET = "d" * 40
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 SLOW_ECHO = "tests.integration.work_agents:SlowEcho"
-REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 class System:
@@ -100,13 +99,7 @@ async def system(
     settings = Settings(database_url=pg_schema.url, database_schema=pg_schema.schema)
     store = await open_store(settings, migrate=True)  # `mas db upgrade`, as a user would
     await store.close()
-    redis = aioredis.from_url(REDIS_URL, socket_connect_timeout=2)
-    try:
-        await redis.ping()
-        reachable, detail = True, ""
-    except (OSError, aioredis.RedisError) as exc:
-        reachable, detail = False, repr(exc)
-    require_service("Redis", reachable, f"{REDIS_URL}: {detail}")
+    redis = await reachable_redis()
     system = System(amqp_scope, pg_schema, tmp_path)
     system.redis = redis
     system.redis_prefix = f"mas:{amqp_scope.prefix}"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
@@ -42,10 +41,10 @@ from mas.cluster.connection import REDIS_ERRORS
 from mas.config import Settings
 from mas.errors import ConfigError
 from tests.conftest import require_service
+from tests.redis_support import REDIS_URL
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
-REDIS_URL = os.environ.get("MAS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 REDIS_HOST = urlsplit(REDIS_URL).hostname or "127.0.0.1"  # what the proxy test forwards to
 REDIS_PORT = urlsplit(REDIS_URL).port or 6379
 DEAD_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1: connections are refused
