@@ -67,6 +67,9 @@ class ApiSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     max_wait: float = Field(60.0, gt=0, description="longest ?wait= a client may ask for")
+    write_timeout: float = Field(
+        10.0, gt=0, description="seconds a request waits for the database to record a task"
+    )
 
 
 class AmqpSettings(BaseModel):

@@ -62,6 +62,10 @@ class LocalRegistry:
             self._matches.clear()
         return patterns
 
+    def hosts_type(self, agent_type: str) -> bool:
+        """Whether a live local agent of the type exists (`pick` would find one)."""
+        return any(not cell.stopped for cell in self._by_type.get(agent_type, {}).values())
+
     def pick(self, agent_type: str) -> AgentCell | None:
         """Round-robin over the live local agents of a type."""
         rotation = self._rotation.get(agent_type)

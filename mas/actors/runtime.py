@@ -397,6 +397,16 @@ class Runtime:
     def local_cell(self, agent_id: str) -> AgentCell | None:
         return self._cells.get(agent_id)
 
+    def routes_locally(self, target: str) -> bool:
+        """Whether a message to `target` (an agent or type address) is handled on this node.
+
+        Routing prefers local agents, so this holds until the agent stops.
+        """
+        address = _parse(target)
+        if address.kind == "agent":
+            return address.value in self._cells
+        return address.kind == "type" and self.registry.hosts_type(address.value)
+
     def ref(self, agent_id: str) -> AgentRef:
         """A ref to an agent by id, hosted here or on another node."""
         parse_address(f"agent:{agent_id}")

@@ -76,9 +76,8 @@ def _attach(
             "the gateway needs a runtime that persists: create it with MAS_PERSIST=true "
             "or journal=StoreJournal(store)"
         )
-    gateway = Gateway(settings, runtime, journal.store, classes)
+    gateway = Gateway(settings, runtime, journal, classes)
     metrics = RuntimeMetrics(runtime)
-    runtime.add_task_listener(gateway.on_task_ended)
     runtime.add_task_listener(metrics.on_task_ended)
     app.state.gateway = gateway
     app.state.settings = settings

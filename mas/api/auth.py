@@ -7,6 +7,7 @@ problem whose detail tells the client what to fix; a valid token lacking a scope
 
 from __future__ import annotations
 
+import functools
 import math
 import secrets
 import time
@@ -112,11 +113,31 @@ def _token_algorithm(token: str) -> str:
 def decode_token(token: str, secret: str, algorithm: str) -> Claims:
     """Verify a token's signature, algorithm and expiry, and read its claims.
 
+    A token verified before is not verified again (its signature cannot have changed), but
+    its expiry is checked on every use.
+
     Raises:
         Problem: 401 with `WWW-Authenticate: Bearer error="invalid_token"` and a detail
             saying what is wrong (expired, bad signature, malformed, wrong algorithm,
             missing claim).
         ConfigError: `algorithm` is outside `ALGORITHMS` (a server misconfiguration).
+    """
+    claims = _verify(token, secret, algorithm)
+    if claims.expires_at.timestamp() + CLOCK_SKEW <= time.time():
+        raise _expired()
+    return claims
+
+
+def _expired() -> Problem:
+    return _unauthorized("the token has expired: mint a new one with `mas token create`")
+
+
+@functools.lru_cache(maxsize=1024)
+def _verify(token: str, secret: str, algorithm: str) -> Claims:
+    """`decode_token` without the expiry check of a remembered token (the cached part).
+
+    Verifying a signature and parsing two JSON documents cost more than the rest of a small
+    request; a client sends the same token many times.
     """
     _check_algorithm(algorithm)
     try:
@@ -128,9 +149,7 @@ def decode_token(token: str, secret: str, algorithm: str) -> Claims:
             leeway=CLOCK_SKEW,
         )
     except jwt.ExpiredSignatureError:
-        raise _unauthorized(
-            "the token has expired: mint a new one with `mas token create`"
-        ) from None
+        raise _expired() from None
     except jwt.InvalidSignatureError:
         raise _unauthorized(
             "the token's signature does not match: it was signed with another secret"

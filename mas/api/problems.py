@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mas.errors import (
@@ -27,6 +29,9 @@ from mas.errors import (
     StoreUnavailable,
     UnknownAgent,
 )
+from mas.persistence.engine import error_reason
+
+_log = structlog.get_logger("mas.api")
 
 __all__ = ["PROBLEM_JSON", "Problem", "install_problem_handlers", "problem_response"]
 
@@ -122,6 +127,19 @@ def install_problem_handlers(app: FastAPI) -> None:
                 headers = {"Retry-After": "1"} if status in (429, 503) else None
                 return problem_response(request, status, title, str(exc), headers)
         return problem_response(request, 400, "Bad Request", str(exc))
+
+    @app.exception_handler(SQLAlchemyError)
+    async def _store(request: Request, exc: SQLAlchemyError) -> JSONResponse:
+        # A read that the database failed (it went away, or its schema did): the client
+        # may retry; the operator finds the cause in the log.
+        _log.error("store_read_failed", path=request.url.path, error=error_reason(exc))
+        return problem_response(
+            request,
+            503,
+            "Store Unavailable",
+            f"the database failed to answer: {error_reason(exc)}",
+            {"Retry-After": "1"},
+        )
 
 
 def _title(status: int) -> str:

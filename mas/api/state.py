@@ -1,4 +1,4 @@
-"""What the routes share: the runtime, the store, the agent classes, task completion events."""
+"""What the routes share: the runtime, its journal and store, the agent classes."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from mas.actors.agent import Agent
 from mas.actors.runtime import Runtime
 from mas.api.schemas import AgentOut
 from mas.config import Settings
-from mas.messages import Message, TaskResult
+from mas.errors import StoreUnavailable
+from mas.persistence.journal import StoreJournal
 from mas.persistence.store import AgentRecord, Store
 
 __all__ = ["Gateway", "gateway"]
@@ -23,26 +24,40 @@ class Gateway:
 
     settings: Settings
     runtime: Runtime
-    store: Store
+    journal: StoreJournal
     agent_classes: dict[str, type[Agent]] = field(default_factory=dict)
-    _waiters: dict[str, list[asyncio.Event]] = field(default_factory=dict)
 
-    async def on_task_ended(self, result: TaskResult, message: Message) -> None:
-        """Task listener: wake the requests long-polling this task."""
-        for event in self._waiters.pop(result.task_id, ()):
-            event.set()
+    @property
+    def store(self) -> Store:
+        return self.journal.store
 
-    def watch(self, task_id: str) -> asyncio.Event:
-        event = asyncio.Event()
-        self._waiters.setdefault(task_id, []).append(event)
-        return event
+    def check_writable(self) -> None:
+        """Refuse new work at once while the database refuses writes, rather than queue it.
 
-    def unwatch(self, task_id: str, event: asyncio.Event) -> None:
-        events = self._waiters.get(task_id)
-        if events is not None and event in events:
-            events.remove(event)
-            if not events:
-                del self._waiters[task_id]
+        Raises:
+            StoreUnavailable: the journal's last write failed (503).
+        """
+        if self.journal.writer.failing:
+            raise StoreUnavailable(
+                f"the database at {self.store.url} is not accepting writes: try again shortly"
+            )
+
+    async def recorded(self, task_id: str) -> None:
+        """Wait until everything this node has recorded so far is committed.
+
+        Raises:
+            StoreUnavailable: not committed within `MAS_API__WRITE_TIMEOUT` (503); what was
+                recorded stays queued and is written once the database answers.
+        """
+        timeout = self.settings.api.write_timeout
+        try:
+            await asyncio.wait_for(self.journal.flush(), timeout)
+        except TimeoutError:
+            raise StoreUnavailable(
+                f"the database at {self.store.url} did not record task {task_id!r} within "
+                f"{timeout:g}s: it stays queued and is written once the database answers "
+                f"(then GET /tasks/{task_id} shows it)"
+            ) from None
 
     def agent_out(self, record: AgentRecord) -> AgentOut:
         """An agent as the API shows it: its mailbox when hosted here, and whether it is live."""
@@ -60,7 +75,11 @@ class Gateway:
         )
 
 
-def gateway(request: Request) -> Gateway:
-    """FastAPI dependency: the Gateway of the app serving this request."""
+async def gateway(request: Request) -> Gateway:
+    """FastAPI dependency: the Gateway of the app serving this request.
+
+    A coroutine although it does not wait: FastAPI runs plain-function dependencies in a
+    worker thread, a hop that costs more than the rest of a small request.
+    """
     state: Gateway = request.app.state.gateway
     return state

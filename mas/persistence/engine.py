@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from mas.errors import ConfigError, StoreUnavailable
 
-__all__ = ["connect", "display_url", "parse_database_url"]
+__all__ = ["connect", "display_url", "error_reason", "parse_database_url"]
 
 
 def parse_database_url(url: str) -> URL:
@@ -70,7 +70,7 @@ async def connect(url: str, *, schema: str | None = None) -> AsyncEngine:
     except (OSError, SQLAlchemyError, DBAPIError) as exc:
         await engine.dispose()
         raise StoreUnavailable(
-            f"cannot reach the database at {display_url(parsed)}: {_reason(exc)}"
+            f"cannot reach the database at {display_url(parsed)}: {error_reason(exc)}"
         ) from exc
     return engine
 
@@ -84,6 +84,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def _reason(exc: BaseException) -> str:
+def error_reason(exc: BaseException) -> str:
+    """The driver's error class and first line: no SQL text, no parameters, no password."""
     original = getattr(exc, "orig", None) or exc.__cause__ or exc
     return f"{type(original).__name__}: {str(original).splitlines()[0] if str(original) else ''}"

@@ -10,7 +10,10 @@ the database is down, the writer keeps the batch and retries with backoff; past
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -20,10 +23,10 @@ from sqlalchemy.exc import DataError
 from mas.actors.deadletters import DeadLetter
 from mas.errors import StoreUnavailable
 from mas.messages import Message, TaskResult
-from mas.persistence.store import Batch, Store, message_row
+from mas.persistence.store import Batch, Store, TaskRecord, message_row
 from mas.transports.base import Delivery
 
-__all__ = ["BatchWriter", "StoreJournal"]
+__all__ = ["BatchWriter", "StoreJournal", "TaskEnd"]
 
 _log = structlog.get_logger("mas.persistence")
 
@@ -50,6 +53,10 @@ class BatchWriter:
         self.written = 0
         self.batches = 0
         self.failures = 0
+        self.failing = False
+        """The last write failed (the database is away): nothing commits until one succeeds."""
+        self.on_commit: Callable[[Batch], None] | None = None
+        """Called with each batch once it is committed (before the next one is taken)."""
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -104,6 +111,7 @@ class BatchWriter:
                     await self._write(batch)
                 except StoreUnavailable as exc:
                     self.failures += 1
+                    self.failing = True
                     _log.warning(
                         "store_write_failed", rows=len(batch), retry_in=delay, error=str(exc)
                     )
@@ -115,10 +123,13 @@ class BatchWriter:
                     delay = min(delay * 2, self.retry_max)
                     continue
                 delay = 0.05
+                self.failing = False
                 self.written += len(batch)
                 self.batches += 1
                 for delivery in settle:
                     await delivery.ack()
+                if self.on_commit is not None:
+                    self.on_commit(batch)
                 self._committed = number
                 self._progress.set()
                 self._progress = asyncio.Event()
@@ -186,13 +197,14 @@ def _sanitized(batch: Batch) -> Batch:
         ]
 
     result = Batch(
+        created=clean(batch.created),
         agents=clean(batch.agents),
         messages=clean(batch.messages),
         processed=clean(batch.processed),
         running=clean(batch.running),
         finished=clean(batch.finished),
     )
-    for rows in (result.agents, result.messages, result.processed, result.running):
+    for rows in (result.created, result.agents, result.messages, result.processed, result.running):
         for row in rows:
             for key, value in row.items():
                 if key.endswith("_at") or key == "last_heartbeat":
@@ -200,6 +212,45 @@ def _sanitized(batch: Batch) -> Batch:
     for row in result.finished:
         row["finished_at"] = datetime.fromisoformat(row["finished_at"])
     return result
+
+
+@dataclass(frozen=True, slots=True)
+class TaskEnd:
+    """How a task ended, as a commit of this journal recorded it."""
+
+    status: str
+    result: Any
+    error: dict[str, Any] | None
+    attempts: int
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    def applied_to(self, task: TaskRecord) -> TaskRecord:
+        """`task` (as read or created earlier) updated with its end."""
+        return dataclasses.replace(
+            task,
+            status=self.status,
+            result=self.result,
+            error=self.error,
+            attempts=self.attempts,
+            started_at=task.started_at or self.started_at,
+            finished_at=self.finished_at,
+        )
+
+
+class _TaskWatch:
+    """Requests waiting for one task to end, and its start if this journal recorded it."""
+
+    __slots__ = ("futures", "started_at")
+
+    def __init__(self) -> None:
+        self.futures: list[asyncio.Future[TaskEnd]] = []
+        self.started_at: datetime | None = None
+
+    def resolve(self, end: TaskEnd) -> None:
+        for future in self.futures:
+            if not future.done():
+                future.set_result(end)
 
 
 class StoreJournal:
@@ -223,6 +274,8 @@ class StoreJournal:
         self._heartbeats: asyncio.Task[None] | None = None
         self._audit_all = audit == "all"
         self._audit_tasks = audit == "tasks"
+        self._watches: dict[str, _TaskWatch] = {}
+        self.writer.on_commit = self._committed
 
     async def open(self, node_id: str) -> None:
         self.node_id = node_id
@@ -290,6 +343,73 @@ class StoreJournal:
 
     async def handled_elsewhere(self, message_id: str) -> tuple[bool, Message | None]:
         return await self.store.processed_reply(message_id)
+
+    def task_created(self, task: TaskRecord) -> None:
+        """A new task (its id never used before): written with the next batch.
+
+        Rows of one batch are applied creations first, so the agent may start on the task
+        before this commits, as long as this journal records what it does (a local agent).
+        """
+        self.writer.pending.created.append(task.row())
+        self.writer.wake()
+
+    def watch_task(self, task_id: str) -> asyncio.Future[TaskEnd]:
+        """A future for how the task ends, once a commit of this journal records it.
+
+        It resolves from the rows this journal wrote, without reading the database; a task
+        that ends on another node never resolves it (read the store for those). Watch
+        before reading the task, so that no commit falls between the read and the watch.
+        """
+        watch = self._watches.get(task_id)
+        if watch is None:
+            watch = self._watches[task_id] = _TaskWatch()
+        future: asyncio.Future[TaskEnd] = asyncio.get_running_loop().create_future()
+        watch.futures.append(future)
+        return future
+
+    def unwatch_task(self, task_id: str, future: asyncio.Future[TaskEnd]) -> None:
+        watch = self._watches.get(task_id)
+        if watch is not None and future in watch.futures:
+            watch.futures.remove(future)
+            if not watch.futures:
+                del self._watches[task_id]
+
+    def task_cancelled(self, task: TaskRecord) -> None:
+        """The store cancelled `task` (committed): wake whoever waits for its end."""
+        watch = self._watches.pop(task.id, None)
+        if watch is not None:
+            watch.resolve(
+                TaskEnd(
+                    task.status,
+                    task.result,
+                    task.error,
+                    task.attempts,
+                    task.started_at,
+                    task.finished_at,
+                )
+            )
+
+    def _committed(self, batch: Batch) -> None:
+        watches = self._watches
+        if not watches:
+            return
+        for row in batch.running:
+            watch = watches.get(row["id"])
+            if watch is not None and watch.started_at is None:
+                watch.started_at = row["started_at"]
+        for row in batch.finished:
+            watch = watches.pop(row["task_id"], None)
+            if watch is not None:
+                watch.resolve(
+                    TaskEnd(
+                        row["status"],
+                        row["result"],
+                        row["error"],
+                        row["attempts"],
+                        watch.started_at,
+                        row["finished_at"],
+                    )
+                )
 
     def task_running(self, message: Message, agent_id: str, attempt: int) -> None:
         task_id = message.task_id

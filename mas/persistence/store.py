@@ -65,6 +65,38 @@ class TaskRecord:
     def done(self) -> bool:
         return self.status in FINAL_STATUSES
 
+    @classmethod
+    def new(
+        cls,
+        task_id: str,
+        task_type: str,
+        payload: dict[str, Any],
+        *,
+        target: str | None = None,
+        created_by: str | None = None,
+        trace_id: str | None = None,
+    ) -> TaskRecord:
+        """A task as it is created: pending, no attempts yet."""
+        return cls(
+            id=task_id,
+            type=task_type,
+            status="pending",
+            target=target,
+            payload=payload,
+            result=None,
+            error=None,
+            attempts=0,
+            created_by=created_by,
+            trace_id=trace_id,
+            created_at=datetime.now(UTC),
+            started_at=None,
+            finished_at=None,
+        )
+
+    def row(self) -> dict[str, Any]:
+        """The task as a `tasks` row."""
+        return {name: getattr(self, name) for name in self.__slots__}
+
 
 @dataclass(frozen=True, slots=True)
 class AgentRecord:
@@ -79,8 +111,13 @@ class AgentRecord:
 
 @dataclass
 class Batch:
-    """Rows waiting to be written together; applied kind by kind in this field order."""
+    """Rows waiting to be written together; applied kind by kind in this field order.
 
+    Tasks are created first, so a task created and finished while one batch gathered is
+    written whole in one commit.
+    """
+
+    created: list[dict[str, Any]] = field(default_factory=list)
     agents: list[dict[str, Any]] = field(default_factory=list)
     messages: list[dict[str, Any]] = field(default_factory=list)
     processed: list[dict[str, Any]] = field(default_factory=list)
@@ -89,7 +126,8 @@ class Batch:
 
     def __len__(self) -> int:
         return (
-            len(self.agents)
+            len(self.created)
+            + len(self.agents)
             + len(self.messages)
             + len(self.processed)
             + len(self.running)
@@ -97,6 +135,7 @@ class Batch:
         )
 
     def extend(self, other: Batch) -> None:
+        self.created.extend(other.created)
         self.agents.extend(other.agents)
         self.messages.extend(other.messages)
         self.processed.extend(other.processed)
@@ -147,6 +186,44 @@ class Store:
         self.dialect = engine.dialect.name
         self.url = display_url(engine.url)
         self._insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+        # The batch statements, built once: constructing them costs more than a small batch.
+        insert = self._insert
+        stmt = insert(agents)
+        self._upsert_agents = stmt.on_conflict_do_update(
+            index_elements=[agents.c.id],
+            set_={
+                "type": stmt.excluded.type,
+                "status": stmt.excluded.status,
+                "node_id": stmt.excluded.node_id,
+                "last_heartbeat": stmt.excluded.last_heartbeat,
+                "metadata": stmt.excluded.metadata,
+            },
+        )
+        stmt = insert(tasks)
+        self._upsert_running = stmt.on_conflict_do_update(
+            index_elements=[tasks.c.id],
+            set_={
+                "status": "running",
+                "attempts": stmt.excluded.attempts,
+                "started_at": func.coalesce(tasks.c.started_at, stmt.excluded.started_at),
+                "target": func.coalesce(tasks.c.target, stmt.excluded.target),
+                "trace_id": func.coalesce(tasks.c.trace_id, stmt.excluded.trace_id),
+            },
+            # Plain comparisons: an IN list cannot be used with executemany.
+            where=or_(tasks.c.status == "pending", tasks.c.status == "running"),
+        )
+        self._finish_tasks = (
+            update(tasks)
+            .where(tasks.c.id == bindparam("task_id"))
+            .where(and_(tasks.c.status != "succeeded", tasks.c.status != "cancelled"))
+            .values(
+                status=bindparam("status"),
+                result=bindparam("result"),
+                error=bindparam("error"),
+                attempts=bindparam("attempts"),
+                finished_at=bindparam("finished_at"),
+            )
+        )
 
     @classmethod
     async def open(
@@ -204,59 +281,22 @@ class Store:
             raise StoreUnavailable(f"writing to {self.url} failed: {exc}") from exc
 
     async def _apply(self, conn: AsyncConnection, batch: Batch) -> None:
-        insert = self._insert
+        if batch.created:
+            await self._insert_ignore(conn, tasks, batch.created)
         if batch.agents:
             # One statement may not upsert the same key twice: keep each id's latest row.
             latest_agents = list({row["id"]: row for row in batch.agents}.values())
-            stmt = insert(agents)
-            await conn.execute(
-                stmt.on_conflict_do_update(
-                    index_elements=[agents.c.id],
-                    set_={
-                        "type": stmt.excluded.type,
-                        "status": stmt.excluded.status,
-                        "node_id": stmt.excluded.node_id,
-                        "last_heartbeat": stmt.excluded.last_heartbeat,
-                        "metadata": stmt.excluded.metadata,
-                    },
-                ),
-                latest_agents,
-            )
+            await conn.execute(self._upsert_agents, latest_agents)
         if batch.messages:
             await self._insert_ignore(conn, messages, batch.messages)
         if batch.processed:
             await self._insert_ignore(conn, processed, batch.processed)
         if batch.running:
-            stmt = insert(tasks)
             await conn.execute(
-                stmt.on_conflict_do_update(
-                    index_elements=[tasks.c.id],
-                    set_={
-                        "status": "running",
-                        "attempts": stmt.excluded.attempts,
-                        "started_at": func.coalesce(tasks.c.started_at, stmt.excluded.started_at),
-                        "target": func.coalesce(tasks.c.target, stmt.excluded.target),
-                        "trace_id": func.coalesce(tasks.c.trace_id, stmt.excluded.trace_id),
-                    },
-                    # Plain comparisons: an IN list cannot be used with executemany.
-                    where=or_(tasks.c.status == "pending", tasks.c.status == "running"),
-                ),
-                list({row["id"]: row for row in batch.running}.values()),
+                self._upsert_running, list({row["id"]: row for row in batch.running}.values())
             )
         if batch.finished:
-            await conn.execute(
-                update(tasks)
-                .where(tasks.c.id == bindparam("task_id"))
-                .where(and_(tasks.c.status != "succeeded", tasks.c.status != "cancelled"))
-                .values(
-                    status=bindparam("status"),
-                    result=bindparam("result"),
-                    error=bindparam("error"),
-                    attempts=bindparam("attempts"),
-                    finished_at=bindparam("finished_at"),
-                ),
-                batch.finished,
-            )
+            await conn.execute(self._finish_tasks, batch.finished)
 
     async def _insert_ignore(
         self, conn: AsyncConnection, table: Table, rows: list[dict[str, Any]]
@@ -308,31 +348,20 @@ class Store:
                 PostgreSQL).
         """
         self.check_storable(payload, "payload")
-        row: dict[str, Any] = {
-            "id": task_id,
-            "type": task_type,
-            "status": "pending",
-            "target": target,
-            "payload": payload,
-            "result": None,
-            "error": None,
-            "attempts": 0,
-            "created_by": created_by,
-            "trace_id": trace_id,
-            "created_at": datetime.now(UTC),
-            "started_at": None,
-            "finished_at": None,
-        }
+        record = TaskRecord.new(
+            task_id, task_type, payload, target=target, created_by=created_by, trace_id=trace_id
+        )
         try:
             async with self.engine.begin() as conn:
                 result = await conn.execute(
-                    self._insert(tasks).on_conflict_do_nothing().returning(tasks.c.id), [row]
+                    self._insert(tasks).on_conflict_do_nothing().returning(tasks.c.id),
+                    [record.row()],
                 )
                 created = result.first() is not None
         except (OSError, SQLAlchemyError) as exc:
             raise StoreUnavailable(f"creating a task in {self.url} failed: {exc}") from exc
         if created:
-            return TaskRecord(**row), True  # what was just written: no need to read it back
+            return record, True  # what was just written: no need to read it back
         task = await self.get_task(task_id)
         assert task is not None
         return task, created

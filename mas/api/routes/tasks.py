@@ -15,8 +15,9 @@ from mas.api.auth import Claims, require
 from mas.api.problems import Problem
 from mas.api.schemas import ID_PATTERN, TaskIn, TaskList, TaskOut, TaskStatus
 from mas.api.state import Gateway, gateway
-from mas.errors import UnknownAgent
+from mas.errors import MailboxFull, UnknownAgent
 from mas.messages import Message, TaskError, TaskResult, new_id
+from mas.persistence.journal import TaskEnd
 from mas.persistence.store import TaskRecord
 
 _log = structlog.get_logger("mas.api.tasks")
@@ -60,7 +61,8 @@ async def submit_task(
     saving the client a second request. The same `Idempotency-Key` header (or body `id`)
     returns the same task instead of creating another.
     """
-    task_id = spec.id or idempotency_key or new_id()
+    key = spec.id or idempotency_key
+    task_id = key or new_id()
     trace_id: str = request.state.trace_id
     target = _target(gw, spec)
     message = Message(
@@ -72,47 +74,99 @@ async def submit_task(
         trace_id=trace_id,
     )
     message.to_json(max_bytes=gw.settings.message_max_bytes)  # 413 before anything is stored
-    task, created = await gw.store.create_task(
-        task_id,
-        spec.message_type,
-        spec.payload,
-        target=target,
-        created_by=claims.subject,
-        trace_id=trace_id,
-    )
-    if task.status == "pending":
-        # Also for a repeated submission: an earlier attempt may have been refused (429);
-        # a message id the agent already handled is skipped there.
-        try:
-            await gw.runtime.tell(target, message)
-        except UnknownAgent:
-            await _fail(gw, task, "UnknownAgent", f"no agent answers to {target!r}")
-            raise
-    _log.info(
-        "task_submitted",
-        task_id=task_id,
-        target=target,
-        trace_id=trace_id,
-        created=created,
-        created_by=claims.subject,
-    )
+    journal = gw.journal
+    # A new task for a local agent ends in this node's journal; any other may end elsewhere.
+    local = key is None and gw.runtime.routes_locally(target)
+    ended = journal.watch_task(task_id) if wait > 0 else None
+    try:
+        if key is None:
+            task = await _create_new(gw, spec, message, claims.subject, local=local)
+            created = True
+        else:
+            task, created = await gw.store.create_task(
+                task_id,
+                spec.message_type,
+                spec.payload,
+                target=target,
+                created_by=claims.subject,
+                trace_id=trace_id,
+            )
+            if task.status == "pending":
+                # Also for a repeated submission: an earlier attempt may have been refused
+                # (429); a message id the agent already handled is skipped there.
+                await _hand_over(gw, task, message)
+        _log.info(
+            "task_submitted",
+            task_id=task_id,
+            target=target,
+            trace_id=trace_id,
+            created=created,
+            created_by=claims.subject,
+        )
+        if ended is not None and not task.done:
+            task = await _wait_for_end(
+                gw, task, ended, min(wait, gw.settings.api.max_wait), local=local
+            )
+    finally:
+        if ended is not None:
+            journal.unwatch_task(task_id, ended)
+    if key is None and not task.done:
+        await gw.recorded(task_id)  # a 202 promises a readable task (an end implies one)
     response.headers["Location"] = f"/tasks/{task_id}"
-    if wait > 0 and not task.done:
-        task = await _wait_for_end(gw, task, min(wait, gw.settings.api.max_wait))
     if not created or task.done:
         response.status_code = status.HTTP_200_OK
     return TaskOut.of(task)
 
 
+async def _create_new(
+    gw: Gateway, spec: TaskIn, message: Message, subject: str, *, local: bool
+) -> TaskRecord:
+    """Create a task under a fresh id and hand it over, committing only when it must.
+
+    A fresh id cannot exist yet, so nothing is read. When a local agent will handle the
+    message (`local`), this node's journal records its start and end after its creation
+    (creations come first in a batch): the message goes at once and one commit covers the
+    lot. Otherwise another node may act on it, so the creation commits before it goes.
+    """
+    gw.store.check_storable(spec.payload, "payload")
+    gw.check_writable()
+    assert message.target is not None
+    task = TaskRecord.new(
+        message.id,
+        spec.message_type,
+        spec.payload,
+        target=message.target,
+        created_by=subject,
+        trace_id=message.trace_id,
+    )
+    gw.journal.task_created(task)
+    if not local:
+        await gw.recorded(task.id)
+    try:
+        await _hand_over(gw, task, message)
+    except MailboxFull as exc:
+        # Nobody will resend a task whose id the client never saw: record the refusal.
+        await _fail(gw, task, "MailboxFull", str(exc))
+        raise
+    return task
+
+
+async def _hand_over(gw: Gateway, task: TaskRecord, message: Message) -> None:
+    assert message.target is not None
+    try:
+        await gw.runtime.tell(message.target, message)
+    except UnknownAgent:
+        await _fail(gw, task, "UnknownAgent", f"no agent answers to {message.target!r}")
+        raise
+
+
 async def _fail(gw: Gateway, task: TaskRecord, error_type: str, detail: str) -> None:
-    journal = gw.runtime.journal
-    if journal is not None:
-        journal.task_finished(
-            TaskResult.failed(task.id, TaskError(error_type, detail)),
-            Message(task.type, metadata={"task_id": task.id}),
-            0,
-        )
-        await journal.flush()
+    gw.journal.task_finished(
+        TaskResult.failed(task.id, TaskError(error_type, detail)),
+        Message(task.type, metadata={"task_id": task.id}),
+        0,
+    )
+    await gw.recorded(task.id)
 
 
 @router.get("/", response_model=TaskList)
@@ -137,38 +191,56 @@ async def get_task(
     wait: Annotated[float, Query(ge=0, le=3600, description="seconds to wait for the end")] = 0,
 ) -> TaskOut:
     """A task; with `?wait=N`, held up to N seconds until it has finished."""
-    task = await gw.store.get_task(task_id)
-    if task is None:
-        raise Problem(404, "Unknown Task", f"no task with id {task_id!r}")
-    if wait > 0 and not task.done:
-        task = await _wait_for_end(gw, task, min(wait, gw.settings.api.max_wait))
+    if wait <= 0:
+        return TaskOut.of(await _read(gw, task_id))
+    ended = gw.journal.watch_task(task_id)  # before the read: no end falls in between
+    try:
+        task = await _read(gw, task_id)
+        if not task.done:
+            task = await _wait_for_end(gw, task, ended, min(wait, gw.settings.api.max_wait))
+    finally:
+        gw.journal.unwatch_task(task_id, ended)
     return TaskOut.of(task)
 
 
-async def _wait_for_end(gw: Gateway, task: TaskRecord, wait: float) -> TaskRecord:
+async def _read(gw: Gateway, task_id: str) -> TaskRecord:
+    task = await gw.store.get_task(task_id)
+    if task is None:
+        raise Problem(404, "Unknown Task", f"no task with id {task_id!r}")
+    return task
+
+
+async def _wait_for_end(
+    gw: Gateway,
+    task: TaskRecord,
+    ended: asyncio.Future[TaskEnd],
+    wait: float,
+    *,
+    local: bool = False,
+) -> TaskRecord:
+    """`task` once it has ended (or as it is after `wait` seconds).
+
+    This node's journal resolves `ended` when it commits the end; a task that ends on
+    another node (a worker) is found by re-reading the store, soon at first (most tasks are
+    quick), then backing off to twice a second. A task this request just handed to a
+    local agent is re-read only as a safety net (its agent may stop and hand it over).
+    """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
-    event = gw.watch(task.id)
-    poll = 0.01
-    try:
-        while not task.done:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
-            # The runtime's listener wakes us when the task ends on this node; a task that
-            # ends on another node (a worker) is found by re-reading the store, soon at first
-            # (most tasks are quick), then backing off to twice a second.
-            with contextlib.suppress(TimeoutError):  # the poll interval ended: re-read
-                await asyncio.wait_for(event.wait(), min(remaining, poll))
-            poll = min(poll * 2, 0.5)
-            if event.is_set() and gw.runtime.journal is not None:
-                await gw.runtime.journal.flush()
-            latest = await gw.store.get_task(task.id)
-            assert latest is not None
+    poll = 0.5 if local else 0.01
+    while True:
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            return task
+        with contextlib.suppress(TimeoutError):  # the poll interval ended: re-read
+            end = await asyncio.wait_for(asyncio.shield(ended), min(remaining, poll))
+            return end.applied_to(task)
+        poll = min(poll * 2, 0.5)
+        latest = await gw.store.get_task(task.id)
+        if latest is not None:
             task = latest
-    finally:
-        gw.unwatch(task.id, event)
-    return task
+            if task.done:
+                return task
 
 
 @router.get(
@@ -183,9 +255,7 @@ async def task_events(
     timeout: Annotated[float, Query(gt=0, le=3600, description="close after N seconds")] = 300,
 ) -> StreamingResponse:
     """Server-Sent Events: one `status` event per state change, until the task ends."""
-    task = await gw.store.get_task(task_id)
-    if task is None:
-        raise Problem(404, "Unknown Task", f"no task with id {task_id!r}")
+    task = await _read(gw, task_id)
 
     async def stream() -> AsyncIterator[str]:
         current: TaskRecord = task
@@ -193,11 +263,15 @@ async def task_events(
         deadline = loop.time() + timeout
         yield _event(current)
         last = current.status
-        while not current.done and loop.time() < deadline:
-            current = await _wait_for_end(gw, current, min(1.0, deadline - loop.time()))
-            if current.status != last:
-                last = current.status
-                yield _event(current)
+        ended = gw.journal.watch_task(task_id)  # an end before this is found by the re-read
+        try:
+            while not current.done and loop.time() < deadline:
+                current = await _wait_for_end(gw, current, ended, min(1.0, deadline - loop.time()))
+                if current.status != last:
+                    last = current.status
+                    yield _event(current)
+        finally:
+            gw.journal.unwatch_task(task_id, ended)
 
     return StreamingResponse(
         stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
@@ -218,6 +292,7 @@ async def cancel_task(
     task = await gw.store.cancel_task(task_id)
     if task is None:
         raise Problem(404, "Unknown Task", f"no task with id {task_id!r}")
+    gw.journal.task_cancelled(task)
     if task.status != "cancelled":
         raise Problem(409, "Task Finished", f"task {task_id!r} already {task.status}")
     return TaskOut.of(task)
