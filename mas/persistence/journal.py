@@ -222,18 +222,26 @@ class TaskEnd:
     result: Any
     error: dict[str, Any] | None
     attempts: int
-    started_at: datetime | None
     finished_at: datetime | None
+    started: dict[str, Any] | None = None
+    """The first `running` row this journal wrote for the task, if it wrote one."""
 
     def applied_to(self, task: TaskRecord) -> TaskRecord:
-        """`task` (as read or created earlier) updated with its end."""
+        """`task` (as read or created earlier) updated as the store updated it.
+
+        The same rules as `Store.apply`: the first start counts, and a start fills in the
+        target and trace id only where the task had none.
+        """
+        started = self.started or {}
         return dataclasses.replace(
             task,
             status=self.status,
             result=self.result,
             error=self.error,
             attempts=self.attempts,
-            started_at=task.started_at or self.started_at,
+            started_at=task.started_at or started.get("started_at"),
+            target=task.target or started.get("target"),
+            trace_id=task.trace_id or started.get("trace_id"),
             finished_at=self.finished_at,
         )
 
@@ -241,11 +249,11 @@ class TaskEnd:
 class _TaskWatch:
     """Requests waiting for one task to end, and its start if this journal recorded it."""
 
-    __slots__ = ("futures", "started_at")
+    __slots__ = ("futures", "started")
 
     def __init__(self) -> None:
         self.futures: list[asyncio.Future[TaskEnd]] = []
-        self.started_at: datetime | None = None
+        self.started: dict[str, Any] | None = None
 
     def resolve(self, end: TaskEnd) -> None:
         for future in self.futures:
@@ -378,14 +386,19 @@ class StoreJournal:
         """The store cancelled `task` (committed): wake whoever waits for its end."""
         watch = self._watches.pop(task.id, None)
         if watch is not None:
+            started = {
+                "started_at": task.started_at,
+                "target": task.target,
+                "trace_id": task.trace_id,
+            }
             watch.resolve(
                 TaskEnd(
                     task.status,
                     task.result,
                     task.error,
                     task.attempts,
-                    task.started_at,
                     task.finished_at,
+                    started,
                 )
             )
 
@@ -395,8 +408,8 @@ class StoreJournal:
             return
         for row in batch.running:
             watch = watches.get(row["id"])
-            if watch is not None and watch.started_at is None:
-                watch.started_at = row["started_at"]
+            if watch is not None and watch.started is None:
+                watch.started = row
         for row in batch.finished:
             watch = watches.pop(row["task_id"], None)
             if watch is not None:
@@ -406,8 +419,8 @@ class StoreJournal:
                         row["result"],
                         row["error"],
                         row["attempts"],
-                        watch.started_at,
                         row["finished_at"],
+                        watch.started,
                     )
                 )
 

@@ -292,9 +292,7 @@ class Store:
         if batch.processed:
             await self._insert_ignore(conn, processed, batch.processed)
         if batch.running:
-            await conn.execute(
-                self._upsert_running, list({row["id"]: row for row in batch.running}.values())
-            )
+            await conn.execute(self._upsert_running, _latest_starts(batch.running))
         if batch.finished:
             await conn.execute(self._finish_tasks, batch.finished)
 
@@ -586,6 +584,18 @@ def _sqlite_timestamp(value: datetime | None) -> str | None:
     if value is None:
         return None
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def _latest_starts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One `running` row per task: the latest attempt, started when the first one did.
+
+    One statement may not upsert the same key twice.
+    """
+    latest: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        first = latest.get(row["id"])
+        latest[row["id"]] = row if first is None else {**row, "started_at": first["started_at"]}
+    return list(latest.values())
 
 
 def _same(value: Any) -> Any:

@@ -292,7 +292,7 @@ async def cancel_task(
     task = await gw.store.cancel_task(task_id)
     if task is None:
         raise Problem(404, "Unknown Task", f"no task with id {task_id!r}")
-    gw.journal.task_cancelled(task)
     if task.status != "cancelled":
         raise Problem(409, "Task Finished", f"task {task_id!r} already {task.status}")
+    gw.journal.task_cancelled(task)
     return TaskOut.of(task)

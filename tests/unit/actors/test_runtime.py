@@ -111,6 +111,16 @@ async def test_unknown_address_raises_and_is_counted_as_a_dead_letter() -> None:
         assert rt.dead_letters.by_reason["unknown_address"] == 2
 
 
+async def test_routes_locally_says_whether_this_node_handles_an_address() -> None:
+    async with TestRuntime() as rt:
+        ref = await rt.spawn(Echo, id="e")
+        assert rt.routes_locally("agent:e") and rt.routes_locally("type:echo")
+        assert not rt.routes_locally("agent:x") and not rt.routes_locally("type:silent")
+        assert not rt.routes_locally("topic:news.today")  # fans out to every node
+        await ref.stop()
+        assert not rt.routes_locally("agent:e") and not rt.routes_locally("type:echo")
+
+
 async def test_bad_addresses_are_rejected_at_the_call_site() -> None:
     async with TestRuntime() as rt:
         for bad in ("nobody", "agent:", "queue:x", "topic:a.*"):

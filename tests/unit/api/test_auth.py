@@ -7,6 +7,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Annotated, Any
 
 import httpx
@@ -17,7 +18,8 @@ from fastapi import Depends, FastAPI
 from pydantic import SecretStr
 from typer.testing import CliRunner
 
-from mas.api.auth import SCOPES, Claims, decode_token, mint_token, require
+from mas.api import auth as auth_module
+from mas.api.auth import CLOCK_SKEW, SCOPES, Claims, decode_token, mint_token, require
 from mas.api.problems import PROBLEM_JSON, Problem, install_problem_handlers
 from mas.cli.token import app as token_app
 from mas.cli.token import parse_ttl
@@ -226,6 +228,23 @@ class TestMintDecode:
             decode_token(token, "wrong", "HS256")
         assert caught.value.status == 401
         assert caught.value.headers["WWW-Authenticate"] == 'Bearer error="invalid_token"'
+
+    def test_a_remembered_token_still_expires(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        token = mint_token(SECRET, "svc", ["tasks:read"], ttl=60)
+        assert decode_token(token, SECRET, "HS256").subject == "svc"  # verified, remembered
+        later = time.time() + 60 + CLOCK_SKEW + 1
+        monkeypatch.setattr(auth_module, "time", SimpleNamespace(time=lambda: later))
+        with pytest.raises(Problem) as caught:
+            decode_token(token, SECRET, "HS256")
+        assert (caught.value.status, "expired" in caught.value.detail) == (401, True)
+
+    def test_a_remembered_token_is_checked_against_the_current_secret(self) -> None:
+        token = mint_token(SECRET, "svc", ["tasks:read"], ttl=60)
+        assert decode_token(token, SECRET, "HS256").subject == "svc"
+        with pytest.raises(Problem, match="signature"):  # the secret was rotated
+            decode_token(token, "another-secret-" + "y" * 32, "HS256")
+        with pytest.raises(Problem, match="accepts only HS512"):
+            decode_token(token, SECRET, "HS512")
 
 
 class TestCli:

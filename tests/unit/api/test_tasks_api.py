@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -9,6 +11,7 @@ import httpx
 import pytest
 
 from mas.api.state import Gateway
+from mas.config import ApiSettings
 
 pytestmark = pytest.mark.anyio
 
@@ -380,6 +383,108 @@ class TestSubmitAndWait:
         assert response.json()["status"] in ("pending", "running")
         trouble.release.set()
         assert (await finished(client, token, response.json()["id"]))["status"] == "succeeded"
+
+
+class TestNewTasks:
+    """A task under a fresh id is created in the journal's batch and answered from its commit."""
+
+    @pytest.mark.parametrize(
+        ("body", "status"),
+        [
+            ({"type": "echo", "payload": {"text": "hi"}}, "succeeded"),
+            ({"agent": "trouble", "message_type": "boom"}, "dead_lettered"),
+        ],
+    )
+    async def test_the_answer_is_what_the_store_holds(
+        self, client: httpx.AsyncClient, token: Any, body: dict[str, Any], status: str
+    ) -> None:
+        answered = await client.post("/tasks/", params={"wait": 5}, json=body, headers=token())
+        assert answered.status_code == 200, answered.text
+        assert answered.json()["status"] == status
+        stored = await client.get(f"/tasks/{answered.json()['id']}", headers=token())
+        assert stored.json() == answered.json()
+        assert stored.json()["started_at"] is not None
+        assert stored.json()["attempts"] >= 1
+
+    async def test_an_accepted_task_is_readable_while_its_agent_works(
+        self, client: httpx.AsyncClient, token: Any, trouble: Any
+    ) -> None:
+        accepted = await submit(client, token, {"agent": "trouble", "message_type": "slow"})
+        assert accepted.status_code == 202
+        await trouble.started.wait()  # the handler holds it: no end will commit for now
+        stored = await client.get(f"/tasks/{accepted.json()['id']}", headers=token())
+        assert stored.status_code == 200, stored.text
+        assert stored.json()["status"] in ("pending", "running")
+        assert stored.json()["created_by"] == "tester"
+
+    async def test_unknown_target_fails_the_new_task(
+        self, client: httpx.AsyncClient, token: Any, problem: Problem
+    ) -> None:
+        problem(await submit(client, token, {"type": "nosuch"}), 404, "nosuch")
+        failed = await client.get("/tasks/", params={"status": "failed"}, headers=token())
+        assert [t["error"]["type"] for t in failed.json()["items"]] == ["UnknownAgent"]
+
+    async def test_a_new_task_refused_by_a_full_mailbox_is_recorded_failed(
+        self, client: httpx.AsyncClient, token: Any, problem: Problem, gw: Gateway, blocker: Any
+    ) -> None:
+        await gw.runtime.spawn(blocker, id="narrow")
+        await client.post("/agents/narrow/message", json={"type": "a"}, headers=token())
+        await blocker.started.wait()
+        await client.post("/agents/narrow/message", json={"type": "b"}, headers=token())
+        problem(await submit(client, token, {"agent": "narrow"}), 429, "narrow")
+        # Nobody can resend a task whose id the client never saw: it must not stay pending.
+        tasks = (await client.get("/tasks/", headers=token())).json()["items"]
+        assert [(t["status"], t["error"]["type"]) for t in tasks] == [("failed", "MailboxFull")]
+
+    async def test_a_cancel_ends_a_waiting_submission(
+        self, client: httpx.AsyncClient, token: Any, gw: Gateway, trouble: Any
+    ) -> None:
+        waiting = asyncio.create_task(
+            client.post(
+                "/tasks/",
+                params={"wait": 30},
+                json={"agent": "trouble", "message_type": "slow"},
+                headers=token(),
+            )
+        )
+        await trouble.started.wait()
+        await gw.journal.flush()  # the start is recorded: the task can be found
+        running = await client.get("/tasks/", params={"status": "running"}, headers=token())
+        (task,) = running.json()["items"]
+        cancelled = await client.post(f"/tasks/{task['id']}/cancel", headers=token())
+        assert cancelled.status_code == 200
+        # The handler is still blocked: only the cancellation can end the wait.
+        answered = await asyncio.wait_for(waiting, 10)
+        assert answered.status_code == 200, answered.text
+        assert answered.json()["status"] == "cancelled"
+        assert answered.json() == (await client.get(f"/tasks/{task['id']}", headers=token())).json()
+
+    async def test_a_database_refusing_writes_is_503_and_the_task_is_kept(
+        self, make_app: Any, serve: Any, token: Any, problem: Problem
+    ) -> None:
+        app = make_app(api=ApiSettings(write_timeout=0.3))
+        async with serve(app) as client:
+            gw: Gateway = app.state.gateway
+            async with gw.store.engine.begin() as conn:
+                await conn.exec_driver_sql("ALTER TABLE tasks RENAME TO tasks_away")
+            first = await submit(client, token, {"type": "echo", "payload": {"n": 1}})
+            problem(first, 503, "did not record task", "stays queued")
+            assert first.headers["retry-after"]
+            match = re.search(r"task '([^']+)'", first.json()["detail"])
+            assert match is not None
+            # Known to be failing now: refused at once, and nothing is created.
+            problem(await submit(client, token, {"type": "echo"}), 503, "not accepting writes")
+            problem(await client.get("/tasks/", headers=token()), 503, "no such table")
+
+            async with gw.store.engine.begin() as conn:
+                await conn.exec_driver_sql("ALTER TABLE tasks_away RENAME TO tasks")
+            await gw.journal.flush()  # the writer's retry commits what it kept
+            kept = await client.get(f"/tasks/{match[1]}", params={"wait": 5}, headers=token())
+            assert (kept.json()["status"], kept.json()["result"]) == ("succeeded", {"n": 1})
+            listed = await client.get("/tasks/", headers=token())
+            assert [t["id"] for t in listed.json()["items"]] == [match[1]]
+            again = await submit(client, token, {"type": "echo"})
+            assert again.status_code == 202, again.text
 
 
 class TestCancel:
