@@ -9,16 +9,13 @@ row-at-a-time ORM inserts, and the audit must keep up with the runtime.
 from __future__ import annotations
 
 import json
+import sqlite3
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
-    JSON,
-    DateTime,
     Table,
-    and_,
-    bindparam,
     delete,
     func,
     or_,
@@ -26,12 +23,13 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mas.errors import InvalidMessage, SchemaOutdated, StoreUnavailable
 from mas.messages import Message
 from mas.persistence import schema as migrations
+from mas.persistence.batch_sql import BatchStatements
 from mas.persistence.engine import connect, display_url
 from mas.persistence.models import AgentRow, MessageRow, ProcessedMessageRow, TaskRow
 
@@ -186,44 +184,7 @@ class Store:
         self.dialect = engine.dialect.name
         self.url = display_url(engine.url)
         self._insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
-        # The batch statements, built once: constructing them costs more than a small batch.
-        insert = self._insert
-        stmt = insert(agents)
-        self._upsert_agents = stmt.on_conflict_do_update(
-            index_elements=[agents.c.id],
-            set_={
-                "type": stmt.excluded.type,
-                "status": stmt.excluded.status,
-                "node_id": stmt.excluded.node_id,
-                "last_heartbeat": stmt.excluded.last_heartbeat,
-                "metadata": stmt.excluded.metadata,
-            },
-        )
-        stmt = insert(tasks)
-        self._upsert_running = stmt.on_conflict_do_update(
-            index_elements=[tasks.c.id],
-            set_={
-                "status": "running",
-                "attempts": stmt.excluded.attempts,
-                "started_at": func.coalesce(tasks.c.started_at, stmt.excluded.started_at),
-                "target": func.coalesce(tasks.c.target, stmt.excluded.target),
-                "trace_id": func.coalesce(tasks.c.trace_id, stmt.excluded.trace_id),
-            },
-            # Plain comparisons: an IN list cannot be used with executemany.
-            where=or_(tasks.c.status == "pending", tasks.c.status == "running"),
-        )
-        self._finish_tasks = (
-            update(tasks)
-            .where(tasks.c.id == bindparam("task_id"))
-            .where(and_(tasks.c.status != "succeeded", tasks.c.status != "cancelled"))
-            .values(
-                status=bindparam("status"),
-                result=bindparam("result"),
-                error=bindparam("error"),
-                attempts=bindparam("attempts"),
-                finished_at=bindparam("finished_at"),
-            )
-        )
+        self._batch_sql = BatchStatements(engine.dialect)
 
     @classmethod
     async def open(
@@ -274,58 +235,34 @@ class Store:
         Raises:
             StoreUnavailable: the database is unreachable or refused the transaction.
         """
+        statements = self._batch_sql.for_batch(batch)
         try:
-            async with self.engine.begin() as conn:
-                await self._apply(conn, batch)
-        except (OSError, SQLAlchemyError, DBAPIError) as exc:
+            if self.dialect == "sqlite":
+                await self._apply_sqlite(statements)
+            else:
+                async with self.engine.begin() as conn:
+                    for sql, params in statements:
+                        await conn.exec_driver_sql(sql, params)
+        except (OSError, SQLAlchemyError, sqlite3.Error) as exc:
             raise StoreUnavailable(f"writing to {self.url} failed: {exc}") from exc
 
-    async def _apply(self, conn: AsyncConnection, batch: Batch) -> None:
-        if batch.created:
-            await self._insert_ignore(conn, tasks, batch.created)
-        if batch.agents:
-            # One statement may not upsert the same key twice: keep each id's latest row.
-            latest_agents = list({row["id"]: row for row in batch.agents}.values())
-            await conn.execute(self._upsert_agents, latest_agents)
-        if batch.messages:
-            await self._insert_ignore(conn, messages, batch.messages)
-        if batch.processed:
-            await self._insert_ignore(conn, processed, batch.processed)
-        if batch.running:
-            await conn.execute(self._upsert_running, _latest_starts(batch.running))
-        if batch.finished:
-            await conn.execute(self._finish_tasks, batch.finished)
+    async def _apply_sqlite(self, statements: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
+        """Straight on aiosqlite's connection: one hop to its thread per statement.
 
-    async def _insert_ignore(
-        self, conn: AsyncConnection, table: Table, rows: list[dict[str, Any]]
-    ) -> None:
-        """Multi-row insert skipping existing keys, straight to the driver's executemany.
-
-        The audit and the idempotency records are most of what the runtime writes; going
-        around SQLAlchemy's per-row parameter processing (the same JSON and timestamp
-        encoding, done once here) is what keeps them off the critical path.
+        The `sqlite3` module opens the transaction before the first write; the commit is
+        ours, and so is the rollback when a statement fails.
         """
-        columns = [c.name for c in table.columns if c.name in rows[0]]
-        encoders = [self._encoder(table.columns[name].type) for name in columns]
-        names = ", ".join(columns)
-        if self.dialect == "postgresql":
-            marks = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
-            sql = f"INSERT INTO {table.name} ({names}) VALUES ({marks}) ON CONFLICT DO NOTHING"
-        else:
-            marks = ", ".join("?" * len(columns))
-            sql = f"INSERT OR IGNORE INTO {table.name} ({names}) VALUES ({marks})"
-        params = [
-            tuple(encode(row[name]) for name, encode in zip(columns, encoders, strict=True))
-            for row in rows
-        ]
-        await conn.exec_driver_sql(sql, params)
-
-    def _encoder(self, column_type: Any) -> Any:
-        if isinstance(column_type, JSON) or isinstance(getattr(column_type, "impl", None), JSON):
-            return _json_text
-        if isinstance(column_type, DateTime) and self.dialect == "sqlite":
-            return _sqlite_timestamp
-        return _same
+        async with self.engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            driver = raw.driver_connection
+            assert driver is not None
+            try:
+                for sql, params in statements:
+                    await driver.executemany(sql, params)
+                await driver.commit()
+            except BaseException:
+                await driver.rollback()
+                raise
 
     # -- tasks -------------------------------------------------------------------------------
 
@@ -573,33 +510,6 @@ class Store:
                 f"{what} contains a NUL character (\\u0000), which PostgreSQL cannot store: "
                 "remove it or encode the data (for example base64)"
             )
-
-
-def _json_text(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
-def _sqlite_timestamp(value: datetime | None) -> str | None:
-    # The format SQLAlchemy's SQLite DateTime reads back (UTC, without an offset).
-    if value is None:
-        return None
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
-
-
-def _latest_starts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One `running` row per task: the latest attempt, started when the first one did.
-
-    One statement may not upsert the same key twice.
-    """
-    latest: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        first = latest.get(row["id"])
-        latest[row["id"]] = row if first is None else {**row, "started_at": first["started_at"]}
-    return list(latest.values())
-
-
-def _same(value: Any) -> Any:
-    return value
 
 
 def _aware(value: datetime | None) -> datetime | None:
