@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -232,9 +231,10 @@ async def _wait_for_end(
         remaining = deadline - loop.time()
         if remaining <= 0:
             return task
-        with contextlib.suppress(TimeoutError):  # the poll interval ended: re-read
-            end = await asyncio.wait_for(asyncio.shield(ended), min(remaining, poll))
-            return end.applied_to(task)
+        # asyncio.wait leaves `ended` alone when the poll interval ends (wait_for cancels).
+        await asyncio.wait((ended,), timeout=min(remaining, poll))
+        if ended.done():
+            return ended.result().applied_to(task)
         poll = min(poll * 2, 0.5)
         latest = await gw.store.get_task(task.id)
         if latest is not None:
