@@ -136,7 +136,14 @@ async def test_a_task_crosses_from_the_gateway_process_to_a_worker_and_back(syst
         assert created.status_code == 202, created.text
         task_id = created.json()["id"]
         done = await client.get(f"/tasks/{task_id}", params={"wait": 20})
+        # One trip: the gateway commits the task before the worker may see it, and finds
+        # the end the worker recorded by reading the store.
+        one_trip = await client.post(
+            "/tasks/", json={"type": "echo", "payload": {"n": 2}}, params={"wait": 20}
+        )
         ready = await client.get("/readyz")
+    assert one_trip.status_code == 200, one_trip.text
+    assert (one_trip.json()["status"], one_trip.json()["result"]) == ("succeeded", {"n": 2})
     assert ready.json()["checks"] == {"runtime": "ok", "transport": "ok", "store": "ok"}
     assert done.json()["status"] == "succeeded", done.text
     assert done.json()["result"] == {"text": "hi"}
