@@ -165,8 +165,14 @@ def trouble() -> type[TroubleAgent]:
 
 
 @pytest.fixture
-def blocker() -> type[Blocker]:
-    return Blocker
+async def full_agent(client: httpx.AsyncClient, gw: Gateway) -> str:
+    """The id of a `Blocker` whose handler holds one message and whose one slot is taken."""
+    await gw.runtime.spawn(Blocker, id="narrow")
+    await client.post("/agents/narrow/message", json={"type": "a"}, headers=auth())
+    await Blocker.started.wait()  # the handler holds the first; the mailbox is empty
+    second = await client.post("/agents/narrow/message", json={"type": "b"}, headers=auth())
+    assert second.status_code == 202  # fills the one slot
+    return "narrow"
 
 
 @pytest.fixture

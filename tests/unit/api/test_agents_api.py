@@ -246,26 +246,17 @@ class TestMessage:
         problem(response, 422, field)
 
     async def test_full_mailbox_is_429_with_retry_after(
-        self, client: httpx.AsyncClient, token: Any, problem: Problem, gw: Gateway, blocker: Any
+        self, client: httpx.AsyncClient, token: Any, problem: Problem, full_agent: str
     ) -> None:
-        await gw.runtime.spawn(blocker, id="narrow")
-        first = await client.post("/agents/narrow/message", json={"type": "a"}, headers=token())
-        assert first.status_code == 202
-        await blocker.started.wait()  # the handler holds the first; the mailbox is empty
-        second = await client.post("/agents/narrow/message", json={"type": "b"}, headers=token())
-        assert second.status_code == 202  # fills the one slot
-        refused = await client.post("/agents/narrow/message", json={"type": "c"}, headers=token())
-        problem(refused, 429, "narrow")
+        path = f"/agents/{full_agent}/message"
+        refused = await client.post(path, json={"type": "c"}, headers=token())
+        problem(refused, 429, full_agent)
         assert int(refused.headers["retry-after"]) >= 1
 
     async def test_full_mailbox_on_task_submit_is_429_and_retry_delivers(
-        self, client: httpx.AsyncClient, token: Any, problem: Problem, gw: Gateway, blocker: Any
+        self, client: httpx.AsyncClient, token: Any, problem: Problem, full_agent: str
     ) -> None:
-        await gw.runtime.spawn(blocker, id="narrow")
-        await client.post("/agents/narrow/message", json={"type": "a"}, headers=token())
-        await blocker.started.wait()
-        await client.post("/agents/narrow/message", json={"type": "b"}, headers=token())
-        body = {"agent": "narrow", "id": "retry-me"}
+        body = {"agent": full_agent, "id": "retry-me"}
         refused = await client.post("/tasks/", json=body, headers=token())
         problem(refused, 429)
         assert refused.headers["retry-after"]

@@ -425,13 +425,9 @@ class TestNewTasks:
         assert [t["error"]["type"] for t in failed.json()["items"]] == ["UnknownAgent"]
 
     async def test_a_new_task_refused_by_a_full_mailbox_is_recorded_failed(
-        self, client: httpx.AsyncClient, token: Any, problem: Problem, gw: Gateway, blocker: Any
+        self, client: httpx.AsyncClient, token: Any, problem: Problem, full_agent: str
     ) -> None:
-        await gw.runtime.spawn(blocker, id="narrow")
-        await client.post("/agents/narrow/message", json={"type": "a"}, headers=token())
-        await blocker.started.wait()
-        await client.post("/agents/narrow/message", json={"type": "b"}, headers=token())
-        problem(await submit(client, token, {"agent": "narrow"}), 429, "narrow")
+        problem(await submit(client, token, {"agent": full_agent}), 429, full_agent)
         # Nobody can resend a task whose id the client never saw: it must not stay pending.
         tasks = (await client.get("/tasks/", headers=token())).json()["items"]
         assert [(t["status"], t["error"]["type"]) for t in tasks] == [("failed", "MailboxFull")]
