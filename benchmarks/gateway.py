@@ -4,6 +4,9 @@ The server (a subprocess: `mas` gateway from `create_app`, SQLite in a temporary
 echo agent, plus a bare `POST /bare` route returning the same JSON a finished task has) is
 driven by an aiohttp client at two concurrency levels, 8 connections (low) and 64 (saturating):
 - bare: `POST /bare` -> 200 JSON;
+- durable: `POST /durable` -> 200 JSON, a hand-rolled route that keeps a record: the same
+  auth dependency, one row inserted and committed per request (SQLAlchemy on aiosqlite), no
+  agent (what "FastAPI plus a database" costs without mas);
 - task: `POST /tasks/` -> 202, then `GET /tasks/{id}?wait=10` -> 200 succeeded (two requests);
 - task_one_trip: `POST /tasks/?wait=10` -> 200 succeeded (one request).
 Every status is checked and every body read. Prints JSON (also benchmarks/results/gateway.json)
@@ -33,14 +36,18 @@ import sys
 import tempfile
 import time
 import urllib.request
+import uuid
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import aiohttp
+from fastapi import Depends
+
+from mas.api.auth import Claims, require
 
 RESULTS = Path(__file__).parent / "results" / "gateway.json"
 SECRET = "benchmark-secret-" + "x" * 32
-KINDS = ("bare", "task", "task_one_trip")
+KINDS = ("bare", "durable", "task", "task_one_trip")
 CONCURRENCY = (8, 64)  # low, saturating
 WAIT = {"wait": "10"}
 
@@ -68,11 +75,48 @@ def serve(port_file: str) -> None:
     async def bare(body: dict[str, Any]) -> dict[str, Any]:
         return {"id": "bare", "status": "succeeded", "result": body.get("payload")}
 
+    # What a hand-rolled endpoint that keeps a record does: the same auth, one row inserted
+    # and committed per request (SQLAlchemy on aiosqlite, its own SQLite file), no agent.
+    from sqlalchemy import JSON, Column, MetaData, String, Table, create_engine, event
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    records = Table(
+        "records",
+        MetaData(),
+        Column("id", String, primary_key=True),
+        Column("created_by", String),
+        Column("payload", JSON),
+    )
+    records.metadata.create_all(create_engine(f"sqlite:///{tmp}/durable.db"))
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp}/durable.db")
+    event.listen(engine.sync_engine, "connect", _sqlite_pragmas)  # mas's settings: fair
+
+    @app.post("/durable")
+    async def durable(
+        body: dict[str, Any], claims: Annotated[Claims, Depends(require("tasks:write"))]
+    ) -> dict[str, Any]:
+        record_id = uuid.uuid4().hex
+        async with engine.begin() as conn:
+            await conn.execute(
+                records.insert().values(
+                    id=record_id, created_by=claims.subject, payload=body.get("payload")
+                )
+            )
+        return {"id": record_id, "status": "succeeded", "result": body.get("payload")}
+
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # see mas up
     sock.bind(("127.0.0.1", 0))
     Path(port_file).write_text(str(sock.getsockname()[1]))
     server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False))
     asyncio.run(server.serve([sock]))
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    """WAL and synchronous=NORMAL, as mas sets them for its own SQLite store."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
 
 
 async def _call(
@@ -95,8 +139,8 @@ async def _call(
 async def _one(session: aiohttp.ClientSession, kind: str, i: int) -> None:
     """One bare request, or one echo task submitted and waited for; raises unless it succeeded."""
     body = {"type": "echo", "payload": {"i": i, "text": "hello"}}
-    if kind == "bare":
-        done = await _call(session, "POST", "/bare", 200, body)
+    if kind in ("bare", "durable"):
+        done = await _call(session, "POST", f"/{kind}", 200, body)
     elif kind == "task_one_trip":
         done = await _call(session, "POST", "/tasks/", 200, body, WAIT)
     else:
@@ -188,6 +232,7 @@ def main(quick: bool) -> dict[str, Any]:
             "runs_per_s": level_runs,
             "ratio_task_vs_bare": medians["task"] / medians["bare"],
             "ratio_task_one_trip_vs_bare": medians["task_one_trip"] / medians["bare"],
+            "ratio_task_one_trip_vs_durable": medians["task_one_trip"] / medians["durable"],
         }
     return {
         "client": f"aiohttp {aiohttp.__version__}",
@@ -218,6 +263,8 @@ if __name__ == "__main__":
             f"echo task (submit + wait) {level['per_s']['task']:,.0f} tasks/s: ratio "
             f"{level['ratio_task_vs_bare']:.2f}; one trip (POST ?wait) "
             f"{level['per_s']['task_one_trip']:,.0f} tasks/s: ratio "
-            f"{level['ratio_task_one_trip_vs_bare']:.2f}",
+            f"{level['ratio_task_one_trip_vs_bare']:.2f}; a hand-rolled durable route "
+            f"{level['per_s']['durable']:,.0f} req/s: one trip / durable "
+            f"{level['ratio_task_one_trip_vs_durable']:.2f}",
             file=sys.stderr,
         )
