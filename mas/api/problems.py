@@ -130,9 +130,9 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(SQLAlchemyError)
     async def _store(request: Request, exc: SQLAlchemyError) -> JSONResponse:
-        # A read that the database failed (it went away, or its schema did): the client
-        # may retry; the operator finds the cause in the log.
-        _log.error("store_read_failed", path=request.url.path, error=error_reason(exc))
+        # A query the database failed (it went away, or its schema did): the client may
+        # retry; the operator finds the cause in the log.
+        _log.error("store_query_failed", path=request.url.path, error=error_reason(exc))
         return problem_response(
             request,
             503,
