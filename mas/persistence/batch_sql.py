@@ -19,7 +19,7 @@ from sqlalchemy import JSON, DateTime, Table, and_, bindparam, func, or_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 
-from mas.persistence.models import AgentRow, MessageRow, ProcessedMessageRow, TaskRow
+from mas.persistence.models import agents, messages, processed, tasks
 
 if TYPE_CHECKING:
     from sqlalchemy.sql.dml import UpdateBase
@@ -28,10 +28,6 @@ if TYPE_CHECKING:
 
 __all__ = ["BatchStatements", "DriverStatement", "encoder_for"]
 
-agents: Table = AgentRow.__table__  # type: ignore[assignment]
-tasks: Table = TaskRow.__table__  # type: ignore[assignment]
-messages: Table = MessageRow.__table__  # type: ignore[assignment]
-processed: Table = ProcessedMessageRow.__table__  # type: ignore[assignment]
 
 Encoder = Callable[[Any], Any]
 

@@ -10,11 +10,21 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Index, Integer, MetaData, String, UniqueConstraint
+from sqlalchemy import JSON, DateTime, Index, Integer, MetaData, String, Table, UniqueConstraint
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["AgentRow", "Base", "MessageRow", "ProcessedMessageRow", "TaskRow"]
+__all__ = [
+    "AgentRow",
+    "Base",
+    "MessageRow",
+    "ProcessedMessageRow",
+    "TaskRow",
+    "agents",
+    "messages",
+    "processed",
+    "tasks",
+]
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
 Timestamp = DateTime(timezone=True)
@@ -112,3 +122,10 @@ class ProcessedMessageRow(Base):
         Index("ix_processed_messages_agent_id_id", "agent_id", "id"),
         Index("ix_processed_messages_message_id", "message_id"),
     )
+
+
+# The tables for Core statements (the store's queries, the journal's batches).
+agents: Table = AgentRow.__table__  # type: ignore[assignment]
+tasks: Table = TaskRow.__table__  # type: ignore[assignment]
+messages: Table = MessageRow.__table__  # type: ignore[assignment]
+processed: Table = ProcessedMessageRow.__table__  # type: ignore[assignment]

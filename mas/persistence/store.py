@@ -14,14 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import (
-    Table,
-    delete,
-    func,
-    or_,
-    select,
-    update,
-)
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -31,14 +24,10 @@ from mas.messages import Message
 from mas.persistence import schema as migrations
 from mas.persistence.batch_sql import BatchStatements
 from mas.persistence.engine import connect, display_url
-from mas.persistence.models import AgentRow, MessageRow, ProcessedMessageRow, TaskRow
+from mas.persistence.models import agents, messages, processed, tasks
 
 __all__ = ["AgentRecord", "Batch", "Store", "TaskRecord"]
 
-agents: Table = AgentRow.__table__  # type: ignore[assignment]
-tasks: Table = TaskRow.__table__  # type: ignore[assignment]
-messages: Table = MessageRow.__table__  # type: ignore[assignment]
-processed: Table = ProcessedMessageRow.__table__  # type: ignore[assignment]
 
 FINAL_STATUSES = ("succeeded", "failed", "dead_lettered", "cancelled")
 
