@@ -151,7 +151,9 @@ class MemoryDelivery(TrackedDelivery):
             self._transport.broker.dead_letters.append(letter)
 
     async def release(self) -> bool:
-        if self._queue is None:
+        # Only to a standby: a queue nobody else consumes is gone once its last consumer
+        # left (unlike a broker's durable queue), so the caller dead-letters instead.
+        if self._queue is None or not self._queue.consumers:
             return False
         if self._settle():
             await self._transport.broker.requeue(self._queue, self.message, self.attempt)

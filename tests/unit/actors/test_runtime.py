@@ -25,6 +25,7 @@ from mas import (
     UnknownAgent,
 )
 from mas.testing import Probe, TestRuntime
+from mas.transports.memory import MemoryBroker, MemoryTransport
 
 pytestmark = pytest.mark.anyio
 
@@ -289,6 +290,22 @@ async def test_shutdown_timeout_cancels_a_stuck_handler_and_dead_letters_what_is
     letters = [(d.message.type, d.reason) for d in rt.dead_letters.recent]
     # Nothing is lost: the interrupted message and the queued one are both dead letters.
     assert letters == [("first", "agent_stopped"), ("second", "agent_stopped")]
+
+
+async def test_messages_from_another_node_left_at_shutdown_are_dead_letters_not_lost() -> None:
+    # Nobody else consumes the agent's queue: handing them back would drop them.
+    Stuck.entered = asyncio.Event()
+    broker = MemoryBroker()
+    async with TestRuntime(transport=MemoryTransport(broker), node_id="sender") as sender:
+        async with TestRuntime(
+            transport=MemoryTransport(broker), node_id="host", shutdown_timeout=0.05
+        ) as host:
+            await host.spawn(Stuck, id="stuck")
+            for n in range(3):
+                await sender.tell("agent:stuck", Message("job", {"n": n}))
+            await asyncio.wait_for(Stuck.entered.wait(), 1)
+        letters = [d.message.payload["n"] for d in host.dead_letters.recent]
+    assert sorted(letters) == [0, 1, 2]
 
 
 async def test_asks_with_different_timeouts_each_expire_on_their_own_deadline() -> None:
