@@ -404,7 +404,8 @@ class Runtime:
         """
         address = _parse(target)
         if address.kind == "agent":
-            return address.value in self._cells
+            cell = self._cells.get(address.value)
+            return cell is not None and not cell.stopped
         return address.kind == "type" and self.registry.hosts_type(address.value)
 
     def ref(self, agent_id: str) -> AgentRef:

@@ -14,7 +14,7 @@ from mas.api.auth import Claims, require
 from mas.api.problems import Problem
 from mas.api.schemas import ID_PATTERN, TaskIn, TaskList, TaskOut, TaskStatus
 from mas.api.state import Gateway, gateway
-from mas.errors import MailboxFull, UnknownAgent
+from mas.errors import AgentStopped, MailboxFull, UnknownAgent
 from mas.messages import Message, TaskError, TaskResult, new_id
 from mas.persistence.journal import TaskEnd
 from mas.persistence.store import TaskRecord
@@ -143,9 +143,9 @@ async def _create_new(
         await gw.recorded(task.id)
     try:
         await _hand_over(gw, task, message)
-    except MailboxFull as exc:
+    except (MailboxFull, AgentStopped) as exc:
         # Nobody will resend a task whose id the client never saw: record the refusal.
-        await _fail(gw, task, "MailboxFull", str(exc))
+        await _fail(gw, task, type(exc).__name__, str(exc))
         raise
     return task
 
