@@ -24,7 +24,9 @@ message's JSON; never pickle.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import aio_pika
@@ -109,33 +111,42 @@ class AmqpDelivery(TrackedDelivery):
         if not self._settle():
             return
         incoming = self._incoming
-        await self._transport._publish_delayed(
-            incoming.body, self.message, incoming.routing_key or "", self.attempt + 1, delay
-        )
+        async with self._back_to_queue_on_failure():
+            await self._transport._publish_delayed(
+                incoming.body, self.message, incoming.routing_key or "", self.attempt + 1, delay
+            )
         await self._transport._ack(self._incoming)
 
     async def dead_letter(self, letter: DeadLetter) -> None:
         if not self._settle():
             return
-        await self._transport.publish_dead_letter(
-            self._incoming.body,
-            self._incoming.routing_key or "",
-            reason=letter.reason,
-            agent_id=letter.agent_id,
-            error=f"{letter.error_type}: {letter.error_message}" if letter.error_type else None,
-            attempts=letter.attempts,
-        )
+        async with self._back_to_queue_on_failure():
+            await self._transport.publish_dead_letter(
+                self._incoming.body,
+                self._incoming.routing_key or "",
+                reason=letter.reason,
+                agent_id=letter.agent_id,
+                error=f"{letter.error_type}: {letter.error_message}" if letter.error_type else None,
+                attempts=letter.attempts,
+            )
         await self._transport._ack(self._incoming)
 
     async def release(self) -> bool:
-        incoming = self._incoming
-        if incoming.exchange != self._transport.name("agents.direct") or (
-            incoming.routing_key or ""
-        ).startswith("reply."):
+        if not self._transport.from_work_queue(self._incoming):
             return False
         if self._settle():
-            await self._transport._nack_requeue(incoming)
+            await self._transport._nack_requeue(self._incoming)
         return True
+
+    @contextlib.asynccontextmanager
+    async def _back_to_queue_on_failure(self) -> AsyncIterator[None]:
+        """The settled delivery's replacement could not be published: requeue the original
+        rather than hold it unacknowledged until the channel closes."""
+        try:
+            yield
+        except BaseException:
+            await self._transport._nack_requeue(self._incoming)
+            raise
 
 
 class AmqpTransport:
@@ -452,9 +463,20 @@ class AmqpTransport:
             return
         attempt = _attempt(headers.get(ATTEMPT_HEADER))
         delivery = AmqpDelivery(message, attempt, incoming, self)
-        if self._claims is not None and attempt == 1 and not delivery.redelivered:
+        if (
+            self._claims is not None
+            and attempt == 1
+            and not delivery.redelivered
+            and self.from_work_queue(incoming)  # topic copies are all alike; replies unique
+        ):
             await self._claim(delivery, incoming.routing_key or "")
         await self.node.receive(delivery)
+
+    def from_work_queue(self, incoming: AbstractIncomingMessage) -> bool:
+        """Whether it came from an agent or type queue (not a node's reply or topic queue)."""
+        return incoming.exchange == self.name("agents.direct") and not (
+            incoming.routing_key or ""
+        ).startswith("reply.")
 
     @property
     def idle(self) -> bool:
@@ -487,8 +509,6 @@ class AmqpTransport:
         cannot answer, the runtime asks the database's record instead.
         """
         assert self._claims is not None
-        if routing_key.startswith("reply."):
-            return
         claim = await self._claims.claim(routing_key, delivery.message.id, ttl=self._dedupe_ttl)
         if claim.duplicate:
             delivery.claimed_elsewhere = True
