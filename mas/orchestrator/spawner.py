@@ -9,7 +9,7 @@ hosting the type means no queue, and the ask fails at once with `UnknownAgent`.
 from __future__ import annotations
 
 from mas.actors.agent import Agent, HandlerResult
-from mas.errors import DuplicateAgent
+from mas.errors import DuplicateAgent, MasError
 from mas.messages import Message
 
 __all__ = ["SPAWN", "spawner_for", "spawner_type"]
@@ -32,13 +32,17 @@ def spawner_for(cls: type[Agent]) -> type[Agent]:
             if message.type != SPAWN:
                 return message.reply({"error": f"a spawner only takes {SPAWN!r} messages"})
             agent_id = message.payload.get("id")
+            if not isinstance(agent_id, str):
+                return message.reply({"error": "invalid", "detail": "the id must be a string"})
             runtime = self.ctx.runtime
-            if not isinstance(agent_id, str) or runtime.local_cell(agent_id) is not None:
-                return message.reply({"error": "duplicate", "id": agent_id})
             try:
                 ref = await runtime.spawn(cls, id=agent_id)
             except DuplicateAgent:
                 return message.reply({"error": "duplicate", "id": agent_id})
+            except MasError as exc:
+                # A start that fails is the caller's answer, not this spawner's crash: its
+                # restarts would count against the budget every agent here shares.
+                return message.reply({"error": "start_failed", "detail": str(exc)})
             if runtime.journal is not None:
                 await runtime.journal.flush()  # the gateway reads the registry next
             return message.reply({"id": ref.id, "node_id": runtime.node_id})

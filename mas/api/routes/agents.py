@@ -40,7 +40,13 @@ async def register_agent(
             422, "Unknown Agent Type", f"no agent class of type {spec.type!r} (known: {known})"
         )
     record = await gw.store.get_agent(agent_id)
-    assert record is not None
+    if record is None:
+        raise Problem(
+            502,
+            "Agent Not Recorded",
+            f"agent {agent_id!r} started, but its node does not record agents: run workers "
+            "with persistence (not --no-persist) so the gateway can see them",
+        )
     response.headers["Location"] = f"/agents/{agent_id}"
     return gw.agent_out(record)
 
@@ -60,8 +66,14 @@ async def _spawn_on_a_worker(gw: Gateway, spec: AgentIn) -> str:
             f"no worker hosts agents of type {spec.type!r}: start one with "
             f"`mas worker --agents module:Class`",
         ) from None
-    if reply.payload.get("error") == "duplicate":
+    error = reply.payload.get("error")
+    if error == "duplicate":
         raise DuplicateAgent(agent_id)
+    if error is not None:
+        detail = reply.payload.get("detail", error)
+        raise Problem(
+            502, "Agent Start Failed", f"the worker could not start {agent_id!r}: {detail}"
+        )
     return agent_id
 
 
