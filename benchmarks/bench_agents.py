@@ -56,14 +56,14 @@ class _Counting(Agent):
 
 
 class IoSolo(_Counting):
-    """Awaits 5 ms of simulated I/O per message; hosted by the first worker only."""
+    """Awaits IO_SECONDS (50 ms) of simulated I/O per message; hosted by the first worker only."""
 
     type = "bench_io_solo"
     io_seconds = IO_SECONDS
 
 
 class IoPair(_Counting):
-    """Awaits 5 ms of simulated I/O per message; hosted by both workers."""
+    """Awaits IO_SECONDS (50 ms) of simulated I/O per message; hosted by both workers."""
 
     type = "bench_io_pair"
     io_seconds = IO_SECONDS

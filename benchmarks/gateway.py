@@ -63,7 +63,7 @@ def serve(port_file: str) -> None:
     from mas.api.app import create_app
     from mas.config import AuthSettings, Settings
 
-    tmp = tempfile.mkdtemp()
+    tmp = os.path.dirname(port_file)  # the parent's temporary folder, removed after the run
     settings = Settings(
         auth=AuthSettings(jwt_secret=SecretStr(SECRET)),
         database_url=f"sqlite+aiosqlite:///{tmp}/bench.db",
@@ -182,7 +182,10 @@ def _wait_for_server(server: subprocess.Popen[bytes], port_file: str, token: str
     """
     deadline = time.monotonic() + 30
     while True:
-        if server.poll() is not None or time.monotonic() > deadline:
+        if server.poll() is None and time.monotonic() > deadline:
+            server.kill()  # stuck: its stderr ends only once it is gone
+            server.wait()
+        if server.poll() is not None:
             raise RuntimeError(f"server did not start: {server.stderr.read()!r}")  # type: ignore[union-attr]
         port = Path(port_file).read_text() if os.path.exists(port_file) else ""
         if port:

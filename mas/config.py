@@ -6,6 +6,7 @@ Defaults serve a newcomer: in-memory transport, nothing to install or start.
 from __future__ import annotations
 
 from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -142,10 +143,11 @@ class Settings(BaseSettings):
 
 def masked_url(url: str) -> str:
     """A service URL with any password hidden, for banners, logs and errors."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
+    parts = urlsplit(url)
+    credentials, at, host = parts.netloc.rpartition("@")
+    if not at:
         return url
-    credentials, _, host = rest.rpartition("@")
     user, has_password, _ = credentials.partition(":")
     # A lone user part may be a password too (`redis://secret@host`): hide it either way.
-    return f"{scheme}://{user}:***@{host}" if has_password else f"{scheme}://***@{host}"
+    netloc = f"{user}:***@{host}" if has_password else f"***@{host}"
+    return urlunsplit(parts._replace(netloc=netloc))

@@ -85,4 +85,5 @@ def test_api_says_which_database_it_cannot_reach_before_it_listens() -> None:
     assert "cannot reach the database at postgresql+asyncpg://postgres@127.0.0.1:1/test" in (
         result.stderr
     )
+    assert "mas api:" not in result.stdout  # it never said it was listening
     assert "Traceback" not in result.stderr

@@ -168,8 +168,9 @@ def trouble() -> type[TroubleAgent]:
 async def full_agent(client: httpx.AsyncClient, gw: Gateway) -> str:
     """The id of a `Blocker` whose handler holds one message and whose one slot is taken."""
     await gw.runtime.spawn(Blocker, id="narrow")
-    await client.post("/agents/narrow/message", json={"type": "a"}, headers=auth())
-    await Blocker.started.wait()  # the handler holds the first; the mailbox is empty
+    first = await client.post("/agents/narrow/message", json={"type": "a"}, headers=auth())
+    assert first.status_code == 202
+    await asyncio.wait_for(Blocker.started.wait(), 5)  # the handler holds the first
     second = await client.post("/agents/narrow/message", json={"type": "b"}, headers=auth())
     assert second.status_code == 202  # fills the one slot
     return "narrow"
