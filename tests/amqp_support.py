@@ -9,6 +9,7 @@ skips — or fails under MAS_REQUIRE_SERVICES=1 (see `require_service` in tests/
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
@@ -19,13 +20,22 @@ from urllib.parse import quote
 
 import aio_pika
 import pytest
+from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 from aio_pika.exceptions import AMQPError
 
 from mas.config import AmqpSettings
 from mas.transports.amqp import AmqpTransport
 from tests.conftest import require_service
 
-__all__ = ["AMQP_URL", "AmqpScope", "amqp_scope", "amqp_vhost_url", "delete_topology"]
+__all__ = [
+    "AMQP_URL",
+    "AmqpScope",
+    "amqp_scope",
+    "amqp_vhost_url",
+    "delete_topology",
+    "queue_depth",
+    "take_dead_letters",
+]
 
 AMQP_URL = os.environ.get("MAS_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 
@@ -116,3 +126,37 @@ async def amqp_scope(amqp_vhost_url: str) -> AsyncIterator[AmqpScope]:
     scope = AmqpScope(amqp_vhost_url, f"t{uuid.uuid4().hex[:8]}.")
     yield scope
     await delete_topology(scope.url, scope.prefix, scope.queue_names())
+
+
+async def queue_depth(connection: AbstractConnection, name: str) -> int:
+    """Messages ready in a queue (a passive declare: it must exist)."""
+    channel = await connection.channel()
+    try:
+        queue = await channel.declare_queue(name, passive=True)
+        return queue.declaration_result.message_count or 0
+    finally:
+        await channel.close()
+
+
+async def take_dead_letters(
+    connection: AbstractConnection, prefix: str, count: int, timeout: float = 5.0
+) -> list[AbstractIncomingMessage]:
+    """Take `count` messages off the dead-letter queue as the broker delivers them; then
+    check that no more wait there."""
+    dead_letters = prefix + "agents.dead_letter"
+    taken: list[AbstractIncomingMessage] = []
+    channel = await connection.channel()
+    try:
+        await channel.set_qos(prefetch_count=1)  # a further letter stays in the queue
+        queue = await channel.declare_queue(dead_letters, passive=True)
+        async with asyncio.timeout(timeout), queue.iterator() as letters:
+            async for letter in letters:
+                await letter.ack()
+                taken.append(letter)
+                if len(taken) == count:
+                    break
+    finally:
+        await channel.close()  # one delivered but not taken goes back to the queue
+    extra = await queue_depth(connection, dead_letters)
+    assert extra == 0, f"{extra} more dead letter(s) than expected"
+    return taken

@@ -21,7 +21,7 @@ from typing import Any
 
 import aio_pika
 import pytest
-from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
+from aio_pika.abc import AbstractConnection
 from yarl import URL
 
 from mas import Agent, HandlerResult, Message, MessageTooLarge, UnknownAgent
@@ -31,7 +31,13 @@ from mas.config import Settings
 from mas.errors import TransportError
 from mas.testing import Probe, TestRuntime
 from mas.transports.amqp import AmqpTransport
-from tests.amqp_support import AmqpScope, amqp_scope, amqp_vhost_url
+from tests.amqp_support import (
+    AmqpScope,
+    amqp_scope,
+    amqp_vhost_url,
+    queue_depth,
+    take_dead_letters,
+)
 
 __all__ = ["amqp_scope", "amqp_vhost_url"]
 
@@ -54,38 +60,6 @@ async def broker(amqp_scope: AmqpScope) -> AsyncIterator[AbstractConnection]:
         yield connection
     finally:
         await connection.close()
-
-
-async def queue_depth(connection: AbstractConnection, name: str) -> int:
-    """Messages ready in a queue (a passive declare: it must exist)."""
-    channel = await connection.channel()
-    try:
-        queue = await channel.declare_queue(name, passive=True)
-        return queue.declaration_result.message_count or 0
-    finally:
-        await channel.close()
-
-
-async def take_dead_letters(
-    connection: AbstractConnection, scope: AmqpScope, count: int, timeout: float = 5.0
-) -> list[AbstractIncomingMessage]:
-    """Take `count` messages off the broker's dead-letter queue; then check it is empty."""
-    channel = await connection.channel()
-    taken: list[AbstractIncomingMessage] = []
-    try:
-        queue = await channel.declare_queue(scope.prefix + "agents.dead_letter", passive=True)
-        async with asyncio.timeout(timeout):
-            while len(taken) < count:
-                got = await queue.get(no_ack=True, fail=False)
-                if got is not None:
-                    taken.append(got)
-                else:
-                    await asyncio.sleep(0.01)  # nothing signals a dead letter: poll the queue
-        extra = await queue.get(no_ack=True, fail=False)
-        assert extra is None, f"more dead letters than expected: {extra.headers if extra else ''}"
-    finally:
-        await channel.close()
-    return taken
 
 
 async def eventually(check: Callable[[], bool | Awaitable[bool]], timeout: float = 5.0) -> None:
@@ -283,7 +257,7 @@ async def test_a_poison_message_lands_in_the_broker_dead_letter_queue_after_max_
         await healthy.wait_for(20)
         assert len(crashes) < 3, "the healthy agent waited for the poison's retries"
 
-        [letter] = await take_dead_letters(broker, amqp_scope, 1)
+        [letter] = await take_dead_letters(broker, amqp_scope.prefix, 1)
         await wait_until_drained(broker, amqp_scope.prefix + "agent.poisoned", [b])
 
     assert crashes == [7, 7, 7]
@@ -322,7 +296,7 @@ async def test_an_undecodable_body_is_dead_lettered_at_once_and_the_queue_moves_
             aio_pika.Message(body, message_id="garbage-1"), "agent.target", mandatory=True
         )
         await channel.close()
-        [letter] = await take_dead_letters(broker, amqp_scope, 1, timeout=3)
+        [letter] = await take_dead_letters(broker, amqp_scope.prefix, 1, timeout=3)
         await a.tell("agent:target", Message("valid", {"after": "garbage"}))
         await probe.wait_for(1)
         queue = amqp_scope.prefix + "agent.target"
@@ -350,7 +324,7 @@ async def test_a_body_over_the_receivers_cap_is_dead_lettered_not_handled(
         await a.tell("agent:target", big)  # a's cap is 1 MiB: it sends
         await a.tell("agent:target", Message("small"))
         await probe.wait_for(1)
-        [letter] = await take_dead_letters(broker, amqp_scope, 1)
+        [letter] = await take_dead_letters(broker, amqp_scope.prefix, 1)
         await wait_until_drained(broker, amqp_scope.prefix + "agent.target", [b])
         assert amqp(b).idle
     assert probe.types == ["small"]

@@ -16,7 +16,7 @@ from mas.actors.clock import LoopClock
 from mas.config import Settings
 from mas.testing import TestRuntime
 from mas.transports.taskiq import TASK_NAME, create_broker
-from tests.amqp_support import AmqpScope, amqp_scope, amqp_vhost_url
+from tests.amqp_support import AmqpScope, amqp_scope, amqp_vhost_url, take_dead_letters
 
 __all__ = ["amqp_scope", "amqp_vhost_url"]
 
@@ -91,16 +91,7 @@ async def test_a_bad_message_from_taskiq_is_dead_lettered_with_the_reason(
         await bridge.kiq("not json at all")
     finally:
         await client.shutdown()
-    connection = await aio_pika.connect(amqp_scope.url)
-    reasons = []
-    async with connection:
-        channel = await connection.channel()
-        queue = await channel.declare_queue(f"{amqp_scope.prefix}agents.dead_letter", passive=True)
-        async with asyncio.timeout(15):
-            while len(reasons) < 2:
-                letter = await queue.get(no_ack=True, fail=False)
-                if letter is None:
-                    await asyncio.sleep(0.02)  # nothing yet: the worker is on it
-                    continue
-                reasons.append(letter.headers["x-mas-reason"])
+    async with await aio_pika.connect(amqp_scope.url) as connection:
+        letters = await take_dead_letters(connection, amqp_scope.prefix, 2, timeout=15)
+    reasons = [letter.headers["x-mas-reason"] for letter in letters]
     assert sorted(reasons) == ["invalid_message", "unknown_address"]
