@@ -48,7 +48,7 @@ pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 REDIS_HOST = urlsplit(REDIS_URL).hostname or "127.0.0.1"  # what the proxy test forwards to
 REDIS_PORT = urlsplit(REDIS_URL).port or 6379
 DEAD_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1: connections are refused
-SHORT = 0.2  # seconds: a TTL that elapses quickly
+SHORT = 1.0  # seconds: a TTL that elapses soon, yet outlasts a stall of a loaded machine
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
@@ -259,7 +259,7 @@ async def test_acquiring_a_held_lease_again_as_its_owner_returns_the_same_token(
 ) -> None:
     """What makes a retried acquire (reply lost, redis-py resent it) safe."""
     leases = Leases(client, prefix=prefix)
-    first = await leases.acquire("scheduler", "node-a", ttl=SHORT)
+    first = await leases.acquire("scheduler", "node-a", ttl=5)  # outlives the retry below
     again = await leases.acquire("scheduler", "node-a", ttl=30)
     assert first is not None and again is not None
     assert again.token == first.token
@@ -507,10 +507,19 @@ async def test_a_hung_redis_costs_one_timeout_then_claims_answer_at_once() -> No
             assert (await claims.claim("agent-1", "m-1", ttl=30)).unknown
             assert 0.2 <= time.monotonic() - started < 3  # the read timed out (and one retry)
 
+            asked: list[str] = []
+            real_set = hung.set
+
+            async def counting_set(name: str, *args: Any, **kwargs: Any) -> Any:
+                asked.append(name)
+                return await real_set(name, *args, **kwargs)
+
+            hung.set = counting_set  # type: ignore[method-assign]
             started = time.monotonic()
             for n in range(100):
                 assert (await claims.claim("agent-1", f"m-{n}", ttl=30)).unknown
-            assert time.monotonic() - started < 0.1
+            assert asked == []  # none of them went to Redis: no timeout was waited
+            assert time.monotonic() - started < 1.0  # a timeout each would take 20 s
         finally:
             await hung.aclose()
 
