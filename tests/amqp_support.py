@@ -53,13 +53,16 @@ def _rabbitmqctl(*args: str) -> bool:
 def amqp_vhost_url() -> Iterator[str]:
     """The session's broker URL: a private vhost when rabbitmqctl is at hand."""
     vhost = f"mas-test-{uuid.uuid4().hex[:8]}"
-    if _rabbitmqctl("add_vhost", vhost) and _rabbitmqctl(
-        "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"
-    ):
-        yield AMQP_URL.rstrip("/") + "/" + quote(vhost, safe="")
-        _rabbitmqctl("delete_vhost", vhost)
-    else:
+    if not _rabbitmqctl("add_vhost", vhost):
         yield AMQP_URL
+        return
+    try:
+        if _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"):
+            yield AMQP_URL.rstrip("/") + "/" + quote(vhost, safe="")
+        else:
+            yield AMQP_URL
+    finally:
+        _rabbitmqctl("delete_vhost", vhost)
 
 
 @dataclass

@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 
 from tests.conftest import require_service
 
-__all__ = ["REDIS_URL", "reachable_redis"]
+__all__ = ["REDIS_URL", "delete_keys", "reachable_redis"]
 
 REDIS_URL = os.environ.get("MAS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -26,3 +26,10 @@ async def reachable_redis() -> aioredis.Redis:
         await client.aclose()
         require_service("Redis", False, f"{REDIS_URL}: {exc!r}")
     return client
+
+
+async def delete_keys(client: aioredis.Redis, prefix: str) -> None:
+    """Delete every key under `prefix` (a test's own)."""
+    keys = [key async for key in client.scan_iter(match=f"{prefix}*")]
+    if keys:
+        await client.delete(*keys)

@@ -24,7 +24,7 @@ from mas.transports.amqp import AmqpTransport
 from tests.amqp_support import AmqpScope, amqp_scope, amqp_vhost_url
 from tests.conformance.conftest import settle_all
 from tests.integration.pg_support import PgSchema
-from tests.redis_support import REDIS_URL, reachable_redis
+from tests.redis_support import REDIS_URL, delete_keys, reachable_redis
 
 __all__ = ["amqp_scope", "amqp_vhost_url"]
 
@@ -34,10 +34,14 @@ NO_REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there: every claim is 
 
 
 @pytest.fixture
-async def redis_url() -> AsyncIterator[str]:
+async def redis_url(amqp_scope: AmqpScope) -> AsyncIterator[str]:
+    """Redis for the transports; the claims they made (the test's prefix) go afterwards."""
     client = await reachable_redis()
-    yield REDIS_URL
-    await client.aclose()
+    try:
+        yield REDIS_URL
+    finally:
+        await delete_keys(client, f"mas:{amqp_scope.prefix}")
+        await client.aclose()
 
 
 def counting(seen: Counter[str], agent_type: str) -> type[Agent]:

@@ -21,7 +21,7 @@ from mas.persistence import open_store
 from tests.amqp_support import AmqpScope, amqp_scope, amqp_vhost_url
 from tests.integration.pg_support import PgSchema, admin_connection
 from tests.process_support import MasProcess, clean_environment
-from tests.redis_support import REDIS_URL, reachable_redis
+from tests.redis_support import REDIS_URL, delete_keys, reachable_redis
 
 __all__ = ["amqp_scope", "amqp_vhost_url"]
 
@@ -108,9 +108,7 @@ async def system(
     finally:
         for process in system.processes:
             process.kill()
-        keys = [key async for key in redis.scan_iter(match=f"{system.redis_prefix}*")]
-        if keys:
-            await redis.delete(*keys)
+        await delete_keys(redis, system.redis_prefix)
         await redis.aclose()
 
 
