@@ -664,7 +664,17 @@ async def test_connect_from_settings_needs_redis_url() -> None:
 
 
 async def test_cluster_shares_one_client_and_closes_it(client: Redis, prefix: str) -> None:
+    closed: list[bool] = []
     async with Cluster.from_url(REDIS_URL, prefix=prefix, node_id="node-a") as cluster:
+        helpers = (cluster.claims, cluster.leases, cluster.heartbeats)
+        assert all(helper._client is cluster.client for helper in helpers)  # one client
+        real_aclose = cluster.client.aclose
+
+        async def spy_aclose(*args: Any, **kwargs: Any) -> None:
+            closed.append(True)
+            await real_aclose(*args, **kwargs)
+
+        cluster.client.aclose = spy_aclose  # type: ignore[method-assign]
         assert await cluster.ping() is True
         assert (await cluster.client.client_getname()) == "node-a"
         claim = await cluster.claims.claim("agent-1", "m-1", ttl=30)
@@ -673,3 +683,4 @@ async def test_cluster_shares_one_client_and_closes_it(client: Redis, prefix: st
         assert lease is not None
         await cluster.heartbeats.beat("node-a", {"ok": True}, ttl=30)
         assert await cluster.heartbeats.live_nodes() == {"node-a": {"ok": True}}
+    assert closed == [True]  # leaving the block closed the client it made
