@@ -77,8 +77,6 @@ def serve(app: FastAPI, sock: socket.socket) -> None:
     # uvicorn drains on SIGTERM, then re-raises the signal to the previous handler: make
     # that a clean exit (0) instead of death by signal.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    try:
-        anyio.run(server.serve, [sock])
-    except MasError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+    # An error in the app's start-up is uvicorn's to report (and exit 3): the store, the
+    # likely one, is checked before this by `check_store`.
+    anyio.run(server.serve, [sock])

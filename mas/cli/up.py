@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from mas.actors.agent import Agent
-from mas.cli.serving import bind, ensure_secret, serve
+from mas.cli.serving import bind, check_store, ensure_secret, serve
 from mas.config import Settings, masked_url
 from mas.errors import MasError
 
@@ -40,6 +40,7 @@ def up(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     configure_logging(settings.log_level, settings.log_format)
+    check_store(settings)
     listen_host = host or settings.api.host
     sock = bind(listen_host, settings.api.port if port is None else port)
     bound_port = sock.getsockname()[1]

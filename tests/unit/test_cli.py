@@ -87,3 +87,14 @@ def test_api_says_which_database_it_cannot_reach_before_it_listens() -> None:
     )
     assert "mas api:" not in result.stdout  # it never said it was listening
     assert "Traceback" not in result.stderr
+
+
+def test_up_says_which_database_it_cannot_reach_before_it_listens() -> None:
+    env = _mas_env(MAS_DATABASE_URL="postgresql+asyncpg://postgres@127.0.0.1:1/test")
+    result = run_mas_with(env, "up", "--port", "0")
+    assert result.returncode == 1
+    assert "cannot reach the database at postgresql+asyncpg://postgres@127.0.0.1:1/test" in (
+        result.stderr
+    )
+    assert "mas up:" not in result.stdout
+    assert "Traceback" not in result.stderr
