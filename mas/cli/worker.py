@@ -102,10 +102,10 @@ async def _heartbeat(
     settings: Settings, runtime: Runtime, classes: list[type[Agent]]
 ) -> AsyncIterator[None]:
     """`<prefix>node:<id>` in Redis while this worker lives; stale (not an error) when down."""
-    from mas.cluster import Cluster, HeartbeatLoop
+    from mas.cluster import Cluster, HeartbeatLoop, key_prefix
 
     node = runtime.node_id
-    prefix = f"mas:{settings.amqp.prefix}"
+    prefix = key_prefix(settings.amqp.prefix)
     async with Cluster.from_settings(settings, prefix=prefix, node_id=node) as cluster:
         info = {"types": [cls.type for cls in classes], "pid": os.getpid()}
         async with HeartbeatLoop(

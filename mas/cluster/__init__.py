@@ -21,6 +21,7 @@ from mas.cluster.connection import (
     RedisUnavailable,
     connect,
     connect_from_settings,
+    key_prefix,
 )
 from mas.cluster.dedupe import Claim, ClaimStatus, DedupeClaims
 from mas.cluster.heartbeats import HeartbeatLoop, NodeHeartbeats
@@ -39,4 +40,5 @@ __all__ = [
     "RedisUnavailable",
     "connect",
     "connect_from_settings",
+    "key_prefix",
 ]

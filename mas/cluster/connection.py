@@ -30,10 +30,17 @@ __all__ = [
     "check_prefix",
     "connect",
     "connect_from_settings",
+    "key_prefix",
     "ttl_ms",
 ]
 
 DEFAULT_PREFIX: Final = "mas:"
+
+
+def key_prefix(name_prefix: str) -> str:
+    """The Redis key prefix of the nodes sharing `MAS_AMQP__PREFIX` = `name_prefix`."""
+    return DEFAULT_PREFIX + name_prefix
+
 
 # What an unreachable, overloaded or refusing Redis raises. Everything a Redis server or the
 # network can do wrong is a RedisError or an OSError; our own bugs (TypeError...) are neither

@@ -241,10 +241,11 @@ class AmqpTransport:
         )
         self._topic_tag = await self._topic_queue.consume(self._on_message)
         if self._redis_url is not None:
-            from mas.cluster import DedupeClaims, connect
+            from mas.cluster import DedupeClaims, connect, key_prefix
 
             self._redis = connect(self._redis_url, client_name=node_id)
-            self._claims = DedupeClaims(self._redis, prefix=f"mas:{self.prefix}", owner=node_id)
+            prefix = key_prefix(self.prefix)
+            self._claims = DedupeClaims(self._redis, prefix=prefix, owner=node_id)
         self._pump = asyncio.get_running_loop().create_task(self._run_pump())
         _log.info("amqp_connected", url=masked_url(self._url), prefix=self.prefix, node_id=node_id)
 
