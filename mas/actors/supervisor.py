@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from mas.actors.ref import AgentRef
     from mas.actors.runtime import Runtime
 
-__all__ = ["ChildSpec", "Restart", "RestartIntensity", "Strategy", "Supervisor"]
+__all__ = ["ChildSpec", "Restart", "RestartIntensity", "Strategy", "Supervisor", "new_agent_id"]
 
 _log = structlog.get_logger("mas.supervisor")
 
@@ -170,7 +170,7 @@ class Supervisor:
             )
         cls = type(instance)
         settings = runtime.settings
-        agent_id = spec.id if spec.id is not None else f"{cls.type}-{uuid.uuid4().hex[:12]}"
+        agent_id = spec.id if spec.id is not None else new_agent_id(cls.type)
         capacity = spec.mailbox_capacity or cls.mailbox_capacity or settings.mailbox.capacity
         overflow = spec.overflow or cls.overflow or settings.mailbox.overflow
         attempts = spec.max_attempts or cls.max_attempts or settings.retry.max_attempts
@@ -361,3 +361,8 @@ class Supervisor:
             ],
             "recent_restarts": self.intensity.recent,
         }
+
+
+def new_agent_id(agent_type: str) -> str:
+    """An id for an agent spawned without one: its type and 12 random hex digits."""
+    return f"{agent_type}-{uuid.uuid4().hex[:12]}"

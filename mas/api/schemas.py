@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -102,13 +102,7 @@ class AgentOut(BaseModel):
     @classmethod
     def of(cls, agent: AgentRecord, mailbox: int | None = None, *, stale_after: float) -> AgentOut:
         data = {name: getattr(agent, name) for name in AgentRecord.__slots__}
-        beat = agent.last_heartbeat
-        live = (
-            agent.status == "running"
-            and beat is not None
-            and (datetime.now(UTC) - beat).total_seconds() <= stale_after
-        )
-        return cls(**data, mailbox=mailbox, live=live)
+        return cls(**data, mailbox=mailbox, live=agent.live(stale_after))
 
 
 class AgentList(BaseModel):

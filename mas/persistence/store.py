@@ -95,6 +95,15 @@ class AgentRecord:
     metadata: dict[str, Any]
     created_at: datetime
 
+    def live(self, stale_after: float) -> bool:
+        """Running, and its node's heartbeat is younger than `stale_after` seconds."""
+        beat = self.last_heartbeat
+        return (
+            self.status == "running"
+            and beat is not None
+            and (datetime.now(UTC) - beat).total_seconds() <= stale_after
+        )
+
 
 @dataclass
 class Batch:

@@ -6,12 +6,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 
+from mas.actors.supervisor import new_agent_id
 from mas.api.auth import Claims, require
 from mas.api.problems import Problem
 from mas.api.schemas import AgentIn, AgentList, AgentOut, MessageIn, MessageOut
 from mas.api.state import Gateway, gateway
 from mas.errors import DuplicateAgent, UnknownAgent
-from mas.messages import Message, new_id, parse_address
+from mas.messages import Message, parse_address
 from mas.orchestrator import SPAWN, spawner_type
 
 router = APIRouter(prefix="/agents", tags=["agents"])
@@ -52,9 +53,9 @@ async def register_agent(
 
 
 async def _spawn_on_a_worker(gw: Gateway, spec: AgentIn) -> str:
-    agent_id = spec.id or f"{spec.type}-{new_id()}"
+    agent_id = spec.id or new_agent_id(spec.type)
     existing = await gw.store.get_agent(agent_id)
-    if existing is not None and gw.agent_out(existing).live:
+    if existing is not None and existing.live(gw.settings.heartbeat_ttl):
         raise DuplicateAgent(agent_id)
     request = Message(SPAWN, {"id": agent_id})
     try:
