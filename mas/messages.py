@@ -33,6 +33,9 @@ _MAX_ADDRESS_VALUE = 200
 _ID_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:@\-]*")
 _TYPE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
 _WORD_RE = re.compile(r"[A-Za-z0-9_\-]+")
+
+# Built once: `json.dumps` with options builds a new encoder on every call.
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 _KINDS: tuple[AddressKind, ...] = ("agent", "type", "topic", "reply")
 
 
@@ -277,9 +280,7 @@ class Message:
             MessageTooLarge: the encoded message exceeds `max_bytes`.
         """
         try:
-            data = json.dumps(
-                self.to_dict(), separators=(",", ":"), ensure_ascii=False, allow_nan=False
-            ).encode()
+            data = _encode(self.to_dict()).encode()
         except (TypeError, ValueError, RecursionError) as exc:
             raise InvalidMessage(
                 f"message {self.id} of type {self.type!r} is not JSON-serializable: {exc}; "

@@ -24,7 +24,15 @@ from mas.api.problems import Problem
 from mas.config import AuthSettings
 from mas.errors import ConfigError
 
-__all__ = ["ALGORITHMS", "SCOPES", "Claims", "decode_token", "mint_token", "require"]
+__all__ = [
+    "ALGORITHMS",
+    "SCOPES",
+    "Claims",
+    "admit",
+    "decode_token",
+    "mint_token",
+    "require",
+]
 
 SCOPES: dict[str, str] = {
     "tasks:read": "read tasks, their results and their event streams",
@@ -203,39 +211,56 @@ def require(*scopes: str) -> Callable[..., Awaitable[Claims]]:
         request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
     ) -> Claims:
-        auth: AuthSettings = request.app.state.settings.auth
-        secret = auth.jwt_secret.get_secret_value() if auth.jwt_secret is not None else ""
-        if not secret:  # an empty secret would let anyone sign tokens
-            raise Problem(
-                503,
-                "Service Unavailable",
-                "authentication is not configured: set MAS_AUTH__JWT_SECRET "
-                "(or start the gateway with `mas up`, which generates one)",
-            )
-        if credentials is None:
-            header = request.headers.get("authorization")
-            detail = (
-                "no Authorization header: send `Authorization: Bearer <token>`"
-                if not header
-                else "the Authorization header is not a bearer token: send "
-                "`Authorization: Bearer <token>`"
-            )
-            raise Problem(401, "Unauthorized", detail, headers=dict(_NO_TOKEN))
-        claims = decode_token(credentials.credentials, secret, auth.algorithm)
-        missing = sorted(needed - claims.scopes)
-        if missing:
-            raise Problem(
-                403,
-                "Forbidden",
-                f"the token lacks scope(s) {', '.join(missing)}: mint one with "
-                + " ".join(f"--scope {scope}" for scope in missing),
-                headers={
-                    "WWW-Authenticate": (
-                        f'Bearer error="insufficient_scope", scope="{" ".join(missing)}"'
-                    )
-                },
-            )
-        return claims
+        return _admit(request, credentials, needed)
 
     dependency.__name__ = "require_" + "_".join(sorted(needed)).replace(":", "_")
     return dependency
+
+
+async def admit(request: Request, scopes: frozenset[str]) -> Claims:
+    """The claims of the request's bearer token, checked as `require(*scopes)` checks them.
+
+    For a route that reads its request itself instead of through FastAPI's dependencies.
+
+    Raises:
+        Problem: 401 or 403, as `require` raises them; 503 when no secret is configured.
+    """
+    return _admit(request, await _bearer(request), scopes)
+
+
+def _admit(
+    request: Request, credentials: HTTPAuthorizationCredentials | None, needed: frozenset[str]
+) -> Claims:
+    auth: AuthSettings = request.app.state.settings.auth
+    secret = auth.jwt_secret.get_secret_value() if auth.jwt_secret is not None else ""
+    if not secret:  # an empty secret would let anyone sign tokens
+        raise Problem(
+            503,
+            "Service Unavailable",
+            "authentication is not configured: set MAS_AUTH__JWT_SECRET "
+            "(or start the gateway with `mas up`, which generates one)",
+        )
+    if credentials is None:
+        header = request.headers.get("authorization")
+        detail = (
+            "no Authorization header: send `Authorization: Bearer <token>`"
+            if not header
+            else "the Authorization header is not a bearer token: send "
+            "`Authorization: Bearer <token>`"
+        )
+        raise Problem(401, "Unauthorized", detail, headers=dict(_NO_TOKEN))
+    claims = decode_token(credentials.credentials, secret, auth.algorithm)
+    missing = sorted(needed - claims.scopes)
+    if missing:
+        raise Problem(
+            403,
+            "Forbidden",
+            f"the token lacks scope(s) {', '.join(missing)}: mint one with "
+            + " ".join(f"--scope {scope}" for scope in missing),
+            headers={
+                "WWW-Authenticate": (
+                    f'Bearer error="insufficient_scope", scope="{" ".join(missing)}"'
+                )
+            },
+        )
+    return claims

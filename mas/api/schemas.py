@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from mas.messages import Message
 from mas.persistence.store import AgentRecord, TaskRecord
@@ -69,6 +69,19 @@ class TaskOut(BaseModel):
     @classmethod
     def of(cls, task: TaskRecord) -> TaskOut:
         return cls.model_validate(task, from_attributes=True)
+
+    @staticmethod
+    def json_of(task: TaskRecord) -> bytes:
+        """`TaskOut.of(task)` as JSON, written straight from the record.
+
+        What the store holds was validated on its way in; building and validating a
+        `TaskOut` (and FastAPI validating it again as the response model) costs more than
+        the rest of a small request's own work.
+        """
+        return _TASK_RECORD.dump_json(task)
+
+
+_TASK_RECORD = TypeAdapter(TaskRecord)
 
 
 class TaskList(BaseModel):

@@ -385,6 +385,65 @@ class TestSubmitAndWait:
         assert (await finished(client, token, response.json()["id"]))["status"] == "succeeded"
 
 
+def _forced_through_fastapi() -> None:
+    """A dependency override no route uses: its presence sends POST /tasks/ to FastAPI."""
+
+
+JSON_TYPE = {"content-type": "application/json"}
+ECHO = b'{"type": "echo", "payload": {"text": "hi"}}'
+SUBMISSIONS = {
+    "valid": (ECHO, JSON_TYPE, {"wait": "5"}),
+    "valid, keyed": (ECHO, {**JSON_TYPE, "Idempotency-Key": "key-{path}"}, {"wait": "5"}),
+    "valid, no wait": (ECHO, JSON_TYPE, {}),
+    "not JSON": (b'{"type": "echo"', JSON_TYPE, {}),
+    "JSON, not an object": (b"[1, 2]", JSON_TYPE, {}),
+    "no content type": (ECHO, {}, {}),
+    "another content type": (ECHO, {"content-type": "text/plain"}, {}),
+    "unknown field": (b'{"type": "echo", "bogus": 1}', JSON_TYPE, {}),
+    "two destinations": (b'{"type": "echo", "agent": "echo"}', JSON_TYPE, {}),
+    "bad key": (ECHO, {**JSON_TYPE, "Idempotency-Key": "no spaces"}, {}),
+    "negative wait": (ECHO, JSON_TYPE, {"wait": "-1"}),
+    "wait not a number": (ECHO, JSON_TYPE, {"wait": "soon"}),
+    "unknown capability": (b'{"capability": "nobody"}', JSON_TYPE, {}),
+}
+VARYING = ("id", "created_at", "started_at", "finished_at", "trace_id")
+
+
+class TestSubmitReadByHand:
+    """POST /tasks/ reads a well-formed request itself; it must answer exactly as FastAPI does."""
+
+    @pytest.mark.parametrize("case", list(SUBMISSIONS))
+    @pytest.mark.parametrize(
+        "scopes", [(), ("tasks:read",), None], ids=["all scopes", "read only", "no token"]
+    )
+    async def test_every_answer_matches_fastapis(
+        self,
+        app: Any,
+        client: httpx.AsyncClient,
+        token: Any,
+        case: str,
+        scopes: tuple[str, ...] | None,
+    ) -> None:
+        content, headers, params = SUBMISSIONS[case]
+        answers = []
+        for path in ("by hand", "fastapi"):
+            if path == "fastapi":
+                app.dependency_overrides[_forced_through_fastapi] = _forced_through_fastapi
+            sent = {k: v.format(path=path.replace(" ", "-")) for k, v in headers.items()}
+            if scopes is not None:
+                sent.update(token(*scopes))
+            response = await client.post("/tasks/", content=content, headers=sent, params=params)
+            body = response.json()
+            for field in VARYING:
+                if isinstance(body, dict):
+                    body.pop(field, None)
+            answers.append((response.status_code, response.headers["content-type"], body))
+        app.dependency_overrides.clear()
+        assert answers[0] == answers[1]
+        if scopes == () and case.startswith("valid"):
+            assert answers[0][0] in (200, 202)  # the comparison covered an accepted task
+
+
 class TestNewTasks:
     """A task under a fresh id is created in the journal's batch and answered from its commit."""
 
