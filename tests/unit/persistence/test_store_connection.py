@@ -6,10 +6,14 @@ database password; a URL mas cannot use is a configuration mistake, reported as 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from sqlalchemy import text
 
 from mas.errors import ConfigError, StoreUnavailable
 from mas.persistence import Store
+from mas.persistence.engine import connect
 
 pytestmark = pytest.mark.anyio
 
@@ -51,3 +55,23 @@ async def test_the_config_error_names_the_supported_drivers() -> None:
         await Store.open("mysql+aiomysql://root@127.0.0.1/mas")
     assert "sqlite+aiosqlite" in str(caught.value)
     assert "postgresql+asyncpg" in str(caught.value)
+
+
+async def test_a_sqlite_connection_left_in_a_transaction_is_rolled_back_on_return(
+    tmp_path: Path,
+) -> None:
+    """The pool rolls back only what is open; what was left open must not leak to the next user."""
+    engine = await connect(f"sqlite+aiosqlite:///{tmp_path}/reset.db")
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("CREATE TABLE t (x INTEGER)"))
+        async with engine.connect() as conn:
+            driver = (await conn.get_raw_connection()).driver_connection
+            await driver.execute("INSERT INTO t VALUES (1)")  # behind SQLAlchemy's back
+            assert driver.in_transaction
+        async with engine.connect() as conn:
+            driver = (await conn.get_raw_connection()).driver_connection
+            assert not driver.in_transaction
+            assert (await conn.execute(text("SELECT count(*) FROM t"))).scalar() == 0
+    finally:
+        await engine.dispose()
