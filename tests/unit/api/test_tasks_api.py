@@ -530,6 +530,7 @@ class TestNewTasks:
             # Known to be failing now: refused at once, and nothing is created.
             problem(await submit(client, token, {"type": "echo"}), 503, "not accepting writes")
             problem(await client.get("/tasks/", headers=token()), 503, "no such table")
+            problem(await client.get(f"/tasks/{match[1]}", headers=token()), 503, "no such table")
 
             async with gw.store.engine.begin() as conn:
                 await conn.exec_driver_sql("ALTER TABLE tasks_away RENAME TO tasks")

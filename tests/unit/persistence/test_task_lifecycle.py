@@ -184,3 +184,26 @@ async def test_list_tasks_filters_by_status_and_type(db: Database, store: Store)
     assert [t.id for t in await store.list_tasks(status="succeeded")] == ["t-echo"]
     assert [t.id for t in await store.list_tasks(status="pending")] == ["t-other"]
     assert [t.id for t in await store.list_tasks(task_type="other")] == ["t-other"]
+
+
+async def test_a_task_read_by_id_is_the_task_the_list_shows(db: Database, store: Store) -> None:
+    """`get_task` reads through the driver on SQLite: it must decode what SQLAlchemy decodes."""
+    payload = {"text": "é ✓", "n": [1, 2.5, None]}
+    factory, _ = crashing(1, agent_type="poisoned", on_types=("work",))
+    await store.create_task("t-ok", "echo", payload, target="agent:e", created_by="me")
+    await store.create_task("t-bad", "work", {})
+    await store.create_task("t-new", "echo", {})
+    async with db.runtime(retry={"max_attempts": 1}) as rt:
+        await rt.spawn(EchoAgent, id="e")
+        await rt.spawn(factory, id="p")
+        await rt.tell("agent:e", task_message("t-ok", payload))
+        await rt.tell("agent:p", task_message("t-bad", {}, msg_type="work"))
+        await rt.settle()
+    listed = {task.id: task for task in await store.list_tasks()}
+    read = {task_id: await store.get_task(task_id) for task_id in listed}
+    assert read == listed
+    assert (listed["t-ok"].status, listed["t-ok"].result) == ("succeeded", payload)
+    assert listed["t-bad"].status == "dead_lettered" and listed["t-bad"].error is not None
+    assert listed["t-new"].started_at is None
+    assert all(task.created_at.tzinfo is not None for task in listed.values())
+    assert await store.get_task("t-missing") is None
