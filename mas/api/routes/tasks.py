@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import structlog
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
-from fastapi.routing import APIRoute
 from pydantic import TypeAdapter
 
 from mas.api.auth import Claims, admit, require
+from mas.api.direct import direct_route
 from mas.api.problems import Problem
 from mas.api.schemas import ID_PATTERN, TaskIn, TaskList, TaskOut, TaskStatus
 from mas.api.state import Gateway, gateway
@@ -52,35 +52,16 @@ SubmitWait = Annotated[
 _WRITE = frozenset({"tasks:write"})
 
 
-class _SubmitRoute(APIRoute):
-    """`POST /tasks/`, with a well-formed request's arguments read without FastAPI.
-
-    FastAPI's request handling (solving the dependencies, validating each parameter)
-    costs this route more than its own work. A request whose body, header and query all
-    validate, read here with the same pydantic types, reaches `submit_task` directly; any
-    other request, or an app with dependency overrides, goes through FastAPI's handler,
-    so every error response is FastAPI's. The docs come from the signature as usual.
-    """
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        by_fastapi = super().get_route_handler()
-
-        async def handler(request: Request) -> Response:
-            if not request.app.dependency_overrides:
-                arguments = await _submit_arguments(request)
-                if arguments is not None:
-                    return await submit_task(**arguments)
-            return await by_fastapi(request)
-
-        return handler
-
-
 _KEY = TypeAdapter(IdempotencyKey)
 _WAIT = TypeAdapter(SubmitWait)
 
 
 async def _submit_arguments(request: Request) -> dict[str, Any] | None:
-    """`submit_task`'s arguments as FastAPI would pass them; None unless all are valid."""
+    """`submit_task`'s arguments as FastAPI would pass them; None unless all are valid.
+
+    The body is parsed as FastAPI parses it (`json.loads`, then the model), and a value
+    that does not validate leaves the request to FastAPI, which says what is wrong.
+    """
     headers = request.headers
     if headers.get("content-type") != "application/json":
         return None
@@ -181,7 +162,7 @@ router.add_api_route(
     methods=["POST"],
     status_code=status.HTTP_202_ACCEPTED,
     response_model=TaskOut,
-    route_class_override=_SubmitRoute,
+    route_class_override=direct_route(_submit_arguments),
 )
 
 
@@ -257,12 +238,31 @@ async def list_tasks(
     return TaskList(items=[TaskOut.of(t) for t in tasks], limit=limit, offset=offset)
 
 
-@router.get("/{task_id}", response_model=TaskOut)
+GetWait = Annotated[float, Query(ge=0, le=3600, description="seconds to wait for the end")]
+_READ = frozenset({"tasks:read"})
+_GET_WAIT = TypeAdapter(GetWait)
+
+
+async def _get_arguments(request: Request) -> dict[str, Any] | None:
+    """`get_task`'s arguments as FastAPI would pass them; None unless all are valid."""
+    wait = request.query_params.get("wait")
+    try:
+        wait_seconds = 0 if wait is None else _GET_WAIT.validate_python(wait)
+    except ValueError:  # a ValidationError
+        return None
+    return {
+        "task_id": request.path_params["task_id"],
+        "gw": await gateway(request),
+        "_": await admit(request, _READ),
+        "wait": wait_seconds,
+    }
+
+
 async def get_task(
     task_id: str,
     gw: GatewayDep,
-    _: Annotated[Claims, Depends(require("tasks:read"))],
-    wait: Annotated[float, Query(ge=0, le=3600, description="seconds to wait for the end")] = 0,
+    _: Annotated[Claims, Depends(require(*_READ))],
+    wait: GetWait = 0,
 ) -> Response:
     """A task; with `?wait=N`, held up to N seconds until it has finished."""
     if wait <= 0:
@@ -275,6 +275,15 @@ async def get_task(
     finally:
         gw.journal.unwatch_task(task_id, ended)
     return _task_response(task)
+
+
+router.add_api_route(
+    "/{task_id}",
+    get_task,
+    methods=["GET"],
+    response_model=TaskOut,
+    route_class_override=direct_route(_get_arguments),
+)
 
 
 async def _read(gw: Gateway, task_id: str) -> TaskRecord:

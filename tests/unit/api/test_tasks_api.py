@@ -409,39 +409,85 @@ SUBMISSIONS = {
 VARYING = ("id", "created_at", "started_at", "finished_at", "trace_id")
 
 
-class TestSubmitReadByHand:
-    """POST /tasks/ reads a well-formed request itself; it must answer exactly as FastAPI does."""
+async def both_ways(app: Any, send: Callable[[str], Any]) -> list[tuple[int, str, Any]]:
+    """`send(path)` read by hand, then by FastAPI: (status, content type, body without ids)."""
+    answers = []
+    for path in ("by-hand", "fastapi"):
+        if path == "fastapi":
+            app.dependency_overrides[_forced_through_fastapi] = _forced_through_fastapi
+        response = await send(path)
+        body = response.json()
+        for field in VARYING:
+            if isinstance(body, dict):
+                body.pop(field, None)
+        answers.append((response.status_code, response.headers["content-type"], body))
+    app.dependency_overrides.clear()
+    return answers
+
+
+SCOPES = pytest.mark.parametrize(
+    "scopes", [(), ("tasks:read",), None], ids=["all scopes", "read only", "no token"]
+)
+
+
+class TestReadByHand:
+    """POST /tasks/ and GET /tasks/{id} read a well-formed request themselves: they must
+    answer exactly as FastAPI does, for every request."""
 
     @pytest.mark.parametrize("case", list(SUBMISSIONS))
+    @SCOPES
+    async def test_every_submission_is_answered_as_fastapi_answers_it(
+        self, app: Any, client: httpx.AsyncClient, token: Any, case: str, scopes: Any
+    ) -> None:
+        content, headers, params = SUBMISSIONS[case]
+
+        async def send(path: str) -> httpx.Response:
+            sent = {k: v.format(path=path) for k, v in headers.items()}
+            if scopes is not None:
+                sent.update(token(*scopes))
+            return await client.post("/tasks/", content=content, headers=sent, params=params)
+
+        answers = await both_ways(app, send)
+        assert answers[0] == answers[1]
+        if scopes == () and case.startswith("valid"):
+            assert answers[0][0] in (200, 202)  # the comparison covered an accepted task
+
     @pytest.mark.parametrize(
-        "scopes", [(), ("tasks:read",), None], ids=["all scopes", "read only", "no token"]
+        ("task", "params", "status"),
+        [
+            ("known", {}, 200),
+            ("known", {"wait": "5"}, 200),
+            ("known", {"wait": "-1"}, 422),
+            ("known", {"wait": "soon"}, 422),
+            ("unknown", {}, 404),
+            ("unknown", {"wait": "0.1"}, 404),
+        ],
     )
-    async def test_every_answer_matches_fastapis(
+    @pytest.mark.parametrize(
+        "scopes", [(), ("tasks:write",), None], ids=["all scopes", "write only", "no token"]
+    )
+    async def test_every_read_is_answered_as_fastapi_answers_it(
         self,
         app: Any,
         client: httpx.AsyncClient,
         token: Any,
-        case: str,
-        scopes: tuple[str, ...] | None,
+        task: str,
+        params: dict[str, str],
+        status: int,
+        scopes: Any,
     ) -> None:
-        content, headers, params = SUBMISSIONS[case]
-        answers = []
-        for path in ("by hand", "fastapi"):
-            if path == "fastapi":
-                app.dependency_overrides[_forced_through_fastapi] = _forced_through_fastapi
-            sent = {k: v.format(path=path.replace(" ", "-")) for k, v in headers.items()}
-            if scopes is not None:
-                sent.update(token(*scopes))
-            response = await client.post("/tasks/", content=content, headers=sent, params=params)
-            body = response.json()
-            for field in VARYING:
-                if isinstance(body, dict):
-                    body.pop(field, None)
-            answers.append((response.status_code, response.headers["content-type"], body))
-        app.dependency_overrides.clear()
+        created = await submit(client, token, {"type": "echo", "payload": {"n": 1}})
+        await finished(client, token, created.json()["id"])  # no change between the reads
+        task_id = created.json()["id"] if task == "known" else "no-such-task"
+        headers = token(*scopes) if scopes is not None else {}
+
+        async def send(path: str) -> httpx.Response:
+            return await client.get(f"/tasks/{task_id}", params=params, headers=headers)
+
+        answers = await both_ways(app, send)
         assert answers[0] == answers[1]
-        if scopes == () and case.startswith("valid"):
-            assert answers[0][0] in (200, 202)  # the comparison covered an accepted task
+        if scopes == ():
+            assert answers[0][0] == status
 
 
 class TestNewTasks:
