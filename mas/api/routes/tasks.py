@@ -50,8 +50,6 @@ SubmitWait = Annotated[
     float, Query(ge=0, le=3600, description="seconds to wait for the end (200 if it ended)")
 ]
 _WRITE = frozenset({"tasks:write"})
-
-
 _KEY = TypeAdapter(IdempotencyKey)
 _WAIT = TypeAdapter(SubmitWait)
 
