@@ -69,7 +69,7 @@ async def _submit_arguments(request: Request) -> dict[str, Any] | None:
         idempotency_key = None if key is None else _KEY.validate_python(key)
         wait = request.query_params.get("wait")
         wait_seconds = 0 if wait is None else _WAIT.validate_python(wait)
-    except ValueError:  # not JSON (JSONDecodeError), or a ValidationError
+    except (ValueError, RecursionError):  # not JSON, nested too deep, or a ValidationError
         return None
     return {
         "spec": spec,

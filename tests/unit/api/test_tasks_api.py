@@ -397,6 +397,12 @@ SUBMISSIONS = {
     "valid, no wait": (ECHO, JSON_TYPE, {}),
     "not JSON": (b'{"type": "echo"', JSON_TYPE, {}),
     "JSON, not an object": (b"[1, 2]", JSON_TYPE, {}),
+    "JSON nested too deep": (b"[" * 1020 + b"]" * 1020, JSON_TYPE, {}),  # under MAX_BYTES
+    "payload nested too deep": (
+        b'{"type":"echo","payload":{"a":' + b"[" * 990 + b"]" * 990 + b"}}",
+        JSON_TYPE,
+        {},
+    ),
     "no content type": (ECHO, {}, {}),
     "another content type": (ECHO, {"content-type": "text/plain"}, {}),
     "unknown field": (b'{"type": "echo", "bogus": 1}', JSON_TYPE, {}),
