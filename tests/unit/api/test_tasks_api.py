@@ -386,7 +386,7 @@ class TestSubmitAndWait:
 
 
 def _forced_through_fastapi() -> None:
-    """A dependency override no route uses: its presence sends POST /tasks/ to FastAPI."""
+    """A dependency override no route uses: it sends the hand-read routes to FastAPI."""
 
 
 JSON_TYPE = {"content-type": "application/json"}
