@@ -6,13 +6,14 @@ import subprocess
 import sys
 
 
-def run_mas(*args: str) -> subprocess.CompletedProcess[str]:
+def run_mas(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "mas.cli", *args],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
+        env=env,
     )
 
 
@@ -44,19 +45,8 @@ def _mas_env(**settings: str) -> dict[str, str]:
     return env | settings
 
 
-def run_mas_with(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "mas.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env=env,
-    )
-
-
 def test_worker_refuses_an_agent_class_it_cannot_import() -> None:
-    result = run_mas_with(_mas_env(), "worker", "--agents", "no_such_module:Agent")
+    result = run_mas("worker", "--agents", "no_such_module:Agent", env=_mas_env())
     assert result.returncode == 2
     assert "cannot import 'no_such_module:Agent'" in result.stderr
     assert "Traceback" not in result.stderr
@@ -68,7 +58,7 @@ def test_worker_says_which_broker_it_cannot_reach() -> None:
         MAS_AMQP_URL="amqp://guest:secret@127.0.0.1:1/",
         MAS_AMQP__CONNECT_TIMEOUT="2",
     )
-    result = run_mas_with(env, "worker", "--agents", "agents.echo:EchoAgent", "--no-persist")
+    result = run_mas("worker", "--agents", "agents.echo:EchoAgent", "--no-persist", env=env)
     assert result.returncode == 1
     assert "cannot connect to RabbitMQ at amqp://guest:***@127.0.0.1:1/" in result.stderr
     assert "secret" not in result.stderr
@@ -80,7 +70,7 @@ def test_api_says_which_database_it_cannot_reach_before_it_listens() -> None:
         MAS_DATABASE_URL="postgresql+asyncpg://postgres@127.0.0.1:1/test",
         MAS_AUTH__JWT_SECRET="s" * 40,
     )
-    result = run_mas_with(env, "api", "--port", "0")
+    result = run_mas("api", "--port", "0", env=env)
     assert result.returncode == 1
     assert "cannot reach the database at postgresql+asyncpg://postgres@127.0.0.1:1/test" in (
         result.stderr
@@ -91,7 +81,7 @@ def test_api_says_which_database_it_cannot_reach_before_it_listens() -> None:
 
 def test_up_says_which_database_it_cannot_reach_before_it_listens() -> None:
     env = _mas_env(MAS_DATABASE_URL="postgresql+asyncpg://postgres@127.0.0.1:1/test")
-    result = run_mas_with(env, "up", "--port", "0")
+    result = run_mas("up", "--port", "0", env=env)
     assert result.returncode == 1
     assert "cannot reach the database at postgresql+asyncpg://postgres@127.0.0.1:1/test" in (
         result.stderr
