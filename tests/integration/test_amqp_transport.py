@@ -14,9 +14,8 @@ reach RabbitMQ through `BrokerProxy`, a TCP proxy that can cut or freeze what pa
 from __future__ import annotations
 
 import asyncio
-import inspect
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aio_pika
@@ -29,7 +28,7 @@ from mas.actors.clock import LoopClock
 from mas.actors.runtime import Runtime
 from mas.config import Settings
 from mas.errors import TransportError
-from mas.testing import Probe, TestRuntime
+from mas.testing import Probe, TestRuntime, eventually
 from mas.transports.amqp import AmqpTransport
 from tests.amqp_support import (
     AmqpScope,
@@ -60,16 +59,6 @@ async def broker(amqp_scope: AmqpScope) -> AsyncIterator[AbstractConnection]:
         yield connection
     finally:
         await connection.close()
-
-
-async def eventually(check: Callable[[], bool | Awaitable[bool]], timeout: float = 5.0) -> None:
-    """Poll a condition that nothing signals (a broker queue's depth, a mailbox's length)."""
-    async with asyncio.timeout(timeout):
-        while True:
-            done = check()
-            if await done if inspect.isawaitable(done) else done:
-                return
-            await asyncio.sleep(0.01)
 
 
 def amqp(rt: Runtime) -> AmqpTransport:

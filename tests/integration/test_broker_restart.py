@@ -11,14 +11,14 @@ from __future__ import annotations
 import asyncio
 import shutil
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 from yarl import URL
 
 from mas import Agent, HandlerResult, Message
 from mas.actors.clock import LoopClock
-from mas.testing import TestRuntime
+from mas.testing import TestRuntime, eventually
 from mas.transports.amqp import AmqpTransport
 from tests.amqp_support import AMQP_URL, AmqpScope, amqp_scope, amqp_vhost_url
 from tests.conformance.conftest import settle_all
@@ -36,15 +36,6 @@ async def _rabbitmqctl(*args: str) -> None:
     _, err = await asyncio.wait_for(process.communicate(), 120)
     if process.returncode != 0:
         raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {err.decode()}")
-
-
-async def _until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    # A connection going down has no event to wait on: poll it, bounded by `timeout`.
-    async with asyncio.timeout(timeout):
-        while True:
-            if condition():
-                return
-            await asyncio.sleep(0.05)
 
 
 @pytest.fixture
@@ -89,7 +80,7 @@ async def test_a_broker_restart_loses_nothing_and_handles_nothing_twice(
         for message_id in ids[:50]:
             await sender.tell("agent:ledger", Message("entry", {}, id=message_id))
         await _rabbitmqctl("stop_app")
-        await _until(lambda: not host.transport.ready)  # what /readyz reports
+        await eventually(lambda: not host.transport.ready, timeout=30)  # what /readyz reports
         # Sent while the broker is down: each waits for it to come back.
         during = asyncio.gather(
             *(sender.tell("agent:ledger", Message("entry", {}, id=i)) for i in ids[50:100])
@@ -97,7 +88,7 @@ async def test_a_broker_restart_loses_nothing_and_handles_nothing_twice(
         await _rabbitmqctl("start_app")
         await _rabbitmqctl("await_startup")
         await asyncio.wait_for(during, 60)
-        await _until(lambda: host.transport.ready)
+        await eventually(lambda: host.transport.ready, timeout=30)
         for message_id in ids[100:]:
             await sender.tell("agent:ledger", Message("entry", {}, id=message_id))
         await settle_all([sender, host], timeout=60)

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import AsyncIterator, Iterator, MutableMapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -40,6 +40,7 @@ from mas.cluster import (
 from mas.cluster.connection import REDIS_ERRORS
 from mas.config import Settings
 from mas.errors import ConfigError
+from mas.testing import eventually
 from tests.conftest import require_service
 from tests.redis_support import REDIS_URL
 
@@ -49,16 +50,6 @@ REDIS_HOST = urlsplit(REDIS_URL).hostname or "127.0.0.1"  # what the proxy test 
 REDIS_PORT = urlsplit(REDIS_URL).port or 6379
 DEAD_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1: connections are refused
 SHORT = 1.0  # seconds: a TTL that elapses soon, yet outlasts a stall of a loaded machine
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
-    """Return once `check()` is true; fail the test if it is not within `timeout` seconds."""
-    # Redis state has no event to wait on, so poll it; the sleep only paces the polling.
-    with anyio.fail_after(timeout):
-        while True:
-            if await check():
-                return
-            await anyio.sleep(0.02)
 
 
 @contextlib.contextmanager

@@ -94,3 +94,23 @@ def test_a_misspelt_setting_is_an_error_not_silently_ignored() -> None:
 
     with pytest.raises(ConfigError, match="mailbox_capacty"):
         TestRuntime(mailbox_capacty=5)
+
+
+async def test_eventually_returns_once_a_check_holds_and_times_out_when_it_never_does() -> None:
+    from mas.testing import eventually
+
+    calls = {"sync": 0, "async": 0}
+
+    def third_time() -> bool:
+        calls["sync"] += 1
+        return calls["sync"] >= 3
+
+    async def second_time() -> bool:
+        calls["async"] += 1
+        return calls["async"] >= 2
+
+    await eventually(third_time, timeout=5, interval=0)
+    await eventually(second_time, timeout=5, interval=0)
+    assert calls == {"sync": 3, "async": 2}
+    with pytest.raises(TimeoutError):
+        await eventually(lambda: False, timeout=0.05)
