@@ -8,8 +8,10 @@ row-at-a-time ORM inserts, and the audit must keep up with the runtime.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -253,10 +255,7 @@ class Store:
         The `sqlite3` module opens the transaction before the first write; the commit is
         ours, and so is the rollback when a statement fails.
         """
-        async with self.engine.connect() as conn:
-            raw = await conn.get_raw_connection()
-            driver = raw.driver_connection
-            assert driver is not None
+        async with self._sqlite_driver() as driver:
             try:
                 for sql, params in statements:
                     await driver.executemany(sql, params)
@@ -264,6 +263,14 @@ class Store:
             except BaseException:
                 await driver.rollback()
                 raise
+
+    @contextlib.asynccontextmanager
+    async def _sqlite_driver(self) -> AsyncIterator[Any]:
+        """aiosqlite's connection, held from the pool (of one: SQLite has one writer)."""
+        async with self.engine.connect() as conn:
+            driver = (await conn.get_raw_connection()).driver_connection
+            assert driver is not None
+            yield driver
 
     # -- tasks -------------------------------------------------------------------------------
 
@@ -319,9 +326,7 @@ class Store:
         Raises:
             StoreUnavailable: SQLite refused the read (503 at the API, like other reads).
         """
-        async with self.engine.connect() as conn:
-            driver = (await conn.get_raw_connection()).driver_connection
-            assert driver is not None
+        async with self._sqlite_driver() as driver:
             try:
                 rows = list(await driver.execute_fetchall(self._task_by_id, (task_id,)))
             except sqlite3.Error as exc:
