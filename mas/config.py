@@ -16,6 +16,7 @@ __all__ = [
     "ApiSettings",
     "AuthSettings",
     "MailboxSettings",
+    "OutboxSettings",
     "RetrySettings",
     "Settings",
     "SupervisorSettings",
@@ -91,6 +92,20 @@ class AmqpSettings(BaseModel):
     )
 
 
+class OutboxSettings(BaseModel):
+    """The outbox relay: what a commit decided to send is sent even if this process dies."""
+
+    lease: float = Field(
+        10.0,
+        gt=0,
+        description="seconds a node holds a message it must send before another node's "
+        "relay may send it instead (renewed while the node lives)",
+    )
+    sweep_interval: float = Field(
+        1.0, gt=0, description="seconds between looks for messages whose node went away"
+    )
+
+
 class Settings(BaseSettings):
     """Everything configurable; `MAS_TRANSPORT` alone switches one-process to distributed."""
 
@@ -130,6 +145,7 @@ class Settings(BaseSettings):
     persist: bool = Field(
         False, description="record agents, tasks and messages in MAS_DATABASE_URL"
     )
+    outbox: OutboxSettings = OutboxSettings()
     audit: Literal["all", "tasks", "off"] = Field(
         "all", description="which messages the audit records (when persisting)"
     )

@@ -145,6 +145,12 @@ class AgentCell:
         return self.status is STOPPED
 
     @property
+    def has_room(self) -> bool:
+        """A message put now is taken without waiting and without dropping another one."""
+        mailbox = self.mailbox
+        return len(mailbox) < mailbox.capacity or mailbox.overflow == "drop_oldest"
+
+    @property
     def busy(self) -> bool:
         """A drain task exists (it is handling, or about to handle, a message)."""
         return self._active
@@ -359,6 +365,9 @@ class AgentCell:
             trace_id=message.trace_id,
             resent_reply=reply is not None,
         )
+        journal = self.runtime.journal
+        if journal is not None:
+            journal.skipped(message)
         if reply is not None:
             # Answer whoever asks now: after a restart the asker is a different node.
             if message.reply_to is not None and message.reply_to != reply.target:

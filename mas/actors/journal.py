@@ -16,11 +16,29 @@ if TYPE_CHECKING:
     from mas.actors.deadletters import DeadLetter
     from mas.transports.base import Delivery
 
-__all__ = ["Journal"]
+__all__ = ["Journal", "JournalNode"]
+
+
+class JournalNode(Protocol):
+    """What a journal needs from the runtime it records: its name, a way to send what a
+    commit decided to send (the outbox), and where to report a failure of its own tasks."""
+
+    @property
+    def node_id(self) -> str: ...
+
+    async def hand_over(self, message: Message, *, resent: bool = False) -> bool:
+        """Send `message` to its target; True when an agent of this node took it.
+
+        `resent`: the message may have been sent before (recovered from the outbox after a
+        crash), so whoever receives it checks the record before handling it.
+        """
+
+    def fail(self, error: BaseException) -> None:
+        """A task of the journal crashed: fail the runtime (never lose the error)."""
 
 
 class Journal(Protocol):
-    async def open(self, node_id: str) -> None:
+    async def open(self, node: JournalNode) -> None:
         """Start writing (the runtime is starting)."""
 
     async def close(self) -> None:
@@ -36,6 +54,9 @@ class Journal(Protocol):
 
         May wait when the write backlog is too long (back-pressure on the handlers).
         """
+
+    def skipped(self, message: Message) -> None:
+        """`message` was not handled because it had been handled before (a duplicate)."""
 
     def replied(self, reply: Message) -> None:
         """A reply went to an asker (audit)."""

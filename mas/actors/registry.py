@@ -62,6 +62,10 @@ class LocalRegistry:
             self._matches.clear()
         return patterns
 
+    def live_of_type(self, agent_type: str) -> list[AgentCell]:
+        """The local agents of a type that take messages (not stopped)."""
+        return [cell for cell in self._by_type.get(agent_type, {}).values() if not cell.stopped]
+
     def hosts_type(self, agent_type: str) -> bool:
         """Whether a live local agent of the type exists (`pick` would find one)."""
         return any(not cell.stopped for cell in self._by_type.get(agent_type, {}).values())

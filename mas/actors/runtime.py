@@ -196,7 +196,7 @@ class Runtime:
 
             self.journal = await open_journal(s)
         if self.journal is not None:
-            await self.journal.open(self._node_id)
+            await self.journal.open(self)
         await self.transport.start(self)
         self._state = "running"
         self._accepting = True
@@ -408,6 +408,26 @@ class Runtime:
             return cell is not None and not cell.stopped
         return address.kind == "type" and self.registry.hosts_type(address.value)
 
+    def check_room(self, target: str) -> None:
+        """Refuse a message for a local agent (or type) whose mailbox has no room now.
+
+        For callers that must not wait for room (an HTTP request answers 429 instead);
+        `drop_oldest` mailboxes always take a message.
+
+        Raises:
+            MailboxFull: the agent, or every local agent of the type, is full.
+        """
+        address = _parse(target)
+        if address.kind == "agent":
+            cell = self._cells.get(address.value)
+            cells = [cell] if cell is not None and not cell.stopped else []
+        elif address.kind == "type":
+            cells = self.registry.live_of_type(address.value)
+        else:
+            return
+        if cells and not any(cell.has_room for cell in cells):
+            raise MailboxFull(cells[0].id, cells[0].mailbox.capacity)
+
     def ref(self, agent_id: str) -> AgentRef:
         """A ref to an agent by id, hosted here or on another node."""
         parse_address(f"agent:{agent_id}")
@@ -536,7 +556,8 @@ class Runtime:
             message = Message.from_json(message.to_json(max_bytes=self._max_bytes))
         await cell.put(message)
 
-    async def _route(self, message: Message) -> None:
+    async def _route(self, message: Message) -> bool:
+        """Deliver `message` to its target; True when an agent of this node took it."""
         target = message.target
         assert target is not None
         address = _parse(target)
@@ -545,21 +566,48 @@ class Runtime:
             cell = self._cells.get(address.value)
             if cell is not None:
                 await self._deliver_local(cell, message)
-                return
+                return True
         elif kind == "type":
             cell = self.registry.pick(address.value)
             if cell is not None:
                 await self._deliver_local(cell, message)
-                return
+                return True
         elif kind == "reply":
             if address.value == self._node_id:
                 self._resolve_reply(message)
-                return
+                return True
         else:
             await self._publish_local(message, address.value, None)
             await self.transport.send(message)
-            return
+            return False
         await self._send_remote(message)
+        return False
+
+    async def hand_over(self, message: Message, *, resent: bool = False) -> bool:
+        """JournalNode: send what a commit decided to send (the outbox relay calls this).
+
+        Also while the runtime stops: what was committed still goes. `resent` marks a
+        message recovered from the outbox, which may have been sent before.
+
+        Returns:
+            True when an agent of this node took the message.
+
+        Raises:
+            UnknownAgent: nobody answers to its target.
+            TransportError, MailboxFull, AgentStopped: not now; try again later.
+            RuntimeNotRunning: the runtime is not running (any more).
+        """
+        state = self._state
+        if state not in ("running", "stopping"):
+            raise RuntimeNotRunning("the runtime is not running: the message stays in the outbox")
+        try:
+            return await self._route(message)
+        except UnknownAgent:
+            if state == "stopping":
+                # Perhaps its agent was this node's, stopped by this shutdown: the message
+                # stays in the outbox for the next node rather than failing its task.
+                raise RuntimeNotRunning("the runtime is stopping") from None
+            raise
 
     async def _send_remote(self, message: Message) -> None:
         try:

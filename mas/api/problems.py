@@ -27,6 +27,7 @@ from mas.errors import (
     MasError,
     MessageTooLarge,
     StoreUnavailable,
+    TransportError,
     UnknownAgent,
 )
 from mas.persistence.engine import error_reason
@@ -88,6 +89,7 @@ _MAS_ERRORS: list[tuple[type[MasError], int, str]] = [
     (AskTimeout, 504, "Reply Timeout"),
     (HandlerError, 502, "Agent Failed"),
     (StoreUnavailable, 503, "Store Unavailable"),
+    (TransportError, 503, "Broker Unavailable"),
 ]
 
 

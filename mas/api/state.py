@@ -11,7 +11,7 @@ from mas.actors.agent import Agent
 from mas.actors.runtime import Runtime
 from mas.api.schemas import AgentOut
 from mas.config import Settings
-from mas.errors import StoreUnavailable
+from mas.errors import StoreUnavailable, TransportError
 from mas.persistence.journal import StoreJournal
 from mas.persistence.store import AgentRecord, Store
 
@@ -42,6 +42,21 @@ class Gateway:
                 f"the database at {self.store.url} is not accepting writes: try again shortly"
             )
 
+    def check_sending(self) -> None:
+        """Refuse new work for other nodes at once while the broker does not take messages.
+
+        What was accepted before stays in the outbox and goes once the broker is back.
+
+        Raises:
+            TransportError: the transport is disconnected, or the outbox's last send failed
+                (503).
+        """
+        if self.journal.relay.failing or not self.runtime.transport.ready:
+            raise TransportError(
+                "the message broker is not taking messages: try again shortly (tasks already "
+                "accepted are kept and sent once it is back)"
+            )
+
     async def recorded(self, task_id: str) -> None:
         """Wait until everything this node has recorded so far is committed.
 
@@ -51,7 +66,7 @@ class Gateway:
         """
         timeout = self.settings.api.write_timeout
         try:
-            await asyncio.wait_for(self.journal.flush(), timeout)
+            await asyncio.wait_for(self.journal.writer.flush(), timeout)
         except TimeoutError:
             raise StoreUnavailable(
                 f"the database at {self.store.url} did not record task {task_id!r} within "

@@ -35,4 +35,6 @@ async def open_journal(settings: Settings) -> StoreJournal:
         audit=settings.audit,
         owns_store=True,
         heartbeat_interval=settings.heartbeat_interval,
+        outbox_lease=settings.outbox.lease,
+        outbox_sweep_interval=settings.outbox.sweep_interval,
     )

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import JSON, DateTime, Table, and_, bindparam, func, or_, update
+from sqlalchemy import JSON, DateTime, Table, and_, bindparam, delete, func, or_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 
-from mas.persistence.models import agents, messages, processed, tasks
+from mas.persistence.models import agents, messages, outbox, processed, tasks
 
 if TYPE_CHECKING:
     from sqlalchemy.sql.dml import UpdateBase
@@ -158,20 +158,23 @@ class BatchStatements:
         # Batch kinds in the order they are applied (Batch's field order), with their table.
         self._kinds: dict[str, tuple[UpdateBase, Table]] = {
             "created": (insert(tasks).on_conflict_do_nothing(), tasks),
+            "outbox": (insert(outbox).on_conflict_do_nothing(), outbox),
             "agents": (upsert_agents, agents),
             "messages": (insert(messages).on_conflict_do_nothing(), messages),
             "processed": (insert(processed).on_conflict_do_nothing(), processed),
             "running": (upsert_running, tasks),
             "finished": (finish, tasks),
+            "sent": (delete(outbox).where(outbox.c.id == bindparam("id")), outbox),
         }
 
     def for_batch(self, batch: Batch) -> list[tuple[str, list[tuple[Any, ...]]]]:
         """(sql, parameter rows) per kind of row the batch holds, in the order to run them."""
         out = []
         for kind in self._kinds:
-            rows: list[dict[str, Any]] = getattr(batch, kind)
-            if not rows:
+            kept = getattr(batch, kind)
+            if not kept:
                 continue
+            rows: list[dict[str, Any]] = list(kept.values()) if kind == "outbox" else kept
             if kind == "agents":  # one statement may not upsert the same key twice
                 rows = list({row["id"]: row for row in rows}.values())
             elif kind == "running":

@@ -10,19 +10,22 @@ the database is down, the writer keeps the batch and retries with backoff; past
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import structlog
 from sqlalchemy.exc import DataError
 
 from mas.actors.deadletters import DeadLetter
-from mas.errors import StoreUnavailable
-from mas.messages import Message, TaskResult
+from mas.actors.journal import JournalNode
+from mas.errors import MasError, StoreUnavailable
+from mas.messages import Message, TaskError, TaskResult
+from mas.persistence.outbox import OutboxRelay
 from mas.persistence.store import Batch, Store, TaskRecord, message_row
 from mas.transports.base import Delivery
 
@@ -178,6 +181,18 @@ class BatchWriter:
         self._task = None
 
 
+def _owned(coro: Coroutine[Any, Any, None], node: JournalNode, name: str) -> asyncio.Task[None]:
+    """A task of the journal: cancelled by `close`, and its crash fails the runtime."""
+    task = asyncio.get_running_loop().create_task(coro, name=name)
+
+    def crashed(done: asyncio.Task[None]) -> None:
+        if not done.cancelled() and done.exception() is not None:
+            node.fail(done.exception())  # type: ignore[arg-type]
+
+    task.add_done_callback(crashed)
+    return task
+
+
 def _refused_data(error: BaseException | None) -> bool:
     """The database refused a value (SQLSTATE class 22), not the connection or the schema.
 
@@ -198,13 +213,22 @@ def _sanitized(batch: Batch) -> Batch:
 
     result = Batch(
         created=clean(batch.created),
+        outbox={key: clean([row])[0] for key, row in batch.outbox.items()},
         agents=clean(batch.agents),
         messages=clean(batch.messages),
         processed=clean(batch.processed),
         running=clean(batch.running),
         finished=clean(batch.finished),
+        sent=batch.sent,
     )
-    for rows in (result.created, result.agents, result.messages, result.processed, result.running):
+    for rows in (
+        result.created,
+        list(result.outbox.values()),
+        result.agents,
+        result.messages,
+        result.processed,
+        result.running,
+    ):
         for row in rows:
             for key, value in row.items():
                 if key.endswith("_at") or key == "last_heartbeat":
@@ -272,23 +296,34 @@ class StoreJournal:
         high_water: int = 20_000,
         owns_store: bool = False,
         heartbeat_interval: float = 5.0,
+        outbox_lease: float = 10.0,
+        outbox_sweep_interval: float = 1.0,
     ) -> None:
         self.store = store
         self.owns_store = owns_store
         self.audit = audit
         self.writer = BatchWriter(store, high_water=high_water)
+        self.relay = OutboxRelay(
+            store,
+            on_sent=self._sent,
+            on_undeliverable=self._undeliverable,
+            lease=outbox_lease,
+            sweep_interval=outbox_sweep_interval,
+        )
         self.node_id: str | None = None
         self.heartbeat_interval = heartbeat_interval
         self._heartbeats: asyncio.Task[None] | None = None
+        self._relaying: asyncio.Task[None] | None = None
         self._audit_all = audit == "all"
         self._audit_tasks = audit == "tasks"
         self._watches: dict[str, _TaskWatch] = {}
         self.writer.on_commit = self._committed
 
-    async def open(self, node_id: str) -> None:
-        self.node_id = node_id
+    async def open(self, node: JournalNode) -> None:
+        self.node_id = node_id = node.node_id
         self.writer.start()
-        self._heartbeats = asyncio.get_running_loop().create_task(self._beat(node_id))
+        self._heartbeats = _owned(self._beat(node_id), node, "mas-journal-heartbeat")
+        self._relaying = _owned(self.relay.run(node), node, "mas-outbox-relay")
 
     async def _beat(self, node_id: str) -> None:
         """Keep `agents.last_heartbeat` of this node's running agents fresh (liveness)."""
@@ -301,16 +336,92 @@ class StoreJournal:
                 _log.warning("heartbeat_failed", node_id=node_id, error=str(exc))
 
     async def close(self) -> None:
-        if self._heartbeats is not None:
-            self._heartbeats.cancel()
-            await asyncio.gather(self._heartbeats, return_exceptions=True)
-            self._heartbeats = None
+        """Hand over what is committed (bounded), commit what is pending, then stop.
+
+        Outbox rows still held (the broker is away) are released for other nodes' relays.
+        """
+        if self._relaying is not None:
+            # Commit first, so that the relay can still send what those commits decided.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.writer.flush(), self.writer.close_timeout)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.relay.flush(), self.writer.close_timeout)
+        for task in (self._heartbeats, self._relaying):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        relaying, self._relaying, self._heartbeats = self._relaying, None, None
         await self.writer.close()
+        if relaying is not None:
+            await self.relay.release()
         if self.owns_store:
             await self.store.close()
 
     async def flush(self) -> None:
+        """Wait until everything recorded so far is committed, and what those commits
+        decided to send has been handed over (or is being retried)."""
         await self.writer.flush()
+        if self.relay.held:
+            await self.relay.flush()
+            await self.writer.flush()
+
+    # -- the outbox --------------------------------------------------------------------------
+
+    def outbox_row(self, message: Message) -> dict[str, Any]:
+        """`message` as an outbox row this node holds for one lease."""
+        now = datetime.now(UTC)
+        return {
+            "id": message.id,
+            "message": message.to_dict(),
+            "owner": self.node_id,
+            "available_at": now + timedelta(seconds=self.relay.lease),
+            "attempts": 0,
+            "created_at": now,
+        }
+
+    def send_after_commit(
+        self, message: Message, *, delivered: bool = False
+    ) -> asyncio.Future[None] | None:
+        """Send `message` once the next batch commits (it goes into the batch's outbox).
+
+        `delivered`: it was already given to an agent of this process, whose record of
+        handling it removes the row. Otherwise returns a future for the first hand-over (see
+        `OutboxRelay.hold`).
+        """
+        self.writer.pending.outbox[message.id] = self.outbox_row(message)
+        self.writer.wake()
+        return self.relay.hold(message, delivered=delivered)
+
+    def send_committed(self, message: Message) -> asyncio.Future[None] | None:
+        """Send `message`, whose outbox row (`outbox_row`) a transaction of its own committed."""
+        done = self.relay.hold(message)
+        self.relay.committed((message.id,))
+        return done
+
+    def discard(self, message_id: str) -> None:
+        """`message_id` must not be sent after all (its task failed when it was submitted)."""
+        if self.relay.discard(message_id) or self.relay.settled(message_id):
+            self.writer.pending.sent_one(message_id)
+            self.writer.wake()
+
+    def _sent(self, message_id: str) -> None:
+        self.writer.pending.sent_one(message_id)
+        self.writer.wake()
+
+    def _undeliverable(self, message: Message, error: MasError) -> None:
+        _log.warning(
+            "outbox_message_undeliverable",
+            message_id=message.id,
+            target=message.target,
+            error_type=type(error).__name__,
+            error=str(error),
+        )
+        task_id = message.task_id
+        if task_id is not None:
+            result = TaskResult.failed(task_id, TaskError(type(error).__name__, str(error)))
+            self.task_finished(result, message, 0)
+        self._sent(message.id)
 
     def _audits(self, message: Message) -> bool:
         return self._audit_all or (self._audit_tasks and "task_id" in message.metadata)
@@ -337,9 +448,16 @@ class StoreJournal:
             )
         if delivery is not None:
             writer.settle.append(delivery)
+        if self.relay.held and self.relay.settled(message.id):
+            pending.sent_one(message.id)
         writer.wake()
         if writer.full:
             await writer.wait_for_room()
+
+    def skipped(self, message: Message) -> None:
+        """A duplicate was skipped: if it came from this node's outbox, its row may go."""
+        if self.relay.held and self.relay.settled(message.id):
+            self._sent(message.id)
 
     def replied(self, reply: Message) -> None:
         if self._audits(reply):
@@ -403,6 +521,8 @@ class StoreJournal:
             )
 
     def _committed(self, batch: Batch) -> None:
+        if batch.outbox:
+            self.relay.committed(batch.outbox)
         watches = self._watches
         if not watches:
             return
@@ -462,6 +582,9 @@ class StoreJournal:
         self.writer.wake()
 
     def task_dead_lettered(self, letter: DeadLetter) -> None:
+        if self.relay.held and self.relay.settled(letter.message.id):
+            self.writer.pending.sent_one(letter.message.id)
+            self.writer.wake()
         task_id = letter.message.task_id
         if task_id is None:
             return

@@ -1,4 +1,4 @@
-"""Tables: agents, tasks, the message audit, and processed message ids (idempotency).
+"""Tables: agents, tasks, the message audit, processed message ids (idempotency), the outbox.
 
 One model serves SQLite and PostgreSQL: JSON columns become JSONB on PostgreSQL. Agent ids are
 strings (`agent:<id>` allows any id a user picks), task and message ids are the UUID strings
@@ -18,10 +18,12 @@ __all__ = [
     "AgentRow",
     "Base",
     "MessageRow",
+    "OutboxRow",
     "ProcessedMessageRow",
     "TaskRow",
     "agents",
     "messages",
+    "outbox",
     "processed",
     "tasks",
 ]
@@ -124,8 +126,30 @@ class ProcessedMessageRow(Base):
     )
 
 
+class OutboxRow(Base):
+    """A message a commit decided to send, kept until it is on its way (transactional outbox).
+
+    Written in the transaction that decides the send (a task's creation, later a workflow
+    step), so a crash after the commit cannot lose the message: a relay hands it over after
+    the commit and deletes the row once the broker confirmed it (or, for a message handed to
+    an agent in the same process, once that agent handled it). `owner` is the node whose
+    relay holds the row until `available_at`; past that lease, any node's relay may claim
+    it and send it again (the consumer's deduplication makes a second copy harmless).
+    """
+
+    __tablename__ = "outbox"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    message: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    owner: Mapped[str | None] = mapped_column(String(200))
+    available_at: Mapped[datetime] = mapped_column(Timestamp, index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
 # The tables for Core statements (the store's queries, the journal's batches).
 agents: Table = AgentRow.__table__  # type: ignore[assignment]
 tasks: Table = TaskRow.__table__  # type: ignore[assignment]
 messages: Table = MessageRow.__table__  # type: ignore[assignment]
 processed: Table = ProcessedMessageRow.__table__  # type: ignore[assignment]
+outbox: Table = OutboxRow.__table__  # type: ignore[assignment]

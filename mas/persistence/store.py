@@ -26,7 +26,7 @@ from mas.messages import Message
 from mas.persistence import schema as migrations
 from mas.persistence.batch_sql import BatchStatements
 from mas.persistence.engine import connect, display_url
-from mas.persistence.models import agents, messages, processed, tasks
+from mas.persistence.models import agents, messages, outbox, processed, tasks
 
 __all__ = ["AgentRecord", "Batch", "Store", "TaskRecord"]
 
@@ -112,33 +112,47 @@ class Batch:
     """Rows waiting to be written together; applied kind by kind in this field order.
 
     Tasks are created first, so a task created and finished while one batch gathered is
-    written whole in one commit.
+    written whole in one commit. `outbox` rows (keyed by message id) go in with the decision
+    to send them; `sent` deletes them once the message is on its way. A row written and
+    sent within one batch is never written at all (`Batch.sent_one`).
     """
 
     created: list[dict[str, Any]] = field(default_factory=list)
+    outbox: dict[str, dict[str, Any]] = field(default_factory=dict)
     agents: list[dict[str, Any]] = field(default_factory=list)
     messages: list[dict[str, Any]] = field(default_factory=list)
     processed: list[dict[str, Any]] = field(default_factory=list)
     running: list[dict[str, Any]] = field(default_factory=list)
     finished: list[dict[str, Any]] = field(default_factory=list)
+    sent: list[dict[str, Any]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return (
             len(self.created)
+            + len(self.outbox)
             + len(self.agents)
             + len(self.messages)
             + len(self.processed)
             + len(self.running)
             + len(self.finished)
+            + len(self.sent)
         )
 
     def extend(self, other: Batch) -> None:
         self.created.extend(other.created)
+        self.outbox.update(other.outbox)
         self.agents.extend(other.agents)
         self.messages.extend(other.messages)
         self.processed.extend(other.processed)
         self.running.extend(other.running)
         self.finished.extend(other.finished)
+        self.sent.extend(other.sent)
+
+    def sent_one(self, message_id: str) -> None:
+        """The outbox row of `message_id` is no longer needed: drop it from this batch if it
+        is still here (nothing to write), else delete it with this batch."""
+        if self.outbox.pop(message_id, None) is None:
+            self.sent.append({"id": message_id})
 
 
 def message_row(
@@ -283,12 +297,17 @@ class Store:
         target: str | None = None,
         created_by: str | None = None,
         trace_id: str | None = None,
+        send: dict[str, Any] | None = None,
     ) -> tuple[TaskRecord, bool]:
         """Create a pending task; returns (task, created). An existing id returns the task.
+
+        `send`: an outbox row written in the same transaction when the task is created (the
+        task's message, handed over after the commit; see `mas.persistence.outbox`).
 
         Raises:
             InvalidMessage: the payload cannot be stored (for example NUL characters on
                 PostgreSQL).
+            StoreUnavailable: the database cannot be reached or refused the write.
         """
         self.check_storable(payload, "payload")
         record = TaskRecord.new(
@@ -301,6 +320,8 @@ class Store:
                     [record.row()],
                 )
                 created = result.first() is not None
+                if created and send is not None:
+                    await conn.execute(outbox.insert(), [send])
         except (OSError, SQLAlchemyError) as exc:
             raise StoreUnavailable(f"creating a task in {self.url} failed: {exc}") from exc
         if created:
@@ -395,15 +416,77 @@ class Store:
         return [_task(row) for row in rows]
 
     async def cancel_task(self, task_id: str) -> TaskRecord | None:
-        """Cancel a task that has not finished; returns it as it is now (None if unknown)."""
+        """Cancel a task that has not finished; returns it as it is now (None if unknown).
+
+        Its message is taken out of the outbox in the same transaction: if it was not sent
+        yet, it never will be.
+        """
         async with self.engine.begin() as conn:
-            await conn.execute(
+            cancelled = await conn.execute(
                 update(tasks)
                 .where(tasks.c.id == task_id)
                 .where(tasks.c.status.in_(("pending", "running")))
                 .values(status="cancelled", finished_at=datetime.now(UTC))
             )
+            if cancelled.rowcount:
+                await conn.execute(delete(outbox).where(outbox.c.id == task_id))
         return await self.get_task(task_id)
+
+    # -- the outbox (see mas.persistence.outbox) ---------------------------------------------
+
+    async def claim_outbox(
+        self, owner: str, now: datetime, until: datetime, *, limit: int = 100
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """Take up to `limit` outbox rows whose lease ran out: they are `owner`'s until
+        `until`. Returns (message id, message) pairs, oldest first.
+
+        On PostgreSQL, rows another relay is claiming at the same moment are skipped.
+
+        Raises:
+            StoreUnavailable: the database cannot be reached or refused the claim.
+        """
+        due = (
+            select(outbox.c.id)
+            .where(outbox.c.available_at <= now)
+            .order_by(outbox.c.available_at)
+            .limit(limit)
+        )
+        if self.dialect == "postgresql":
+            due = due.with_for_update(skip_locked=True)
+        claim = (
+            update(outbox)
+            .where(outbox.c.id.in_(due.scalar_subquery()))
+            .values(owner=owner, available_at=until, attempts=outbox.c.attempts + 1)
+            .returning(outbox.c.id, outbox.c.message, outbox.c.created_at)
+        )
+        try:
+            async with self.engine.begin() as conn:
+                rows = list((await conn.execute(claim)).all())
+        except (OSError, SQLAlchemyError, sqlite3.Error) as exc:
+            raise StoreUnavailable(f"claiming outbox rows in {self.url} failed: {exc}") from exc
+        rows.sort(key=lambda row: _aware(row[2]) or now)
+        return [(row[0], row[1]) for row in rows]
+
+    async def renew_outbox(self, owner: str, until: datetime) -> int:
+        """Extend the lease of every outbox row `owner` holds to `until`; returns how many.
+
+        Raises:
+            StoreUnavailable: the database cannot be reached or refused the update.
+        """
+        try:
+            async with self.engine.begin() as conn:
+                result = await conn.execute(
+                    update(outbox).where(outbox.c.owner == owner).values(available_at=until)
+                )
+        except (OSError, SQLAlchemyError, sqlite3.Error) as exc:
+            raise StoreUnavailable(f"renewing outbox leases in {self.url} failed: {exc}") from exc
+        return int(result.rowcount or 0)
+
+    async def outbox_ids(self) -> list[str]:
+        """The message ids in the outbox (not yet on their way), for status pages and tests."""
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(outbox.c.id).order_by(outbox.c.created_at))).all()
+        return [row[0] for row in rows]
 
     # -- agents ------------------------------------------------------------------------------
 
@@ -469,7 +552,9 @@ class Store:
         return [message_from_row(row) for row in rows]
 
     async def count(self, table: str) -> int:
-        target = {"agents": agents, "tasks": tasks, "messages": messages}.get(table, processed)
+        target = {"agents": agents, "tasks": tasks, "messages": messages, "outbox": outbox}.get(
+            table, processed
+        )
         async with self.engine.connect() as conn:
             return int((await conn.execute(select(func.count()).select_from(target))).scalar_one())
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from mas.actors.deadletters import DeadLetter
+from mas.actors.journal import JournalNode
 from mas.messages import Message, TaskResult
 from mas.transports.base import Delivery
 
@@ -19,7 +20,7 @@ class MemoryJournal:
         self.results: dict[str, TaskResult] = {}
         self.agents: dict[str, str] = {}
 
-    async def open(self, node_id: str) -> None:
+    async def open(self, node: JournalNode) -> None:
         return None
 
     async def close(self) -> None:
@@ -35,6 +36,9 @@ class MemoryJournal:
         self.processed.setdefault(agent_id, []).append(message.id)
         if delivery is not None:
             await delivery.ack()
+
+    def skipped(self, message: Message) -> None:
+        return None
 
     def replied(self, reply: Message) -> None:
         self.messages.append(reply)

@@ -17,7 +17,7 @@ from mas.api.direct import direct_route
 from mas.api.problems import Problem
 from mas.api.schemas import ID_PATTERN, TaskIn, TaskList, TaskOut, TaskStatus
 from mas.api.state import Gateway, gateway
-from mas.errors import AgentStopped, MailboxFull, UnknownAgent
+from mas.errors import AgentStopped, MailboxFull, MasError, UnknownAgent
 from mas.messages import Message, TaskError, TaskResult, new_id
 from mas.persistence.journal import TaskEnd
 from mas.persistence.store import TaskRecord
@@ -109,26 +109,15 @@ async def submit_task(
     )
     message.to_json(max_bytes=gw.settings.message_max_bytes)  # 413 before anything is stored
     journal = gw.journal
-    # A new task for a local agent ends in this node's journal; any other may end elsewhere.
-    local = key is None and gw.runtime.routes_locally(target)
+    # A task for a local agent ends in this node's journal; any other may end elsewhere.
+    local = gw.runtime.routes_locally(target)
     ended = journal.watch_task(task_id) if wait > 0 else None
     try:
         if key is None:
             task = await _create_new(gw, spec, message, claims.subject, local=local)
             created = True
         else:
-            task, created = await gw.store.create_task(
-                task_id,
-                spec.message_type,
-                spec.payload,
-                target=target,
-                created_by=claims.subject,
-                trace_id=trace_id,
-            )
-            if task.status == "pending":
-                # Also for a repeated submission: an earlier attempt may have been refused
-                # (429); a message id the agent already handled is skipped there.
-                await _hand_over(gw, task, message)
+            task, created = await _create_keyed(gw, spec, message, claims.subject, local=local)
         _log.info(
             "task_submitted",
             task_id=task_id,
@@ -176,14 +165,21 @@ async def _create_new(
 ) -> TaskRecord:
     """Create a task under a fresh id and hand it over, committing only when it must.
 
-    A fresh id cannot exist yet, so nothing is read. When a local agent will handle the
-    message (`local`), this node's journal records its start and end after its creation
-    (creations come first in a batch): the message goes at once and one commit covers the
-    lot. Otherwise another node may act on it, so the creation commits before it goes.
+    The message goes into the outbox with the task's creation: nothing between the commit
+    and the wire can lose it. A fresh id cannot exist yet, so nothing is read. When a local
+    agent will handle the message (`local`), it goes at once: this node's journal records
+    its creation before its start and end (creations come first in a batch), one commit can
+    hold the lot, and the outbox row goes in the commit that records the handling (or is
+    never written at all). Otherwise another node may act on the message, so the creation
+    commits before the relay sends it.
     """
     gw.store.check_storable(spec.payload, "payload")
     gw.check_writable()
     assert message.target is not None
+    if local:
+        gw.runtime.check_room(message.target)  # 429 before anything is stored
+    else:
+        gw.check_sending()
     task = TaskRecord.new(
         message.id,
         spec.message_type,
@@ -192,25 +188,75 @@ async def _create_new(
         created_by=subject,
         trace_id=message.trace_id,
     )
-    gw.journal.task_created(task)
+    journal = gw.journal
+    journal.task_created(task)
     if not local:
+        handed = journal.send_after_commit(message)
         await gw.recorded(task.id)
+        await _handed_over(gw, task, handed)
+        return task
+    journal.send_after_commit(message, delivered=True)
     try:
-        await _hand_over(gw, task, message)
-    except (MailboxFull, AgentStopped) as exc:
+        await gw.runtime.tell(message.target, message)
+    except (MailboxFull, AgentStopped, UnknownAgent) as exc:
         # Nobody will resend a task whose id the client never saw: record the refusal.
+        journal.discard(message.id)
         await _fail(gw, task, type(exc).__name__, str(exc))
         raise
     return task
 
 
-async def _hand_over(gw: Gateway, task: TaskRecord, message: Message) -> None:
+async def _create_keyed(
+    gw: Gateway, spec: TaskIn, message: Message, subject: str, *, local: bool
+) -> tuple[TaskRecord, bool]:
+    """Create a task under the client's id (or find it), in a transaction of its own.
+
+    The transaction also writes the message's outbox row, so a repeated submission never
+    needs to hand the message over again: the relay does, until it is on its way.
+    """
     assert message.target is not None
+    if local:
+        gw.runtime.check_room(message.target)  # 429 before anything is stored
+    else:
+        gw.check_sending()
+    journal = gw.journal
+    task, created = await gw.store.create_task(
+        message.id,
+        spec.message_type,
+        spec.payload,
+        target=message.target,
+        created_by=subject,
+        trace_id=message.trace_id,
+        send=journal.outbox_row(message),
+    )
+    if created:
+        await _handed_over(gw, task, journal.send_committed(message))
+    return task, created
+
+
+async def _handed_over(gw: Gateway, task: TaskRecord, handed: asyncio.Future[None] | None) -> None:
+    """Wait (bounded) for the relay's first attempt to send a committed task's message.
+
+    The task is accepted either way: a message the broker did not take now stays in the
+    outbox and goes when it can. Only a target nobody serves ends it (recorded failed).
+
+    Raises:
+        UnknownAgent: no agent answers to the task's target (404).
+    """
+    if handed is None:
+        return
     try:
-        await gw.runtime.tell(message.target, message)
+        await asyncio.wait_for(asyncio.shield(handed), gw.settings.api.write_timeout)
     except UnknownAgent:
-        await _fail(gw, task, "UnknownAgent", f"no agent answers to {message.target!r}")
+        await gw.recorded(task.id)
         raise
+    except (MasError, TimeoutError) as exc:
+        _log.warning(
+            "task_send_deferred",
+            task_id=task.id,
+            error_type=type(exc).__name__,
+            error=str(exc),
+        )
 
 
 async def _fail(gw: Gateway, task: TaskRecord, error_type: str, detail: str) -> None:
@@ -372,6 +418,7 @@ async def cancel_task(
 ) -> TaskOut:
     """Cancel a task that has not finished (409 if it already has)."""
     task = await gw.store.cancel_task(task_id)
+    gw.journal.discard(task_id)  # its message, if still waiting to be sent, stays unsent
     if task is None:
         raise Problem(404, "Unknown Task", f"no task with id {task_id!r}")
     if task.status != "cancelled":

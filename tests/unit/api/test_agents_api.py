@@ -253,15 +253,20 @@ class TestMessage:
         problem(refused, 429, full_agent)
         assert int(refused.headers["retry-after"]) >= 1
 
-    async def test_full_mailbox_on_task_submit_is_429_and_retry_delivers(
+    async def test_full_mailbox_on_task_submit_is_429_and_nothing_is_stored(
         self, client: httpx.AsyncClient, token: Any, problem: Problem, full_agent: str
     ) -> None:
+        """429 means "not accepted": the client's retry (same key) is the first submission."""
         body = {"agent": full_agent, "id": "retry-me"}
         refused = await client.post("/tasks/", json=body, headers=token())
         problem(refused, 429)
         assert refused.headers["retry-after"]
         stored = await client.get("/tasks/retry-me", headers=token())
-        assert stored.json()["status"] == "pending"
+        problem(stored, 404)
+        fresh = await client.post("/tasks/", json={"agent": full_agent}, headers=token())
+        problem(fresh, 429)
+        listed = await client.get("/tasks/", headers=token())
+        assert listed.json()["items"] == []
 
 
 ROUTES = [

@@ -535,13 +535,18 @@ class TestNewTasks:
         failed = await client.get("/tasks/", params={"status": "failed"}, headers=token())
         assert [t["error"]["type"] for t in failed.json()["items"]] == ["UnknownAgent"]
 
-    async def test_a_new_task_refused_by_a_full_mailbox_is_recorded_failed(
-        self, client: httpx.AsyncClient, token: Any, problem: Problem, full_agent: str
+    async def test_a_new_task_refused_by_a_full_mailbox_is_not_stored(
+        self,
+        client: httpx.AsyncClient,
+        token: Any,
+        problem: Problem,
+        full_agent: str,
+        gw: Gateway,
     ) -> None:
         problem(await submit(client, token, {"agent": full_agent}), 429, full_agent)
-        # Nobody can resend a task whose id the client never saw: it must not stay pending.
-        tasks = (await client.get("/tasks/", headers=token())).json()["items"]
-        assert [(t["status"], t["error"]["type"]) for t in tasks] == [("failed", "MailboxFull")]
+        # Refused before anything was stored: no task the client never saw stays pending.
+        assert (await client.get("/tasks/", headers=token())).json()["items"] == []
+        assert await gw.store.outbox_ids() == []
 
     async def test_a_cancel_ends_a_waiting_submission(
         self, client: httpx.AsyncClient, token: Any, gw: Gateway, trouble: Any

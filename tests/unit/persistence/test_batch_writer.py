@@ -12,11 +12,24 @@ from mas.persistence import Store, StoreJournal
 pytestmark = pytest.mark.anyio
 
 
+class _Node:
+    """The runtime as the journal sees it; these tests record rows and send nothing."""
+
+    def __init__(self, node_id: str) -> None:
+        self.node_id = node_id
+
+    async def hand_over(self, message: Message, *, resent: bool = False) -> bool:
+        raise AssertionError(f"nothing is sent in these tests, got {message!r}")
+
+    def fail(self, error: BaseException) -> None:
+        raise AssertionError(f"the journal failed: {error!r}")
+
+
 async def test_flush_returns_while_other_rows_keep_arriving(store: Store) -> None:
     """flush() waits for what was recorded before it, not for the writer to fall idle:
     under a steady stream of writes the writer never does."""
     journal = StoreJournal(store)
-    await journal.open("node-test")
+    await journal.open(_Node("node-test"))
     stop = asyncio.Event()
 
     async def steady_stream() -> None:
@@ -41,7 +54,7 @@ async def test_flush_returns_while_other_rows_keep_arriving(store: Store) -> Non
 
 async def test_concurrent_records_share_commits(store: Store) -> None:
     journal = StoreJournal(store)
-    await journal.open("node-test")
+    await journal.open(_Node("node-test"))
     for n in range(500):
         journal.replied(Message("bulk", {"n": n}, trace_id="bulk"))
     await journal.flush()

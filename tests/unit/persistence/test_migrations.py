@@ -24,7 +24,7 @@ from tests.unit.persistence.databases import Database
 
 pytestmark = pytest.mark.anyio
 
-TABLES = {"agents", "tasks", "messages", "processed_messages"}
+TABLES = {"agents", "tasks", "messages", "processed_messages", "outbox"}
 
 
 async def table_names(store: Store) -> set[str]:

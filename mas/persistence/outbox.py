@@ -1,0 +1,340 @@
+"""OutboxRelay: sends what a commit decided to send, and what a crash left unsent.
+
+The transactional outbox (DESIGN §9). A message whose sending follows from a commit (a new
+task's message; later a workflow's children, replies and timers) is written in that commit
+as an `outbox` row. After the commit this relay hands it over (to an agent of this process
+or to the broker) and deletes the row once it is on its way; a message an agent of this
+process took keeps its row until that agent has handled (or dead-lettered) it, and the row
+goes in the commit that records so. Nothing between the commit and the wire can lose it:
+
+- the broker is away: the relay keeps the message and tries again, backing off;
+- this process dies: its rows stay; once their lease (`available_at`) has run out, any
+  node's relay claims them and sends them again, marked as re-sent so that the consumer asks
+  the record before handling them;
+- the database is away: nothing commits, so nothing was promised; what was queued is sent
+  once its commit happens.
+
+While this relay holds rows (a long handler, a broker outage), it renews their lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Literal
+
+import anyio
+import structlog
+
+from mas.errors import (
+    AgentStopped,
+    InvalidMessage,
+    MailboxFull,
+    MasError,
+    RuntimeNotRunning,
+    StoreUnavailable,
+    TransportError,
+)
+from mas.messages import Message
+
+if TYPE_CHECKING:
+    from mas.actors.journal import JournalNode
+    from mas.persistence.store import Store
+
+__all__ = ["OutboxRelay"]
+
+_log = structlog.get_logger("mas.outbox")
+
+# Worth trying again later: the broker (or the local agent) cannot take the message now.
+_TRANSIENT = (TransportError, MailboxFull, AgentStopped, RuntimeNotRunning)
+
+State = Literal["uncommitted", "queued", "sending", "retry", "local", "settled"]
+
+
+class _Entry:
+    """One message this relay is responsible for, from its decision until it is on its way."""
+
+    __slots__ = ("done", "message", "resent", "state")
+
+    def __init__(self, message: Message, state: State, *, resent: bool = False) -> None:
+        self.message = message
+        self.state: State = state
+        self.resent = resent
+        self.done: asyncio.Future[None] | None = None
+
+    def resolve(self, error: BaseException | None = None) -> None:
+        """Tell whoever waits how the first hand-over went (later ones are the relay's)."""
+        done = self.done
+        if done is not None and not done.done():
+            if error is None:
+                done.set_result(None)
+            else:
+                done.set_exception(error)
+                done.exception()  # retrieved: nobody may be waiting any more
+
+
+class OutboxRelay:
+    """Hands over committed outbox messages and recovers rows whose owner went away.
+
+    Args:
+        store: where the rows are (claims and lease renewals are its own transactions).
+        on_sent: called with a message id whose row may go (the journal deletes it with its
+            next batch).
+        on_undeliverable: called with a message nobody can ever take (no such address), so
+            the journal can record its task failed; the row goes too.
+        lease: seconds a row stays this relay's after it was written or last renewed.
+        sweep_interval: seconds between looks for rows whose lease has run out.
+        concurrency: hand-overs in flight at once (a publish waits for the broker's confirm).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        on_sent: Callable[[str], None],
+        on_undeliverable: Callable[[Message, MasError], None],
+        lease: float = 10.0,
+        sweep_interval: float = 1.0,
+        concurrency: int = 64,
+        retry_max: float = 5.0,
+        claim_batch: int = 100,
+    ) -> None:
+        self.store = store
+        self.lease = lease
+        self.sweep_interval = sweep_interval
+        self.retry_max = retry_max
+        self.claim_batch = claim_batch
+        self._on_sent = on_sent
+        self._on_undeliverable = on_undeliverable
+        self._node: JournalNode | None = None
+        self._entries: dict[str, _Entry] = {}
+        self._queue: deque[_Entry] = deque()
+        self._retry: list[_Entry] = []
+        self._retry_at = 0.0
+        self._delay = 0.05
+        self._sending = 0
+        self._limiter = asyncio.Semaphore(concurrency)
+        self._wake = asyncio.Event()
+        self._quiet = asyncio.Event()
+        self._quiet.set()
+        self._renewed_at = 0.0
+        self._store_down = False
+        self.failing = False
+        """The last hand-over failed because the broker (or agent) could not take it."""
+        self.resent = 0
+        """Messages claimed from the outbox after their lease ran out, and sent again."""
+
+    # -- what the journal tells the relay ----------------------------------------------------
+
+    def hold(self, message: Message, *, delivered: bool = False) -> asyncio.Future[None] | None:
+        """`message`'s row was appended to the journal's batch; hand it over after the commit.
+
+        `delivered`: an agent of this process already has it (the row goes when that agent
+        has handled it). Otherwise returns a future for the first hand-over: its result is
+        None, `UnknownAgent` (nobody can take it; the relay recorded that), or the transient
+        error of a first attempt that failed (the relay keeps trying).
+        """
+        if delivered:
+            self._entries[message.id] = _Entry(message, "local")
+            return None
+        entry = self._entries[message.id] = _Entry(message, "uncommitted")
+        entry.done = asyncio.get_running_loop().create_future()
+        return entry.done
+
+    def committed(self, message_ids: Iterable[str]) -> None:
+        """The rows of these messages are committed: hand over those still to be sent."""
+        entries = self._entries
+        for message_id in message_ids:
+            entry = entries.get(message_id)
+            if entry is not None and entry.state == "uncommitted":
+                self._enqueue(entry)
+
+    def settled(self, message_id: str) -> bool:
+        """An agent of this process handled (or dead-lettered) the message: True when the
+        relay held it, and its row may go."""
+        entry = self._entries.get(message_id)
+        if entry is None or entry.state not in ("local", "sending"):
+            return False
+        if entry.state == "sending":
+            entry.state = "settled"  # handled before its hand-over returned
+        else:
+            del self._entries[message_id]
+        return True
+
+    def discard(self, message_id: str) -> bool:
+        """The message must not go (its task failed at submission or was cancelled): True
+        when the relay held it. One already being sent cannot be called back."""
+        entry = self._entries.get(message_id)
+        if entry is None or entry.state == "sending":
+            return False
+        del self._entries[message_id]
+        if entry.state == "queued":
+            self._queue.remove(entry)
+        elif entry.state == "retry":
+            self._retry.remove(entry)
+            if not self._retry and not self._sending:
+                self.failing = False  # nothing left to find out with: let the next one try
+        entry.resolve(None)
+        return True
+
+    @property
+    def held(self) -> int:
+        """Messages this relay is responsible for (not yet on their way)."""
+        return len(self._entries)
+
+    async def flush(self) -> None:
+        """Wait until nothing committed waits to be handed over (retries excepted)."""
+        while self._queue or self._sending:
+            self._quiet.clear()
+            await self._quiet.wait()
+
+    # -- running -----------------------------------------------------------------------------
+
+    async def run(self, node: JournalNode) -> None:
+        """Hand over what is queued and sweep for abandoned rows until cancelled."""
+        self._node = node
+        async with anyio.create_task_group() as group:
+            group.start_soon(self._sweep_forever)
+            while True:
+                entry = await self._next()
+                await self._limiter.acquire()
+                entry.state = "sending"
+                self._sending += 1
+                group.start_soon(self._hand_over, entry)
+
+    async def release(self) -> None:
+        """Let other nodes' relays take this node's rows at once (it is stopping)."""
+        node = self._node
+        if node is None or not self._entries:
+            return
+        try:
+            with anyio.fail_after(self.lease / 2):
+                await self.store.renew_outbox(node.node_id, datetime.now(UTC))
+        except (StoreUnavailable, TimeoutError) as exc:
+            _log.warning("outbox_release_failed", held=len(self._entries), error=str(exc))
+
+    def _enqueue(self, entry: _Entry) -> None:
+        entry.state = "queued"
+        self._queue.append(entry)
+        self._quiet.clear()
+        self._wake.set()
+
+    async def _next(self) -> _Entry:
+        loop = asyncio.get_running_loop()
+        while True:
+            if self._queue:
+                return self._queue.popleft()
+            if not self._sending:
+                self._quiet.set()
+            timeout = None
+            if self._retry:
+                timeout = self._retry_at - loop.time()
+                if timeout <= 0:
+                    retry, self._retry, self._retry_at = self._retry, [], 0.0
+                    for entry in retry:
+                        self._enqueue(entry)
+                    continue
+            self._wake.clear()
+            with anyio.move_on_after(timeout):
+                await self._wake.wait()
+
+    async def _hand_over(self, entry: _Entry) -> None:
+        assert self._node is not None
+        message = entry.message
+        try:
+            local = await self._node.hand_over(message, resent=entry.resent)
+        except _TRANSIENT as exc:
+            self._failed(entry, exc)
+        except MasError as exc:  # no such address, too large, not a valid message
+            self._entries.pop(message.id, None)
+            self._on_undeliverable(message, exc)
+            entry.resolve(exc)
+        else:
+            if self.failing:
+                self.failing = False
+                _log.info("outbox_send_recovered", held=len(self._entries))
+            self._delay = 0.05
+            if local and entry.state == "sending":
+                entry.state = "local"  # its row goes when the agent has handled it
+            else:
+                self._entries.pop(message.id, None)
+                self._on_sent(message.id)
+            entry.resolve(None)
+        finally:
+            self._sending -= 1
+            self._limiter.release()
+            if not self._sending and not self._queue:
+                self._quiet.set()
+
+    def _failed(self, entry: _Entry, error: BaseException) -> None:
+        if not self.failing:
+            self.failing = True
+            _log.warning(
+                "outbox_send_failed",
+                message_id=entry.message.id,
+                target=entry.message.target,
+                error_type=type(error).__name__,
+                error=str(error),
+                hint="kept, and sent again once the broker (or agent) takes it",
+            )
+        if entry.state == "settled":  # handled here after all, while the error came back
+            self._entries.pop(entry.message.id, None)
+            self._on_sent(entry.message.id)
+            return
+        entry.state = "retry"
+        self._retry.append(entry)
+        if not self._retry_at:
+            self._retry_at = asyncio.get_running_loop().time() + self._delay
+            self._delay = min(self._delay * 2, self.retry_max)
+        self._wake.set()
+        entry.resolve(error)
+
+    # -- recovery ----------------------------------------------------------------------------
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await anyio.sleep(self.sweep_interval)
+            await self.sweep()
+
+    async def sweep(self) -> int:
+        """Renew this relay's leases, and claim rows whose lease ran out; returns how many
+        rows were claimed (to be sent again)."""
+        node = self._node
+        assert node is not None, "sweep() before run()"
+        loop = asyncio.get_running_loop()
+        now = datetime.now(UTC)
+        until = now + timedelta(seconds=self.lease)
+        try:
+            with anyio.fail_after(max(self.lease / 2, 1.0)):
+                if self._entries and loop.time() >= self._renewed_at + self.lease / 3:
+                    await self.store.renew_outbox(node.node_id, until)
+                    self._renewed_at = loop.time()
+                if self.failing:
+                    return 0  # take no more work while the broker refuses ours
+                claimed = await self.store.claim_outbox(
+                    node.node_id, now, until, limit=self.claim_batch
+                )
+        except (StoreUnavailable, TimeoutError) as exc:
+            if not self._store_down:
+                self._store_down = True
+                _log.warning("outbox_sweep_failed", error_type=type(exc).__name__, error=str(exc))
+            return 0
+        if self._store_down:
+            self._store_down = False
+            _log.info("outbox_sweep_recovered")
+        for message_id, data in claimed:
+            if message_id in self._entries:
+                continue  # ours already: its lease lapsed while the database was away
+            try:
+                message = Message.from_dict(data)
+            except InvalidMessage as exc:  # written by this code, so a bug or a hand edit
+                _log.error("outbox_row_invalid", message_id=message_id, error=str(exc))
+                self._on_sent(message_id)
+                continue
+            self.resent += 1
+            _log.info("outbox_message_resent", message_id=message_id, target=message.target)
+            entry = self._entries[message_id] = _Entry(message, "queued", resent=True)
+            self._enqueue(entry)
+        return len(claimed)
