@@ -139,6 +139,11 @@ class Settings(BaseSettings):
     amqp_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
     amqp: AmqpSettings = AmqpSettings()
     database_url: SecretStr = SecretStr("sqlite+aiosqlite:///./mas.db")
+    database_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="seconds any one database call may take (connect, pool wait, statement)",
+    )
     database_schema: str | None = Field(
         None, description="PostgreSQL schema to use (tests use one per run)"
     )

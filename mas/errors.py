@@ -139,6 +139,10 @@ class StoreUnavailable(MasError):
     """The database cannot be reached (its URL is shown with the password masked)."""
 
 
+class StoreTimeout(StoreUnavailable, TimeoutError):
+    """The database did not answer within `MAS_DATABASE_TIMEOUT` (a wait that ran out)."""
+
+
 class SchemaOutdated(MasError):
     """The database schema is behind (or ahead of) the migrations this mas expects."""
 

@@ -2,7 +2,9 @@
 
 Handlers map mas's typed errors to the status a client can act on: 4xx for anything the
 client did wrong (never a 500 for bad input), 429 with Retry-After when a mailbox rejects,
-503 when the store is unreachable.
+503 with Retry-After when a service (database, broker, Redis) is unavailable or mas is
+stopping, 504 when a bounded wait on one ran out, 502 when an agent failed. Anything else is
+a 500, still as problem+json, logged once.
 """
 
 from __future__ import annotations
@@ -17,15 +19,21 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mas.errors import (
+    AgentStartError,
     AgentStopped,
     AskTimeout,
     DuplicateAgent,
     HandlerError,
+    HandlerReturnError,
     InvalidAddress,
     InvalidMessage,
     MailboxFull,
     MasError,
     MessageTooLarge,
+    RedisUnavailable,
+    RuntimeNotRunning,
+    SchemaOutdated,
+    StoreTimeout,
     StoreUnavailable,
     TransportError,
     UnknownAgent,
@@ -78,6 +86,7 @@ def problem_response(
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
+# First match wins: subclasses before their bases.
 _MAS_ERRORS: list[tuple[type[MasError], int, str]] = [
     (MessageTooLarge, 413, "Payload Too Large"),
     (InvalidAddress, 422, "Invalid Address"),
@@ -88,9 +97,17 @@ _MAS_ERRORS: list[tuple[type[MasError], int, str]] = [
     (AgentStopped, 409, "Agent Stopped"),
     (AskTimeout, 504, "Reply Timeout"),
     (HandlerError, 502, "Agent Failed"),
+    (AgentStartError, 502, "Agent Failed"),
+    (HandlerReturnError, 502, "Agent Failed"),
+    (StoreTimeout, 504, "Store Timeout"),
     (StoreUnavailable, 503, "Store Unavailable"),
+    (SchemaOutdated, 503, "Store Outdated"),
     (TransportError, 503, "Broker Unavailable"),
+    (RedisUnavailable, 503, "Redis Unavailable"),
+    (RuntimeNotRunning, 503, "Shutting Down"),
 ]
+# Worth retrying after a moment: the client is told when (Retry-After, seconds).
+_RETRYABLE = frozenset({429, 503, 504})
 
 
 def install_problem_handlers(app: FastAPI) -> None:
@@ -126,9 +143,16 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def _mas(request: Request, exc: MasError) -> JSONResponse:
         for error_type, status, title in _MAS_ERRORS:
             if isinstance(exc, error_type):
-                headers = {"Retry-After": "1"} if status in (429, 503) else None
+                # Not logged per request: the service's outage is logged where it is seen,
+                # once when it starts and once when it ends.
+                headers = {"Retry-After": "1"} if status in _RETRYABLE else None
                 return problem_response(request, status, title, str(exc), headers)
-        return problem_response(request, 400, "Bad Request", str(exc))
+        return _internal(request, exc)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # A bug, or a failure no layer mapped: still a problem document, never plain text.
+        return _internal(request, exc)
 
     @app.exception_handler(SQLAlchemyError)
     async def _store(request: Request, exc: SQLAlchemyError) -> JSONResponse:
@@ -142,6 +166,19 @@ def install_problem_handlers(app: FastAPI) -> None:
             f"the database failed to answer: {error_reason(exc)}",
             {"Retry-After": "1"},
         )
+
+
+def _internal(request: Request, exc: BaseException) -> JSONResponse:
+    _log.error(
+        "request_crashed",
+        path=request.url.path,
+        error_type=type(exc).__name__,
+        error=str(exc),
+        exc_info=exc,
+    )
+    return problem_response(
+        request, 500, "Internal Server Error", f"the gateway failed: {type(exc).__name__}"
+    )
 
 
 def _title(status: int) -> str:

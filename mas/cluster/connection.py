@@ -9,7 +9,6 @@ Redis is worse than a caller that falls back to the database at once.
 from __future__ import annotations
 
 import math
-import time
 from typing import Final
 
 import structlog
@@ -21,6 +20,7 @@ from redis.exceptions import RedisError
 
 from mas.config import Settings, masked_url
 from mas.errors import ConfigError, RedisUnavailable
+from mas.observability.outages import Outage
 
 __all__ = [
     "DEFAULT_PREFIX",
@@ -122,67 +122,6 @@ def ttl_ms(ttl: float) -> int:
     if not isinstance(ttl, int | float) or not math.isfinite(ttl) or ttl <= 0:
         raise ConfigError(f"a TTL must be a positive number of seconds, not {ttl!r}")
     return max(1, math.ceil(ttl * 1000))
-
-
-class Outage:
-    """Tracks whether Redis answers one component: logs each outage once, and can fail fast.
-
-    A hot path that hits a dead Redis thousands of times a second must not log thousands of
-    warnings; one per outage (per component) tells the operator what they need to know, and
-    one info line says when it is over.
-
-    With a `cooldown`, a failure also opens a short window in which `skip()` is true, so the
-    caller answers "unknown" at once instead of asking Redis again: a Redis that hangs (rather
-    than refusing connections) costs a full timeout per call, and every message waiting that
-    long would stall the node. After the window one call probes Redis while the others keep
-    skipping; the first success closes it.
-    """
-
-    __slots__ = ("_component", "_cooldown", "_down", "_skip_until")
-
-    def __init__(self, component: str, *, cooldown: float = 0.0) -> None:
-        if not math.isfinite(cooldown) or cooldown < 0:
-            raise ConfigError(f"a Redis outage cooldown must be 0 or more seconds, not {cooldown}")
-        self._component = component
-        self._cooldown = cooldown
-        self._down = False
-        self._skip_until = 0.0
-
-    @property
-    def down(self) -> bool:
-        """True between a failure and the next success."""
-        return self._down
-
-    def skip(self) -> bool:
-        """True when the caller should not ask Redis now (a recent failure, cooldown running)."""
-        if not self._skip_until:
-            return False
-        now = time.monotonic()
-        if now < self._skip_until:
-            return True
-        # This caller probes; the others keep skipping until it answers (or one more cooldown
-        # passes, so a cancelled probe cannot close Redis off for good).
-        self._skip_until = now + self._cooldown
-        return False
-
-    def failed(self, operation: str, error: BaseException) -> None:
-        if self._cooldown:
-            self._skip_until = time.monotonic() + self._cooldown
-        if not self._down:
-            self._down = True
-            _log.warning(
-                "redis_unavailable",
-                component=self._component,
-                operation=operation,
-                error_type=type(error).__name__,
-                error=str(error),
-            )
-
-    def ok(self) -> None:
-        if self._down:
-            self._down = False
-            self._skip_until = 0.0
-            _log.info("redis_recovered", component=self._component)
 
 
 def _client_name(name: str | None) -> str | None:

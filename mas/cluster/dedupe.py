@@ -97,7 +97,7 @@ class DedupeClaims:
         self._client = client
         self._base = check_prefix(prefix) + "claim:"
         self._owner = owner
-        self._outage = Outage("dedupe", cooldown=cooldown)
+        self._outage = Outage("redis", "dedupe", cooldown=cooldown)
         self._release = client.register_script(COMPARE_AND_DELETE)
 
     def key(self, agent_id: str, message_id: str) -> str:

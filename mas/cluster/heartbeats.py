@@ -46,7 +46,7 @@ class NodeHeartbeats:
     def __init__(self, client: Redis, *, prefix: str = DEFAULT_PREFIX) -> None:
         self._client = client
         self._base = check_prefix(prefix) + "node:"
-        self._outage = Outage("heartbeats")
+        self._outage = Outage("redis", "heartbeats")
 
     def key(self, node_id: str) -> str:
         """The Redis key of `node_id`'s heartbeat."""

@@ -82,7 +82,7 @@ class Leases:
     def __init__(self, client: Redis, *, prefix: str = DEFAULT_PREFIX) -> None:
         self._client = client
         self._prefix = check_prefix(prefix)
-        self._outage = Outage("leases")
+        self._outage = Outage("redis", "leases")
         self._acquire = client.register_script(ACQUIRE_LEASE)
         self._renew = client.register_script(RENEW_LEASE)
         self._release = client.register_script(COMPARE_AND_DELETE)

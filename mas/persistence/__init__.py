@@ -24,7 +24,10 @@ __all__ = [
 async def open_store(settings: Settings, *, migrate: bool | None = None) -> Store:
     """The Store `MAS_DATABASE_URL` names (SQLite migrates itself; others are checked)."""
     return await Store.open(
-        settings.database_url.get_secret_value(), schema=settings.database_schema, migrate=migrate
+        settings.database_url.get_secret_value(),
+        schema=settings.database_schema,
+        migrate=migrate,
+        timeout=settings.database_timeout,
     )
 
 

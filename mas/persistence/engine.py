@@ -7,13 +7,13 @@ from typing import Any
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DataError, DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import PoolResetState
 
 from mas.errors import ConfigError, StoreUnavailable
 
-__all__ = ["connect", "display_url", "error_reason", "parse_database_url"]
+__all__ = ["connect", "display_url", "error_reason", "parse_database_url", "refused_data"]
 
 
 def parse_database_url(url: str) -> URL:
@@ -35,8 +35,12 @@ def display_url(url: URL) -> str:
     return url.render_as_string(hide_password=True)
 
 
-async def connect(url: str, *, schema: str | None = None) -> AsyncEngine:
+async def connect(url: str, *, schema: str | None = None, timeout: float = 10.0) -> AsyncEngine:
     """Create an engine and prove it can reach the database.
+
+    Every wait on the database is bounded by `timeout` seconds: connecting, waiting for a
+    connection from the pool, and (PostgreSQL) each statement, cancelled on the server when
+    it runs out; SQLite waits that long for a lock.
 
     Raises:
         ConfigError: the URL is malformed or names an unsupported driver.
@@ -48,18 +52,21 @@ async def connect(url: str, *, schema: str | None = None) -> AsyncEngine:
         database = parsed.database
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-        options["connect_args"] = {"timeout": 30}
+        options["connect_args"] = {"timeout": timeout}
         # One connection: SQLite has a single writer, and two connections contending for
         # it fall into SQLite's busy handler, which sleeps in steps of up to 100 ms. A
         # queue for the one connection hands it over as soon as it is free.
         options["pool_size"] = 1
         options["max_overflow"] = 0
         options["pool_reset_on_return"] = None  # `_sqlite_reset` rolls back only when needed
+        options["pool_timeout"] = timeout
     else:
         options["pool_pre_ping"] = True
         options["pool_size"] = 5
-        # A host that drops packets must not hang start-up for asyncpg's default 60s.
-        connect_args: dict[str, Any] = {"timeout": 10}
+        options["pool_timeout"] = timeout
+        # A host that drops packets must not hang a connect (asyncpg's default is 60 s) or a
+        # statement (no default at all: a blackholed query waits for TCP to give up).
+        connect_args: dict[str, Any] = {"timeout": timeout, "command_timeout": timeout}
         if schema:
             connect_args["server_settings"] = {"search_path": schema}
         options["connect_args"] = connect_args
@@ -70,7 +77,7 @@ async def connect(url: str, *, schema: str | None = None) -> AsyncEngine:
     try:
         async with engine.connect() as connection:
             await connection.execute(text("SELECT 1"))
-    except (OSError, SQLAlchemyError, DBAPIError) as exc:
+    except (OSError, SQLAlchemyError, DBAPIError, TimeoutError) as exc:
         await engine.dispose()
         raise StoreUnavailable(
             f"cannot reach the database at {display_url(parsed)}: {error_reason(exc)}"
@@ -99,6 +106,18 @@ def _sqlite_reset(dbapi_connection: Any, _record: Any, state: PoolResetState) ->
         and dbapi_connection.driver_connection.in_transaction
     ):
         dbapi_connection.rollback()
+
+
+def refused_data(error: BaseException | None) -> bool:
+    """The database refused a value (SQLSTATE class 22), not the connection or the schema.
+
+    asyncpg's refusals reach us as a plain DBAPIError carrying the SQLSTATE, not DataError.
+    """
+    if isinstance(error, DataError):
+        return True
+    original = getattr(error, "orig", None)
+    code = getattr(original, "sqlstate", None) or getattr(original, "pgcode", None)
+    return isinstance(code, str) and code.startswith("22")
 
 
 def error_reason(exc: BaseException) -> str:

@@ -19,12 +19,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import structlog
-from sqlalchemy.exc import DataError
 
 from mas.actors.deadletters import DeadLetter
 from mas.actors.journal import JournalNode
 from mas.errors import MasError, StoreUnavailable
 from mas.messages import Message, TaskError, TaskResult
+from mas.persistence.engine import refused_data
 from mas.persistence.outbox import OutboxRelay
 from mas.persistence.store import Batch, Store, TaskRecord, message_row
 from mas.transports.base import Delivery
@@ -113,9 +113,10 @@ class BatchWriter:
                 try:
                     await self._write(batch)
                 except StoreUnavailable as exc:
+                    # The store logs the outage once; each retry is a debug line.
                     self.failures += 1
                     self.failing = True
-                    _log.warning(
+                    _log.debug(
                         "store_write_failed", rows=len(batch), retry_in=delay, error=str(exc)
                     )
                     batch.extend(self.pending)
@@ -152,7 +153,7 @@ class BatchWriter:
         try:
             await self.store.apply(batch)
         except StoreUnavailable as exc:
-            if not _refused_data(exc.__cause__):
+            if not refused_data(exc.__cause__):
                 raise
             # One row the database refuses (NUL characters on PostgreSQL) must not hold the
             # rest back: store it with the characters replaced, and say so.
@@ -191,18 +192,6 @@ def _owned(coro: Coroutine[Any, Any, None], node: JournalNode, name: str) -> asy
 
     task.add_done_callback(crashed)
     return task
-
-
-def _refused_data(error: BaseException | None) -> bool:
-    """The database refused a value (SQLSTATE class 22), not the connection or the schema.
-
-    asyncpg's refusals reach us as a plain DBAPIError carrying the SQLSTATE, not DataError.
-    """
-    if isinstance(error, DataError):
-        return True
-    original = getattr(error, "orig", None)
-    code = getattr(original, "sqlstate", None) or getattr(original, "pgcode", None)
-    return isinstance(code, str) and code.startswith("22")
 
 
 def _sanitized(batch: Batch) -> Batch:
@@ -333,7 +322,8 @@ class StoreJournal:
                 await self.store.touch_agents(node_id)
             except StoreUnavailable as exc:
                 # The heartbeat goes stale, which is what readers should see; keep trying.
-                _log.warning("heartbeat_failed", node_id=node_id, error=str(exc))
+                # The store logs the outage itself, once.
+                _log.debug("heartbeat_failed", node_id=node_id, error=str(exc))
 
     async def close(self) -> None:
         """Hand over what is committed (bounded), commit what is pending, then stop.

@@ -8,6 +8,7 @@ row-at-a-time ORM inserts, and the audit must keep up with the runtime.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import sqlite3
@@ -16,16 +17,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, or_, select, update
+from sqlalchemy import bindparam, delete, func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from mas.errors import InvalidMessage, SchemaOutdated, StoreUnavailable
+from mas.errors import InvalidMessage, SchemaOutdated, StoreTimeout, StoreUnavailable
 from mas.messages import Message
+from mas.observability.outages import Outage
 from mas.persistence import schema as migrations
 from mas.persistence.batch_sql import BatchStatements
-from mas.persistence.engine import connect, display_url
+from mas.persistence.engine import connect, display_url, error_reason, refused_data
 from mas.persistence.models import agents, messages, outbox, processed, tasks
 
 __all__ = ["AgentRecord", "Batch", "Store", "TaskRecord"]
@@ -192,9 +195,15 @@ def message_from_row(row: Any) -> Message:
 class Store:
     """Repositories over one async engine (SQLite or PostgreSQL)."""
 
-    def __init__(self, engine: AsyncEngine, schema: str | None = None) -> None:
+    def __init__(
+        self, engine: AsyncEngine, schema: str | None = None, *, timeout: float = 10.0
+    ) -> None:
         self.engine = engine
         self.schema = schema
+        self.timeout = timeout
+        """Seconds one database call may take (the engine's drivers enforce it)."""
+        self.outage = Outage("database", "store")
+        """Logs once when the database stops answering, once when it is back."""
         self.dialect = engine.dialect.name
         self.url = display_url(engine.url)
         self._insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
@@ -205,16 +214,24 @@ class Store:
 
     @classmethod
     async def open(
-        cls, url: str, *, schema: str | None = None, migrate: bool | None = None
+        cls,
+        url: str,
+        *,
+        schema: str | None = None,
+        migrate: bool | None = None,
+        timeout: float = 10.0,
     ) -> Store:
         """Connect, then migrate (default for SQLite) or check the schema is current.
+
+        `timeout` bounds every database call: connecting, waiting for a pooled connection,
+        each statement.
 
         Raises:
             StoreUnavailable: the database cannot be reached.
             SchemaOutdated: the schema is not at this mas's revision (and migrate is off).
         """
-        engine = await connect(url, schema=schema)
-        store = cls(engine, schema)
+        engine = await connect(url, schema=schema, timeout=timeout)
+        store = cls(engine, schema, timeout=timeout)
         try:
             if migrate if migrate is not None else store.dialect == "sqlite":
                 await store.migrate()
@@ -227,6 +244,59 @@ class Store:
 
     async def close(self) -> None:
         await self.engine.dispose()
+
+    async def ping(self, timeout: float) -> None:
+        """One trivial query within `timeout` seconds (readiness checks).
+
+        Raises:
+            StoreTimeout: no answer within `timeout`.
+            StoreUnavailable: the database refused, or is unreachable.
+        """
+        try:
+            async with asyncio.timeout(timeout), self.reading() as conn:
+                await conn.execute(text("SELECT 1"))
+        except TimeoutError as exc:
+            if isinstance(exc, StoreTimeout):
+                raise
+            raise StoreTimeout(
+                f"the database at {self.url} did not answer within {timeout:g}s"
+            ) from exc
+
+    @contextlib.asynccontextmanager
+    async def reading(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for reads; the database's failures become `StoreUnavailable`.
+
+        Raises:
+            StoreTimeout: the database did not answer within `timeout` (a blackhole, a
+                lock held too long, every pooled connection busy).
+            StoreUnavailable: it refused, or the connection broke.
+        """
+        async with self._mapped("reading from"), self.engine.connect() as conn:
+            yield conn
+
+    @contextlib.asynccontextmanager
+    async def writing(self) -> AsyncIterator[AsyncConnection]:
+        """A connection in a transaction, committed when the block ends (see `reading`)."""
+        async with self._mapped("writing to"), self.engine.begin() as conn:
+            yield conn
+
+    @contextlib.asynccontextmanager
+    async def _mapped(self, doing: str) -> AsyncIterator[None]:
+        """The one place where the drivers' errors become mas's (no SQL, no parameters)."""
+        try:
+            yield
+        except (TimeoutError, PoolTimeout) as exc:
+            self.outage.failed(doing, exc)
+            raise StoreTimeout(
+                f"{doing} the database at {self.url}: no answer within {self.timeout:g}s"
+            ) from exc
+        except (OSError, SQLAlchemyError, sqlite3.Error) as exc:
+            if not refused_data(exc):  # a value it refused says nothing about its health
+                self.outage.failed(doing, exc)
+            raise StoreUnavailable(
+                f"{doing} the database at {self.url} failed: {error_reason(exc)}"
+            ) from exc
+        self.outage.ok()
 
     # -- schema ------------------------------------------------------------------------------
 
@@ -253,15 +323,12 @@ class Store:
             StoreUnavailable: the database is unreachable or refused the transaction.
         """
         statements = self._batch_sql.for_batch(batch)
-        try:
-            if self.dialect == "sqlite":
-                await self._apply_sqlite(statements)
-            else:
-                async with self.engine.begin() as conn:
-                    for sql, params in statements:
-                        await conn.exec_driver_sql(sql, params)
-        except (OSError, SQLAlchemyError, sqlite3.Error) as exc:
-            raise StoreUnavailable(f"writing to {self.url} failed: {exc}") from exc
+        if self.dialect == "sqlite":
+            await self._apply_sqlite(statements)
+        else:
+            async with self.writing() as conn:
+                for sql, params in statements:
+                    await conn.exec_driver_sql(sql, params)
 
     async def _apply_sqlite(self, statements: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
         """Straight on aiosqlite's connection: one hop to its thread per statement.
@@ -281,7 +348,7 @@ class Store:
     @contextlib.asynccontextmanager
     async def _sqlite_driver(self) -> AsyncIterator[Any]:
         """aiosqlite's connection, held from the pool (of one: SQLite has one writer)."""
-        async with self.engine.connect() as conn:
+        async with self.reading() as conn:
             driver = (await conn.get_raw_connection()).driver_connection
             assert driver is not None
             yield driver
@@ -313,17 +380,14 @@ class Store:
         record = TaskRecord.new(
             task_id, task_type, payload, target=target, created_by=created_by, trace_id=trace_id
         )
-        try:
-            async with self.engine.begin() as conn:
-                result = await conn.execute(
-                    self._insert(tasks).on_conflict_do_nothing().returning(tasks.c.id),
-                    [record.row()],
-                )
-                created = result.first() is not None
-                if created and send is not None:
-                    await conn.execute(outbox.insert(), [send])
-        except (OSError, SQLAlchemyError) as exc:
-            raise StoreUnavailable(f"creating a task in {self.url} failed: {exc}") from exc
+        async with self.writing() as conn:
+            result = await conn.execute(
+                self._insert(tasks).on_conflict_do_nothing().returning(tasks.c.id),
+                [record.row()],
+            )
+            created = result.first() is not None
+            if created and send is not None:
+                await conn.execute(outbox.insert(), [send])
         if created:
             return record, True  # what was just written: no need to read it back
         task = await self.get_task(task_id)
@@ -333,7 +397,7 @@ class Store:
     async def get_task(self, task_id: str) -> TaskRecord | None:
         if self.dialect == "sqlite":
             return await self._get_task_sqlite(task_id)
-        async with self.engine.connect() as conn:
+        async with self.reading() as conn:
             row = (await conn.execute(select(tasks).where(tasks.c.id == task_id))).first()
         return _task(row) if row is not None else None
 
@@ -348,12 +412,7 @@ class Store:
             StoreUnavailable: SQLite refused the read (503 at the API, like other reads).
         """
         async with self._sqlite_driver() as driver:
-            try:
-                rows = list(await driver.execute_fetchall(self._task_by_id, (task_id,)))
-            except sqlite3.Error as exc:
-                raise StoreUnavailable(
-                    f"reading from {self.url} failed: {type(exc).__name__}: {exc}"
-                ) from exc
+            rows = list(await driver.execute_fetchall(self._task_by_id, (task_id,)))
         return _task_from_sqlite(rows[0]) if rows else None
 
     async def list_tasks(
@@ -369,7 +428,7 @@ class Store:
             query = query.where(tasks.c.status == status)
         if task_type is not None:
             query = query.where(tasks.c.type == task_type)
-        async with self.engine.connect() as conn:
+        async with self.reading() as conn:
             rows = (await conn.execute(query.limit(limit).offset(offset))).all()
         return [_task(row) for row in rows]
 
@@ -393,25 +452,22 @@ class Store:
                 tasks.c.created_at < before, tasks.c.status.in_(sorted(FINAL_STATUSES))
             )
         counts: dict[str, int] = {}
-        try:
-            async with self.engine.begin() as conn:
-                for table, statement in statements.items():
-                    counts[table] = int((await conn.execute(statement)).rowcount or 0)
-        except (OSError, SQLAlchemyError) as exc:
-            raise StoreUnavailable(f"pruning {self.url} failed: {exc}") from exc
+        async with self.writing() as conn:
+            for table, statement in statements.items():
+                counts[table] = int((await conn.execute(statement)).rowcount or 0)
         return counts
 
     async def count_tasks(self) -> dict[str, int]:
         """How many tasks are in each status (for the dashboard)."""
         query = select(tasks.c.status, func.count()).group_by(tasks.c.status)
-        async with self.engine.connect() as conn:
+        async with self.reading() as conn:
             rows = (await conn.execute(query)).all()
         return {str(status): int(count) for status, count in rows}
 
     async def trace_tasks(self, trace_id: str) -> list[TaskRecord]:
         """The tasks of a trace, oldest first."""
         query = select(tasks).where(tasks.c.trace_id == trace_id).order_by(tasks.c.created_at)
-        async with self.engine.connect() as conn:
+        async with self.reading() as conn:
             rows = (await conn.execute(query)).all()
         return [_task(row) for row in rows]
 
@@ -421,7 +477,7 @@ class Store:
         Its message is taken out of the outbox in the same transaction: if it was not sent
         yet, it never will be.
         """
-        async with self.engine.begin() as conn:
+        async with self.writing() as conn:
             cancelled = await conn.execute(
                 update(tasks)
                 .where(tasks.c.id == task_id)
@@ -459,11 +515,8 @@ class Store:
             .values(owner=owner, available_at=until, attempts=outbox.c.attempts + 1)
             .returning(outbox.c.id, outbox.c.message, outbox.c.created_at)
         )
-        try:
-            async with self.engine.begin() as conn:
-                rows = list((await conn.execute(claim)).all())
-        except (OSError, SQLAlchemyError, sqlite3.Error) as exc:
-            raise StoreUnavailable(f"claiming outbox rows in {self.url} failed: {exc}") from exc
+        async with self.writing() as conn:
+            rows = list((await conn.execute(claim)).all())
         rows.sort(key=lambda row: _aware(row[2]) or now)
         return [(row[0], row[1]) for row in rows]
 
@@ -473,39 +526,33 @@ class Store:
         Raises:
             StoreUnavailable: the database cannot be reached or refused the update.
         """
-        try:
-            async with self.engine.begin() as conn:
-                result = await conn.execute(
-                    update(outbox).where(outbox.c.owner == owner).values(available_at=until)
-                )
-        except (OSError, SQLAlchemyError, sqlite3.Error) as exc:
-            raise StoreUnavailable(f"renewing outbox leases in {self.url} failed: {exc}") from exc
+        async with self.writing() as conn:
+            result = await conn.execute(
+                update(outbox).where(outbox.c.owner == owner).values(available_at=until)
+            )
         return int(result.rowcount or 0)
 
     async def outbox_ids(self) -> list[str]:
         """The message ids in the outbox (not yet on their way), for status pages and tests."""
-        async with self.engine.connect() as conn:
+        async with self.reading() as conn:
             rows = (await conn.execute(select(outbox.c.id).order_by(outbox.c.created_at))).all()
         return [row[0] for row in rows]
 
     # -- agents ------------------------------------------------------------------------------
 
     async def get_agent(self, agent_id: str) -> AgentRecord | None:
-        async with self.engine.connect() as conn:
+        async with self.reading() as conn:
             row = (await conn.execute(select(agents).where(agents.c.id == agent_id))).first()
         return _agent(row) if row is not None else None
 
     async def touch_agents(self, node_id: str) -> int:
         """Heartbeat: the running agents of `node_id` are alive now; returns how many."""
-        try:
-            async with self.engine.begin() as conn:
-                result = await conn.execute(
-                    update(agents)
-                    .where(agents.c.node_id == node_id, agents.c.status == "running")
-                    .values(last_heartbeat=datetime.now(UTC))
-                )
-        except (OSError, SQLAlchemyError) as exc:
-            raise StoreUnavailable(f"writing to {self.url} failed: {exc}") from exc
+        async with self.writing() as conn:
+            result = await conn.execute(
+                update(agents)
+                .where(agents.c.node_id == node_id, agents.c.status == "running")
+                .values(last_heartbeat=datetime.now(UTC))
+            )
         return int(result.rowcount or 0)
 
     async def list_agents(
@@ -521,7 +568,7 @@ class Store:
             query = query.where(agents.c.type == agent_type)
         if status is not None:
             query = query.where(agents.c.status == status)
-        async with self.engine.connect() as conn:
+        async with self.reading() as conn:
             rows = (await conn.execute(query.limit(limit).offset(offset))).all()
         return [_agent(row) for row in rows]
 
@@ -534,7 +581,7 @@ class Store:
             .where(messages.c.trace_id == trace_id)
             .order_by(messages.c.created_at, messages.c.id)
         )
-        async with self.engine.connect() as conn:
+        async with self.reading() as conn:
             rows = (await conn.execute(query)).all()
         return [message_from_row(row) for row in rows]
 
@@ -547,7 +594,7 @@ class Store:
             .order_by(messages.c.created_at.desc(), messages.c.id)
             .limit(limit)
         )
-        async with self.engine.connect() as conn:
+        async with self.reading() as conn:
             rows = (await conn.execute(query)).all()
         return [message_from_row(row) for row in rows]
 
@@ -555,12 +602,12 @@ class Store:
         target = {"agents": agents, "tasks": tasks, "messages": messages, "outbox": outbox}.get(
             table, processed
         )
-        async with self.engine.connect() as conn:
+        async with self.reading() as conn:
             return int((await conn.execute(select(func.count()).select_from(target))).scalar_one())
 
     async def handled_count(self) -> int:
         """Idempotency records: processed ids plus audited messages that name their handler."""
-        async with self.engine.connect() as conn:
+        async with self.reading() as conn:
             marks = (await conn.execute(select(func.count()).select_from(processed))).scalar_one()
             audited = (
                 await conn.execute(
@@ -591,11 +638,8 @@ class Store:
             .order_by(messages.c.created_at.desc())
             .limit(limit)
         )
-        try:
-            async with self.engine.connect() as conn:
-                rows = [*(await conn.execute(marks)).all(), *(await conn.execute(audited)).all()]
-        except (OSError, SQLAlchemyError) as exc:
-            raise StoreUnavailable(f"reading from {self.url} failed: {exc}") from exc
+        async with self.reading() as conn:
+            rows = [*(await conn.execute(marks)).all(), *(await conn.execute(audited)).all()]
         rows.sort(key=lambda row: _aware(row[2]) or datetime.min.replace(tzinfo=UTC))
         return [(row[0], Message.from_dict(row[1]) if row[1] else None) for row in rows[-limit:]]
 
@@ -607,14 +651,11 @@ class Store:
             ),
             select(processed.c.reply).where(processed.c.message_id == message_id).limit(1),
         )
-        try:
-            async with self.engine.connect() as conn:
-                for query in queries:
-                    row = (await conn.execute(query)).first()
-                    if row is not None:
-                        return True, Message.from_dict(row[0]) if row[0] else None
-        except (OSError, SQLAlchemyError) as exc:
-            raise StoreUnavailable(f"reading from {self.url} failed: {exc}") from exc
+        async with self.reading() as conn:
+            for query in queries:
+                row = (await conn.execute(query)).first()
+                if row is not None:
+                    return True, Message.from_dict(row[0]) if row[0] else None
         return False, None
 
     def check_storable(self, value: Any, what: str) -> None:

@@ -51,6 +51,7 @@ def test_the_error_module_defines_the_expected_classes():
         "RuntimeNotRunning",
         "SchemaOutdated",
         "StoreUnavailable",
+        "StoreTimeout",
         "SupervisorEscalation",
         "TransportError",
         "UnknownAgent",

@@ -40,6 +40,7 @@ EXPORTED = [
     "RuntimeNotRunning",
     "SchemaOutdated",
     "Settings",
+    "StoreTimeout",
     "StoreUnavailable",
     "Strategy",
     "Supervisor",

@@ -1,0 +1,79 @@
+"""Every error reaches the client as problem+json with a status it can act on.
+
+A service mas depends on failing is the server's trouble (5xx; 503 + Retry-After when a retry
+can help, 504 when a bounded wait ran out), never the client's (4xx): a 400 tells a client
+not to retry what would have worked a moment later.
+"""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from mas.api.problems import PROBLEM_JSON, install_problem_handlers
+from mas.errors import (
+    AgentStartError,
+    ConfigError,
+    InvalidMessage,
+    MailboxFull,
+    MasError,
+    RedisUnavailable,
+    RuntimeNotRunning,
+    SchemaOutdated,
+    StoreTimeout,
+    StoreUnavailable,
+    TransportError,
+)
+
+pytestmark = pytest.mark.anyio
+
+CASES: list[tuple[BaseException, int, bool]] = [
+    (InvalidMessage("payload must be an object"), 422, False),
+    (MailboxFull("a", 1), 429, True),
+    (TransportError("RabbitMQ did not confirm the publish"), 503, True),
+    (StoreUnavailable("the database refused"), 503, True),
+    (StoreTimeout("no answer within 10s"), 504, True),
+    (SchemaOutdated("run `mas db upgrade`"), 503, True),
+    (RedisUnavailable("claim", ConnectionError("refused")), 503, True),
+    (RuntimeNotRunning("stopping"), 503, True),
+    (AgentStartError("start() raised"), 502, False),
+    (ConfigError("a server-side setting"), 500, False),
+    (MasError("nothing maps this"), 500, False),
+    (TimeoutError(), 500, False),
+    (KeyError("a bug"), 500, False),
+]
+
+
+@pytest.fixture
+def client() -> httpx.AsyncClient:
+    app = FastAPI()
+    install_problem_handlers(app)
+
+    @app.get("/raise/{index}")
+    async def fail(index: int) -> None:
+        raise CASES[index][0]
+
+    # raise_app_exceptions=False: the client sees what the server sent, as over a socket.
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    return httpx.AsyncClient(transport=transport, base_url="http://test")
+
+
+@pytest.mark.parametrize(
+    ("index", "status", "retry"),
+    [(n, status, retry) for n, (_, status, retry) in enumerate(CASES)],
+    ids=[f"{type(error).__name__}-{status}" for error, status, _ in CASES],
+)
+async def test_an_error_is_a_problem_document_with_an_honest_status(
+    client: httpx.AsyncClient, index: int, status: int, retry: bool
+) -> None:
+    async with client:
+        response = await client.get(f"/raise/{index}")
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith(PROBLEM_JSON)
+    body = response.json()
+    assert (body["status"], body["instance"]) == (status, f"/raise/{index}")
+    assert ("retry-after" in response.headers) is retry
+    if status == 500:
+        # What failed inside is for the operator's log, not for the client.
+        assert body["detail"] == f"the gateway failed: {type(CASES[index][0]).__name__}"
