@@ -6,7 +6,7 @@ checks still decide, so every helper here fails fast and says "unknown" rather t
 guessing. Needs the `redis` extra; `import mas` does not load this package.
 
     async with Cluster.from_settings(settings, node_id="node-1") as cluster:
-        claim = await cluster.claims.claim(agent_id, message.id, ttl=300)
+        claim = await cluster.claims.claim(message.id, ttl=300)
         if claim.duplicate:
             ...  # another node handles it
         async with HeartbeatLoop(cluster.heartbeats, "node-1", {"agents": 3}, ttl=15):

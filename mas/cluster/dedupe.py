@@ -1,10 +1,14 @@
 """Cross-node dedupe claims: which node handles a message that was delivered twice.
 
-A broker redelivers (at-least-once), so two nodes can receive the same message. The first to
-claim `(agent_id, message_id)` handles it; the others see DUPLICATE and skip it. Redis only
-saves the work: the `processed_messages` unique constraint in the database stays the source of
-truth, and when Redis cannot answer the claim is UNKNOWN — the caller then handles the message
-and lets that constraint reject a duplicate.
+A broker redelivers (at-least-once) and a publisher may send twice, so two nodes can receive
+the same message. The first to claim its message id handles it; the others see DUPLICATE and
+skip it. The claim is on the message id alone, not on where a copy was routed: the id is the
+idempotency key (DESIGN §3), so the same id published to `agent.x` and to `type.echo` is one
+message, handled once across the cluster, like the database's record that is looked up by
+id. Copies that are meant to be handled several times (a topic's, one per subscriber) are
+the caller's to leave unclaimed. Redis only saves the work: the database's record stays the
+source of truth, and when Redis cannot answer the claim is UNKNOWN — the caller then asks
+that record instead.
 
 A claim is `SET key token NX PX ttl` (never the deprecated SETNX). Every claim gets its own
 random token, so a retried SET whose first reply was lost is recognised as ours rather than
@@ -17,7 +21,7 @@ from __future__ import annotations
 import enum
 import secrets
 from dataclasses import dataclass
-from typing import Final, NoReturn
+from typing import NoReturn
 
 from redis.asyncio import Redis
 
@@ -46,7 +50,6 @@ class Claim:
     CLAIMED or DUPLICATE depending on taste, so compare `status` (or use the properties).
     """
 
-    agent_id: str
     message_id: str
     status: ClaimStatus
     token: str | None
@@ -70,16 +73,11 @@ class Claim:
         )
 
 
-_ESCAPES: Final = str.maketrans({"%": "%25", "/": "%2F"})
-
-
 class DedupeClaims:
-    """`claim(agent_id, message_id, ttl)`: first caller wins; never raises for an outage.
+    """`claim(message_id, ttl)`: first caller wins; never raises for an outage.
 
     `owner` (usually the node id) starts every token so `GET` on a claim key shows who holds
-    it; uniqueness comes from the random part. Keys are
-    `<prefix>claim:<agent_id>/<message_id>` with `%` and `/` escaped in the agent id, so no two
-    pairs share a key.
+    it; uniqueness comes from the random part. Keys are `<prefix>claim:<message_id>`.
 
     After Redis fails to answer, claims (and releases) skip Redis for `cooldown` seconds and
     answer UNKNOWN (False) at once: a hung Redis would otherwise cost every message a full
@@ -100,13 +98,11 @@ class DedupeClaims:
         self._outage = Outage("redis", "dedupe", cooldown=cooldown)
         self._release = client.register_script(COMPARE_AND_DELETE)
 
-    def key(self, agent_id: str, message_id: str) -> str:
-        """The Redis key of the claim on `(agent_id, message_id)`."""
-        if "%" in agent_id or "/" in agent_id:
-            agent_id = agent_id.translate(_ESCAPES)
-        return f"{self._base}{agent_id}/{message_id}"
+    def key(self, message_id: str) -> str:
+        """The Redis key of the claim on `message_id`."""
+        return self._base + message_id
 
-    async def claim(self, agent_id: str, message_id: str, ttl: float) -> Claim:
+    async def claim(self, message_id: str, ttl: float) -> Claim:
         """Claim the message for `ttl` seconds: CLAIMED, DUPLICATE, or UNKNOWN on an outage.
 
         Choose `ttl` longer than redeliveries can arrive apart (the broker's redelivery delay
@@ -119,8 +115,8 @@ class DedupeClaims:
         """
         px = ttl_ms(ttl)
         if self._outage.skip():
-            return Claim(agent_id, message_id, ClaimStatus.UNKNOWN, None)
-        key = self.key(agent_id, message_id)
+            return Claim(message_id, ClaimStatus.UNKNOWN, None)
+        key = self.key(message_id)
         token = f"{self._owner}/{secrets.token_hex(8)}"
         try:
             # When SET does not set, someone holds the key — or our own first SET landed, its
@@ -134,9 +130,9 @@ class DedupeClaims:
                 status = ClaimStatus.DUPLICATE
         except REDIS_ERRORS as exc:
             self._outage.failed("claim", exc)
-            return Claim(agent_id, message_id, ClaimStatus.UNKNOWN, None)
+            return Claim(message_id, ClaimStatus.UNKNOWN, None)
         self._outage.ok()
-        return Claim(agent_id, message_id, status, token if status is ClaimStatus.CLAIMED else None)
+        return Claim(message_id, status, token if status is ClaimStatus.CLAIMED else None)
 
     async def release(self, claim: Claim) -> bool:
         """Give up a CLAIMED claim so a redelivery is handled (e.g. after the handler failed).
@@ -150,9 +146,7 @@ class DedupeClaims:
         if claim.token is None or self._outage.skip():
             return False
         try:
-            deleted = await self._release(
-                keys=[self.key(claim.agent_id, claim.message_id)], args=[claim.token]
-            )
+            deleted = await self._release(keys=[self.key(claim.message_id)], args=[claim.token])
         except REDIS_ERRORS as exc:
             self._outage.failed("release", exc)
             return False

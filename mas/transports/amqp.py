@@ -470,7 +470,7 @@ class AmqpTransport:
             and not delivery.redelivered
             and self.from_work_queue(incoming)  # topic copies are all alike; replies unique
         ):
-            await self._claim(delivery, incoming.routing_key or "")
+            await self._claim(delivery)
         await self.node.receive(delivery)
 
     def from_work_queue(self, incoming: AbstractIncomingMessage) -> bool:
@@ -502,15 +502,16 @@ class AmqpTransport:
                     await channel.close()
         return depths
 
-    async def _claim(self, delivery: AmqpDelivery, routing_key: str) -> None:
+    async def _claim(self, delivery: AmqpDelivery) -> None:
         """Cluster-wide dedupe of a first delivery: the first consumer of a message id wins.
 
-        A later copy of it (published twice, say) is a duplicate: the first consumer's copy is
-        handled, or comes back flagged `redelivered` if that consumer dies first. When Redis
-        cannot answer, the runtime asks the database's record instead.
+        A later copy of it (published twice, or under another routing key: the id alone is
+        the key) is a duplicate: the first consumer's copy is handled, or comes back flagged
+        `redelivered` if that consumer dies first. When Redis cannot answer, the runtime asks
+        the database's record instead.
         """
         assert self._claims is not None
-        claim = await self._claims.claim(routing_key, delivery.message.id, ttl=self._dedupe_ttl)
+        claim = await self._claims.claim(delivery.message.id, ttl=self._dedupe_ttl)
         if claim.duplicate:
             delivery.claimed_elsewhere = True
         elif claim.unknown:

@@ -1,7 +1,8 @@
 """Cluster-wide idempotency on RabbitMQ: Redis claims first, the database when Redis is down.
 
 A message id is handled once across every node, even when the same message reaches two
-nodes (published twice to a type queue that both consume). With Redis unreachable, a node
+nodes (published twice to a type queue that both consume, or under two routing keys). Topic
+copies are not claimed: every subscriber handles its own. With Redis unreachable, a node
 asks the database's record before handling a copy it cannot vouch for, so what another
 node recorded is not handled again.
 """
@@ -88,6 +89,50 @@ async def test_a_message_published_twice_to_a_type_is_handled_once_across_nodes(
     assert seen[message_id] == 1
     assert duplicates == 5
     assert all(seen[each] == 1 for each in other)
+
+
+async def test_one_message_id_under_several_routing_keys_is_handled_once(
+    amqp_scope: AmqpScope, redis_url: str
+) -> None:
+    """The id is the idempotency key, whatever queue a copy of it went through."""
+    seen: Counter[str] = Counter()
+    heard: list[tuple[str, str]] = []
+
+    def listener(name: str) -> type[Agent]:
+        class Listener(Agent):
+            type = f"listener-{name}"
+            topics = ("news.*",)
+
+            async def handle_message(self, message: Message) -> HandlerResult:
+                heard.append((self.id, message.id))
+                return None
+
+        return Listener
+
+    async with AsyncExitStack() as stack:
+        client, alpha_node, echo_node = [
+            await stack.enter_async_context(
+                TestRuntime(
+                    transport=transport(amqp_scope, redis_url), node_id=f"k{i}", clock=LoopClock()
+                )
+            )
+            for i in range(3)
+        ]
+        await alpha_node.spawn(counting(seen, "alpha"), id="x")
+        await echo_node.spawn(counting(seen, "echo"), id="y")
+        await alpha_node.spawn(listener("a"), id="listen-a")
+        await echo_node.spawn(listener("b"), id="listen-b")
+        message_id = f"order-{uuid.uuid4()}"
+        for target in ("agent:x", "type:echo", "agent:x", "type:echo"):
+            await client.tell(target, Message("order", {"n": 1}, id=message_id))
+        news_id = f"news-{uuid.uuid4()}"
+        await client.publish("news.today", Message("news", id=news_id))
+        await settle_all([client, alpha_node, echo_node])
+        duplicates = alpha_node.duplicates + echo_node.duplicates
+    assert sum(seen.values()) == 1, f"one message id handled {sum(seen.values())} times"
+    assert duplicates == 3
+    # Every subscriber of a topic handles its own copy of it: topic copies claim nothing.
+    assert sorted(heard) == [("listen-a", news_id), ("listen-b", news_id)]
 
 
 async def test_without_redis_a_node_asks_the_record_before_handling_a_copy(

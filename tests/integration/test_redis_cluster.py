@@ -111,27 +111,26 @@ async def test_first_claim_wins_and_every_later_claim_is_a_duplicate(
     node_a = DedupeClaims(client, prefix=prefix, owner="node-a")
     node_b = DedupeClaims(client, prefix=prefix, owner="node-b")
 
-    first = await node_a.claim("orders-1", "m-1", ttl=30)
+    first = await node_a.claim("m-1", ttl=30)
     assert first.status is ClaimStatus.CLAIMED and first.claimed
     assert first.token is not None and first.token.startswith("node-a/")
-    assert (await node_b.claim("orders-1", "m-1", ttl=30)).status is ClaimStatus.DUPLICATE
+    assert (await node_b.claim("m-1", ttl=30)).status is ClaimStatus.DUPLICATE
     # A second delivery to the same node is a duplicate too.
-    again = await node_a.claim("orders-1", "m-1", ttl=30)
+    again = await node_a.claim("m-1", ttl=30)
     assert again.duplicate and again.token is None
-    # Other messages and other agents are independent.
-    assert (await node_b.claim("orders-1", "m-2", ttl=30)).claimed
-    assert (await node_b.claim("orders-2", "m-1", ttl=30)).claimed
-    assert await client.pttl(node_a.key("orders-1", "m-1")) > 25_000
+    # Other messages are independent.
+    assert (await node_b.claim("m-2", ttl=30)).claimed
+    assert await client.pttl(node_a.key("m-1")) > 25_000
 
 
 async def test_a_claim_expires_after_its_ttl(client: Redis, prefix: str) -> None:
     node_a = DedupeClaims(client, prefix=prefix, owner="node-a")
     node_b = DedupeClaims(client, prefix=prefix, owner="node-b")
-    assert (await node_a.claim("agent-1", "m-1", ttl=SHORT)).claimed
-    assert (await node_b.claim("agent-1", "m-1", ttl=SHORT)).duplicate
+    assert (await node_a.claim("m-1", ttl=SHORT)).claimed
+    assert (await node_b.claim("m-1", ttl=SHORT)).duplicate
 
     async def b_wins() -> bool:
-        return (await node_b.claim("agent-1", "m-1", ttl=30)).claimed
+        return (await node_b.claim("m-1", ttl=30)).claimed
 
     await eventually(b_wins)
 
@@ -139,18 +138,18 @@ async def test_a_claim_expires_after_its_ttl(client: Redis, prefix: str) -> None
 async def test_release_deletes_only_the_owners_claim(client: Redis, prefix: str) -> None:
     node_a = DedupeClaims(client, prefix=prefix, owner="node-a")
     node_b = DedupeClaims(client, prefix=prefix, owner="node-b")
-    mine = await node_a.claim("agent-1", "m-1", ttl=30)
-    theirs = await node_b.claim("agent-1", "m-1", ttl=30)
+    mine = await node_a.claim("m-1", ttl=30)
+    theirs = await node_b.claim("m-1", ttl=30)
     assert theirs.duplicate
 
     assert await node_b.release(theirs) is False  # a duplicate holds nothing to release
-    forged = Claim("agent-1", "m-1", ClaimStatus.CLAIMED, "node-b/not-the-token")
+    forged = Claim("m-1", ClaimStatus.CLAIMED, "node-b/not-the-token")
     assert await node_b.release(forged) is False
-    assert (await node_b.claim("agent-1", "m-1", ttl=30)).duplicate  # still node-a's
+    assert (await node_b.claim("m-1", ttl=30)).duplicate  # still node-a's
 
     assert await node_a.release(mine) is True
     assert await node_a.release(mine) is False  # already gone
-    assert (await node_b.claim("agent-1", "m-1", ttl=30)).claimed
+    assert (await node_b.claim("m-1", ttl=30)).claimed
 
 
 async def test_a_late_release_leaves_the_next_owners_claim_alone(
@@ -158,15 +157,15 @@ async def test_a_late_release_leaves_the_next_owners_claim_alone(
 ) -> None:
     node_a = DedupeClaims(client, prefix=prefix, owner="node-a")
     node_b = DedupeClaims(client, prefix=prefix, owner="node-b")
-    stale = await node_a.claim("agent-1", "m-1", ttl=SHORT)
+    stale = await node_a.claim("m-1", ttl=SHORT)
     assert stale.claimed
 
     async def b_wins() -> bool:
-        return (await node_b.claim("agent-1", "m-1", ttl=30)).claimed
+        return (await node_b.claim("m-1", ttl=30)).claimed
 
     await eventually(b_wins)
     assert await node_a.release(stale) is False
-    assert (await node_a.claim("agent-1", "m-1", ttl=30)).duplicate
+    assert (await node_a.claim("m-1", ttl=30)).duplicate
 
 
 async def test_a_retried_claim_recognises_its_own_token(
@@ -175,30 +174,29 @@ async def test_a_retried_claim_recognises_its_own_token(
     """SET landed but its reply was lost, and redis-py sent it again: still CLAIMED."""
     claims = DedupeClaims(client, prefix=prefix, owner="node-a")
     monkeypatch.setattr("mas.cluster.dedupe.secrets.token_hex", lambda _n: "fixed")
-    await client.set(claims.key("agent-1", "m-1"), "node-a/fixed", px=30_000)  # the first SET
-    assert (await claims.claim("agent-1", "m-1", ttl=30)).claimed
+    await client.set(claims.key("m-1"), "node-a/fixed", px=30_000)  # the first SET
+    assert (await claims.claim("m-1", ttl=30)).claimed
 
 
-async def test_claim_keys_do_not_collide(client: Redis, prefix: str) -> None:
+async def test_claim_keys_are_the_message_id_alone(client: Redis, prefix: str) -> None:
     claims = DedupeClaims(client, prefix=prefix)
-    assert claims.key("a/b", "c") != claims.key("a", "b/c")
-    assert claims.key("a%2Fb", "c") != claims.key("a/b", "c")
-    assert (await claims.claim("a/b", "c", ttl=30)).claimed
-    assert (await claims.claim("a", "b/c", ttl=30)).claimed
-    assert (await claims.claim("a:b", "c", ttl=30)).claimed
-    assert (await claims.claim("a", "b:c", ttl=30)).claimed
+    assert claims.key("a/b") == f"{prefix}claim:a/b"
+    assert claims.key("a/b") != claims.key("a:b")
+    assert (await claims.claim("a/b", ttl=30)).claimed
+    assert (await claims.claim("a:b", ttl=30)).claimed
+    assert (await claims.claim("a/b", ttl=30)).duplicate
 
 
 async def test_claim_refuses_a_ttl_that_is_not_positive(client: Redis, prefix: str) -> None:
     claims = DedupeClaims(client, prefix=prefix)
     for ttl in (0, -1, float("nan"), float("inf")):
         with pytest.raises(ConfigError, match="TTL"):
-            await claims.claim("agent-1", "m-1", ttl=ttl)
+            await claims.claim("m-1", ttl=ttl)
 
 
 async def test_a_claim_has_no_truth_value(client: Redis, prefix: str) -> None:
     """`if await claims.claim(...)` would silently mistreat UNKNOWN; it raises instead."""
-    claim = await DedupeClaims(client, prefix=prefix).claim("agent-1", "m-1", ttl=30)
+    claim = await DedupeClaims(client, prefix=prefix).claim("m-1", ttl=30)
     with pytest.raises(TypeError, match="no truth value"):
         bool(claim)
 
@@ -415,11 +413,11 @@ async def test_an_unreachable_redis_makes_claims_unknown_quickly_and_warns_once(
     claims = DedupeClaims(dead_client, owner="node-a")
     with captured_logs() as logs:
         started = time.monotonic()
-        first = await claims.claim("agent-1", "m-1", ttl=30)
+        first = await claims.claim("m-1", ttl=30)
         assert time.monotonic() - started < 3
         assert first.status is ClaimStatus.UNKNOWN and first.unknown and first.token is None
         for n in range(5):
-            assert (await claims.claim("agent-1", f"m-{n}", ttl=30)).unknown
+            assert (await claims.claim(f"m-{n}", ttl=30)).unknown
         assert await claims.release(first) is False
     warnings = [e for e in logs if e["log_level"] == "warning"]
     assert [(e["event"], e["component"]) for e in warnings] == [("redis_unavailable", "dedupe")]
@@ -495,7 +493,7 @@ async def test_a_hung_redis_costs_one_timeout_then_claims_answer_at_once() -> No
         try:
             claims = DedupeClaims(hung, cooldown=30)
             started = time.monotonic()
-            assert (await claims.claim("agent-1", "m-1", ttl=30)).unknown
+            assert (await claims.claim("m-1", ttl=30)).unknown
             assert 0.2 <= time.monotonic() - started < 3  # the read timed out (and one retry)
 
             asked: list[str] = []
@@ -508,7 +506,7 @@ async def test_a_hung_redis_costs_one_timeout_then_claims_answer_at_once() -> No
             hung.set = counting_set  # type: ignore[method-assign]
             started = time.monotonic()
             for n in range(100):
-                assert (await claims.claim("agent-1", f"m-{n}", ttl=30)).unknown
+                assert (await claims.claim(f"m-{n}", ttl=30)).unknown
             assert asked == []  # none of them went to Redis: no timeout was waited
             assert time.monotonic() - started < 1.0  # a timeout each would take 20 s
         finally:
@@ -527,12 +525,12 @@ async def test_after_the_cooldown_one_claim_probes_redis_again(
 
     monkeypatch.setattr(dead_client, "set", counting_set)
     claims = DedupeClaims(dead_client, cooldown=0.1)
-    assert (await claims.claim("agent-1", "m-1", ttl=30)).unknown
-    assert (await claims.claim("agent-1", "m-2", ttl=30)).unknown
+    assert (await claims.claim("m-1", ttl=30)).unknown
+    assert (await claims.claim("m-2", ttl=30)).unknown
     assert len(asked) == 1  # the second claim did not ask Redis
     await anyio.sleep(0.15)  # the cooldown is the behaviour under test: let it run out
     with captured_logs() as logs:
-        assert (await claims.claim("agent-1", "m-3", ttl=30)).unknown
+        assert (await claims.claim("m-3", ttl=30)).unknown
     assert len(asked) == 2  # probed again...
     assert logs == []  # ...and it is the same outage: no second warning
     with pytest.raises(ConfigError, match="cooldown"):
@@ -592,11 +590,11 @@ async def test_claims_and_heartbeats_recover_when_redis_comes_back(
             async with HeartbeatLoop(
                 NodeHeartbeats(proxied, prefix=prefix), "node-a", {}, ttl=SHORT
             ) as loop:
-                assert (await claims.claim("agent-1", "m-1", ttl=30)).claimed
+                assert (await claims.claim("m-1", ttl=30)).claimed
                 assert "node-a" in await watcher.live_nodes()
 
                 await proxy.cut()
-                assert (await claims.claim("agent-1", "m-2", ttl=30)).unknown
+                assert (await claims.claim("m-2", ttl=30)).unknown
 
                 async def heartbeat_stale() -> bool:
                     return "node-a" not in await watcher.live_nodes()
@@ -607,10 +605,10 @@ async def test_claims_and_heartbeats_recover_when_redis_comes_back(
                 await proxy.start()
 
                 async def claimed_again() -> bool:  # UNKNOWN until the cooldown has passed
-                    return (await claims.claim("agent-1", "m-2", ttl=30)).claimed
+                    return (await claims.claim("m-2", ttl=30)).claimed
 
                 await eventually(claimed_again)
-                assert (await claims.claim("agent-1", "m-1", ttl=30)).duplicate
+                assert (await claims.claim("m-1", ttl=30)).duplicate
 
                 async def heartbeat_fresh() -> bool:
                     return "node-a" in await watcher.live_nodes()
@@ -668,7 +666,7 @@ async def test_cluster_shares_one_client_and_closes_it(client: Redis, prefix: st
         cluster.client.aclose = spy_aclose  # type: ignore[method-assign]
         assert await cluster.ping() is True
         assert (await cluster.client.client_getname()) == "node-a"
-        claim = await cluster.claims.claim("agent-1", "m-1", ttl=30)
+        claim = await cluster.claims.claim("m-1", ttl=30)
         assert claim.claimed and claim.token is not None and claim.token.startswith("node-a/")
         lease = await cluster.leases.acquire("scheduler", "node-a", ttl=30)
         assert lease is not None
