@@ -8,9 +8,11 @@ checks. Full validation happens where untrusted data enters, in `Message.from_di
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -22,6 +24,7 @@ __all__ = [
     "Message",
     "TaskError",
     "TaskResult",
+    "body_id",
     "parse_address",
     "topic_matches",
 ]
@@ -154,6 +157,21 @@ def new_id() -> str:
 
 
 _VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+
+# Version 8 (RFC 9562: custom) and the RFC variant, set over the first 128 bits of a hash.
+_V8_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_V8_SET = (0x8000 << 64) | (0x8000 << 48)
+
+
+def body_id(body: bytes) -> str:
+    """A UUID derived from a message body's bytes: its SHA-256, cut to 128 bits (version 8).
+
+    For a message published without an id: decoding the same bytes again (a redelivery, a
+    second publish) gives the same id, so deduplication recognises it. It follows that two
+    id-less bodies with identical bytes are one message, handled once.
+    """
+    n = int.from_bytes(hashlib.sha256(body).digest()[:16], "big")
+    return str(uuid.UUID(int=(n & _V8_CLEAR) | _V8_SET))
 
 
 class Message:
@@ -333,15 +351,38 @@ class Message:
             MessageTooLarge: `raw` exceeds `max_bytes`.
             InvalidMessage: not JSON, or not a valid message.
         """
-        if max_bytes is not None:
-            size = len(raw.encode() if isinstance(raw, str) else raw)
-            if size > max_bytes:
-                raise MessageTooLarge(size, max_bytes)
-        try:
-            data = json.loads(raw)
-        except (ValueError, RecursionError) as exc:
-            raise InvalidMessage(f"message is not valid JSON: {exc}") from exc
+        return cls.from_dict(_loads(raw, max_bytes))
+
+    @classmethod
+    def from_wire(
+        cls, raw: bytes, *, max_bytes: int | None = None, message_id: str | None = None
+    ) -> Message:
+        """Decode a body a broker delivered, which any client may have published.
+
+        Like `from_json`, except that a body without an `id` (other clients need not write
+        one) gets a stable id: the broker's `message_id` property when the publisher set one,
+        else `body_id(raw)`. A random id would differ on every decode, and a redelivery of
+        the message would escape deduplication.
+
+        Raises:
+            MessageTooLarge: `raw` exceeds `max_bytes`.
+            InvalidMessage: not JSON, or not a valid message.
+        """
+        data = _loads(raw, max_bytes)
+        if isinstance(data, dict) and data.get("id") is None:
+            data["id"] = message_id or body_id(raw)
         return cls.from_dict(data)
+
+
+def _loads(raw: bytes | str, max_bytes: int | None) -> Any:
+    if max_bytes is not None:
+        size = len(raw.encode() if isinstance(raw, str) else raw)
+        if size > max_bytes:
+            raise MessageTooLarge(size, max_bytes)
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidMessage(f"message is not valid JSON: {exc}") from exc
 
 
 def _parse_timestamp(value: Any) -> datetime | None:

@@ -22,6 +22,10 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 from aio_pika.exceptions import AMQPError
+from pamqp import commands, frame, header
+from pamqp.body import ContentBody
+from pamqp.exceptions import UnmarshalingException
+from yarl import URL
 
 from mas.config import AmqpSettings
 from mas.transports.amqp import AmqpTransport
@@ -33,6 +37,7 @@ __all__ = [
     "amqp_scope",
     "amqp_vhost_url",
     "delete_topology",
+    "publish_bare",
     "queue_depth",
     "take_dead_letters",
 ]
@@ -163,3 +168,72 @@ async def take_dead_letters(
     extra = await queue_depth(connection, dead_letters)
     assert extra == 0, f"{extra} more dead letter(s) than expected"
     return taken
+
+
+async def publish_bare(url: str, exchange: str, routing_key: str, body: bytes) -> None:
+    """Publish as a minimal AMQP client does: no `message_id` property, no headers.
+
+    aio-pika (aiormq) always sets a random `message_id`, so it cannot stand in for clients that
+    set none (pika, the Java client by default); this speaks AMQP 0-9-1 itself (pamqp frames)
+    and waits for the broker's confirm. An unroutable publish raises `AssertionError`.
+    """
+    target = URL(url)
+    reader, writer = await asyncio.open_connection(target.host, target.port or 5672)
+    buffer = b""
+
+    async def receive() -> object:
+        nonlocal buffer
+        while True:
+            if buffer:
+                try:
+                    used, _channel, value = frame.unmarshal(buffer)
+                except UnmarshalingException:
+                    pass  # a partial frame: read more
+                else:
+                    buffer = buffer[used:]
+                    return value
+            chunk = await reader.read(65536)
+            assert chunk, "the broker closed the connection"
+            buffer += chunk
+
+    async def expect(kind: type) -> object:
+        while not isinstance(value := await receive(), kind):
+            assert not isinstance(value, commands.Channel.Close | commands.Connection.Close), value
+        return value
+
+    def send(value: object, channel: int = 0) -> None:
+        writer.write(frame.marshal(value, channel))  # type: ignore[arg-type]
+
+    try:
+        async with asyncio.timeout(10):
+            writer.write(header.ProtocolHeader().marshal())
+            await expect(commands.Connection.Start)
+            send(
+                commands.Connection.StartOk(
+                    mechanism="PLAIN",
+                    response=f"\0{target.user or 'guest'}\0{target.password or 'guest'}",
+                )
+            )
+            tune = await expect(commands.Connection.Tune)
+            assert isinstance(tune, commands.Connection.Tune)
+            send(commands.Connection.TuneOk(tune.channel_max, tune.frame_max, 0))
+            send(commands.Connection.Open(virtual_host=target.path[1:] or "/"))
+            await expect(commands.Connection.OpenOk)
+            send(commands.Channel.Open(), 1)
+            await expect(commands.Channel.OpenOk)
+            send(commands.Confirm.Select(), 1)
+            await expect(commands.Confirm.SelectOk)
+            send(
+                commands.Basic.Publish(exchange=exchange, routing_key=routing_key, mandatory=True),
+                1,
+            )
+            send(header.ContentHeader(0, len(body), commands.Basic.Properties()), 1)
+            send(ContentBody(body), 1)
+            answer = await receive()
+            while not isinstance(answer, commands.Basic.Ack | commands.Basic.Return):
+                answer = await receive()
+            assert isinstance(answer, commands.Basic.Ack), f"not routed: {answer}"
+            send(commands.Connection.Close(200, "done", 0, 0), 0)
+            await expect(commands.Connection.CloseOk)
+    finally:
+        writer.close()

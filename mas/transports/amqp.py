@@ -18,7 +18,9 @@ Publishes are persistent, `mandatory` (an address nobody serves raises `UnknownA
 confirmed, bounded by `publish_timeout` however the broker behaves (blocked, restarting). A
 delivery is acknowledged only when the runtime settles it: after the handler ran and its
 effects were recorded. The attempt count travels in the `x-mas-attempt` header. Bodies are the
-message's JSON; never pickle.
+message's JSON; never pickle. A body without an `id` (another client's) is given a stable one:
+the AMQP `message_id` property if its publisher set one, else a UUID derived from the body's
+bytes, so two id-less bodies with identical bytes are one message (`mas.messages.body_id`).
 """
 
 from __future__ import annotations
@@ -446,7 +448,9 @@ class AmqpTransport:
             await self._ack(incoming)  # this node's own broadcast, already delivered locally
             return
         try:
-            message = Message.from_json(incoming.body, max_bytes=self.max_bytes)
+            message = Message.from_wire(
+                incoming.body, max_bytes=self.max_bytes, message_id=incoming.message_id
+            )
         except (InvalidMessage, MessageTooLarge) as exc:
             _log.warning(
                 "amqp_undecodable_message",

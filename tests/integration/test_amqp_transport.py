@@ -14,6 +14,7 @@ reach RabbitMQ through `BrokerProxy`, a TCP proxy that can cut or freeze what pa
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
@@ -28,12 +29,14 @@ from mas.actors.clock import LoopClock
 from mas.actors.runtime import Runtime
 from mas.config import Settings
 from mas.errors import TransportError
+from mas.messages import body_id
 from mas.testing import Probe, TestRuntime, eventually
 from mas.transports.amqp import AmqpTransport
 from tests.amqp_support import (
     AmqpScope,
     amqp_scope,
     amqp_vhost_url,
+    publish_bare,
     queue_depth,
     take_dead_letters,
 )
@@ -601,3 +604,52 @@ async def test_a_message_arriving_while_an_agent_stops_goes_to_the_standby(
     assert first_dead == {}, "a message for a standby was dead-lettered"
     assert sorted(handled) == [("first", 0), ("standby", 1)]
     assert await queue_depth(broker, amqp_scope.prefix + "agents.dead_letter") == 0
+
+
+# -- 8. messages other AMQP clients publish ------------------------------------------------
+
+
+async def publish_raw(
+    connection: AbstractConnection,
+    prefix: str,
+    body: bytes,
+    routing_key: str,
+    **properties: Any,
+) -> None:
+    """Publish as another AMQP client would: a confirmed publish of bare bytes."""
+    channel = await connection.channel(publisher_confirms=True)
+    try:
+        exchange = await channel.get_exchange(prefix + "agents.direct")
+        await exchange.publish(
+            aio_pika.Message(body, **properties), routing_key, mandatory=True, timeout=5
+        )
+    finally:
+        await channel.close()
+
+
+async def test_a_message_without_an_id_gets_a_stable_one_so_its_second_copy_is_a_duplicate(
+    amqp_scope: AmqpScope, broker: AbstractConnection
+) -> None:
+    probe = Probe()
+    no_id = json.dumps({"type": "charge", "target": "agent:target", "payload": {"n": 1}})
+    with_property = json.dumps({"type": "charge", "target": "agent:target", "payload": {"n": 2}})
+    exchange = amqp_scope.prefix + "agents.direct"
+    async with node(amqp_scope.transport(), "b") as b:
+        await b.spawn(probe.agent(), id="target")
+        for _ in range(2):  # the same message twice, as a redelivery or a re-send would be
+            await publish_bare(amqp_scope.url, exchange, "agent.target", no_id.encode())
+            await publish_raw(
+                broker,
+                amqp_scope.prefix,
+                with_property.encode(),
+                "agent.target",
+                message_id="client-42",
+            )
+        await wait_until_drained(broker, amqp_scope.prefix + "agent.target", [b])
+        await b.settle()
+        duplicates = b.duplicates
+    assert [(m.payload["n"], m.id) for m in probe.messages] == [
+        (1, body_id(no_id.encode())),
+        (2, "client-42"),
+    ]
+    assert duplicates == 2

@@ -13,7 +13,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mas.errors import InvalidAddress, InvalidMessage, MessageTooLarge
-from mas.messages import Address, Message, TaskError, TaskResult, parse_address, topic_matches
+from mas.messages import (
+    Address,
+    Message,
+    TaskError,
+    TaskResult,
+    body_id,
+    parse_address,
+    topic_matches,
+)
 
 # --------------------------------------------------------------------------- Message defaults
 
@@ -289,6 +297,44 @@ def test_from_json_of_arbitrary_bytes_raises_only_invalid_message(raw):
 def test_from_json_of_deeply_nested_input_raises_invalid_message():
     with pytest.raises(InvalidMessage):
         Message.from_json(b"[" * 100_000)
+
+
+# --------------------------------------------------------------------------- from_wire
+
+
+@given(
+    payload=st.dictionaries(st.text(max_size=5), st.integers() | st.text(max_size=5), max_size=4)
+)
+def test_from_wire_gives_a_body_without_id_the_same_id_on_every_decode(payload):
+    body = json.dumps({"type": "ping", "target": "agent:a", "payload": payload}).encode()
+
+    first, again = Message.from_wire(body), Message.from_wire(body)
+
+    assert first.id == again.id == body_id(body)  # a redelivery is recognised
+    assert uuid.UUID(first.id).version == 8
+    other = json.dumps({"type": "ping", "target": "agent:b", "payload": payload}).encode()
+    assert Message.from_wire(other).id != first.id
+
+
+def test_from_wire_keeps_the_bodys_id_and_else_takes_the_brokers_message_id():
+    with_id = json.dumps({"id": "in-body", "type": "ping"}).encode()
+    without = json.dumps({"type": "ping", "id": None}).encode()
+
+    assert Message.from_wire(with_id, message_id="property").id == "in-body"
+    assert Message.from_wire(without, message_id="property").id == "property"
+    assert Message.from_wire(without, message_id="").id == body_id(without)
+    assert Message.from_json(without).id != Message.from_json(without).id  # random each time
+
+
+def test_from_wire_validates_like_from_json():
+    with pytest.raises(MessageTooLarge):
+        Message.from_wire(
+            b'{"type": "ping", "payload": {"x": "' + b"y" * 100 + b'"}}', max_bytes=50
+        )
+    with pytest.raises(InvalidMessage):
+        Message.from_wire(b'{"type": "ping", "payload": 3}')
+    with pytest.raises(InvalidMessage):
+        Message.from_wire(b"[1, 2]")
 
 
 # --------------------------------------------------------------------------- reply / evolve
