@@ -355,23 +355,70 @@ class Message:
 
     @classmethod
     def from_wire(
-        cls, raw: bytes, *, max_bytes: int | None = None, message_id: str | None = None
+        cls,
+        raw: bytes,
+        *,
+        max_bytes: int | None = None,
+        message_id: str | None = None,
+        served: str | None = None,
     ) -> Message:
         """Decode a body a broker delivered, which any client may have published.
 
-        Like `from_json`, except that a body without an `id` (other clients need not write
-        one) gets a stable id: the broker's `message_id` property when the publisher set one,
-        else `body_id(raw)`. A random id would differ on every decode, and a redelivery of
-        the message would escape deduplication.
+        Other clients write the original design's JSON (`id`, `type`, `sender`, `target`,
+        `payload`, `created_at`, `metadata`, `trace_id`; optional fields may be missing).
+        It is read leniently exactly where it differs from mas's own format:
+
+        - no `id`: the broker's `message_id` property if the publisher set one, else
+          `body_id(raw)`; a random id would differ on every decode, and a redelivery would
+          escape deduplication;
+        - a bare agent id as `sender` (`planner-1`) is `agent:planner-1`;
+        - a missing or bare `target` is `served`, the address of the queue the message was
+          consumed from (`agent:<id>` for `agent.<id>`, `type:<t>` for `type.<t>`);
+        - a `created_at` without a timezone (`datetime.utcnow()`) is UTC.
+
+        Everything else is as strict as `from_dict`: a bad `type`, a payload that is not an
+        object, an unknown field or an address of an unknown kind is invalid.
+
+        The leniency lives here, not in `from_dict`, on purpose: mas's own senders (the
+        gateway's requests, the test kit, the store's records) write mas's format, where a
+        bare id is a mistake that must fail where it is made (DESIGN §3); and only a broker
+        delivery knows the queue that stands in for a missing target, and the broker's
+        message id.
 
         Raises:
             MessageTooLarge: `raw` exceeds `max_bytes`.
             InvalidMessage: not JSON, or not a valid message.
         """
         data = _loads(raw, max_bytes)
-        if isinstance(data, dict) and data.get("id") is None:
-            data["id"] = message_id or body_id(raw)
+        if isinstance(data, dict):
+            if data.get("id") is None:
+                data["id"] = message_id or body_id(raw)
+            sender = data.get("sender")
+            if isinstance(sender, str) and _bare(sender):
+                data["sender"] = f"agent:{sender}"
+            target = data.get("target")
+            if served is not None and (
+                target is None or (isinstance(target, str) and _bare(target))
+            ):
+                data["target"] = served
+            created_at = data.get("created_at")
+            if isinstance(created_at, str):
+                data["created_at"] = _utc_if_naive(created_at)
         return cls.from_dict(data)
+
+
+def _bare(text: str) -> bool:
+    """Not even shaped like an address (no `agent:`/`type:`/... prefix): a bare id."""
+    kind, sep, _ = text.partition(":")
+    return not sep or kind not in _KINDS
+
+
+def _utc_if_naive(text: str) -> str | datetime:
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return text  # from_dict names the field
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else text
 
 
 def _loads(raw: bytes | str, max_bytes: int | None) -> Any:

@@ -18,9 +18,11 @@ Publishes are persistent, `mandatory` (an address nobody serves raises `UnknownA
 confirmed, bounded by `publish_timeout` however the broker behaves (blocked, restarting). A
 delivery is acknowledged only when the runtime settles it: after the handler ran and its
 effects were recorded. The attempt count travels in the `x-mas-attempt` header. Bodies are the
-message's JSON; never pickle. A body without an `id` (another client's) is given a stable one:
-the AMQP `message_id` property if its publisher set one, else a UUID derived from the body's
-bytes, so two id-less bodies with identical bytes are one message (`mas.messages.body_id`).
+message's JSON; never pickle. Bodies other clients publish in the original design's format are
+read by `Message.from_wire`: a bare agent id as sender, a missing target (the address of the
+queue it came from), a naive timestamp, and no `id` — then the AMQP `message_id` property if its
+publisher set one, else a UUID derived from the body's bytes, so two id-less bodies with
+identical bytes are one message (`mas.messages.body_id`).
 """
 
 from __future__ import annotations
@@ -67,6 +69,9 @@ _log = structlog.get_logger("mas.transports.amqp")
 ATTEMPT_HEADER = "x-mas-attempt"
 ORIGIN_HEADER = "x-mas-origin"
 DELAY_HEADER = "x-mas-delay"
+
+# Routing keys on agents.direct that name the address their queue serves.
+_SERVED_KINDS = frozenset(("agent", "type", "reply"))
 
 # The channel or connection under a delivery or a publish went away.
 _GONE = (AMQPError, ChannelInvalidStateError, ConnectionError)
@@ -449,7 +454,10 @@ class AmqpTransport:
             return
         try:
             message = Message.from_wire(
-                incoming.body, max_bytes=self.max_bytes, message_id=incoming.message_id
+                incoming.body,
+                max_bytes=self.max_bytes,
+                message_id=incoming.message_id,
+                served=self._served(incoming),
             )
         except (InvalidMessage, MessageTooLarge) as exc:
             _log.warning(
@@ -476,6 +484,17 @@ class AmqpTransport:
         ):
             await self._claim(delivery)
         await self.node.receive(delivery)
+
+    def _served(self, incoming: AbstractIncomingMessage) -> str | None:
+        """The address the delivery's queue serves, from its routing key (`agent.x` is
+        `agent:x`, a topic key `k` is `topic:k`): a missing target stands for it."""
+        key = incoming.routing_key or ""
+        if incoming.exchange == self.name("agents.topic"):
+            return f"topic:{key}" if key else None
+        kind, _, value = key.partition(".")
+        if incoming.exchange == self.name("agents.direct") and value and kind in _SERVED_KINDS:
+            return f"{kind}:{value}"
+        return None
 
     def from_work_queue(self, incoming: AbstractIncomingMessage) -> bool:
         """Whether it came from an agent or type queue (not a node's reply or topic queue)."""

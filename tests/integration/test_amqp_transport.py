@@ -653,3 +653,62 @@ async def test_a_message_without_an_id_gets_a_stable_one_so_its_second_copy_is_a
         (2, "client-42"),
     ]
     assert duplicates == 2
+
+
+async def test_a_client_of_the_original_design_is_served_and_gets_its_replies(
+    amqp_scope: AmqpScope, broker: AbstractConnection
+) -> None:
+    """Bare-id sender, bare or missing target, naive timestamp, missing optional fields."""
+    got: list[Message] = []
+
+    class Echo1(Agent):
+        type = "echo"
+
+        async def handle_message(self, message: Message) -> HandlerResult:
+            got.append(message)
+            return message.reply({"echo": message.payload})
+
+    prefix, exchange = amqp_scope.prefix, amqp_scope.prefix + "agents.direct"
+    full = {
+        "id": "6a0b1f7e-1c2d-4e5f-8a9b-0c1d2e3f4a5b",
+        "type": "ping",
+        "sender": "legacy-client",
+        "target": "echo-1",
+        "payload": {"n": 1},
+        "created_at": "2024-05-01T12:00:00.123456",
+        "metadata": {},
+        "trace_id": None,
+    }
+    sparse = {"type": "ping", "sender": "legacy-client", "payload": {"n": 2}}
+    channel = await broker.channel()
+    async with node(amqp_scope.transport(), "b") as b:
+        await b.spawn(Echo1, id="echo-1")
+        # The original client's own queue, as its design declares it: agent.<id>.
+        inbox = await channel.declare_queue(prefix + "agent.legacy-client", durable=True)
+        amqp_scope.extra_queues.add(inbox.name)
+        await inbox.bind(exchange, routing_key="agent.legacy-client")
+        await publish_bare(amqp_scope.url, exchange, "agent.echo-1", json.dumps(full).encode())
+        await publish_bare(amqp_scope.url, exchange, "type.echo", json.dumps(sparse).encode())
+        bad = {"type": 7, "sender": "legacy-client", "payload": {}}  # still invalid
+        await publish_bare(amqp_scope.url, exchange, "type.echo", json.dumps(bad).encode())
+        replies = []
+        async with asyncio.timeout(10), inbox.iterator() as waiting:
+            async for incoming in waiting:
+                await incoming.ack()
+                replies.append(json.loads(incoming.body))
+                if len(replies) == 2:
+                    break
+        [letter] = await take_dead_letters(broker, prefix, 1)
+        await wait_until_drained(broker, prefix + "agent_type.echo", [b])
+    await channel.close()
+    assert [(m.sender, m.target, m.payload["n"]) for m in got] == [
+        ("agent:legacy-client", "agent:echo-1", 1),
+        ("agent:legacy-client", "type:echo", 2),
+    ]
+    assert got[0].id == full["id"]
+    assert got[0].created_at.isoformat() == "2024-05-01T12:00:00.123456+00:00"
+    assert sorted(r["payload"]["echo"]["n"] for r in replies) == [1, 2]
+    assert {r["target"] for r in replies} == {"agent:legacy-client"}
+    assert {r["correlation_id"] for r in replies} == {m.id for m in got}
+    assert letter.headers["x-mas-reason"] == "invalid_message"
+    assert json.loads(letter.body) == bad

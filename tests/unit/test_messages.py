@@ -337,6 +337,90 @@ def test_from_wire_validates_like_from_json():
         Message.from_wire(b"[1, 2]")
 
 
+def _original(**fields):
+    """A body as the original design's pydantic Message writes it (`model_dump_json`)."""
+    data = {
+        "id": "3f1c5a52-9d7e-4e53-9a40-0c4c7f6fd6a1",
+        "type": "echo",
+        "sender": "planner-1",
+        "target": "echo-1",
+        "payload": {"text": "hi"},
+        "created_at": "2024-05-01T12:00:00.123456",
+        "metadata": {},
+        "trace_id": None,
+    }
+    data.update(fields)
+    return json.dumps({k: v for k, v in data.items() if v is not ...}).encode()
+
+
+def test_from_wire_reads_the_original_designs_format():
+    message = Message.from_wire(_original(), served="agent:echo-1")
+
+    assert message.id == "3f1c5a52-9d7e-4e53-9a40-0c4c7f6fd6a1"
+    assert message.sender == "agent:planner-1"
+    assert message.target == "agent:echo-1"  # the queue it came from
+    assert message.created_at == datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
+    assert message.payload == {"text": "hi"}
+    assert message.reply({"ok": True}).target == "agent:planner-1"
+
+
+def test_from_wire_fills_what_the_original_format_leaves_out():
+    body = _original(id=..., target=..., created_at=..., metadata=..., trace_id=..., payload=...)
+
+    message = Message.from_wire(body, served="type:echo")
+
+    assert message.target == "type:echo"
+    assert message.id == body_id(body)
+    assert message.payload == {} and message.metadata == {}
+    assert message.created_at.tzinfo is not None
+
+
+@pytest.mark.parametrize(
+    ("sender", "read_as"),
+    [
+        ("planner-1", "agent:planner-1"),
+        ("user:42", "agent:user:42"),  # not an address kind: an id with a colon
+        ("agent:planner-1", "agent:planner-1"),
+        ("type:planner", "type:planner"),
+        (None, None),
+    ],
+)
+def test_from_wire_reads_a_bare_sender_as_an_agent_id(sender, read_as):
+    assert Message.from_wire(_original(sender=sender), served="agent:echo-1").sender == read_as
+
+
+def test_from_wire_keeps_a_target_that_is_an_address_and_needs_a_queue_for_a_bare_one():
+    kept = Message.from_wire(_original(target="agent:other"), served="type:echo")
+    assert kept.target == "agent:other"
+    with pytest.raises(InvalidMessage, match="'target'"):
+        Message.from_wire(_original(target="echo-1"))  # no queue to stand in for it
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"type": 5}, "type"),
+        ({"payload": [1, 2]}, "payload"),
+        ({"extra": 1}, "extra"),
+        ({"sender": "agent:has space"}, "'sender'"),
+        ({"sender": "bad id!"}, "'sender'"),
+        ({"created_at": "yesterday"}, "created_at"),
+        ({"metadata": "x"}, "metadata"),
+    ],
+)
+def test_from_wire_stays_strict_about_everything_else(fields, named):
+    with pytest.raises(InvalidMessage, match=re.escape(named)):
+        Message.from_wire(_original(**fields), served="agent:echo-1")
+
+
+def test_from_dict_stays_strict_about_bare_ids_and_naive_timestamps():
+    data = json.loads(_original())
+    with pytest.raises(InvalidMessage, match="'target'"):
+        Message.from_dict(data)
+    with pytest.raises(InvalidMessage, match="timezone"):
+        Message.from_dict({**data, "sender": None, "target": None})
+
+
 # --------------------------------------------------------------------------- reply / evolve
 
 
