@@ -63,7 +63,8 @@ class LocalDelivery:
         self.cell.runtime.call_later(delay, lambda: self.cell.requeue(again))
 
     async def dead_letter(self, letter: DeadLetter) -> None:
-        return None  # the runtime records every dead letter itself
+        # The runtime recorded it; no broker delivery carries it, so the transport keeps it.
+        await self.cell.runtime.keep_dead_letter(letter)
 
     async def release(self) -> bool:
         return False  # no other node holds this process's local messages

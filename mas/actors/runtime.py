@@ -99,6 +99,9 @@ class _TopicDelivery(LocalDelivery):
         await self.fanout.done()
 
     async def dead_letter(self, letter: DeadLetter) -> None:
+        # The broker's delivery is acked once every copy is settled: the letter itself must
+        # reach the transport's dead letters first.
+        await self.cell.runtime.keep_dead_letter(letter)
         await self.fanout.done()
 
     async def release(self) -> bool:
@@ -477,14 +480,31 @@ class Runtime:
         if not self._accepting:
             self._check_internal()
         if type(target) is AgentRef:
-            await self._send_to_ref(target, message)
+            try:
+                await self._send_to_ref(target, message)
+            except UnknownAgent as exc:
+                self._refused(message, exc)
+                raise
             return
         if not isinstance(target, str):
             raise MasError(f"tell needs an address string or an AgentRef, got {target!r}")
         if message.target != target:
             message = message if message.target is None else message.evolve()
             message.target = target
-        await self._route(message)
+        try:
+            await self._route(message)
+        except UnknownAgent as exc:
+            self._refused(message, exc)
+            raise
+
+    def _refused(self, message: Message, exc: UnknownAgent) -> None:
+        """A send nobody serves, raised to its caller: counted as a dead letter here, and kept
+        nowhere else (the caller holds the message and was told)."""
+        self.dead_letters.record(
+            DeadLetter(
+                message, "unknown_address", error_type="UnknownAgent", error_message=str(exc)
+            )
+        )
 
     def _check_internal(self) -> None:
         if self._state != "stopping" or self._current_cell_task() is None:
@@ -610,15 +630,24 @@ class Runtime:
             raise
 
     async def _send_remote(self, message: Message) -> None:
+        await self.transport.send(message)
+
+    async def _send_on(self, message: Message, agent_id: str | None = None) -> bool:
+        """Route a message no caller waits on (a handler's output, a stored reply, a notice);
+        False when no node serves its address: then it is a dead letter, which nobody else
+        would ever hear of, so the transport keeps it too.
+
+        Raises:
+            AgentStopped: its local agent stopped (the caller decides).
+        """
         try:
-            await self.transport.send(message)
+            await self._route(message)
         except UnknownAgent as exc:
-            self.dead_letters.record(
-                DeadLetter(
-                    message, "unknown_address", error_type="UnknownAgent", error_message=str(exc)
-                )
+            await self.lost(
+                DeadLetter(message, "unknown_address", agent_id, "UnknownAgent", str(exc))
             )
-            raise
+            return False
+        return True
 
     async def _publish_local(self, message: Message, key: str, parent: Delivery | None) -> int:
         cells = self.registry.subscribers(key)
@@ -730,7 +759,7 @@ class Runtime:
             if destination is None:
                 if out.correlation_id == incoming.id:
                     return None  # a reply to a tell from outside: nobody is waiting for it
-                self.dead_letters.record(DeadLetter(out, "unknown_address", agent_id=cell.id))
+                await self.lost(DeadLetter(out, "unknown_address", agent_id=cell.id))
                 return None
             out.target = destination
             if out.correlation_id is None:
@@ -739,11 +768,10 @@ class Runtime:
         if is_reply and self.journal is not None:
             self.journal.replied(out)
         try:
-            await self._route(out)
-        except UnknownAgent:
-            return None  # recorded as a dead letter by _send_remote
+            if not await self._send_on(out, cell.id):
+                return None
         except AgentStopped as exc:
-            self.dead_letters.record(
+            await self.lost(
                 DeadLetter(out, "agent_stopped", agent_id=exc.agent_id, error_type="AgentStopped")
             )
             return None
@@ -775,16 +803,42 @@ class Runtime:
     async def resend_reply(self, reply: Message) -> None:
         """Send a stored reply again (a duplicate request arrived)."""
         try:
-            await self._route(reply)
-        except (UnknownAgent, AgentStopped):
+            await self._send_on(reply)
+        except AgentStopped:
             _log.debug("stored_reply_undeliverable", message_id=reply.id)
 
     async def notify(self, target: str, message: Message) -> None:
         """Best-effort system message (death watch); the watcher may be gone."""
         try:
-            await self._route(message)
-        except (UnknownAgent, AgentStopped):
+            await self._send_on(message)
+        except AgentStopped:
             _log.debug("notice_undeliverable", target=target, message_type=message.type)
+
+    async def lost(self, letter: DeadLetter) -> None:
+        """A dead letter no delivery carries: recorded here and kept by the transport."""
+        self.dead_letters.record(letter)
+        await self.keep_dead_letter(letter)
+
+    async def keep_dead_letter(self, letter: DeadLetter) -> None:
+        """Hand a dead letter no transport delivery carries to the transport (RabbitMQ:
+        `agents.dead_letter`), so the cluster's dead letters are all in one place.
+
+        Never raises (but cancellation): it runs in drain tasks and settlements, and a broker
+        that cannot take it now must not fail the agent or the runtime; the in-memory record
+        stays and the failure is logged.
+        """
+        try:
+            await self.transport.dead_letter(letter)
+        except Exception as exc:  # a second record of what is kept already: never fatal
+            _log.error(
+                "dead_letter_not_kept",
+                message_id=letter.message.id,
+                trace_id=letter.message.trace_id,
+                agent_id=letter.agent_id,
+                reason=letter.reason,
+                error_type=type(exc).__name__,
+                error=str(exc),
+            )
 
     async def dead_letter(
         self,

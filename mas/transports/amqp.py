@@ -133,7 +133,7 @@ class AmqpDelivery(TrackedDelivery):
                 self._incoming.routing_key or "",
                 reason=letter.reason,
                 agent_id=letter.agent_id,
-                error=f"{letter.error_type}: {letter.error_message}" if letter.error_type else None,
+                error=_error_of(letter),
                 attempts=letter.attempts,
             )
         await self._transport._ack(self._incoming)
@@ -410,6 +410,24 @@ class AmqpTransport:
             headers["x-mas-error"] = error[:1000]
         await self._publish("dlx", body, routing_key, None, attempts, headers=headers)
 
+    async def dead_letter(self, letter: DeadLetter) -> None:
+        """Publish a dead letter the runtime recorded without a delivery (a handler's reply
+        nobody serves, a local message out of attempts) to `agents.dead_letter`.
+
+        Raises:
+            InvalidMessage: the message cannot be written as JSON.
+            TransportError: not confirmed within `publish_timeout`.
+        """
+        message = letter.message
+        await self.publish_dead_letter(
+            message.to_json(),
+            _routing_key_of(message.target),
+            reason=letter.reason,
+            agent_id=letter.agent_id,
+            error=_error_of(letter),
+            attempts=letter.attempts,
+        )
+
     async def _ack(self, incoming: AbstractIncomingMessage) -> None:
         try:
             await incoming.ack()
@@ -617,6 +635,18 @@ class AmqpTransport:
 
 def _attempt(value: object) -> int:
     return value if isinstance(value, int) and value >= 1 else 1
+
+
+def _error_of(letter: DeadLetter) -> str | None:
+    return f"{letter.error_type}: {letter.error_message}" if letter.error_type else None
+
+
+def _routing_key_of(target: str | None) -> str:
+    """The routing key a message to `target` travels under (empty when it has none)."""
+    if target is None:
+        return ""
+    kind, _, value = target.partition(":")
+    return value if kind == "topic" else f"{kind}.{value}"
 
 
 def _address_of(routing_key: str) -> str:

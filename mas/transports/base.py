@@ -3,7 +3,9 @@
 A runtime hands its transport the messages whose address it cannot serve locally, and the
 transport hands the runtime a `Delivery` for every message that arrives for an address the
 runtime subscribed to. A delivery is settled exactly once: `ack` after the handler finished
-and its effects were recorded, `retry` to try again after a delay, or `dead_letter`.
+and its effects were recorded, `retry` to try again after a delay, or `dead_letter`. Dead
+letters the runtime records without a delivery go to `Transport.dead_letter`, so a transport
+that keeps dead letters (RabbitMQ's queue) keeps all of them.
 """
 
 from __future__ import annotations
@@ -107,6 +109,19 @@ class Transport(Protocol):
             UnknownAgent: no queue or subscriber exists for an agent/type address.
             MessageTooLarge: the encoded message is over the cap.
             TransportError: the broker could not take it.
+        """
+
+    async def dead_letter(self, letter: DeadLetter) -> None:
+        """Keep a dead letter that no delivery of this transport carries, where this
+        transport keeps dead letters (RabbitMQ: `agents.dead_letter`).
+
+        The runtime calls it for what it gives up on by itself: a handler's output nobody can
+        take, a local message out of attempts or left when its agent stopped. A delivery's own
+        `dead_letter` covers the rest.
+
+        Raises:
+            TransportError: the broker could not take it (the runtime logs it; its in-memory
+                record stays).
         """
 
     async def subscribe_agent(self, agent_id: str, agent_type: str) -> None:

@@ -214,6 +214,11 @@ class MemoryTransport:
     async def send(self, message: Message) -> None:
         await self.broker.publish(message, origin=self.node.node_id)
 
+    async def dead_letter(self, letter: DeadLetter) -> None:
+        # Beside the letters deliveries carried: the broker's list holds them all, as a
+        # RabbitMQ dead-letter queue does (each runtime also records its own in memory).
+        self.broker.dead_letters.append(letter)
+
     async def subscribe_agent(self, agent_id: str, agent_type: str) -> None:
         broker = self.broker
         if agent_id in self._agents:

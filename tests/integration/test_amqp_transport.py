@@ -22,6 +22,7 @@ from typing import Any
 import aio_pika
 import pytest
 from aio_pika.abc import AbstractConnection
+from structlog.testing import capture_logs
 from yarl import URL
 
 from mas import Agent, HandlerResult, Message, MessageTooLarge, UnknownAgent
@@ -712,3 +713,91 @@ async def test_a_client_of_the_original_design_is_served_and_gets_its_replies(
     assert {r["correlation_id"] for r in replies} == {m.id for m in got}
     assert letter.headers["x-mas-reason"] == "invalid_message"
     assert json.loads(letter.body) == bad
+
+
+# -- 9. dead letters the runtime records by itself -----------------------------------------
+
+
+class Reporter(Agent):
+    """Returns what nobody can take: a message with no target (its sender is nobody) and one
+    to an agent no node hosts."""
+
+    type = "reporter"
+    gate: asyncio.Event | None = None
+
+    async def handle_message(self, message: Message) -> HandlerResult:
+        if type(self).gate is not None:
+            await type(self).gate.wait()
+        if message.type == "one":
+            return Message("report", {"n": message.payload["n"]})
+        return [Message("report", {"n": 0}), Message("note", target="agent:nobody")]
+
+
+async def test_dead_letters_no_delivery_carries_reach_the_broker_dead_letter_queue(
+    amqp_scope: AmqpScope, broker: AbstractConnection
+) -> None:
+    """An unroutable reply, and a local message that ran out of attempts."""
+
+    class Poisoned(Agent):
+        type = "poisoned"
+
+        async def handle_message(self, message: Message) -> HandlerResult:
+            raise ValueError("indigestible")
+
+    retry = {"max_attempts": 2, "base_delay": 0.01, "max_delay": 0.05, "jitter": 0.1}
+    async with (
+        node(amqp_scope.transport(), "a") as a,
+        node(amqp_scope.transport(), "b", retry=retry) as b,
+    ):
+        await b.spawn(Reporter, id="reporter")
+        await b.spawn(Poisoned, id="poisoned")
+        await a.tell("agent:reporter", Message("both"))  # from outside: no sender, no reply_to
+        await b.tell("agent:poisoned", Message("eat"))  # local: never crosses the broker
+        letters = await take_dead_letters(broker, amqp_scope.prefix, 3)
+        recorded = dict(b.dead_letters.by_reason)
+    seen = sorted(
+        (
+            str(letter.headers["x-mas-reason"]),
+            str(letter.headers["x-mas-agent-id"]),
+            str(letter.headers["x-mas-routing-key"]),
+            Message.from_json(letter.body).type,
+        )
+        for letter in letters
+    )
+    assert seen == [
+        ("max_attempts", "poisoned", "agent.poisoned", "eat"),
+        ("unknown_address", "reporter", "", "report"),
+        ("unknown_address", "reporter", "agent.nobody", "note"),
+    ]
+    assert recorded == {"max_attempts": 1, "unknown_address": 2}  # and in b's own record
+
+
+async def test_a_dead_letter_the_broker_cannot_take_is_logged_and_the_agent_goes_on(
+    amqp_scope: AmqpScope, proxy: BrokerProxy
+) -> None:
+    reporter = type("GatedReporter", (Reporter,), {"gate": asyncio.Event()})
+    started = Probe()
+    async with (
+        node(amqp_scope.transport(), "a") as a,
+        node(proxied_transport(amqp_scope, proxy, publish_timeout=0.5), "b") as b,
+    ):
+        await b.spawn(reporter, id="reporter")
+        await b.spawn(started.agent(), id="probe")
+        await a.tell("agent:reporter", Message("one", {"n": 1}))
+        cell = b.local_cell("reporter")
+        assert cell is not None
+        await eventually(lambda: cell.current is not None)  # in the handler, at the gate
+        proxy.freeze()
+        try:
+            with capture_logs() as logs:
+                reporter.gate.set()
+                await eventually(lambda: any(e["event"] == "dead_letter_not_kept" for e in logs))
+        finally:
+            proxy.thaw()
+        # The drain task survived: the same agent handles the next message.
+        await a.tell("agent:reporter", Message("one", {"n": 2}))
+        await eventually(lambda: b.dead_letters.count == 2, timeout=10)
+        assert b.failure is None
+    [event] = [e for e in logs if e["event"] == "dead_letter_not_kept"]
+    assert event["agent_id"] == "reporter" and event["error_type"] == "TransportError"
+    assert event["reason"] == "unknown_address"
