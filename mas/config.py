@@ -75,7 +75,17 @@ class ApiSettings(BaseModel):
 
 
 class AmqpSettings(BaseModel):
-    """The RabbitMQ transport (`MAS_TRANSPORT=rabbitmq`); the URL is `MAS_AMQP_URL`."""
+    """The RabbitMQ transport (`MAS_TRANSPORT=rabbitmq`); the URL is `MAS_AMQP_URL`.
+
+    `agents.dead_letter` is bounded (`dead_letter_*`, 0 turns a bound off): dead letters are
+    for an operator to look at, not an archive, and a storm of poison messages must not fill
+    the broker's disk. 64 KiB of a body shows what a message was (id, type, addresses, the
+    start of its payload; headers say why, and how big it was); 100,000 letters or 256 MiB of
+    bodies, whichever comes first, then the oldest go (drop-head: the newest say most about
+    what is wrong now); a week covers a long weekend. Each task's final status outlives that
+    in the journal. A queue declared before with other bounds keeps them (see the warning
+    `amqp_dead_letter_queue_not_bounded` for the policy that applies these).
+    """
 
     prefix: str = Field(
         "", max_length=64, description="prepended to every exchange and queue name (tests)"
@@ -89,6 +99,22 @@ class AmqpSettings(BaseModel):
     connect_timeout: float = Field(10.0, gt=0)
     queue_type: Literal["quorum", "classic"] = Field(
         "quorum", description="agent and type queues: quorum (replicated) or classic"
+    )
+    dead_letter_max_body: int = Field(
+        65_536,
+        ge=0,
+        description="bytes of a body mas puts in agents.dead_letter (the rest is cut off)",
+    )
+    dead_letter_max_length: int = Field(
+        100_000, ge=0, description="letters agents.dead_letter keeps; the oldest go first"
+    )
+    dead_letter_max_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=0,
+        description="body bytes agents.dead_letter keeps; the oldest go first",
+    )
+    dead_letter_ttl: float = Field(
+        7 * 24 * 3600.0, ge=0, description="seconds a letter stays in agents.dead_letter"
     )
 
 

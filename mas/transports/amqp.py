@@ -10,9 +10,10 @@ Topology (every name starts with `MAS_AMQP__PREFIX`, empty by default):
   its agents subscribed to;
 - exchange `agents.delay` (headers): retries wait in `agents.delay.<ms>` queues whose message
   TTL dead-letters them back to `agents.direct` with their original routing key;
-- exchange `agents.dlx` (fanout) -> queue `agents.dead_letter`: dead letters with the reason in
-  their headers; every agent and type queue dead-letters there too (a quorum queue's delivery
-  limit, for example).
+- exchange `agents.dlx` (fanout) -> queue `agents.dead_letter` (classic, bounded by the
+  `dead_letter_*` settings: length, bytes, TTL, drop-head): dead letters with the reason in
+  their headers, bodies cut to `dead_letter_max_body`; every agent and type queue dead-letters
+  there too (a quorum queue's delivery limit, for example).
 
 Publishes are persistent, `mandatory` (an address nobody serves raises `UnknownAgent`) and
 confirmed, bounded by `publish_timeout` however the broker behaves (blocked, restarting). A
@@ -29,9 +30,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import math
+import re
+import shlex
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
 
 import aio_pika
 import structlog
@@ -43,7 +48,13 @@ from aio_pika.abc import (
     AbstractQueue,
     AbstractRobustConnection,
 )
-from aio_pika.exceptions import AMQPError, DeliveryError, PublishError
+from aio_pika.channel import Channel
+from aio_pika.exceptions import (
+    AMQPError,
+    ChannelPreconditionFailed,
+    DeliveryError,
+    PublishError,
+)
 from aiormq.exceptions import ChannelInvalidStateError
 
 from mas.config import AmqpSettings, masked_url
@@ -235,9 +246,7 @@ class AmqpTransport:
             "delay": await declare(self.name("agents.delay"), ExchangeType.HEADERS, durable=True),
             "dlx": await declare(self.name("agents.dlx"), ExchangeType.FANOUT, durable=True),
         }
-        dead = await publish.declare_queue(self.name("agents.dead_letter"), durable=True)
-        await dead.bind(self._exchanges["dlx"])
-        self.declared_queues.add(dead.name)
+        await self._declare_dead_letters(connection, publish)
         # Replies and topic copies belong to this node only: exclusive queues vanish with it.
         node_id = node.node_id
         replies = await consume.declare_queue(self.name(f"node.{node_id}.replies"), exclusive=True)
@@ -255,6 +264,75 @@ class AmqpTransport:
             self._claims = DedupeClaims(self._redis, prefix=prefix, owner=node_id)
         self._pump = asyncio.get_running_loop().create_task(self._run_pump())
         _log.info("amqp_connected", url=masked_url(self._url), prefix=self.prefix, node_id=node_id)
+
+    def dead_letter_arguments(self) -> dict[str, Any]:
+        """The bounds `agents.dead_letter` is declared with (from the `dead_letter_*` settings)."""
+        s = self.settings
+        arguments: dict[str, Any] = {}
+        if s.dead_letter_max_length:
+            arguments["x-max-length"] = s.dead_letter_max_length
+        if s.dead_letter_max_bytes:
+            arguments["x-max-length-bytes"] = s.dead_letter_max_bytes
+        if arguments:
+            arguments["x-overflow"] = "drop-head"
+        if s.dead_letter_ttl:
+            arguments["x-message-ttl"] = max(1, round(s.dead_letter_ttl * 1000))
+        return arguments
+
+    async def _declare_dead_letters(
+        self, connection: AbstractRobustConnection, publish: AbstractChannel
+    ) -> None:
+        """Declare `agents.dead_letter` (a classic queue, as it always was) with its bounds.
+
+        A queue that exists with other arguments (declared by an older mas, or with other
+        bounds) makes the broker refuse the declaration with PRECONDITION_FAILED and close
+        the channel. A node must still start: it then uses the queue as it is and logs how
+        to bound it with a policy, which applies without redeclaring. The attempt runs on a
+        throwaway channel, so the refusal closes nothing the node keeps.
+        """
+        name = self.name("agents.dead_letter")
+        arguments = self.dead_letter_arguments()
+        try:
+            async with self._throwaway_channel() as probe:
+                await probe.declare_queue(name, durable=True, arguments=arguments)
+        except ChannelPreconditionFailed as exc:
+            _log.warning(
+                "amqp_dead_letter_queue_not_bounded",
+                queue=name,
+                error=str(exc),
+                hint=self._policy_hint(name, arguments),
+            )
+            async with self._throwaway_channel() as channel:
+                queue = await channel.declare_queue(name, passive=True)
+                await queue.bind(self.name("agents.dlx"))
+        else:
+            # Declared again on the node's own channel, so a reconnection restores it.
+            queue = await publish.declare_queue(name, durable=True, arguments=arguments)
+            await queue.bind(self._exchanges["dlx"])
+        self.declared_queues.add(name)
+
+    def _policy_hint(self, queue: str, arguments: dict[str, Any]) -> str:
+        definition = {key.removeprefix("x-"): value for key, value in arguments.items()}
+        vhost = unquote(urlsplit(self._url).path[1:]) or "/"
+        return (
+            f"the queue was declared before with other arguments; to bound it, run: "
+            f"rabbitmqctl set_policy -p {shlex.quote(vhost)} --apply-to queues "
+            f"mas-dead-letters {shlex.quote('^' + re.escape(queue) + '$')} "
+            f"{shlex.quote(json.dumps(definition, separators=(',', ':')))}"
+        )
+
+    @contextlib.asynccontextmanager
+    async def _throwaway_channel(self) -> AsyncIterator[AbstractChannel]:
+        """A plain (not robust) channel for a declaration that may fail and close it: a robust
+        one would reopen itself after the failure and stay open for good."""
+        assert self._connection is not None
+        channel = Channel(self._connection, publisher_confirms=False)
+        await channel
+        try:
+            yield channel
+        finally:
+            if not channel.is_closed:
+                await channel.close()
 
     @property
     def ready(self) -> bool:
@@ -398,7 +476,11 @@ class AmqpTransport:
         error: str | None = None,
         attempts: int = 0,
     ) -> None:
-        """Put a body in `agents.dead_letter` with the reason in its `x-mas-*` headers."""
+        """Put a body in `agents.dead_letter` with the reason in its `x-mas-*` headers.
+
+        A body over `dead_letter_max_body` is cut to it; `x-mas-truncated` and
+        `x-mas-body-size` (the full size in bytes) then say so.
+        """
         headers: dict[str, Any] = {
             "x-mas-reason": reason,
             "x-mas-routing-key": routing_key,
@@ -408,6 +490,12 @@ class AmqpTransport:
             headers["x-mas-agent-id"] = agent_id
         if error is not None:
             headers["x-mas-error"] = error[:1000]
+        cap = self.settings.dead_letter_max_body
+        if cap and len(body) > cap:
+            # A poison message can be huge: what it was shows in its first bytes.
+            headers["x-mas-body-size"] = len(body)
+            headers["x-mas-truncated"] = True
+            body = body[:cap]
         await self._publish("dlx", body, routing_key, None, attempts, headers=headers)
 
     async def dead_letter(self, letter: DeadLetter) -> None:
@@ -532,15 +620,12 @@ class AmqpTransport:
         depths: dict[str, int] = {}
         for name in sorted(self.declared_queues):
             # A passive declare of a missing queue closes its channel: use a throwaway one.
-            channel = await self._connection.channel(publisher_confirms=False)
             try:
-                queue = await channel.declare_queue(name, passive=True)
-                depths[name] = queue.declaration_result.message_count or 0
+                async with self._throwaway_channel() as channel:
+                    queue = await channel.declare_queue(name, passive=True)
+                    depths[name] = queue.declaration_result.message_count or 0
             except AMQPError:
                 pass  # deleted meanwhile (an expired delay queue): nothing waits there
-            finally:
-                if not channel.is_closed:
-                    await channel.close()
         return depths
 
     async def _claim(self, delivery: AmqpDelivery) -> None:

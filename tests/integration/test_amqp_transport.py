@@ -801,3 +801,65 @@ async def test_a_dead_letter_the_broker_cannot_take_is_logged_and_the_agent_goes
     [event] = [e for e in logs if e["event"] == "dead_letter_not_kept"]
     assert event["agent_id"] == "reporter" and event["error_type"] == "TransportError"
     assert event["reason"] == "unknown_address"
+
+
+# -- 10. bounded dead letters --------------------------------------------------------------
+
+
+async def test_dead_letters_keep_the_newest_within_the_bound_with_bodies_cut_to_the_cap(
+    amqp_scope: AmqpScope, broker: AbstractConnection
+) -> None:
+    bounded = amqp_scope.transport(dead_letter_max_body=1024, dead_letter_max_length=3)
+    poison = [f"{n:02d}".encode() + b"\x80" * 5000 for n in range(5)]  # not JSON: invalid
+    async with node(bounded, "b") as b:
+        await b.spawn(Probe().agent(), id="target")
+        for body in poison:
+            await publish_raw(broker, amqp_scope.prefix, body, "agent.target")
+        await wait_until_drained(broker, amqp_scope.prefix + "agent.target", [b])
+        letters = await take_dead_letters(broker, amqp_scope.prefix, 3)  # and no more
+    assert [letter.body[:2] for letter in letters] == [b"02", b"03", b"04"]  # oldest dropped
+    assert [letter.body for letter in letters] == [body[:1024] for body in poison[2:]]
+    for letter in letters:
+        assert letter.headers["x-mas-truncated"] is True
+        assert letter.headers["x-mas-body-size"] == 5002
+        assert letter.headers["x-mas-reason"] == "invalid_message"
+
+
+async def test_a_dead_letter_leaves_the_queue_after_its_ttl(
+    amqp_scope: AmqpScope, broker: AbstractConnection
+) -> None:
+    dead_letters = amqp_scope.prefix + "agents.dead_letter"
+    async with node(amqp_scope.transport(dead_letter_ttl=1.0), "b") as b:
+        await b.spawn(Probe().agent(), id="target")
+        small = b'{"type": "x", "payload": 3}'  # invalid, and under the body cap: kept whole
+        await publish_raw(broker, amqp_scope.prefix, small, "agent.target")
+
+        async def depth(n: int) -> bool:
+            return await queue_depth(broker, dead_letters) == n
+
+        await eventually(lambda: depth(1))
+        await eventually(lambda: depth(0), timeout=10)
+
+
+async def test_an_unbounded_dead_letter_queue_from_before_does_not_stop_a_node_starting(
+    amqp_scope: AmqpScope, broker: AbstractConnection
+) -> None:
+    """Redeclaring with bounds would fail (PRECONDITION_FAILED): the node uses it as it is."""
+    dead_letters = amqp_scope.prefix + "agents.dead_letter"
+    channel = await broker.channel()
+    await channel.declare_queue(dead_letters, durable=True)  # as an older mas declared it
+    amqp_scope.extra_queues.add(dead_letters)
+    await channel.close()
+    with capture_logs() as logs:
+        async with node(amqp_scope.transport(), "b") as b:
+            await b.spawn(Probe().agent(), id="target")
+            await publish_raw(broker, amqp_scope.prefix, b"not json", "agent.target")
+            # Published on the node's own channel: the refused declaration did not close it.
+            [letter] = await take_dead_letters(broker, amqp_scope.prefix, 1)
+    assert letter.body == b"not json"
+    [warning] = [e for e in logs if e["event"] == "amqp_dead_letter_queue_not_bounded"]
+    assert warning["log_level"] == "warning"
+    assert "PRECONDITION_FAILED" in warning["error"]
+    assert (
+        "rabbitmqctl set_policy" in warning["hint"] and '"overflow":"drop-head"' in warning["hint"]
+    )

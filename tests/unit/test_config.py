@@ -55,6 +55,29 @@ def test_nested_settings_use_double_underscore(monkeypatch):
     assert settings.supervisor.period == 2.5
 
 
+def test_dead_letter_bounds_come_from_the_environment_and_zero_turns_one_off(monkeypatch):
+    amqp = pytest.importorskip("mas.transports.amqp")
+    defaults = amqp.AmqpTransport("amqp://localhost/", Settings().amqp)
+    assert defaults.dead_letter_arguments() == {
+        "x-max-length": 100_000,
+        "x-max-length-bytes": 256 * 1024 * 1024,
+        "x-overflow": "drop-head",
+        "x-message-ttl": 7 * 24 * 3600 * 1000,
+    }
+    monkeypatch.setenv("MAS_AMQP__DEAD_LETTER_MAX_BODY", "4096")
+    monkeypatch.setenv("MAS_AMQP__DEAD_LETTER_MAX_LENGTH", "0")
+    monkeypatch.setenv("MAS_AMQP__DEAD_LETTER_MAX_BYTES", "1000000")
+    monkeypatch.setenv("MAS_AMQP__DEAD_LETTER_TTL", "0")
+
+    settings = Settings().amqp
+
+    assert settings.dead_letter_max_body == 4096
+    assert amqp.AmqpTransport("amqp://localhost/", settings).dead_letter_arguments() == {
+        "x-max-length-bytes": 1_000_000,
+        "x-overflow": "drop-head",
+    }
+
+
 def test_scalar_settings_are_parsed_from_strings(monkeypatch):
     monkeypatch.setenv("MAS_SERIALIZE_MESSAGES", "true")
     monkeypatch.setenv("MAS_NODE_ID", "node-a")
