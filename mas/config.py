@@ -31,6 +31,12 @@ class MailboxSettings(BaseModel):
 
     capacity: int = Field(1000, ge=1, description="messages a mailbox holds before overflow")
     overflow: Overflow = "block"
+    defer_delay: float = Field(
+        0.25,
+        gt=0,
+        description="seconds a delivery from another node that found its mailbox full waits "
+        "in the broker before it is offered again (no attempt is counted)",
+    )
 
 
 class RetrySettings(BaseModel):

@@ -21,7 +21,7 @@ from mas.actors.deadletters import DeadLetter
 from mas.actors.mailbox import Mailbox
 from mas.actors.ref import AgentRef
 from mas.actors.status import RUNNING, STOPPED, SUSPENDED
-from mas.errors import AgentStartError, AgentStopped, ConfigError, MasError
+from mas.errors import AgentStartError, AgentStopped, ConfigError, MailboxFull, MasError
 from mas.messages import Message
 
 if TYPE_CHECKING:
@@ -68,6 +68,12 @@ class LocalDelivery:
 
     async def release(self) -> bool:
         return False  # no other node holds this process's local messages
+
+    async def defer(self, delay: float) -> None:
+        # Held on this node (no broker holds a local message, or a topic copy alone): offered
+        # to the same agent again after the delay.
+        runtime = self.cell.runtime
+        runtime.call_later(delay, lambda: runtime.offer(self.cell, self))
 
 
 class AgentCell:
@@ -187,6 +193,31 @@ class AgentCell:
                 )
         if not self._active and self.status is RUNNING:
             self._activate()
+
+    async def offer(self, delivery: Delivery) -> bool:
+        """Queue a delivery without ever waiting; False when the mailbox is full.
+
+        For messages from the transport: one pump task feeds every agent of the node, so a
+        full `block` mailbox must not hold it (head-of-line blocking across agents), and a
+        message that does not fit can wait in the broker instead (`Delivery.defer`).
+        `drop_oldest` makes room as `put` does; `block` and `reject` refuse.
+
+        Raises:
+            AgentStopped: the agent has stopped.
+        """
+        if self.status is STOPPED:
+            raise AgentStopped(self.id)
+        try:
+            dropped = self.mailbox.put_nowait(delivery)
+        except MailboxFull:
+            return False
+        if dropped is not None:
+            await self.runtime.dead_letter(
+                self.as_delivery(dropped), "mailbox_overflow", agent_id=self.id
+            )
+        if not self._active and self.status is RUNNING:
+            self._activate()
+        return True
 
     def as_delivery(self, item: Message | Delivery) -> Delivery:
         if type(item) is Message:

@@ -145,8 +145,10 @@ class Runtime:
         self.failures = 0
         self.restarts = 0
         self.duplicates = 0
+        self.deferred = 0  # deliveries handed back because their mailbox was full
         self.tasks_completed = 0
         self._serialize = s.serialize_messages
+        self._defer_delay = s.mailbox.defer_delay
         self._max_bytes = s.message_max_bytes
         self.registry = LocalRegistry()
         self._cells = self.registry.cells  # the hot path's lookup, without an attribute hop
@@ -654,12 +656,15 @@ class Runtime:
         fanout = _FanoutDelivery(parent, len(cells)) if parent is not None else None
         for cell in cells:
             copy = Message.from_json(message.to_json()) if self._serialize else message
-            item: Message | Delivery = _TopicDelivery(copy, cell, fanout) if fanout else copy
+            if fanout is not None:
+                # A copy of a transport delivery: never wait for room (see `offer`).
+                await self.offer(cell, _TopicDelivery(copy, cell, fanout))
+                continue
             try:
-                await cell.put(item)
+                await cell.put(copy)
             except (AgentStopped, MailboxFull) as exc:
                 reason = "agent_stopped" if isinstance(exc, AgentStopped) else "mailbox_overflow"
-                await self.dead_letter(cell.as_delivery(item), reason, agent_id=cell.id, error=exc)
+                await self.dead_letter(cell.as_delivery(copy), reason, agent_id=cell.id, error=exc)
         return len(cells)
 
     def _resolve_reply(self, message: Message) -> None:
@@ -698,14 +703,25 @@ class Runtime:
         if cell is None:
             await self.dead_letter(delivery, "unknown_address")
             return
+        await self.offer(cell, delivery)
+
+    async def offer(self, cell: AgentCell, delivery: Delivery) -> None:
+        """Queue a delivery from the transport without waiting for room.
+
+        One that does not fit is deferred (it waits in the broker, no attempt counted)
+        rather than dead-lettered: a message waiting in the broker is not a failure, and
+        waiting here would stall every other agent this node feeds.
+        """
         try:
-            await cell.put(delivery)
+            taken = await cell.offer(delivery)
         except AgentStopped as exc:
             # Arrived while the agent was stopping: another node may host it.
             if not await delivery.release():
                 await self.dead_letter(delivery, "agent_stopped", agent_id=cell.id, error=exc)
-        except MailboxFull as exc:
-            await self.dead_letter(delivery, "mailbox_overflow", agent_id=cell.id, error=exc)
+            return
+        if not taken:
+            self.deferred += 1
+            await delivery.defer(self._defer_delay)
 
     # -- results of handlers -----------------------------------------------------------------
 

@@ -18,12 +18,13 @@ Topology (every name starts with `MAS_AMQP__PREFIX`, empty by default):
 Publishes are persistent, `mandatory` (an address nobody serves raises `UnknownAgent`) and
 confirmed, bounded by `publish_timeout` however the broker behaves (blocked, restarting). A
 delivery is acknowledged only when the runtime settles it: after the handler ran and its
-effects were recorded. The attempt count travels in the `x-mas-attempt` header. Bodies are the
-message's JSON; never pickle. Bodies other clients publish in the original design's format are
-read by `Message.from_wire`: a bare agent id as sender, a missing target (the address of the
-queue it came from), a naive timestamp, and no `id` — then the AMQP `message_id` property if its
-publisher set one, else a UUID derived from the body's bytes, so two id-less bodies with
-identical bytes are one message (`mas.messages.body_id`).
+effects were recorded. A delivery that finds its agent's mailbox full is handed back through a
+delay queue without counting an attempt. The attempt count travels in the `x-mas-attempt`
+header. Bodies are the message's JSON; never pickle. Bodies other clients publish in the
+original design's format are read by `Message.from_wire`: a bare agent id as sender, a missing
+target (the address of the queue it came from), a naive timestamp, and no `id` — then the AMQP
+`message_id` property if its publisher set one, else a UUID derived from the body's bytes, so
+two id-less bodies with identical bytes are one message (`mas.messages.body_id`).
 """
 
 from __future__ import annotations
@@ -80,6 +81,9 @@ _log = structlog.get_logger("mas.transports.amqp")
 ATTEMPT_HEADER = "x-mas-attempt"
 ORIGIN_HEADER = "x-mas-origin"
 DELAY_HEADER = "x-mas-delay"
+# On a copy handed back because its mailbox was full: what was known about it then.
+DEFERRED_HEADER = "x-mas-deferred"
+_CLAIMED, _DUPLICATE, _CHECK = "claimed", "duplicate", "check"
 
 # Routing keys on agents.direct that name the address their queue serves.
 _SERVED_KINDS = frozenset(("agent", "type", "reply"))
@@ -134,6 +138,29 @@ class AmqpDelivery(TrackedDelivery):
                 incoming.body, self.message, incoming.routing_key or "", self.attempt + 1, delay
             )
         await self._transport._ack(self._incoming)
+
+    async def defer(self, delay: float) -> None:
+        if not self._settle():
+            return
+        incoming = self._incoming
+        # The copy must not be claimed again (this node may hold its claim) nor lose what was
+        # known: a second copy stays a duplicate, a redelivered one is still checked.
+        if self.claimed_elsewhere:
+            verdict = _DUPLICATE
+        elif self.redelivered:
+            verdict = _CHECK
+        else:
+            verdict = _CLAIMED
+        async with self._back_to_queue_on_failure():
+            await self._transport._publish_delayed(
+                incoming.body,
+                self.message,
+                incoming.routing_key or "",
+                self.attempt,
+                delay,
+                {DEFERRED_HEADER: verdict},
+            )
+        await self._transport._ack(incoming)
 
     async def dead_letter(self, letter: DeadLetter) -> None:
         if not self._settle():
@@ -431,21 +458,24 @@ class AmqpTransport:
             pause = min(pause * 2, 1.0)
 
     async def _publish_delayed(
-        self, body: bytes, message: Message, routing_key: str, attempt: int, delay: float
+        self,
+        body: bytes,
+        message: Message,
+        routing_key: str,
+        attempt: int,
+        delay: float,
+        headers: dict[str, Any] | None = None,
     ) -> None:
         ms = _delay_ms(delay)
         if ms not in self._delay_queues:
             await self._declare_delay_queue(ms)
+        all_headers = {DELAY_HEADER: str(ms), **(headers or {})}
         try:
-            await self._publish(
-                "delay", body, routing_key, message, attempt, headers={DELAY_HEADER: str(ms)}
-            )
+            await self._publish("delay", body, routing_key, message, attempt, headers=all_headers)
         except UnknownAgent:
             # The delay queue expired since it was declared: declare it again, once.
             await self._declare_delay_queue(ms)
-            await self._publish(
-                "delay", body, routing_key, message, attempt, headers={DELAY_HEADER: str(ms)}
-            )
+            await self._publish("delay", body, routing_key, message, attempt, headers=all_headers)
 
     async def _declare_delay_queue(self, ms: int) -> None:
         channel = self._publish_channel
@@ -582,7 +612,12 @@ class AmqpTransport:
             return
         attempt = _attempt(headers.get(ATTEMPT_HEADER))
         delivery = AmqpDelivery(message, attempt, incoming, self)
-        if (
+        verdict = headers.get(DEFERRED_HEADER)
+        if verdict is not None:
+            # Handed back because a mailbox was full: already judged, never claimed again.
+            delivery.claimed_elsewhere = verdict == _DUPLICATE
+            delivery.redelivered = delivery.redelivered or verdict == _CHECK
+        elif (
             self._claims is not None
             and attempt == 1
             and not delivery.redelivered

@@ -38,6 +38,16 @@ class Delivery(Protocol):
     async def dead_letter(self, letter: DeadLetter) -> None:
         """Give up: move the message to the dead-letter queue with the reason."""
 
+    async def defer(self, delay: float) -> None:
+        """Not taken now (its agent's mailbox is full): offer it again after `delay` seconds.
+
+        The message waits in the broker, not on this node, and no attempt is counted: the
+        handler never ran. A message waiting in the broker is not a failure, so this is what
+        happens to a delivery that does not fit, whatever the mailbox's overflow policy
+        (except `drop_oldest`, which makes room). Other messages of its queue may overtake it,
+        as they overtake a retried one.
+        """
+
     async def release(self) -> bool:
         """Not handled here: hand the message back to its queue for another node.
 
@@ -82,7 +92,8 @@ class TransportNode(Protocol):
         """Run `job()` after `delay` seconds of the runtime's clock, as a task it owns."""
 
     async def receive(self, delivery: Delivery) -> None:
-        """Accept one delivery; returns once it is queued (may wait: back-pressure)."""
+        """Accept one delivery; returns once it is queued, deferred (its mailbox was full)
+        or settled. Never waits for room: one caller may feed every agent of the node."""
 
 
 @runtime_checkable

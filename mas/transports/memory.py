@@ -150,6 +150,13 @@ class MemoryDelivery(TrackedDelivery):
         if self._settle():
             self._transport.broker.dead_letters.append(letter)
 
+    async def defer(self, delay: float) -> None:
+        if not self._settle():
+            return
+        broker = self._transport.broker
+        message, attempt, queue = self.message, self.attempt, self._queue
+        self._transport.node.call_later(delay, lambda: broker.requeue(queue, message, attempt))
+
     async def release(self) -> bool:
         # Only to a standby: a queue nobody else consumes is gone once its last consumer
         # left (unlike a broker's durable queue), so the caller dead-letters instead.

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 
 import pytest
 
 from mas import Agent, HandlerError, HandlerResult, Message, UnknownAgent
-from mas.testing import Probe, crashing
+from mas.testing import Probe, crashing, eventually
 
 from .conftest import Cluster, settle_all
 
@@ -160,3 +161,72 @@ async def test_a_topic_message_retried_on_its_node_is_settled_with_the_broker(
         await settle_all([a, b])
         assert counters == {"handled": 1, "crashes": 1, "starts": 2, "stops": 1}
         assert not b.transport.unacked  # type: ignore[attr-defined]
+
+
+# -- a worker takes only what its mailboxes hold; the rest waits in the broker -------------
+
+
+def gated(handled: list[str], gate: asyncio.Event, busy: asyncio.Event) -> type[Agent]:
+    """Holds its first message until `gate` opens; fails the first try of each `remote` one."""
+    tried: set[str] = set()
+
+    class Gated(Agent):
+        type = "gated"
+
+        async def handle_message(self, message: Message) -> HandlerResult:
+            busy.set()
+            await gate.wait()
+            if message.type == "remote" and message.id not in tried:
+                tried.add(message.id)
+                raise ValueError("first try fails: its attempts are counted from 1")
+            handled.append(message.payload["name"])
+            return None
+
+    return Gated
+
+
+@pytest.mark.parametrize("overflow", ["reject", "block"])
+async def test_deliveries_a_full_mailbox_cannot_take_wait_and_are_handled_later(
+    cluster: Cluster, overflow: str
+) -> None:
+    handled: list[str] = []
+    gate, busy = asyncio.Event(), asyncio.Event()
+    retry = {"max_attempts": 2, "base_delay": 0.01, "max_delay": 0.05}
+    async with asyncio.timeout(60), cluster(2, retry=retry) as (a, b):
+        await b.spawn(gated(handled, gate, busy), id="busy", mailbox_capacity=2, overflow=overflow)
+        await b.tell("agent:busy", Message("local", {"name": "l0"}))
+        await busy.wait()  # l0 is in the handler; l1, l2 fill the mailbox
+        for n in (1, 2):
+            await b.tell("agent:busy", Message("local", {"name": f"l{n}"}))
+        for n in range(4):  # from another node: they find the mailbox full
+            await a.tell("agent:busy", Message("remote", {"name": f"r{n}"}))
+        await eventually(lambda: b.deferred >= 1, timeout=10)
+        gate.set()
+        await settle_all([a, b])
+        dead = a.dead_letters.count + b.dead_letters.count
+    assert sorted(handled) == ["l0", "l1", "l2", "r0", "r1", "r2", "r3"]
+    assert dead == 0, "a message that did not fit was dead-lettered (or ran out of attempts)"
+
+
+async def test_a_full_block_mailbox_does_not_stall_the_other_agents_of_its_node(
+    cluster: Cluster,
+) -> None:
+    handled: list[str] = []
+    gate, busy = asyncio.Event(), asyncio.Event()
+    fast = Probe()
+    async with asyncio.timeout(60), cluster(2) as (a, b):
+        await b.spawn(gated(handled, gate, busy), id="slow", mailbox_capacity=1, overflow="block")
+        await b.spawn(fast.agent(), id="fast")
+        for n in range(4):
+            await a.tell("agent:slow", Message("work", {"name": f"s{n}"}))
+        for n in range(5):
+            await a.tell("agent:fast", Message("work", {"name": f"f{n}"}))
+        try:
+            await fast.wait_for(5, timeout=10)
+        except TimeoutError:
+            pytest.fail("the agent behind a full `block` mailbox got nothing: head-of-line block")
+        assert handled == []  # slow is still held at its gate
+        gate.set()
+        await settle_all([a, b])
+    assert sorted(handled) == ["s0", "s1", "s2", "s3"]
+    assert [m.payload["name"] for m in fast.messages] == [f"f{n}" for n in range(5)]

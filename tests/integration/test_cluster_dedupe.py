@@ -9,6 +9,7 @@ node recorded is not handled again.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -20,7 +21,7 @@ from mas import Agent, HandlerResult, Message
 from mas.actors.clock import LoopClock
 from mas.config import Settings
 from mas.persistence import open_store
-from mas.testing import TestRuntime
+from mas.testing import TestRuntime, eventually
 from mas.transports.amqp import AmqpTransport
 from tests.amqp_support import AmqpScope, amqp_scope, amqp_vhost_url
 from tests.conformance.conftest import settle_all
@@ -133,6 +134,46 @@ async def test_one_message_id_under_several_routing_keys_is_handled_once(
     assert duplicates == 3
     # Every subscriber of a topic handles its own copy of it: topic copies claim nothing.
     assert sorted(heard) == [("listen-a", news_id), ("listen-b", news_id)]
+
+
+async def test_a_message_handed_back_because_its_mailbox_was_full_is_not_its_own_duplicate(
+    amqp_scope: AmqpScope, redis_url: str
+) -> None:
+    """The node that claimed it defers it; the copy that comes back is handled, once."""
+    handled: Counter[str] = Counter()
+    gate, busy = asyncio.Event(), asyncio.Event()
+
+    class Busy(Agent):
+        type = "busy"
+
+        async def handle_message(self, message: Message) -> HandlerResult:
+            busy.set()
+            await gate.wait()
+            handled[message.payload["name"]] += 1
+            return None
+
+    async with AsyncExitStack() as stack:
+        client, worker = [
+            await stack.enter_async_context(
+                TestRuntime(
+                    transport=transport(amqp_scope, redis_url), node_id=f"f{i}", clock=LoopClock()
+                )
+            )
+            for i in range(2)
+        ]
+        await worker.spawn(Busy, id="busy", mailbox_capacity=1, overflow="reject")
+        await worker.tell("agent:busy", Message("local", {"name": "l0"}))
+        await busy.wait()
+        await worker.tell("agent:busy", Message("local", {"name": "l1"}))  # the mailbox is full
+        remote = [Message("remote", {"name": f"r{n}"}) for n in range(3)]
+        for message in [*remote, remote[0]]:  # r0 twice: its second copy stays a duplicate
+            await client.tell("agent:busy", message)
+        await eventually(lambda: worker.deferred >= 3, timeout=10)
+        gate.set()
+        await settle_all([client, worker])
+        dead = worker.dead_letters.count
+    assert handled == {"l0": 1, "l1": 1, "r0": 1, "r1": 1, "r2": 1}
+    assert dead == 0
 
 
 async def test_without_redis_a_node_asks_the_record_before_handling_a_copy(
