@@ -16,7 +16,7 @@ import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit
 
 import aio_pika
 import pytest
@@ -36,6 +36,7 @@ __all__ = [
     "AmqpScope",
     "amqp_scope",
     "amqp_vhost_url",
+    "consumer_prefetch",
     "delete_topology",
     "publish_bare",
     "queue_depth",
@@ -237,3 +238,25 @@ async def publish_bare(url: str, exchange: str, routing_key: str, body: bytes) -
             await expect(commands.Connection.CloseOk)
     finally:
         writer.close()
+
+
+def consumer_prefetch(url: str, prefix: str) -> dict[str, list[int]]:
+    """The prefetch count of every consumer of the queues under `prefix`, as the broker reports
+    them (`rabbitmqctl list_consumers`); skips the test when rabbitmqctl cannot be used."""
+    if shutil.which("rabbitmqctl") is None or not url.startswith(AMQP_URL.rstrip("/")):
+        pytest.skip("needs rabbitmqctl on the broker's machine")
+    vhost = unquote(urlsplit(url).path[1:]) or "/"
+    command = ["rabbitmqctl", "list_consumers", "-p", vhost, "--quiet", "--no-table-headers"]
+    done = subprocess.run(
+        [*command, "queue_name", "prefetch_count"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    found: dict[str, list[int]] = {}
+    for line in done.stdout.splitlines():
+        queue, _, count = line.rpartition("\t")
+        if queue.startswith(prefix):
+            found.setdefault(queue.removeprefix(prefix), []).append(int(count))
+    return {queue: sorted(counts) for queue, counts in found.items()}

@@ -380,10 +380,17 @@ class Runtime:
         self.registry.remove_supervisor(supervisor)
 
     async def subscribe_cell(self, cell: AgentCell, cls: type[Agent]) -> None:
-        """Make a freshly started agent reachable through the transport and its topics."""
+        """Make a freshly started agent reachable through the transport and its topics.
+
+        The transport takes no more of the agent's messages at a time than its mailbox holds;
+        the rest wait in the broker. Except for `drop_oldest`: such an agent wants the newest
+        messages, and a broker holding the rest back would feed it the stale ones in order.
+        """
         for pattern in cls.topics:
             await self.subscribe(cell, pattern)
-        await self.transport.subscribe_agent(cell.id, cell.agent_type)
+        mailbox = cell.mailbox
+        capacity = None if mailbox.overflow == "drop_oldest" else mailbox.capacity
+        await self.transport.subscribe_agent(cell.id, cell.agent_type, capacity)
 
     async def unregister(self, cell: AgentCell) -> None:
         """Forget a stopped agent here and on the transport."""

@@ -18,13 +18,15 @@ Topology (every name starts with `MAS_AMQP__PREFIX`, empty by default):
 Publishes are persistent, `mandatory` (an address nobody serves raises `UnknownAgent`) and
 confirmed, bounded by `publish_timeout` however the broker behaves (blocked, restarting). A
 delivery is acknowledged only when the runtime settles it: after the handler ran and its
-effects were recorded. A delivery that finds its agent's mailbox full is handed back through a
-delay queue without counting an attempt. The attempt count travels in the `x-mas-attempt`
-header. Bodies are the message's JSON; never pickle. Bodies other clients publish in the
-original design's format are read by `Message.from_wire`: a bare agent id as sender, a missing
-target (the address of the queue it came from), a naive timestamp, and no `id` — then the AMQP
-`message_id` property if its publisher set one, else a UUID derived from the body's bytes, so
-two id-less bodies with identical bytes are one message (`mas.messages.body_id`).
+effects were recorded. A node takes at most an agent's mailbox capacity of its messages at a
+time (per-consumer prefetch, one consuming channel per prefetch count); a delivery that still
+finds the mailbox full is handed back through a delay queue without counting an attempt. The
+attempt count travels in the `x-mas-attempt` header. Bodies are the message's JSON; never
+pickle. Bodies other clients publish in the original design's format are read by
+`Message.from_wire`: a bare agent id as sender, a missing target (the address of the queue it
+came from), a naive timestamp, and no `id` — then the AMQP `message_id` property if its
+publisher set one, else a UUID derived from the body's bytes, so two id-less bodies with
+identical bytes are one message (`mas.messages.body_id`).
 """
 
 from __future__ import annotations
@@ -219,7 +221,11 @@ class AmqpTransport:
         self._node: TransportNode | None = None
         self._connection: AbstractRobustConnection | None = None
         self._publish_channel: AbstractChannel | None = None
-        self._consume_channel: AbstractChannel | None = None
+        # One consuming channel per prefetch count: a robust channel restores the QoS last set
+        # on it for every consumer it restores, so consumers with different prefetch counts
+        # sharing a channel would all get the last one after a reconnection.
+        self._consume_channels: dict[int, AbstractChannel] = {}
+        self._channel_lock = asyncio.Lock()
         self._exchanges: dict[str, AbstractExchange] = {}
         self._topic_queue: AbstractQueue | None = None
         self._topic_tag: str | None = None
@@ -263,9 +269,8 @@ class AmqpTransport:
         self._connection = connection
         self._node = node
         publish = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        consume = await connection.channel(publisher_confirms=False)
-        await consume.set_qos(prefetch_count=s.prefetch)
-        self._publish_channel, self._consume_channel = publish, consume
+        self._publish_channel = publish
+        consume = await self._consume_channel(s.prefetch)
         declare = publish.declare_exchange
         self._exchanges = {
             "direct": await declare(self.name("agents.direct"), ExchangeType.DIRECT, durable=True),
@@ -689,9 +694,22 @@ class AmqpTransport:
             arguments["x-single-active-consumer"] = True
         return arguments
 
-    async def _consume(self, queue_name: str, routing_key: str, *, single_active: bool) -> str:
-        channel = self._consume_channel
-        assert channel is not None
+    async def _consume_channel(self, prefetch: int) -> AbstractChannel:
+        """The channel whose consumers each take at most `prefetch` unacknowledged deliveries
+        (RabbitMQ applies a channel's QoS to each consumer started on it afterwards)."""
+        async with self._channel_lock:
+            channel = self._consume_channels.get(prefetch)
+            if channel is None:
+                assert self._connection is not None
+                channel = await self._connection.channel(publisher_confirms=False)
+                await channel.set_qos(prefetch_count=prefetch)
+                self._consume_channels[prefetch] = channel
+            return channel
+
+    async def _consume(
+        self, queue_name: str, routing_key: str, *, single_active: bool, prefetch: int
+    ) -> str:
+        channel = await self._consume_channel(prefetch)
         queue = await channel.declare_queue(
             queue_name, durable=True, arguments=self._queue_arguments(single_active=single_active)
         )
@@ -711,17 +729,28 @@ class AmqpTransport:
         if queue is not None:  # None: not consuming under that tag (nothing to cancel)
             await queue.cancel(consumer_tag)
 
-    async def subscribe_agent(self, agent_id: str, agent_type: str) -> None:
+    async def subscribe_agent(
+        self, agent_id: str, agent_type: str, capacity: int | None = None
+    ) -> None:
         if agent_id in self._agents:
             return
+        # What the mailbox cannot hold waits in the broker. The type queue's consumer is
+        # bounded by the first local agent of the type (the one it starts with).
+        prefetch = min(self.settings.prefetch, capacity or self.settings.prefetch)
         tag = await self._consume(
-            self.name(f"agent.{agent_id}"), f"agent.{agent_id}", single_active=True
+            self.name(f"agent.{agent_id}"),
+            f"agent.{agent_id}",
+            single_active=True,
+            prefetch=prefetch,
         )
         self._agents[agent_id] = (agent_type, tag)
         count, type_tag = self._types.get(agent_type, (0, ""))
         if count == 0:
             type_tag = await self._consume(
-                self.name(f"agent_type.{agent_type}"), f"type.{agent_type}", single_active=False
+                self.name(f"agent_type.{agent_type}"),
+                f"type.{agent_type}",
+                single_active=False,
+                prefetch=prefetch,
             )
         self._types[agent_type] = (count + 1, type_tag)
 

@@ -135,8 +135,15 @@ class Transport(Protocol):
                 record stays).
         """
 
-    async def subscribe_agent(self, agent_id: str, agent_type: str) -> None:
-        """Consume messages for `agent:<agent_id>` and, competing, for `type:<agent_type>`."""
+    async def subscribe_agent(
+        self, agent_id: str, agent_type: str, capacity: int | None = None
+    ) -> None:
+        """Consume messages for `agent:<agent_id>` and, competing, for `type:<agent_type>`.
+
+        `capacity` is what the agent's mailbox holds: a broker hands this node at most that
+        many of the agent's messages at a time (prefetch), and the rest wait in the broker.
+        None: no bound of the agent's own (the transport's default prefetch).
+        """
 
     async def unsubscribe_agent(self, agent_id: str, agent_type: str) -> None:
         """Stop consuming for that agent (its queued messages stay for another node)."""

@@ -226,7 +226,11 @@ class MemoryTransport:
         # RabbitMQ dead-letter queue does (each runtime also records its own in memory).
         self.broker.dead_letters.append(letter)
 
-    async def subscribe_agent(self, agent_id: str, agent_type: str) -> None:
+    async def subscribe_agent(
+        self, agent_id: str, agent_type: str, capacity: int | None = None
+    ) -> None:
+        # No prefetch to bound: this broker hands a message over as it is sent, and one that
+        # finds the mailbox full is deferred (MemoryDelivery.defer) as on RabbitMQ.
         broker = self.broker
         if agent_id in self._agents:
             return

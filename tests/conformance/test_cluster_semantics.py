@@ -230,3 +230,26 @@ async def test_a_full_block_mailbox_does_not_stall_the_other_agents_of_its_node(
         await settle_all([a, b])
     assert sorted(handled) == ["s0", "s1", "s2", "s3"]
     assert [m.payload["name"] for m in fast.messages] == [f"f{n}" for n in range(5)]
+
+
+async def test_a_drop_oldest_mailbox_keeps_the_newest_deliveries(cluster: Cluster) -> None:
+    """No prefetch bound holds its messages back: the stale ones go to dead letters."""
+    handled: list[str] = []
+    gate, busy = asyncio.Event(), asyncio.Event()
+    async with asyncio.timeout(60), cluster(2) as (a, b):
+        await b.spawn(
+            gated(handled, gate, busy), id="latest", mailbox_capacity=2, overflow="drop_oldest"
+        )
+        await b.tell("agent:latest", Message("local", {"name": "l0"}))
+        await busy.wait()
+        for n in range(5):
+            await a.tell("agent:latest", Message("price", {"name": f"p{n}"}))
+        await eventually(lambda: b.dead_letters.count == 3, timeout=10)
+        gate.set()
+        await settle_all([a, b])
+        dropped = [letter.message.payload["name"] for letter in b.dead_letters.recent]
+        reasons = dict(b.dead_letters.by_reason)
+    assert handled == ["l0", "p3", "p4"]
+    assert dropped == ["p0", "p1", "p2"]
+    assert reasons == {"mailbox_overflow": 3}
+    assert b.deferred == 0

@@ -37,6 +37,7 @@ from tests.amqp_support import (
     AmqpScope,
     amqp_scope,
     amqp_vhost_url,
+    consumer_prefetch,
     publish_bare,
     queue_depth,
     take_dead_letters,
@@ -863,3 +864,40 @@ async def test_an_unbounded_dead_letter_queue_from_before_does_not_stop_a_node_s
     assert (
         "rabbitmqctl set_policy" in warning["hint"] and '"overflow":"drop-head"' in warning["hint"]
     )
+
+
+# -- 11. a node takes only what its mailboxes hold -------------------------------------------
+
+
+async def test_each_agent_queue_prefetches_its_mailbox_capacity_also_after_a_reconnection(
+    amqp_scope: AmqpScope, proxy: BrokerProxy
+) -> None:
+    """One channel per prefetch count: a robust channel re-applies the QoS last set on it to
+    every consumer it restores, so sharing one would give them all the last count."""
+    expected = {
+        "agent.small": [3],
+        "agent.large": [7],
+        "agent.plain": [256],  # the default mailbox (1000) is over MAS_AMQP__PREFETCH
+        "agent_type.sized": [3],  # bounded by the first local agent of the type
+        "agent_type.plain": [256],
+    }
+    small, plain = Probe(), Probe()
+    async with (
+        node(amqp_scope.transport(), "a") as a,
+        node(proxied_transport(amqp_scope, proxy), "b") as b,
+    ):
+        await b.spawn(small.agent("sized"), id="small", mailbox_capacity=3)
+        await b.spawn(Probe().agent("sized"), id="large", mailbox_capacity=7)
+        await b.spawn(plain.agent("plain"), id="plain")
+
+        def prefetch() -> dict[str, list[int]]:
+            found = consumer_prefetch(amqp_scope.url, amqp_scope.prefix)
+            return {q: counts for q, counts in found.items() if not q.startswith("node.")}
+
+        assert prefetch() == expected
+        assert proxy.sever() == 1
+        await a.tell("agent:small", Message("after-cut"))
+        await a.tell("agent:plain", Message("after-cut"))
+        await small.wait_for(1, timeout=10)
+        await plain.wait_for(1, timeout=10)
+        await eventually(lambda: prefetch() == expected, timeout=20, interval=0.5)
