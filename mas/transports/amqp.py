@@ -278,7 +278,12 @@ class AmqpTransport:
             "delay": await declare(self.name("agents.delay"), ExchangeType.HEADERS, durable=True),
             "dlx": await declare(self.name("agents.dlx"), ExchangeType.FANOUT, durable=True),
         }
-        await self._declare_dead_letters(connection, publish)
+        try:
+            await self._declare_dead_letters(publish)
+        except TimeoutError as exc:
+            raise TransportError(
+                f"RabbitMQ did not declare the dead-letter queue within {s.connect_timeout}s"
+            ) from exc
         # Replies and topic copies belong to this node only: exclusive queues vanish with it.
         node_id = node.node_id
         replies = await consume.declare_queue(self.name(f"node.{node_id}.replies"), exclusive=True)
@@ -311,9 +316,7 @@ class AmqpTransport:
             arguments["x-message-ttl"] = max(1, round(s.dead_letter_ttl * 1000))
         return arguments
 
-    async def _declare_dead_letters(
-        self, connection: AbstractRobustConnection, publish: AbstractChannel
-    ) -> None:
+    async def _declare_dead_letters(self, publish: AbstractChannel) -> None:
         """Declare `agents.dead_letter` (a classic queue, as it always was) with its bounds.
 
         A queue that exists with other arguments (declared by an older mas, or with other
@@ -321,12 +324,16 @@ class AmqpTransport:
         the channel. A node must still start: it then uses the queue as it is and logs how
         to bound it with a policy, which applies without redeclaring. The attempt runs on a
         throwaway channel, so the refusal closes nothing the node keeps.
+
+        Raises:
+            TimeoutError: the broker did not answer within `connect_timeout`.
         """
         name = self.name("agents.dead_letter")
         arguments = self.dead_letter_arguments()
+        timeout = self.settings.connect_timeout
         try:
             async with self._throwaway_channel() as probe:
-                await probe.declare_queue(name, durable=True, arguments=arguments)
+                await probe.declare_queue(name, durable=True, arguments=arguments, timeout=timeout)
         except ChannelPreconditionFailed as exc:
             _log.warning(
                 "amqp_dead_letter_queue_not_bounded",
@@ -335,12 +342,14 @@ class AmqpTransport:
                 hint=self._policy_hint(name, arguments),
             )
             async with self._throwaway_channel() as channel:
-                queue = await channel.declare_queue(name, passive=True)
-                await queue.bind(self.name("agents.dlx"))
+                queue = await channel.declare_queue(name, passive=True, timeout=timeout)
+                await queue.bind(self.name("agents.dlx"), timeout=timeout)
         else:
             # Declared again on the node's own channel, so a reconnection restores it.
-            queue = await publish.declare_queue(name, durable=True, arguments=arguments)
-            await queue.bind(self._exchanges["dlx"])
+            queue = await publish.declare_queue(
+                name, durable=True, arguments=arguments, timeout=timeout
+            )
+            await queue.bind(self._exchanges["dlx"], timeout=timeout)
         self.declared_queues.add(name)
 
     def _policy_hint(self, queue: str, arguments: dict[str, Any]) -> str:
@@ -359,7 +368,8 @@ class AmqpTransport:
         one would reopen itself after the failure and stay open for good."""
         assert self._connection is not None
         channel = Channel(self._connection, publisher_confirms=False)
-        await channel
+        async with asyncio.timeout(self.settings.connect_timeout):
+            await channel
         try:
             yield channel
         finally:
@@ -662,7 +672,9 @@ class AmqpTransport:
             # A passive declare of a missing queue closes its channel: use a throwaway one.
             try:
                 async with self._throwaway_channel() as channel:
-                    queue = await channel.declare_queue(name, passive=True)
+                    queue = await channel.declare_queue(
+                        name, passive=True, timeout=self.settings.connect_timeout
+                    )
                     depths[name] = queue.declaration_result.message_count or 0
             except AMQPError:
                 pass  # deleted meanwhile (an expired delay queue): nothing waits there
