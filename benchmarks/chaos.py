@@ -51,19 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(ROOT))  # the harness is in tests/soak, shared with the CI test
-    from tests.soak.checker import History, check
+    from tests.soak.checker import History
     from tests.soak.harness import SoakConfig, render, run_soak
     from tests.soak.schedule import fixed_schedule, random_schedule
 
     if args.recheck is not None:
-        history = History.from_json(args.recheck.read_text())
-        report = check(
-            history.submissions,
-            history.faults,
-            history.tasks,
-            history.effects,
-            load_started=history.load_started,
-        )
+        report = History.from_json(args.recheck.read_text()).judge()
         print(json.dumps(report, indent=2))
         print("\n" + render(report), file=sys.stderr)
         return 0 if report["verdict"]["passed"] else 1

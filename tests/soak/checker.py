@@ -96,6 +96,17 @@ class History:
             }
         )
 
+    def judge(self, healthy_latency: float = 2.0) -> dict[str, Any]:
+        """The checker's report on this history."""
+        return check(
+            self.submissions,
+            self.faults,
+            self.tasks,
+            self.effects,
+            load_started=self.load_started,
+            healthy_latency=healthy_latency,
+        )
+
     @classmethod
     def from_json(cls, text: str) -> History:
         data = json.loads(text)

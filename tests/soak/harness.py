@@ -42,7 +42,7 @@ from tests.amqp_support import AMQP_URL, delete_topology
 from tests.integration.pg_support import PG_URL, postgres_dsn
 from tests.process_support import ROOT, clean_environment
 from tests.redis_support import REDIS_URL, delete_keys
-from tests.soak.checker import Effect, History, TaskState, check, render
+from tests.soak.checker import Effect, History, TaskState, render
 from tests.soak.fault_proxy import FaultProxy, fault_proxy
 from tests.soak.load import LoadGenerator
 from tests.soak.processes import Slot, SoakProcess
@@ -174,15 +174,7 @@ class Soak:
         self.timings["total_s"] = round(time.time() - began, 1)
         history = History(self.t0, load.submissions, self.faults, tasks, effects)
         (self.logdir / "history.json").write_text(history.to_json())
-        report = check(
-            history.submissions,
-            history.faults,
-            history.tasks,
-            history.effects,
-            load_started=history.load_started,
-            healthy_latency=self.config.healthy_latency,
-        )
-        return {"meta": self._meta(load)} | report
+        return {"meta": self._meta(load)} | history.judge(self.config.healthy_latency)
 
     async def _run_processes_and_load(self, readers: TaskGroup) -> LoadGenerator:
         config = self.config

@@ -184,4 +184,4 @@ def test_a_history_survives_its_json_form() -> None:
     history = History(T0, subs, faults, tasks, effects)
     again = History.from_json(history.to_json())
     assert again == history
-    assert check(**vars(again)) == check(subs, faults, tasks, effects, load_started=T0)
+    assert again.judge() == check(subs, faults, tasks, effects, load_started=T0)
