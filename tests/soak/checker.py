@@ -467,6 +467,9 @@ def render(report: dict[str, Any]) -> str:
             f"  recovery p50 {recovery.get('p50')} max {recovery.get('max')}"
             f" (never: {kind['not_recovered']})  responses {kind['responses']}"
         )
+    unexpected = report.get("meta", {}).get("unexpected_exits")
+    if unexpected:
+        lines.append(f"processes that exited unasked (name: code): {unexpected}")
     if tasks["pending_client_view"]:
         lines.append(f"pending tasks, as the client saw them: {tasks['pending_client_view']}")
     return "\n".join(lines)

@@ -139,6 +139,7 @@ class Soak:
         self.proxies: dict[str, FaultProxy] = {}
         self.t0 = 0.0
         self.exits: dict[str, int | None] = {}
+        self.unexpected_exits: dict[str, int | None] = {}
         self.timings: dict[str, float] = {}
 
     def log(self, text: str) -> None:
@@ -448,7 +449,16 @@ class Soak:
         return tasks, effects
 
     async def _stop_processes(self) -> None:
-        """SIGTERM every process still running (in parallel), SIGKILL what does not stop."""
+        """SIGTERM every process still running (in parallel), SIGKILL what does not stop.
+
+        A process that had exited before without being signalled (it crashed, or gave up
+        on a service) is reported in `meta.unexpected_exits`.
+        """
+        for slot in self.slots.values():
+            for process in slot.incarnations:
+                if process.exited_at is not None and process.signalled is None:
+                    self.unexpected_exits[process.name] = process.returncode
+                    self.log(f"{process.name} had exited by itself ({process.returncode})")
         with anyio.move_on_after(self.config.stop_timeout + 35):
             async with anyio.create_task_group() as stopping:
                 for slot in self.slots.values():
@@ -512,6 +522,7 @@ class Soak:
                 for name, p in self.proxies.items()
             },
             "process_exits": self.exits,
+            "unexpected_exits": self.unexpected_exits,
         }
 
 
