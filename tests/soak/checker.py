@@ -24,9 +24,12 @@ Verdict (all must hold for `passed`):
 Recovery of a fault: the time from its end (proxy restored; the gateway's replacement ready;
 a worker dead, the others carrying on; a cut when injected) to the first submission, sent at
 or after that end, that was accepted on its first attempt and whose task succeeded within
-`healthy_latency` seconds of that attempt. Lost and pending tasks are attributed to the fault
-whose window (its start to the next fault's start) holds their first attempt; a duplicate to
-the kill that explains it, or else to the window in which the message was handled again.
+`healthy_latency` seconds of that attempt. A fault's window runs from its start to the next
+fault's start. Submissions are counted in the window of their first attempt; a lost or
+pending task in the window in which the client got its last answer about it (a task is
+matched to its submission by the id an answer named, its key, or its payload's `seq`); a
+duplicate with the kill that explains it, or else in the window in which the message was
+handled again.
 """
 
 from __future__ import annotations
@@ -222,7 +225,11 @@ def check(
 
     accepted = [s for s in submissions if s.outcome == "accepted"]
     accepted_ids = {s.task_id for s in accepted if s.task_id is not None}
-    submission_of = {a.task_id: s for s in submissions for a in s.attempts if a.task_id}
+    # Which submission a task came from: the id a response named, the key, or else the
+    # payload's `seq` (a keyless task whose answer named no id, a 400 say).
+    by_seq = {s.seq: s for s in submissions}
+    submission_of = {i: by_seq.get(t.payload.get("seq", -1)) for i, t in tasks.items()}
+    submission_of |= {a.task_id: s for s in submissions for a in s.attempts if a.task_id}
     submission_of |= {s.key: s for s in submissions if s.key is not None}
     missing = sorted(i for i in accepted_ids if i not in tasks)
     not_final = sorted(i for i, t in tasks.items() if t.status not in FINAL)
@@ -245,11 +252,16 @@ def check(
     by_window: dict[int, list[Submission]] = defaultdict(list)
     for sub in submissions:
         by_window[_window_index(starts, sub.first_at)].append(sub)
-    first_attempt_of = {s.task_id: s.first_at for s in submissions if s.task_id}
-    first_attempt_of |= {t.id: t.created_at for t in tasks.values() if t.id not in first_attempt_of}
 
     def window_of_task(task_id: str) -> int:
-        return _window_index(starts, first_attempt_of.get(task_id, load_started))
+        """The window in which the client got its last answer about the task (the fault
+        that struck it), or, for a task the client did not submit, when it was created."""
+        sub = submission_of.get(task_id)
+        if sub is not None and sub.attempts:
+            last = sub.attempts[-1]
+            return _window_index(starts, last.at + last.seconds)
+        task = tasks.get(task_id)
+        return _window_index(starts, task.created_at if task else load_started)
 
     def window_of_duplicate(entry: dict[str, Any]) -> int:
         """A kill -9 duplicate belongs to the (first) kill; another to the window in which
@@ -372,7 +384,7 @@ def check(
 def _client_view(sub: Submission | None) -> str:
     """What the client was told about a task: `keyed 202`, `keyless 503`, `not named`..."""
     if sub is None:
-        return "never named to the client"
+        return "not submitted by the client"
     answers = "/".join(dict.fromkeys(a.label for a in sub.attempts))
     return f"{'keyed' if sub.key else 'keyless'} {sub.outcome} ({answers})"
 
