@@ -76,7 +76,11 @@ def main(argv: list[str] | None = None) -> int:
         quiet_deadline=args.quiet_deadline,
         logdir=args.logdir,
     )
-    report = anyio.run(run_soak, config)
+    try:
+        report = anyio.run(run_soak, config)
+    except KeyboardInterrupt:  # the harness has stopped its processes and cleaned up
+        print("interrupted: processes stopped, schema, queues and keys deleted", file=sys.stderr)
+        return 130
     text = json.dumps(report, indent=2)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text + "\n")
