@@ -36,7 +36,7 @@ import redis.asyncio as aioredis
 from anyio.abc import TaskGroup
 
 from mas.api.auth import mint_token
-from mas.config import Settings
+from mas.config import Settings, masked_url
 from mas.persistence import open_store
 from tests.amqp_support import AMQP_URL, delete_topology
 from tests.integration.pg_support import PG_URL, postgres_dsn
@@ -507,6 +507,8 @@ class Soak:
     def _meta(self, load: LoadGenerator) -> dict[str, Any]:
         config = asdict(self.config) | {"say": None, "logdir": str(self.logdir)}
         config["schedule"] = [asdict(spec) for spec in self.schedule]
+        for name in ("amqp_url", "pg_url", "redis_url"):  # a report may be shared
+            config[name] = masked_url(config[name])
         return {
             "run": self.run_names.id,
             "started": datetime.fromtimestamp(self.t0, UTC).isoformat() if self.t0 else None,
