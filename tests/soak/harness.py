@@ -140,6 +140,7 @@ class Soak:
         self.t0 = 0.0
         self.exits: dict[str, int | None] = {}
         self.unexpected_exits: dict[str, int | None] = {}
+        self.start_failures: dict[str, int | None] = {}
         self.timings: dict[str, float] = {}
 
     def log(self, text: str) -> None:
@@ -452,11 +453,14 @@ class Soak:
         """SIGTERM every process still running (in parallel), SIGKILL what does not stop.
 
         A process that had exited before without being signalled (it crashed, or gave up
-        on a service) is reported in `meta.unexpected_exits`.
+        on a service) is reported in `meta.unexpected_exits`; one that failed to start (and
+        was started again) in `meta.start_failures`.
         """
         for slot in self.slots.values():
             for process in slot.incarnations:
-                if process.exited_at is not None and process.signalled is None:
+                if process.failed_start:
+                    self.start_failures[process.name] = process.returncode
+                elif process.exited_at is not None and process.signalled is None:
                     self.unexpected_exits[process.name] = process.returncode
                     self.log(f"{process.name} had exited by itself ({process.returncode})")
         with anyio.move_on_after(self.config.stop_timeout + 35):
@@ -525,6 +529,7 @@ class Soak:
             },
             "process_exits": self.exits,
             "unexpected_exits": self.unexpected_exits,
+            "start_failures": self.start_failures,
         }
 
 

@@ -47,6 +47,7 @@ class SoakProcess:
     returncode: int | None = None
     signalled: str | None = None  # the last signal the harness sent it, if any
     signalled_at: float | None = None  # time.time() just after sending it
+    failed_start: bool = False  # it exited, or said nothing ready, before its deadline
     _ready: anyio.Event = field(default_factory=anyio.Event)
     _exited: anyio.Event = field(default_factory=anyio.Event)
     _streams_open: int = 0
@@ -186,6 +187,7 @@ class Slot:
                 await process.wait_ready(timeout)
             except ProcessFailed as exc:
                 last = exc
+                process.failed_start = True
                 self.say(f"  {name} did not start (attempt {attempt + 1}): {exc}")
                 await process.kill()
                 await anyio.sleep(min(2**attempt, 10))  # back off while a service is away
