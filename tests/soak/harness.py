@@ -142,6 +142,7 @@ class Soak:
         self.unexpected_exits: dict[str, int | None] = {}
         self.start_failures: dict[str, int | None] = {}
         self.timings: dict[str, float] = {}
+        self.git_commit = _git_commit()  # what runs: taken before, not after a long run
 
     def log(self, text: str) -> None:
         offset = f"+{time.time() - self.t0:6.1f}s" if self.t0 else "  setup"
@@ -516,7 +517,7 @@ class Soak:
         return {
             "run": self.run_names.id,
             "started": datetime.fromtimestamp(self.t0, UTC).isoformat() if self.t0 else None,
-            "git_commit": _git_commit(),
+            "git_commit": self.git_commit,
             "python": platform.python_version(),
             "cpus": os.cpu_count(),
             "loadavg_at_end": os.getloadavg(),
