@@ -37,6 +37,10 @@ _log = structlog.get_logger("mas.cell")
 
 AgentFactory = Callable[[], Agent]
 
+UNREADABLE_RECORD_DELAY = 1.0
+"""Seconds a redelivered message waits in the broker while the record cannot say whether it
+was handled (the database is away)."""
+
 
 class LocalDelivery:
     """A message delivered inside this process: settling it needs no broker."""
@@ -278,16 +282,19 @@ class AgentCell:
                 if seen is not None and (message_id in seen or message_id in self._seen_old):  # type: ignore[operator]
                     await self._duplicate(message, delivery)
                     continue
-                if delivery is not None and (
-                    delivery.claimed_elsewhere
-                    or (
-                        journal is not None
-                        and delivery.redelivered
-                        and await self._handled_elsewhere(journal, message_id)
+                if delivery is not None and (delivery.claimed_elsewhere or delivery.redelivered):
+                    handled = delivery.claimed_elsewhere or (
+                        journal is not None and await self._handled_elsewhere(journal, message_id)
                     )
-                ):
-                    await self._duplicate(message, delivery)
-                    continue
+                    if handled is None:
+                        # The record cannot say: handling it might do it twice, and what
+                        # this node did could not be recorded anyway. It waits in the broker.
+                        runtime.deferred += 1
+                        await delivery.defer(UNREADABLE_RECORD_DELAY)
+                        continue
+                    if handled:
+                        await self._duplicate(message, delivery)
+                        continue
                 instance = self.instance
                 assert instance is not None  # RUNNING implies an instance
                 self.current = message
@@ -335,14 +342,15 @@ class AgentCell:
             task, self._task = self._task, None
             runtime.drain_done(task)
 
-    async def _handled_elsewhere(self, journal: Journal, message_id: str) -> bool:
-        """A redelivered message another node may have handled (and died before the ack)."""
+    async def _handled_elsewhere(self, journal: Journal, message_id: str) -> bool | None:
+        """A redelivered message another node may have handled (and died before the ack):
+        whether it was, or None when the record cannot be read now."""
         try:
             found, reply = await journal.handled_elsewhere(message_id)
         except MasError as exc:
-            # Unknown: handle it. At-least-once is the promise when the record is unreadable.
-            _log.warning("idempotency_lookup_failed", agent_id=self.id, error=str(exc))
-            return False
+            # The store logs its outage once; this is the consequence, message by message.
+            _log.debug("idempotency_lookup_failed", agent_id=self.id, error=str(exc))
+            return None
         if found:
             self._remember(message_id, reply)
         return found

@@ -145,7 +145,9 @@ class Runtime:
         self.failures = 0
         self.restarts = 0
         self.duplicates = 0
-        self.deferred = 0  # deliveries handed back because their mailbox was full
+        # Deliveries handed back to wait in the broker: their mailbox was full, or the record
+        # could not say whether a redelivered one was handled already.
+        self.deferred = 0
         self.tasks_completed = 0
         self._serialize = s.serialize_messages
         self._defer_delay = s.mailbox.defer_delay
@@ -253,7 +255,12 @@ class Runtime:
         """Fail the runtime (root escalation or a runtime bug): raised to the embedding code."""
         if self._failure is None:
             self._failure = error
-            _log.error("runtime_failed", error_type=type(error).__name__, error=str(error))
+            _log.error(
+                "runtime_failed",
+                error_type=type(error).__name__,
+                error=str(error),
+                exc_info=error,
+            )
         if self._failed is not None:
             self._failed.set()
 
@@ -585,7 +592,7 @@ class Runtime:
             message = Message.from_json(message.to_json(max_bytes=self._max_bytes))
         await cell.put(message)
 
-    async def _route(self, message: Message) -> bool:
+    async def _route(self, message: Message, *, resent: bool = False) -> bool:
         """Deliver `message` to its target; True when an agent of this node took it."""
         target = message.target
         assert target is not None
@@ -609,7 +616,7 @@ class Runtime:
             await self._publish_local(message, address.value, None)
             await self.transport.send(message)
             return False
-        await self._send_remote(message)
+        await self.transport.send(message, resent=resent)
         return False
 
     async def hand_over(self, message: Message, *, resent: bool = False) -> bool:
@@ -630,7 +637,7 @@ class Runtime:
         if state not in ("running", "stopping"):
             raise RuntimeNotRunning("the runtime is not running: the message stays in the outbox")
         try:
-            return await self._route(message)
+            return await self._route(message, resent=resent)
         except UnknownAgent:
             if state == "stopping":
                 # Perhaps its agent was this node's, stopped by this shutdown: the message

@@ -28,6 +28,7 @@ async def open_store(settings: Settings, *, migrate: bool | None = None) -> Stor
         schema=settings.database_schema,
         migrate=migrate,
         timeout=settings.database_timeout,
+        outbox_lease=settings.outbox.lease,
     )
 
 

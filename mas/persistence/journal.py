@@ -15,7 +15,7 @@ import dataclasses
 import json
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import structlog
@@ -44,7 +44,7 @@ class BatchWriter:
         store: Store,
         *,
         high_water: int = 20_000,
-        retry_max: float = 5.0,
+        retry_max: float = 1.0,
         close_timeout: float = 10.0,
     ) -> None:
         self.store = store
@@ -359,13 +359,13 @@ class StoreJournal:
     # -- the outbox --------------------------------------------------------------------------
 
     def outbox_row(self, message: Message) -> dict[str, Any]:
-        """`message` as an outbox row this node holds for one lease."""
+        """`message` as an outbox row this node holds (its lease starts when it is written)."""
         now = datetime.now(UTC)
         return {
             "id": message.id,
             "message": message.to_dict(),
             "owner": self.node_id,
-            "available_at": now + timedelta(seconds=self.relay.lease),
+            "available_at": now,
             "attempts": 0,
             "created_at": now,
         }

@@ -12,9 +12,9 @@ import asyncio
 import contextlib
 import json
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import bindparam, delete, func, or_, select, text, update
@@ -196,12 +196,19 @@ class Store:
     """Repositories over one async engine (SQLite or PostgreSQL)."""
 
     def __init__(
-        self, engine: AsyncEngine, schema: str | None = None, *, timeout: float = 10.0
+        self,
+        engine: AsyncEngine,
+        schema: str | None = None,
+        *,
+        timeout: float = 10.0,
+        outbox_lease: float = 10.0,
     ) -> None:
         self.engine = engine
         self.schema = schema
         self.timeout = timeout
         """Seconds one database call may take (the engine's drivers enforce it)."""
+        self.outbox_lease = outbox_lease
+        """Seconds an outbox row stays its writer's after the write (`_stamp_outbox`)."""
         self.outage = Outage("database", "store")
         """Logs once when the database stops answering, once when it is back."""
         self.dialect = engine.dialect.name
@@ -220,6 +227,7 @@ class Store:
         schema: str | None = None,
         migrate: bool | None = None,
         timeout: float = 10.0,
+        outbox_lease: float = 10.0,
     ) -> Store:
         """Connect, then migrate (default for SQLite) or check the schema is current.
 
@@ -231,7 +239,7 @@ class Store:
             SchemaOutdated: the schema is not at this mas's revision (and migrate is off).
         """
         engine = await connect(url, schema=schema, timeout=timeout)
-        store = cls(engine, schema, timeout=timeout)
+        store = cls(engine, schema, timeout=timeout, outbox_lease=outbox_lease)
         try:
             if migrate if migrate is not None else store.dialect == "sqlite":
                 await store.migrate()
@@ -322,6 +330,8 @@ class Store:
         Raises:
             StoreUnavailable: the database is unreachable or refused the transaction.
         """
+        if batch.outbox:
+            self._stamp_outbox(batch.outbox.values())
         statements = self._batch_sql.for_batch(batch)
         if self.dialect == "sqlite":
             await self._apply_sqlite(statements)
@@ -352,6 +362,14 @@ class Store:
             driver = (await conn.get_raw_connection()).driver_connection
             assert driver is not None
             yield driver
+
+    def _stamp_outbox(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Start the lease of outbox rows about to be written: from now, not from when they
+        were made (a commit that waited for the database must not hand its rows to other
+        nodes' relays the moment it lands). The write may take `timeout` itself."""
+        until = datetime.now(UTC) + timedelta(seconds=self.outbox_lease + self.timeout)
+        for row in rows:
+            row["available_at"] = until
 
     # -- tasks -------------------------------------------------------------------------------
 
@@ -387,6 +405,7 @@ class Store:
             )
             created = result.first() is not None
             if created and send is not None:
+                self._stamp_outbox((send,))
                 await conn.execute(outbox.insert(), [send])
         if created:
             return record, True  # what was just written: no need to read it back

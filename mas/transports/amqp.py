@@ -85,6 +85,7 @@ ORIGIN_HEADER = "x-mas-origin"
 DELAY_HEADER = "x-mas-delay"
 # On a copy handed back because its mailbox was full: what was known about it then.
 DEFERRED_HEADER = "x-mas-deferred"
+RESENT_HEADER = "x-mas-resent"
 _CLAIMED, _DUPLICATE, _CHECK = "claimed", "duplicate", "check"
 
 # Routing keys on agents.direct that name the address their queue serves.
@@ -409,7 +410,7 @@ class AmqpTransport:
 
     # -- sending -----------------------------------------------------------------------------
 
-    async def send(self, message: Message) -> None:
+    async def send(self, message: Message, *, resent: bool = False) -> None:
         target = message.target
         if target is None:
             raise UnknownAgent("<no target>")
@@ -418,7 +419,14 @@ class AmqpTransport:
         if address.kind == "topic":
             await self._publish("topic", body, address.value, message, 1, mandatory=False)
             return
-        await self._publish("direct", body, f"{address.kind}.{address.value}", message, 1)
+        await self._publish(
+            "direct",
+            body,
+            f"{address.kind}.{address.value}",
+            message,
+            1,
+            headers={RESENT_HEADER: True} if resent else None,
+        )
 
     def _amqp_message(
         self, body: bytes, message: Message | None, headers: dict[str, Any]
@@ -632,13 +640,18 @@ class AmqpTransport:
             # Handed back because a mailbox was full: already judged, never claimed again.
             delivery.claimed_elsewhere = verdict == _DUPLICATE
             delivery.redelivered = delivery.redelivered or verdict == _CHECK
-        elif (
-            self._claims is not None
-            and attempt == 1
-            and not delivery.redelivered
-            and self.from_work_queue(incoming)  # topic copies are all alike; replies unique
-        ):
-            await self._claim(delivery)
+        else:
+            if headers.get(RESENT_HEADER):
+                # Recovered from a dead sender's outbox: an earlier copy may have been handled
+                # (the record knows) or be in flight right now (its claim knows).
+                delivery.redelivered = True
+            if (
+                self._claims is not None
+                and attempt == 1
+                and (not incoming.redelivered or headers.get(RESENT_HEADER))
+                and self.from_work_queue(incoming)  # topic copies are all alike; replies unique
+            ):
+                await self._claim(delivery)
         await self.node.receive(delivery)
 
     def _served(self, incoming: AbstractIncomingMessage) -> str | None:

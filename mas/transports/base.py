@@ -113,8 +113,12 @@ class Transport(Protocol):
     async def close(self) -> None:
         """Stop consuming and disconnect; unsettled deliveries return to their queues."""
 
-    async def send(self, message: Message) -> None:
+    async def send(self, message: Message, *, resent: bool = False) -> None:
         """Route `message` to `message.target` (agent, type, topic or reply address).
+
+        `resent`: the message may have been sent (and handled) before; it was recovered from
+        an outbox after its sender died. The receiver checks the record before handling it,
+        as it does for a broker's redelivery.
 
         Raises:
             UnknownAgent: no queue or subscriber exists for an agent/type address.

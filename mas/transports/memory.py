@@ -218,7 +218,9 @@ class MemoryTransport:
     async def deliver(self, message: Message, attempt: int, queue: _Queue | None) -> None:
         await self.node.receive(MemoryDelivery(message, attempt, self, queue))
 
-    async def send(self, message: Message) -> None:
+    async def send(self, message: Message, *, resent: bool = False) -> None:
+        # `resent` needs nothing here: nodes of one process share their fate, so a copy sent
+        # again meets the receiving agent's own record of what it handled.
         await self.broker.publish(message, origin=self.node.node_id)
 
     async def dead_letter(self, letter: DeadLetter) -> None:

@@ -17,11 +17,13 @@ import asyncio
 import json
 from collections import Counter
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aio_pika
 import pytest
 from aio_pika.abc import AbstractConnection
+from pydantic import SecretStr
 from structlog.testing import capture_logs
 from yarl import URL
 
@@ -31,6 +33,7 @@ from mas.actors.runtime import Runtime
 from mas.config import Settings
 from mas.errors import TransportError
 from mas.messages import body_id
+from mas.persistence import Store
 from mas.testing import Probe, TestRuntime, eventually
 from mas.transports.amqp import AmqpTransport
 from tests.amqp_support import (
@@ -901,3 +904,42 @@ async def test_each_agent_queue_prefetches_its_mailbox_capacity_also_after_a_rec
         await small.wait_for(1, timeout=10)
         await plain.wait_for(1, timeout=10)
         await eventually(lambda: prefetch() == expected, timeout=20, interval=0.5)
+
+
+async def test_a_message_resent_from_an_outbox_is_checked_against_the_record(
+    amqp_scope: AmqpScope, broker: AbstractConnection, tmp_path: Path
+) -> None:
+    """A relay re-sends what a dead node's outbox held: a copy handled before is skipped,
+    and while the record cannot be read the copy waits in the broker, unhandled."""
+    probe = Probe()
+    settings = Settings(
+        persist=True,
+        database_url=SecretStr(f"sqlite+aiosqlite:///{tmp_path}/mas.db"),
+        log_level="WARNING",
+    )
+    store = await Store.open(settings.database_url.get_secret_value(), migrate=True)
+    try:
+        async with (
+            node(amqp_scope.transport(), "a") as a,
+            Runtime(settings, transport=amqp_scope.transport(), node_id="b") as b,
+        ):
+            await b.spawn(probe.agent(), id="target")
+            handled = Message("charge", {"n": 1}, target="agent:target")
+            await amqp(a).send(handled)
+            await probe.wait_for(1)
+            await b.settle()
+            await amqp(a).send(handled, resent=True)  # handled before: the record says so
+            await eventually(lambda: b.duplicates == 1, timeout=10)
+            async with store.writing() as conn:
+                await conn.exec_driver_sql("ALTER TABLE messages RENAME TO messages_away")
+            unknown = Message("charge", {"n": 2}, target="agent:target")
+            await amqp(a).send(unknown, resent=True)
+            await eventually(lambda: b.deferred >= 2, timeout=10)  # offered, put back, twice
+            assert [m.payload["n"] for m in probe.messages] == [1]
+            async with store.writing() as conn:
+                await conn.exec_driver_sql("ALTER TABLE messages_away RENAME TO messages")
+            await probe.wait_for(2, timeout=10)
+            await b.settle()
+    finally:
+        await store.close()
+    assert [m.payload["n"] for m in probe.messages] == [1, 2]

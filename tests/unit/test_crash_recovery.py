@@ -27,6 +27,7 @@ def _start(tmp_path: Path, effects: Path) -> tuple[MasProcess, str]:
     env = clean_environment(
         MAS_AUTH__JWT_SECRET=SECRET,
         MAS_OUTBOX__LEASE="1",
+        MAS_DATABASE_TIMEOUT="2",
         MAS_OUTBOX__SWEEP_INTERVAL="0.2",
         MAS_TEST_EFFECTS=str(effects),
     )

@@ -25,6 +25,7 @@ from mas.api.auth import SCOPES, mint_token
 from mas.config import AuthSettings, OutboxSettings
 from mas.errors import TransportError
 from mas.persistence import Store, StoreJournal
+from mas.persistence.models import outbox
 from mas.testing import eventually
 from mas.transports.memory import MemoryBroker, MemoryTransport
 from tests.unit.persistence.databases import Database
@@ -55,10 +56,10 @@ class Refusing(MemoryTransport):
 
     down = False
 
-    async def send(self, message: Message) -> None:
+    async def send(self, message: Message, *, resent: bool = False) -> None:
         if self.down:
             raise TransportError("the broker is away (test)")
-        await super().send(message)
+        await super().send(message, resent=resent)
 
 
 @pytest.fixture(autouse=True)
@@ -82,6 +83,7 @@ class Cluster:
         return self.db.settings(
             auth=AuthSettings(jwt_secret=SecretStr(SECRET)),
             outbox=OutboxSettings(lease=0.5, sweep_interval=0.05),
+            database_timeout=1,
             shutdown_timeout=2,
             **overrides,
         )
@@ -197,9 +199,8 @@ async def test_rows_a_dead_node_left_are_sent_by_another_nodes_relay(
     claims the row once its lease ran out and sends it; it is handled once."""
     message = Message("job", {"n": 5}, id="orphan-1", target="type:counting")
     message.metadata["task_id"] = message.id
-    await cluster.store.create_task(
-        message.id, "job", {"n": 5}, target="type:counting", send=_row(message, "dead-node")
-    )
+    await cluster.store.create_task(message.id, "job", {"n": 5}, target="type:counting")
+    await _insert(cluster.store, _row(message, "dead-node"))
     worker = await cluster.worker()
     journal = worker.journal
     assert isinstance(journal, StoreJournal)
@@ -221,10 +222,7 @@ async def test_a_row_left_after_its_message_was_sent_is_not_handled_twice(
     assert done.json()["status"] == "succeeded"
     resent = Message("counting", {"n": 1}, id=task_id, target="type:counting")
     resent.metadata["task_id"] = task_id
-    async with cluster.store.engine.begin() as conn:
-        from mas.persistence.models import outbox
-
-        await conn.execute(outbox.insert(), [_row(resent, "dead-node")])
+    await _insert(cluster.store, _row(resent, "dead-node"))
     await eventually(lambda: _empty(cluster.store), timeout=10)
     assert Counting.handled == Counter({task_id: 1})
     assert (await cluster.task(task_id))["status"] == "succeeded"
@@ -272,7 +270,8 @@ async def test_a_node_holding_a_message_renews_its_lease_so_no_other_node_sends_
         )
     ).json()["id"]
     await eventually(lambda: _holds(cluster.store, task_id), timeout=10)
-    await asyncio.sleep(4 * 0.5)  # workload: four leases pass while the handler runs
+    # Workload: twice what a row is held for after its write (lease + database timeout).
+    await asyncio.sleep(2 * (0.5 + 1))
     assert await cluster.store.outbox_ids() == [task_id]
     Counting.hold.set()
     assert (await cluster.task(task_id, wait=10))["status"] == "succeeded"
@@ -289,6 +288,12 @@ async def _holds(store: Store, message_id: str) -> bool:
 async def _succeeded(store: Store, task_id: str) -> bool:
     task = await store.get_task(task_id)
     return task is not None and task.status == "succeeded"
+
+
+async def _insert(store: Store, row: dict[str, Any]) -> None:
+    """An outbox row as a node that died left it (its lease long over)."""
+    async with store.writing() as conn:
+        await conn.execute(outbox.insert(), [row])
 
 
 def _row(message: Message, owner: str) -> dict[str, Any]:
