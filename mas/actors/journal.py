@@ -36,6 +36,10 @@ class JournalNode(Protocol):
     def fail(self, error: BaseException) -> None:
         """A task of the journal crashed: fail the runtime (never lose the error)."""
 
+    async def retire_agent(self, agent_id: str) -> bool:
+        """An agent the record shows gone for good: remove its queue (True when it has
+        none any more; False while someone still consumes it)."""
+
 
 class Journal(Protocol):
     async def open(self, node: JournalNode) -> None:

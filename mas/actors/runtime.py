@@ -645,6 +645,19 @@ class Runtime:
                 raise RuntimeNotRunning("the runtime is stopping") from None
             raise
 
+    async def retire_agent(self, agent_id: str) -> bool:
+        """JournalNode: an agent gone for good (stopped, or its node lost) gives up its queue.
+
+        Returns False while the agent runs here or another node consumes its queue.
+
+        Raises:
+            TransportError: the broker could not be asked.
+        """
+        cell = self._cells.get(agent_id)
+        if cell is not None and not cell.stopped:
+            return False
+        return await self.transport.retire_agent(agent_id)
+
     async def _send_remote(self, message: Message) -> None:
         await self.transport.send(message)
 

@@ -27,6 +27,8 @@ def create_app(
     runtime: Runtime | None = None,
     agent_classes: Iterable[type[Agent]] = (),
     start_agents: Iterable[type[Agent]] = (),
+    *,
+    host_agents: bool = True,
 ) -> FastAPI:
     """Build the gateway.
 
@@ -34,7 +36,8 @@ def create_app(
     stops it on shutdown; with one, the caller owns its lifecycle and it must have been
     created with a `StoreJournal` (the gateway reads tasks from that store).
     `agent_classes` are the types `POST /agents/` may start; `start_agents` are started
-    (one each, id = type) when the app starts its own runtime.
+    (one each, id = type) when the app starts its own runtime. With `host_agents` off (`mas
+    api`), the gateway runs no agent itself: `POST /agents/` starts them on workers.
     """
     settings = settings if settings is not None else Settings()
     starting = list(start_agents)
@@ -43,12 +46,12 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if runtime is not None:
-            _attach(app, settings, runtime, classes)
+            _attach(app, settings, runtime, classes, host_agents)
             yield
             return
         own = Runtime(settings.model_copy(update={"persist": True}))
         async with own:
-            _attach(app, settings, own, classes)
+            _attach(app, settings, own, classes, host_agents)
             for cls in starting:
                 await own.spawn(cls, id=cls.type)
             yield
@@ -68,7 +71,11 @@ def create_app(
 
 
 def _attach(
-    app: FastAPI, settings: Settings, runtime: Runtime, classes: dict[str, type[Agent]]
+    app: FastAPI,
+    settings: Settings,
+    runtime: Runtime,
+    classes: dict[str, type[Agent]],
+    host_agents: bool,
 ) -> None:
     journal = runtime.journal
     if not isinstance(journal, StoreJournal):
@@ -76,7 +83,7 @@ def _attach(
             "the gateway needs a runtime that persists: create it with MAS_PERSIST=true "
             "or journal=StoreJournal(store)"
         )
-    gateway = Gateway(settings, runtime, journal, classes)
+    gateway = Gateway(settings, runtime, journal, classes, hosts_agents=host_agents)
     metrics = RuntimeMetrics(runtime)
     runtime.add_task_listener(metrics.on_task_ended)
     app.state.gateway = gateway

@@ -11,7 +11,7 @@ from mas.actors.agent import Agent
 from mas.actors.runtime import Runtime
 from mas.api.schemas import AgentOut
 from mas.config import Settings
-from mas.errors import StoreUnavailable, TransportError
+from mas.errors import AgentStopped, StoreUnavailable, TransportError
 from mas.persistence.journal import StoreJournal
 from mas.persistence.store import AgentRecord, Store
 
@@ -26,6 +26,8 @@ class Gateway:
     runtime: Runtime
     journal: StoreJournal
     agent_classes: dict[str, type[Agent]] = field(default_factory=dict)
+    hosts_agents: bool = True
+    """This process runs agents itself (`mas up`); `mas api` leaves them all to workers."""
 
     @property
     def store(self) -> Store:
@@ -56,6 +58,22 @@ class Gateway:
                 "the message broker is not taking messages: try again shortly (tasks already "
                 "accepted are kept and sent once it is back)"
             )
+
+    async def check_agent(self, target: str) -> None:
+        """Refuse work for an agent the registry shows stopped: nobody would ever take it.
+
+        An agent whose node merely stopped heartbeating may come back; its work is accepted,
+        and if it does not come back, its queue is retired and the work dead-lettered (see
+        `StoreJournal.retire_gone`): it fails visibly, never stays pending.
+
+        Raises:
+            AgentStopped: the agent stopped (or was retired) and runs nowhere (409).
+        """
+        if not target.startswith("agent:"):
+            return
+        record = await self.store.get_agent(target.removeprefix("agent:"))
+        if record is not None and record.status in ("stopped", "retired"):
+            raise AgentStopped(record.id)
 
     async def recorded(self, task_id: str) -> None:
         """Wait until everything this node has recorded so far is committed.

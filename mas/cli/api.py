@@ -17,7 +17,11 @@ def api(
     port: Annotated[int | None, typer.Option(help="port (0 picks a free one)")] = None,
     agents: Annotated[
         list[str] | None,
-        typer.Option("--agents", help="agent classes POST /agents/ may start (module:Class)"),
+        typer.Option(
+            "--agents",
+            help="agent classes POST /agents/ may start on workers (module:Class); the "
+            "gateway itself runs none",
+        ),
     ] = None,
     log_level: Annotated[str | None, typer.Option(help="log level (JSON on stderr)")] = None,
 ) -> None:
@@ -52,4 +56,4 @@ def api(
     typer.echo(f"  database:  {masked_url(settings.database_url.get_secret_value())}")
     for note in notes:
         typer.echo(f"  note: {note}")
-    serve(create_app(settings, agent_classes=classes), sock)
+    serve(create_app(settings, agent_classes=classes, host_agents=False), sock)

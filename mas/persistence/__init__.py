@@ -41,4 +41,6 @@ async def open_journal(settings: Settings) -> StoreJournal:
         heartbeat_interval=settings.heartbeat_interval,
         outbox_lease=settings.outbox.lease,
         outbox_sweep_interval=settings.outbox.sweep_interval,
+        # Past the longest a retry or deferral keeps a message away from its queue.
+        retire_after=settings.heartbeat_ttl + settings.retry.max_delay + 5.0,
     )

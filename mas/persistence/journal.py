@@ -15,14 +15,14 @@ import dataclasses
 import json
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import structlog
 
 from mas.actors.deadletters import DeadLetter
 from mas.actors.journal import JournalNode
-from mas.errors import MasError, StoreUnavailable
+from mas.errors import MasError, StoreUnavailable, TransportError
 from mas.messages import Message, TaskError, TaskResult
 from mas.persistence.engine import refused_data
 from mas.persistence.outbox import OutboxRelay
@@ -287,6 +287,7 @@ class StoreJournal:
         heartbeat_interval: float = 5.0,
         outbox_lease: float = 10.0,
         outbox_sweep_interval: float = 1.0,
+        retire_after: float | None = None,
     ) -> None:
         self.store = store
         self.owns_store = owns_store
@@ -301,6 +302,8 @@ class StoreJournal:
         )
         self.node_id: str | None = None
         self.heartbeat_interval = heartbeat_interval
+        self.retire_after = retire_after
+        """Seconds after which an agent gone for good gives up its queue (None: never)."""
         self._heartbeats: asyncio.Task[None] | None = None
         self._relaying: asyncio.Task[None] | None = None
         self._audit_all = audit == "all"
@@ -309,13 +312,15 @@ class StoreJournal:
         self.writer.on_commit = self._committed
 
     async def open(self, node: JournalNode) -> None:
-        self.node_id = node_id = node.node_id
+        self.node_id = node.node_id
         self.writer.start()
-        self._heartbeats = _owned(self._beat(node_id), node, "mas-journal-heartbeat")
+        self._heartbeats = _owned(self._beat(node), node, "mas-journal-heartbeat")
         self._relaying = _owned(self.relay.run(node), node, "mas-outbox-relay")
 
-    async def _beat(self, node_id: str) -> None:
-        """Keep `agents.last_heartbeat` of this node's running agents fresh (liveness)."""
+    async def _beat(self, node: JournalNode) -> None:
+        """Keep `agents.last_heartbeat` of this node's running agents fresh (liveness), and
+        retire agents gone for good (see `retire_gone`)."""
+        node_id = node.node_id
         while True:
             await asyncio.sleep(self.heartbeat_interval)
             try:
@@ -324,6 +329,46 @@ class StoreJournal:
                 # The heartbeat goes stale, which is what readers should see; keep trying.
                 # The store logs the outage itself, once.
                 _log.debug("heartbeat_failed", node_id=node_id, error=str(exc))
+                continue
+            if self.retire_after is not None:
+                await self.retire_gone(node)
+
+    async def retire_gone(self, node: JournalNode) -> int:
+        """Remove the queues of agents gone for good; returns how many were retired.
+
+        An agent stopped (or whose node stopped heartbeating) more than `retire_after`
+        seconds ago will not take what waits in its queue: the queue goes, its messages are
+        dead-lettered (their tasks end), and a send to it fails at once. `retire_after` is
+        longer than a retry or a deferral can keep a message away from its queue. Every node
+        does this; the broker says whether anyone still consumes a queue, so a node that is
+        alive but could not heartbeat keeps its agents.
+        """
+        assert self.retire_after is not None
+        before = datetime.now(UTC) - timedelta(seconds=self.retire_after)
+        try:
+            gone = await self.store.agents_to_retire(before)
+        except StoreUnavailable:
+            return 0  # the store logs its outage; the next beat tries again
+        retired = 0
+        for agent in gone:
+            try:
+                if not await node.retire_agent(agent.id):
+                    continue
+                reason = "node_lost" if agent.status == "running" else "stopped"
+                if not await self.store.mark_retired(agent, reason):
+                    continue
+            except (StoreUnavailable, TransportError) as exc:
+                _log.warning("agent_retire_failed", agent_id=agent.id, error=str(exc))
+                continue  # the next beat tries again
+            retired += 1
+            _log.info(
+                "agent_retired",
+                agent_id=agent.id,
+                agent_type=agent.type,
+                reason=reason,
+                node_id=agent.node_id,
+            )
+        return retired
 
     async def close(self) -> None:
         """Hand over what is committed (bounded), commit what is pending, then stop.

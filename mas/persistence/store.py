@@ -564,6 +564,34 @@ class Store:
             row = (await conn.execute(select(agents).where(agents.c.id == agent_id))).first()
         return _agent(row) if row is not None else None
 
+    async def agents_to_retire(self, before: datetime, *, limit: int = 50) -> list[AgentRecord]:
+        """Agents gone since before `before`: stopped then, or running with a heartbeat that
+        stopped then (their node was lost). Oldest first."""
+        query = (
+            select(agents)
+            .where(agents.c.status.in_(("running", "stopped")))
+            .where(agents.c.last_heartbeat < before)
+            .order_by(agents.c.last_heartbeat)
+            .limit(limit)
+        )
+        async with self.reading() as conn:
+            rows = (await conn.execute(query)).all()
+        return [_agent(row) for row in rows]
+
+    async def mark_retired(self, agent: AgentRecord, reason: str) -> bool:
+        """Record that `agent` (as read) is gone for good and its queue removed; False when
+        its row changed since it was read (it started again meanwhile)."""
+        metadata = {**agent.metadata, "stop_reason": agent.metadata.get("stop_reason", reason)}
+        async with self.writing() as conn:
+            result = await conn.execute(
+                update(agents)
+                .where(agents.c.id == agent.id)
+                .where(agents.c.status == agent.status)
+                .where(agents.c.last_heartbeat == agent.last_heartbeat)
+                .values(status="retired", metadata=metadata)
+            )
+        return bool(result.rowcount)
+
     async def touch_agents(self, node_id: str) -> int:
         """Heartbeat: the running agents of `node_id` are alive now; returns how many."""
         async with self.writing() as conn:

@@ -54,6 +54,7 @@ from aio_pika.abc import (
 from aio_pika.channel import Channel
 from aio_pika.exceptions import (
     AMQPError,
+    ChannelNotFoundEntity,
     ChannelPreconditionFailed,
     DeliveryError,
     PublishError,
@@ -790,6 +791,73 @@ class AmqpTransport:
             return
         self._types.pop(agent_type, None)
         await self._cancel(type_tag)
+
+    async def retire_agent(self, agent_id: str) -> bool:
+        """Remove `agent.<id>` unless it has a consumer; dead-letter what waited in it.
+
+        The binding goes first, so a publish from then on is returned (UnknownAgent) rather
+        than queued behind the drain; the queue is deleted once empty. The drain consumes
+        (quorum queues with a single active consumer refuse `basic.get`); with no other
+        consumer, this one is the active one. A message another node's retry or deferral
+        brings back later finds no queue: callers retire only after those delays have
+        passed (see `StoreJournal`).
+        """
+        if self._connection is None:
+            raise TransportError("the RabbitMQ transport is not started")
+        name = self.name(f"agent.{agent_id}")
+        timeout = self.settings.connect_timeout
+        try:
+            async with self._throwaway_channel() as channel:
+                queue = await channel.declare_queue(name, passive=True, timeout=timeout)
+                if queue.declaration_result.consumer_count:
+                    return False
+                await queue.unbind(
+                    self.name("agents.direct"), routing_key=f"agent.{agent_id}", timeout=timeout
+                )
+                waiting = queue.declaration_result.message_count or 0
+                drained = 0
+                if waiting:
+                    await channel.set_qos(prefetch_count=min(waiting, 256), timeout=timeout)
+                    async with queue.iterator(timeout=timeout) as messages:
+                        while drained < waiting:
+                            async with asyncio.timeout(timeout):
+                                incoming = await messages.__anext__()
+                            await self._abandon(incoming, agent_id)
+                            drained += 1
+                await queue.delete(if_unused=False, if_empty=False, timeout=timeout)
+        except ChannelNotFoundEntity:
+            pass  # no such queue (retired already, or never declared): nothing waits
+        except (AMQPError, TimeoutError, *_GONE) as exc:
+            raise TransportError(
+                f"retiring the queue of agent {agent_id!r} failed: {exc!r}"
+            ) from exc
+        else:
+            _log.info("amqp_agent_queue_removed", agent_id=agent_id, dead_lettered=drained)
+        self.declared_queues.discard(name)
+        return True
+
+    async def _abandon(self, incoming: AbstractIncomingMessage, agent_id: str) -> None:
+        """A message its agent will never take: dead-lettered through the node (its task is
+        recorded as ended), or at once when it cannot even be decoded."""
+        try:
+            message = Message.from_wire(
+                incoming.body,
+                max_bytes=self.max_bytes,
+                message_id=incoming.message_id,
+                served=f"agent:{agent_id}",
+            )
+        except (InvalidMessage, MessageTooLarge) as exc:
+            await self.publish_dead_letter(
+                incoming.body,
+                incoming.routing_key or "",
+                reason="invalid_message",
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            await self._ack(incoming)
+            return
+        attempt = _attempt((incoming.headers or {}).get(ATTEMPT_HEADER))
+        delivery = AmqpDelivery(message, attempt, incoming, self)
+        await self.node.dead_letter(delivery, "agent_stopped", agent_id=agent_id)
 
     async def subscribe_topic(self, pattern: str) -> None:
         count = self._topics.get(pattern, 0)

@@ -91,6 +91,11 @@ class TransportNode(Protocol):
     def call_later(self, delay: float, job: Callable[[], Awaitable[None]]) -> None:
         """Run `job()` after `delay` seconds of the runtime's clock, as a task it owns."""
 
+    async def dead_letter(
+        self, delivery: Delivery, reason: str, *, agent_id: str | None = None
+    ) -> None:
+        """Give up on a delivery: record it (its task ends) and settle it as a dead letter."""
+
     async def receive(self, delivery: Delivery) -> None:
         """Accept one delivery; returns once it is queued, deferred (its mailbox was full)
         or settled. Never waits for room: one caller may feed every agent of the node."""
@@ -151,6 +156,21 @@ class Transport(Protocol):
 
     async def unsubscribe_agent(self, agent_id: str, agent_type: str) -> None:
         """Stop consuming for that agent (its queued messages stay for another node)."""
+
+    async def retire_agent(self, agent_id: str) -> bool:
+        """The agent is gone for good (stopped, or its node was lost): remove its queue, so
+        that a send to it fails at once instead of waiting for ever.
+
+        Nothing is removed while any node still consumes the queue (a standby, or the agent
+        itself on a node whose heartbeat merely lagged). What waited in it goes to the node's
+        `dead_letter` (reason `agent_stopped`), so its tasks end visibly.
+
+        Returns:
+            True when the agent has no queue any more; False when a consumer keeps it.
+
+        Raises:
+            TransportError: the broker could not be asked (try again later).
+        """
 
     async def subscribe_topic(self, pattern: str) -> None:
         """Receive every message published to a topic key matching `pattern`."""

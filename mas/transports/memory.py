@@ -267,6 +267,20 @@ class MemoryTransport:
                 if not type_queue.consumers and not type_queue.backlog:
                     del broker._types[agent_type]
 
+    async def retire_agent(self, agent_id: str) -> bool:
+        broker = self.broker
+        queue = broker._agents.get(agent_id)
+        if queue is None:
+            return True
+        if queue.consumers:
+            return False
+        del broker._agents[agent_id]
+        while queue.backlog:
+            message, attempt = queue.backlog.popleft()
+            delivery = MemoryDelivery(message, attempt, self, None)
+            await self.node.dead_letter(delivery, "agent_stopped", agent_id=agent_id)
+        return True
+
     async def subscribe_topic(self, pattern: str) -> None:
         self._topics[pattern] = self._topics.get(pattern, 0) + 1
 

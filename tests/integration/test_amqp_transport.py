@@ -943,3 +943,25 @@ async def test_a_message_resent_from_an_outbox_is_checked_against_the_record(
     finally:
         await store.close()
     assert [m.payload["n"] for m in probe.messages] == [1, 2]
+
+
+async def test_retiring_an_agent_keeps_a_queue_someone_consumes_and_empties_an_orphan(
+    amqp_scope: AmqpScope, broker: AbstractConnection
+) -> None:
+    """An agent gone for good gives up its queue: what waited there is dead-lettered and
+    a later send fails at once; a queue a node still consumes is left alone."""
+    probe = Probe()
+    async with node(amqp_scope.transport(), "a") as a, node(amqp_scope.transport(), "b") as b:
+        await b.spawn(probe.agent(), id="x")
+        assert await a.retire_agent("x") is False  # b consumes it
+        await b.stop_agent("x")
+        for n in range(2):
+            await a.tell("agent:x", Message("late", {"n": n}))  # queued: nobody consumes
+        assert await a.retire_agent("x") is True
+        letters = await take_dead_letters(broker, amqp_scope.prefix, 2)
+        with pytest.raises(UnknownAgent):
+            await a.tell("agent:x", Message("later", {}))
+        assert await a.retire_agent("x") is True  # nothing left to retire: still done
+    assert [json.loads(letter.body)["payload"]["n"] for letter in letters] == [0, 1]
+    assert {letter.headers["x-mas-reason"] for letter in letters} == {"agent_stopped"}
+    assert probe.messages == []

@@ -10,14 +10,17 @@ import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aio_pika
 import asyncpg
 import httpx
 import pytest
 import redis.asyncio as aioredis
+from aio_pika.exceptions import ChannelNotFoundEntity
 
 from mas.api.auth import mint_token
 from mas.config import Settings
 from mas.persistence import open_store
+from mas.testing import eventually
 from tests.amqp_support import AmqpScope, amqp_scope, amqp_vhost_url
 from tests.integration.pg_support import PgSchema, admin_connection
 from tests.process_support import MasProcess, clean_environment
@@ -38,6 +41,8 @@ class System:
     def __init__(self, scope: AmqpScope, pg: PgSchema, tmp: Path) -> None:
         self.tmp = tmp
         self.pg = pg
+        self.amqp_url = scope.url
+        self.prefix = scope.prefix
         self.env = clean_environment(
             MAS_TRANSPORT="rabbitmq",
             MAS_AMQP_URL=scope.url,
@@ -61,6 +66,8 @@ class System:
             f"{scope.prefix}agent_type.mas.spawner.echo",
             f"{scope.prefix}agent_type.mas.spawner.slow_echo",
             f"{scope.prefix}agent.echo-special",
+            f"{scope.prefix}agent.echo-extra",
+            f"{scope.prefix}agent.se-gone",
             f"{scope.prefix}agents.dead_letter",
         }
 
@@ -69,8 +76,11 @@ class System:
         self.processes.append(process)
         return process
 
-    def api(self) -> MasProcess:
-        api = self.start(["api", "--port", "0"])
+    def api(self, *agents: str, **env: str) -> MasProcess:
+        args = ["api", "--port", "0"]
+        for agent in agents:
+            args += ["--agents", agent]
+        api = self.start(args, **env)
         line = api.wait_for(lambda line: line.startswith("mas api: "))
         self.url = line.split()[2]
         api.wait_for(lambda line: '"event": "runtime_started"' in line)
@@ -261,6 +271,84 @@ async def test_post_agents_starts_the_agent_on_a_worker_that_hosts_its_type(
         stopped = (await client.get("/agents/echo-special")).json()
     assert stopped["status"] == "stopped"
     assert stopped["live"] is False
+
+
+async def test_a_gateway_given_agent_classes_still_leaves_all_agent_work_to_workers(
+    system: System,
+) -> None:
+    """`mas api --agents` names what POST /agents/ may start; the gateway runs none of it."""
+    worker = system.worker("agents.echo:EchoAgent")
+    api = system.api("agents.echo:EchoAgent")
+    async with system.client() as client:
+        created = await client.post("/agents/", json={"type": "echo", "id": "echo-extra"})
+        assert created.status_code == 201, created.text
+        assert created.json()["node_id"] == _node_id(worker)
+        unlisted = await client.post("/agents/", json={"type": "slow_echo"})
+        assert unlisted.status_code == 422, unlisted.text
+        ids = []
+        for n in range(20):
+            done = await client.post(
+                "/tasks/", json={"type": "echo", "payload": {"n": n}}, params={"wait": 20}
+            )
+            assert done.json()["status"] == "succeeded", done.text
+            ids.append(done.json()["id"])
+    rows = await _rows(
+        system.pg, "SELECT id, handled_by FROM messages WHERE handled_by IS NOT NULL"
+    )
+    handled_by = {row["id"]: row["handled_by"] for row in rows}
+    worker_agents = {f"echo-{_node_id(worker)}-0", "echo-extra"}
+    assert {handled_by[task_id] for task_id in ids} <= worker_agents
+    assert not [e for e in api.logs() if e.get("event") == "task_completed"]
+
+
+async def test_work_for_an_agent_whose_worker_died_ends_visibly_and_its_queue_goes(
+    system: System,
+) -> None:
+    """A worker killed with an agent's work queued: the work is dead-lettered once the
+    agent is known gone (never pending for ever), its queue is removed, and new work for
+    it is refused at once with the reason."""
+    worker = system.worker(SLOW_ECHO)
+    # Retired once gone longer than a retry can keep a message away (1 s here) + margins.
+    system.api(MAS_RETRY__MAX_DELAY="1")
+    async with system.client() as client:
+        created = await client.post("/agents/", json={"type": "slow_echo", "id": "se-gone"})
+        assert created.status_code == 201, created.text
+        ids = []
+        for n in range(3):
+            accepted = await client.post(
+                "/tasks/", json={"agent": "se-gone", "payload": {"n": n, "delay": 30}}
+            )
+            assert accepted.status_code == 202, accepted.text
+            ids.append(accepted.json()["id"])
+        await eventually(lambda: _status(client, ids[0], "running"), timeout=30)
+        worker.kill()  # the first in its handler, two queued behind it
+        ended = [
+            (await client.get(f"/tasks/{task_id}", params={"wait": 60})).json() for task_id in ids
+        ]
+        await eventually(lambda: _agent_status(client, "se-gone", "retired"), timeout=30)
+        agent = (await client.get("/agents/se-gone")).json()
+        refused = await client.post("/tasks/", json={"agent": "se-gone", "payload": {}})
+    assert [(t["status"], t["error"]["reason"]) for t in ended] == [
+        ("dead_lettered", "agent_stopped")
+    ] * 3, ended
+    assert refused.status_code == 409, refused.text
+    assert "se-gone" in refused.json()["detail"]
+    assert (agent["status"], agent["live"]) == ("retired", False)
+    connection = await aio_pika.connect(system.amqp_url, timeout=5)
+    try:
+        channel = await connection.channel()
+        with pytest.raises(ChannelNotFoundEntity):
+            await channel.declare_queue(system.prefix + "agent.se-gone", passive=True)
+    finally:
+        await connection.close()
+
+
+async def _agent_status(client: httpx.AsyncClient, agent_id: str, status: str) -> bool:
+    return bool((await client.get(f"/agents/{agent_id}")).json()["status"] == status)
+
+
+async def _status(client: httpx.AsyncClient, task_id: str, status: str) -> bool:
+    return bool((await client.get(f"/tasks/{task_id}")).json()["status"] == status)
 
 
 async def test_a_worker_heartbeats_in_redis_while_it_lives(system: System) -> None:

@@ -28,18 +28,17 @@ async def register_agent(
     _: Annotated[Claims, Depends(require("agents:admin"))],
 ) -> AgentOut:
     """Start an agent (409 if the id is taken): here, or on a worker that hosts its type."""
-    cls = gw.agent_classes.get(spec.type)
+    cls = gw.agent_classes.get(spec.type) if gw.hosts_agents else None
     if cls is not None:
         agent_id = (await gw.runtime.spawn(cls, id=spec.id)).id
         if gw.runtime.journal is not None:
             await gw.runtime.journal.flush()
-    elif gw.settings.transport != "memory":
+    elif gw.settings.transport != "memory" or not gw.hosts_agents:
+        if gw.agent_classes and spec.type not in gw.agent_classes:
+            raise _unknown_type(gw, spec.type)
         agent_id = await _spawn_on_a_worker(gw, spec)
     else:
-        known = ", ".join(sorted(gw.agent_classes)) or "none"
-        raise Problem(
-            422, "Unknown Agent Type", f"no agent class of type {spec.type!r} (known: {known})"
-        )
+        raise _unknown_type(gw, spec.type)
     record = await gw.store.get_agent(agent_id)
     if record is None:
         raise Problem(
@@ -50,6 +49,13 @@ async def register_agent(
         )
     response.headers["Location"] = f"/agents/{agent_id}"
     return gw.agent_out(record)
+
+
+def _unknown_type(gw: Gateway, agent_type: str) -> Problem:
+    known = ", ".join(sorted(gw.agent_classes)) or "none"
+    return Problem(
+        422, "Unknown Agent Type", f"no agent class of type {agent_type!r} (known: {known})"
+    )
 
 
 async def _spawn_on_a_worker(gw: Gateway, spec: AgentIn) -> str:

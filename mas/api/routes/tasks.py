@@ -17,7 +17,7 @@ from mas.api.direct import direct_route
 from mas.api.problems import Problem
 from mas.api.schemas import ID_PATTERN, TaskIn, TaskList, TaskOut, TaskStatus
 from mas.api.state import Gateway, gateway
-from mas.errors import AgentStopped, MailboxFull, MasError, UnknownAgent
+from mas.errors import AgentStopped, MailboxFull, MasError, TransportError, UnknownAgent
 from mas.messages import Message, TaskError, TaskResult, new_id
 from mas.persistence.journal import TaskEnd
 from mas.persistence.store import TaskRecord
@@ -180,6 +180,7 @@ async def _create_new(
         gw.runtime.check_room(message.target)  # 429 before anything is stored
     else:
         gw.check_sending()
+        await gw.check_agent(message.target)
     task = TaskRecord.new(
         message.id,
         spec.message_type,
@@ -218,7 +219,15 @@ async def _create_keyed(
     if local:
         gw.runtime.check_room(message.target)  # 429 before anything is stored
     else:
-        gw.check_sending()
+        try:
+            gw.check_sending()
+            await gw.check_agent(message.target)
+        except (TransportError, AgentStopped):
+            # Refused for new work; a repeat of work accepted before gets what it was.
+            existing = await gw.store.get_task(message.id)
+            if existing is None:
+                raise
+            return existing, False
     journal = gw.journal
     task, created = await gw.store.create_task(
         message.id,

@@ -24,6 +24,9 @@ class _Node:
     def fail(self, error: BaseException) -> None:
         raise AssertionError(f"the journal failed: {error!r}")
 
+    async def retire_agent(self, agent_id: str) -> bool:
+        raise AssertionError(f"no agent is retired in these tests, got {agent_id!r}")
+
 
 async def test_flush_returns_while_other_rows_keep_arriving(store: Store) -> None:
     """flush() waits for what was recorded before it, not for the writer to fall idle:
