@@ -78,6 +78,12 @@ class ApiSettings(BaseModel):
     write_timeout: float = Field(
         10.0, gt=0, description="seconds a request waits for the database to record a task"
     )
+    max_queue_depth: int = Field(
+        10_000,
+        ge=0,
+        description="messages waiting in the broker for a task's target beyond which new "
+        "tasks for it get 429 (read at most once a second per target; 0: no limit)",
+    )
 
 
 class AmqpSettings(BaseModel):

@@ -69,6 +69,19 @@ class MailboxFull(MasError):
         self.capacity = capacity
 
 
+class QueueFull(MasError):
+    """The broker queue serving an address holds more than the gateway accepts behind it."""
+
+    def __init__(self, address: str, depth: int, limit: int) -> None:
+        super().__init__(
+            f"{depth} messages already wait for {address!r}, over the limit of {limit} "
+            "(MAS_API__MAX_QUEUE_DEPTH): retry later"
+        )
+        self.address = address
+        self.depth = depth
+        self.limit = limit
+
+
 class AskTimeout(MasError, TimeoutError):
     """No reply arrived within the `ask` timeout."""
 

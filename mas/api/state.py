@@ -9,6 +9,7 @@ from fastapi import Request
 
 from mas.actors.agent import Agent
 from mas.actors.runtime import Runtime
+from mas.api.backlogs import Backlogs
 from mas.api.schemas import AgentOut
 from mas.config import Settings
 from mas.errors import AgentStopped, StoreUnavailable, TransportError
@@ -28,6 +29,10 @@ class Gateway:
     agent_classes: dict[str, type[Agent]] = field(default_factory=dict)
     hosts_agents: bool = True
     """This process runs agents itself (`mas up`); `mas api` leaves them all to workers."""
+    backlogs: Backlogs = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.backlogs = Backlogs(self.runtime.transport, limit=self.settings.api.max_queue_depth)
 
     @property
     def store(self) -> Store:

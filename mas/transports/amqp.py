@@ -694,6 +694,29 @@ class AmqpTransport:
                 pass  # deleted meanwhile (an expired delay queue): nothing waits there
         return depths
 
+    async def backlog(self, address: str) -> int | None:
+        """Ready messages in the queue serving an agent or type address (a passive declare
+        on a throwaway channel: a round trip, so callers cache it)."""
+        parsed = parse_address(address)
+        if parsed.kind == "agent":
+            name = self.name(f"agent.{parsed.value}")
+        elif parsed.kind == "type":
+            name = self.name(f"agent_type.{parsed.value}")
+        else:
+            return None
+        if self._connection is None:
+            raise TransportError("the RabbitMQ transport is not started")
+        try:
+            async with self._throwaway_channel() as channel:
+                queue = await channel.declare_queue(
+                    name, passive=True, timeout=self.settings.connect_timeout
+                )
+        except ChannelNotFoundEntity:
+            return None
+        except (AMQPError, TimeoutError, *_GONE) as exc:
+            raise TransportError(f"reading the depth of {name!r} failed: {exc!r}") from exc
+        return queue.declaration_result.message_count or 0
+
     async def _claim(self, delivery: AmqpDelivery) -> None:
         """Cluster-wide dedupe of a first delivery: the first consumer of a message id wins.
 

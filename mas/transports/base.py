@@ -157,6 +157,14 @@ class Transport(Protocol):
     async def unsubscribe_agent(self, agent_id: str, agent_type: str) -> None:
         """Stop consuming for that agent (its queued messages stay for another node)."""
 
+    async def backlog(self, address: str) -> int | None:
+        """Messages waiting in the broker for an agent or type address (not yet handed to
+        any node); None when this transport cannot tell (no such queue, or no broker).
+
+        Raises:
+            TransportError: the broker could not be asked.
+        """
+
     async def retire_agent(self, agent_id: str) -> bool:
         """The agent is gone for good (stopped, or its node was lost): remove its queue, so
         that a send to it fails at once instead of waiting for ever.

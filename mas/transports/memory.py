@@ -267,6 +267,16 @@ class MemoryTransport:
                 if not type_queue.consumers and not type_queue.backlog:
                     del broker._types[agent_type]
 
+    async def backlog(self, address: str) -> int | None:
+        parsed = parse_address(address)
+        if parsed.kind not in ("agent", "type"):
+            return None
+        queues = self.broker._agents if parsed.kind == "agent" else self.broker._types
+        queue = queues.get(parsed.value)
+        if queue is None:
+            return None
+        return len(queue.backlog) if queue.backlog is not None else 0
+
     async def retire_agent(self, agent_id: str) -> bool:
         broker = self.broker
         queue = broker._agents.get(agent_id)

@@ -47,6 +47,7 @@ def test_the_error_module_defines_the_expected_classes():
         "MailboxFull",
         "MasError",
         "MessageTooLarge",
+        "QueueFull",
         "RedisUnavailable",
         "RuntimeNotRunning",
         "SchemaOutdated",

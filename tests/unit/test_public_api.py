@@ -33,6 +33,7 @@ EXPORTED = [
     "MasError",
     "Message",
     "MessageTooLarge",
+    "QueueFull",
     "RedisUnavailable",
     "Restart",
     "RetryPolicy",

@@ -17,7 +17,14 @@ from mas.api.direct import direct_route
 from mas.api.problems import Problem
 from mas.api.schemas import ID_PATTERN, TaskIn, TaskList, TaskOut, TaskStatus
 from mas.api.state import Gateway, gateway
-from mas.errors import AgentStopped, MailboxFull, MasError, TransportError, UnknownAgent
+from mas.errors import (
+    AgentStopped,
+    MailboxFull,
+    MasError,
+    QueueFull,
+    TransportError,
+    UnknownAgent,
+)
 from mas.messages import Message, TaskError, TaskResult, new_id
 from mas.persistence.journal import TaskEnd
 from mas.persistence.store import TaskRecord
@@ -181,6 +188,7 @@ async def _create_new(
     else:
         gw.check_sending()
         await gw.check_agent(message.target)
+        await gw.backlogs.check(message.target)  # 429 while its queue is too deep
     task = TaskRecord.new(
         message.id,
         spec.message_type,
@@ -222,7 +230,8 @@ async def _create_keyed(
         try:
             gw.check_sending()
             await gw.check_agent(message.target)
-        except (TransportError, AgentStopped):
+            await gw.backlogs.check(message.target)
+        except (TransportError, AgentStopped, QueueFull):
             # Refused for new work; a repeat of work accepted before gets what it was.
             existing = await gw.store.get_task(message.id)
             if existing is None:
