@@ -70,6 +70,7 @@ from mas.errors import (
     UnknownAgent,
 )
 from mas.messages import Message, parse_address
+from mas.observability.outages import Outage
 from mas.transports.base import DeadLetter, TrackedDelivery, TransportNode
 
 if TYPE_CHECKING:
@@ -216,6 +217,9 @@ class AmqpTransport:
         self.prefix = self.settings.prefix
         self.unacked: set[AmqpDelivery] = set()
         self._redis_url = redis_url
+        self.outage = Outage("broker", "amqp")
+        """Logs once when RabbitMQ stops answering (connection lost, publishes unconfirmed),
+        once when it answers again."""
         self._dedupe_ttl = dedupe_ttl
         self._claims: DedupeClaims | None = None
         self._redis: Redis | None = None
@@ -270,6 +274,8 @@ class AmqpTransport:
             ) from exc
         self._connection = connection
         self._node = node
+        connection.close_callbacks.add(self._connection_lost)
+        connection.reconnect_callbacks.add(self._reconnected)
         publish = await connection.channel(publisher_confirms=True, on_return_raises=True)
         self._publish_channel = publish
         consume = await self._consume_channel(s.prefetch)
@@ -378,6 +384,13 @@ class AmqpTransport:
             if not channel.is_closed:
                 await channel.close()
 
+    def _connection_lost(self, _connection: object, error: BaseException | None) -> None:
+        if self._connection is not None and error is not None:  # not our own close()
+            self.outage.failed("connection", error)
+
+    def _reconnected(self, _connection: object) -> None:
+        self.outage.ok()
+
     @property
     def ready(self) -> bool:
         connection = self._connection
@@ -468,16 +481,20 @@ class AmqpTransport:
                 await self._exchanges[exchange].publish(
                     amqp_message, routing_key, mandatory=mandatory, timeout=max(left, 0.001)
                 )
+                self.outage.ok()
                 return
             except PublishError as exc:
+                self.outage.ok()  # the broker answered: nobody serves that address
                 raise UnknownAgent(_address_of(routing_key)) from exc
             except _RETRYABLE as exc:
                 if loop.time() + pause >= deadline:
+                    self.outage.failed("publish", exc)
                     raise TransportError(
                         f"RabbitMQ did not confirm the publish to {routing_key!r} within "
                         f"{self.settings.publish_timeout}s: {exc!r}"
                     ) from exc
-                _log.warning("amqp_publish_retry", routing_key=routing_key, error=repr(exc))
+                # The outage is logged once (when it is one); each retry is a debug line.
+                _log.debug("amqp_publish_retry", routing_key=routing_key, error=repr(exc))
             await asyncio.sleep(pause)  # the robust connection reconnects meanwhile
             pause = min(pause * 2, 1.0)
 
@@ -612,27 +629,8 @@ class AmqpTransport:
         if incoming.exchange == self.name("agents.topic") and origin == self.node.node_id:
             await self._ack(incoming)  # this node's own broadcast, already delivered locally
             return
-        try:
-            message = Message.from_wire(
-                incoming.body,
-                max_bytes=self.max_bytes,
-                message_id=incoming.message_id,
-                served=self._served(incoming),
-            )
-        except (InvalidMessage, MessageTooLarge) as exc:
-            _log.warning(
-                "amqp_undecodable_message",
-                routing_key=incoming.routing_key,
-                message_id=incoming.message_id,
-                error=str(exc),
-            )
-            await self.publish_dead_letter(
-                incoming.body,
-                incoming.routing_key or "",
-                reason="invalid_message",
-                error=f"{type(exc).__name__}: {exc}",
-            )
-            await self._ack(incoming)
+        message = await self._decode(incoming, self._served(incoming))
+        if message is None:
             return
         attempt = _attempt(headers.get(ATTEMPT_HEADER))
         delivery = AmqpDelivery(message, attempt, incoming, self)
@@ -654,6 +652,34 @@ class AmqpTransport:
             ):
                 await self._claim(delivery)
         await self.node.receive(delivery)
+
+    async def _decode(
+        self, incoming: AbstractIncomingMessage, served: str | None
+    ) -> Message | None:
+        """The delivery's message; None when its body is not one (it is dead-lettered with
+        reason `invalid_message` at once and acknowledged: no retry can make it valid)."""
+        try:
+            return Message.from_wire(
+                incoming.body,
+                max_bytes=self.max_bytes,
+                message_id=incoming.message_id,
+                served=served,
+            )
+        except (InvalidMessage, MessageTooLarge) as exc:
+            _log.warning(
+                "amqp_undecodable_message",
+                routing_key=incoming.routing_key,
+                message_id=incoming.message_id,
+                error=str(exc),
+            )
+            await self.publish_dead_letter(
+                incoming.body,
+                incoming.routing_key or "",
+                reason="invalid_message",
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            await self._ack(incoming)
+            return None
 
     def _served(self, incoming: AbstractIncomingMessage) -> str | None:
         """The address the delivery's queue serves, from its routing key (`agent.x` is
@@ -862,21 +888,8 @@ class AmqpTransport:
     async def _abandon(self, incoming: AbstractIncomingMessage, agent_id: str) -> None:
         """A message its agent will never take: dead-lettered through the node (its task is
         recorded as ended), or at once when it cannot even be decoded."""
-        try:
-            message = Message.from_wire(
-                incoming.body,
-                max_bytes=self.max_bytes,
-                message_id=incoming.message_id,
-                served=f"agent:{agent_id}",
-            )
-        except (InvalidMessage, MessageTooLarge) as exc:
-            await self.publish_dead_letter(
-                incoming.body,
-                incoming.routing_key or "",
-                reason="invalid_message",
-                error=f"{type(exc).__name__}: {exc}",
-            )
-            await self._ack(incoming)
+        message = await self._decode(incoming, f"agent:{agent_id}")
+        if message is None:
             return
         attempt = _attempt((incoming.headers or {}).get(ATTEMPT_HEADER))
         delivery = AmqpDelivery(message, attempt, incoming, self)
