@@ -39,11 +39,11 @@ from mas.api.auth import mint_token
 from mas.config import Settings, masked_url
 from mas.persistence import open_store
 from tests.amqp_support import AMQP_URL, delete_topology
+from tests.fault_proxy import FaultProxy, fault_proxy
 from tests.integration.pg_support import PG_URL, postgres_dsn
 from tests.process_support import ROOT, clean_environment
 from tests.redis_support import REDIS_URL, delete_keys
 from tests.soak.checker import Effect, History, TaskState, render
-from tests.soak.fault_proxy import FaultProxy, fault_proxy
 from tests.soak.load import LoadGenerator
 from tests.soak.processes import Slot, SoakProcess
 from tests.soak.schedule import FaultRecord, FaultSpec, fixed_schedule

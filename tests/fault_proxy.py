@@ -1,8 +1,8 @@
 """A TCP proxy in front of one service, which a soak or a test breaks on purpose.
 
-Processes reach RabbitMQ, PostgreSQL or Redis through the proxy's port instead of the
-service's, so a fault hits only them (never the machine's service, never other suites).
-Modes:
+Clients (the soak's processes, an integration test's nodes) reach RabbitMQ, PostgreSQL or
+Redis through the proxy's port instead of the service's, so a fault hits only them (never the
+machine's service, never other suites or sessions). Modes:
 
 - `pass`: bytes flow both ways.
 - `cut()`: every open connection is reset now (RST); new ones are accepted as usual. One

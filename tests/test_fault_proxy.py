@@ -1,4 +1,4 @@
-"""The soak's fault proxy, against a local echo server (no real service needed).
+"""The fault proxy, against a local echo server (no real service needed).
 
 Every wait is on a condition (bytes arrived, a connection closed, a chunk held); the only
 bounded waits are the overall `fail_after`s that keep a broken proxy from hanging the suite.
@@ -14,7 +14,7 @@ import pytest
 from anyio.abc import SocketAttribute, SocketStream
 
 from mas.testing import eventually
-from tests.soak.fault_proxy import FaultProxy, fault_proxy
+from tests.fault_proxy import FaultProxy, fault_proxy
 
 pytestmark = pytest.mark.anyio
 
