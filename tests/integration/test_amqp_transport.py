@@ -8,7 +8,8 @@ agent stopped on one node leaves its queued messages (and those still arriving) 
 another, and stays stopped when the node's connection is restored.
 
 Faults touch this test's connections only (other sessions share the broker): the test's nodes
-reach RabbitMQ through `BrokerProxy`, a TCP proxy that can cut or freeze what passes through it.
+reach RabbitMQ through a `FaultProxy` (tests/fault_proxy.py) that cuts their connections, or
+blackholes them: open, and silent both ways.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from tests.amqp_support import (
     queue_depth,
     take_dead_letters,
 )
+from tests.fault_proxy import FaultProxy, fault_proxy
 
 __all__ = ["amqp_scope", "amqp_vhost_url"]
 
@@ -85,106 +87,18 @@ async def wait_until_drained(
     await eventually(drained, timeout)
 
 
-class BrokerProxy:
-    """A TCP proxy to RabbitMQ that can cut every connection through it, or freeze them.
-
-    Frozen, it still reads what both sides write but forwards nothing until thawed: to the
-    client the broker is alive (the socket accepts bytes) and silent.
-    """
-
-    def __init__(self, url: str) -> None:
-        target = URL(url)
-        self.upstream = (target.host or "127.0.0.1", target.port or 5672)
-        self._target = target
-        self._flowing = asyncio.Event()
-        self._flowing.set()
-        self._links: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._server: asyncio.Server | None = None
-        self.connections = 0  # accepted since the start (reconnections included)
-        self.port = 0
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    def url(self, **query: str) -> str:
-        """The broker URL through the proxy; aio-pika reconnects after 0.1 s (not 5)."""
-        proxied = self._target.with_host("127.0.0.1").with_port(self.port)
-        return str(proxied.update_query({"reconnect_interval": "0.1", **query}))
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self.upstream)
-        except OSError:
-            writer.transport.abort()
-            return
-        self.connections += 1
-        link = (writer, up_writer)
-        self._links.add(link)
-        pipes = {
-            asyncio.ensure_future(self._pipe(reader, up_writer)),
-            asyncio.ensure_future(self._pipe(up_reader, writer)),
-        }
-        self._tasks |= pipes
-        try:
-            await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for pipe in pipes:
-                pipe.cancel()
-            await asyncio.gather(*pipes, return_exceptions=True)
-            self._tasks -= pipes
-            self._links.discard(link)
-            for side in link:
-                side.transport.abort()
-
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(65536):
-                await self._flowing.wait()
-                writer.write(data)
-                await writer.drain()
-        except (ConnectionError, OSError):
-            pass
-
-    def sever(self) -> int:
-        """Cut every connection through the proxy (both sides see a reset); returns how many."""
-        links = list(self._links)
-        for link in links:
-            for side in link:
-                side.transport.abort()
-        return len(links)
-
-    def freeze(self) -> None:
-        self._flowing.clear()
-
-    def thaw(self) -> None:
-        self._flowing.set()
-
-    async def close(self) -> None:
-        self.thaw()
-        self.sever()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-
-
 @pytest.fixture
-async def proxy(amqp_scope: AmqpScope) -> AsyncIterator[BrokerProxy]:
-    started = BrokerProxy(amqp_scope.url)
-    await started.start()
-    try:
-        yield started
-    finally:
-        await started.close()
+async def proxy(amqp_scope: AmqpScope) -> AsyncIterator[FaultProxy]:
+    broker = URL(amqp_scope.url)
+    async with fault_proxy("rabbitmq", broker.host or "127.0.0.1", broker.port or 5672) as running:
+        yield running
 
 
-def proxied_transport(scope: AmqpScope, proxy: BrokerProxy, **overrides: object) -> AmqpTransport:
-    """A transport that reaches the broker through `proxy` (its queues still cleaned up)."""
-    transport = AmqpTransport(proxy.url(), scope.settings(**overrides), max_bytes=1_048_576)
+def proxied_transport(scope: AmqpScope, proxy: FaultProxy, **overrides: object) -> AmqpTransport:
+    """A transport that reaches the broker through `proxy` (its queues still cleaned up); it
+    reconnects after 0.1 s, not aio-pika's 5."""
+    url = URL(proxy.url(scope.url)).update_query(reconnect_interval="0.1")
+    transport = AmqpTransport(str(url), scope.settings(**overrides), max_bytes=1_048_576)
     scope.transports.append(transport)
     return transport
 
@@ -372,7 +286,7 @@ async def test_a_message_over_the_size_cap_is_refused_at_send_and_never_publishe
 
 
 async def test_connections_cut_mid_run_lose_nothing_and_handle_nothing_twice(
-    amqp_scope: AmqpScope, proxy: BrokerProxy, broker: AbstractConnection
+    amqp_scope: AmqpScope, proxy: FaultProxy, broker: AbstractConnection
 ) -> None:
     total = 200
     agent = counting(total + 1)
@@ -389,13 +303,13 @@ async def test_connections_cut_mid_run_lose_nothing_and_handle_nothing_twice(
         cell = b.local_cell(listening.id)
         assert cell is not None
         await cell.ctx.subscribe("alerts.*")
-        connected = proxy.connections
+        connected = proxy.accepted
         ids: list[str] = []
         for n in range(total):
             if n in cut_at:
                 # Both nodes lose their connection: b holds prefetched, unacknowledged
                 # deliveries and a's next publish finds no channel.
-                cuts.append(proxy.sever())
+                cuts.append(proxy.cut())
             message = Message("count", {"n": n})
             ids.append(message.id)
             await a.tell("agent:counter", message)
@@ -413,7 +327,7 @@ async def test_connections_cut_mid_run_lose_nothing_and_handle_nothing_twice(
         await wait_until_drained(broker, queue, [a, b])
         await b.settle()
     assert cuts == [2, 2], "each cut should have hit both nodes' connections"
-    assert proxy.connections >= connected + 4, "the nodes did not reconnect"
+    assert proxy.accepted >= connected + 4, "the nodes did not reconnect"
     assert set(agent.seen) == set(ids), "messages were lost"
     assert [i for i, times in agent.seen.items() if times > 1] == [], "handled twice"
     assert reply.payload == {"echo": {"after": "cuts"}}
@@ -423,7 +337,7 @@ async def test_connections_cut_mid_run_lose_nothing_and_handle_nothing_twice(
 
 
 async def test_an_agent_stopped_before_a_reconnection_stays_stopped_after_it(
-    amqp_scope: AmqpScope, proxy: BrokerProxy
+    amqp_scope: AmqpScope, proxy: FaultProxy
 ) -> None:
     """The robust connection restores consumers: not one this node cancelled on purpose."""
     alive, standby = Probe(), Probe()
@@ -434,7 +348,7 @@ async def test_an_agent_stopped_before_a_reconnection_stays_stopped_after_it(
         await b.spawn(Probe().agent("worker"), id="worker")
         await b.spawn(alive.agent(), id="alive")
         await b.stop_agent("worker")  # b no longer consumes agent.worker
-        assert proxy.sever() == 1
+        assert proxy.cut() == 1
         # b is back (its live consumer resumed) when a message for `alive` gets handled.
         await a.tell("agent:alive", Message("ping"))
         await alive.wait_for(1)
@@ -456,7 +370,7 @@ async def test_an_agent_stopped_before_a_reconnection_stays_stopped_after_it(
 
 
 async def test_send_fails_after_publish_timeout_when_the_broker_stops_answering(
-    amqp_scope: AmqpScope, proxy: BrokerProxy
+    amqp_scope: AmqpScope, proxy: FaultProxy
 ) -> None:
     publish_timeout = 1.0
     probe = Probe()
@@ -465,16 +379,16 @@ async def test_send_fails_after_publish_timeout_when_the_broker_stops_answering(
         await b.spawn(probe.agent(), id="target")
         await a.tell("agent:target", Message("before"))
         await probe.wait_for(1)
-        proxy.freeze()
+        proxy.blackhole()
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
             async with asyncio.timeout(publish_timeout + 5):
                 with pytest.raises(TransportError, match="did not confirm"):
-                    await a.tell("agent:target", Message("while-frozen"))
+                    await a.tell("agent:target", Message("while-blackholed"))
             elapsed = loop.time() - started
         finally:
-            proxy.thaw()  # let the nodes shut down cleanly
+            proxy.restore()  # let the nodes shut down cleanly
         assert publish_timeout * 0.9 <= elapsed <= publish_timeout + 1.0
         # Once the broker answers again the node sends as before.
         await a.tell("agent:target", Message("after"))
@@ -777,7 +691,7 @@ async def test_dead_letters_no_delivery_carries_reach_the_broker_dead_letter_que
 
 
 async def test_a_dead_letter_the_broker_cannot_take_is_logged_and_the_agent_goes_on(
-    amqp_scope: AmqpScope, proxy: BrokerProxy
+    amqp_scope: AmqpScope, proxy: FaultProxy
 ) -> None:
     reporter = type("GatedReporter", (Reporter,), {"gate": asyncio.Event()})
     started = Probe()
@@ -791,13 +705,13 @@ async def test_a_dead_letter_the_broker_cannot_take_is_logged_and_the_agent_goes
         cell = b.local_cell("reporter")
         assert cell is not None
         await eventually(lambda: cell.current is not None)  # in the handler, at the gate
-        proxy.freeze()
+        proxy.blackhole()
         try:
             with capture_logs() as logs:
                 reporter.gate.set()
                 await eventually(lambda: any(e["event"] == "dead_letter_not_kept" for e in logs))
         finally:
-            proxy.thaw()
+            proxy.restore()
         # The drain task survived: the same agent handles the next message.
         await a.tell("agent:reporter", Message("one", {"n": 2}))
         await eventually(lambda: b.dead_letters.count == 2, timeout=10)
@@ -873,7 +787,7 @@ async def test_an_unbounded_dead_letter_queue_from_before_does_not_stop_a_node_s
 
 
 async def test_each_agent_queue_prefetches_its_mailbox_capacity_also_after_a_reconnection(
-    amqp_scope: AmqpScope, proxy: BrokerProxy
+    amqp_scope: AmqpScope, proxy: FaultProxy
 ) -> None:
     """One channel per prefetch count: a robust channel re-applies the QoS last set on it to
     every consumer it restores, so sharing one would give them all the last count."""
@@ -898,7 +812,7 @@ async def test_each_agent_queue_prefetches_its_mailbox_capacity_also_after_a_rec
             return {q: counts for q, counts in found.items() if not q.startswith("node.")}
 
         assert prefetch() == expected
-        assert proxy.sever() == 1
+        assert proxy.cut() == 1
         await a.tell("agent:small", Message("after-cut"))
         await a.tell("agent:plain", Message("after-cut"))
         await small.wait_for(1, timeout=10)
