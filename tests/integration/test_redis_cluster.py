@@ -2,7 +2,8 @@
 
 Every test works under its own key prefix and deletes its keys afterwards: the Redis server
 is shared with other sessions, so nothing here flushes, stops or reconfigures it. Outages are
-simulated with a closed port (127.0.0.1:1) or a local TCP proxy the test switches off.
+simulated with a closed port (127.0.0.1:1) or a `FaultProxy` (tests/fault_proxy.py) that
+refuses connections until the test restores it.
 Timing waits on conditions with a deadline; sleeps only pace the polling.
 """
 
@@ -42,6 +43,7 @@ from mas.config import Settings
 from mas.errors import ConfigError
 from mas.testing import eventually
 from tests.conftest import require_service
+from tests.fault_proxy import FaultProxy, fault_proxy
 from tests.redis_support import REDIS_URL
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
@@ -537,52 +539,16 @@ async def test_after_the_cooldown_one_claim_probes_redis_again(
         DedupeClaims(dead_client, cooldown=-1)
 
 
-class SwitchableProxy:
-    """A TCP proxy to Redis that the test can cut (dropping every connection) and restore."""
-
-    def __init__(self) -> None:
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def cut(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for writer in list(self._writers):
-            writer.transport.abort()
-        self._writers.clear()
-        await self._server.wait_closed()
-        self._server = None
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection(REDIS_HOST, REDIS_PORT)
-        except OSError:
-            writer.transport.abort()
-            return
-        self._writers.update((writer, up_writer))
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(OSError):
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            dst.transport.abort()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-        self._writers.difference_update((writer, up_writer))
+@pytest.fixture
+async def proxy() -> AsyncIterator[FaultProxy]:
+    async with fault_proxy("redis", REDIS_HOST, REDIS_PORT) as running:
+        yield running
 
 
 async def test_claims_and_heartbeats_recover_when_redis_comes_back(
-    client: Redis, prefix: str
+    client: Redis, prefix: str, proxy: FaultProxy
 ) -> None:
-    proxy = SwitchableProxy()
-    await proxy.start()
-    proxied = connect(f"redis://127.0.0.1:{proxy.port}/0")
+    proxied = connect(proxy.url(REDIS_URL))
     claims = DedupeClaims(proxied, prefix=prefix, owner="node-a")
     watcher = NodeHeartbeats(client, prefix=prefix)  # sees Redis directly, not via the proxy
     try:
@@ -593,7 +559,7 @@ async def test_claims_and_heartbeats_recover_when_redis_comes_back(
                 assert (await claims.claim("m-1", ttl=30)).claimed
                 assert "node-a" in await watcher.live_nodes()
 
-                await proxy.cut()
+                proxy.refuse()  # open connections reset, new ones reset once accepted
                 assert (await claims.claim("m-2", ttl=30)).unknown
 
                 async def heartbeat_stale() -> bool:
@@ -602,7 +568,7 @@ async def test_claims_and_heartbeats_recover_when_redis_comes_back(
                 await eventually(heartbeat_stale)
                 assert not loop.healthy
 
-                await proxy.start()
+                proxy.restore()
 
                 async def claimed_again() -> bool:  # UNKNOWN until the cooldown has passed
                     return (await claims.claim("m-2", ttl=30)).claimed
@@ -621,8 +587,6 @@ async def test_claims_and_heartbeats_recover_when_redis_comes_back(
         assert events.count(("redis_unavailable", "heartbeats")) == 1
     finally:
         await proxied.aclose()
-        if proxy._server is not None:
-            await proxy.cut()
 
 
 # -- connecting ----------------------------------------------------------------------------
