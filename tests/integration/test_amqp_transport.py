@@ -382,17 +382,25 @@ async def test_send_fails_after_publish_timeout_when_the_broker_stops_answering(
         proxy.blackhole()
         loop = asyncio.get_running_loop()
         started = loop.time()
-        try:
-            async with asyncio.timeout(publish_timeout + 5):
-                with pytest.raises(TransportError, match="did not confirm"):
-                    await a.tell("agent:target", Message("while-blackholed"))
-            elapsed = loop.time() - started
-        finally:
-            proxy.restore()  # let the nodes shut down cleanly
-        assert publish_timeout * 0.9 <= elapsed <= publish_timeout + 1.0
-        # Once the broker answers again the node sends as before.
-        await a.tell("agent:target", Message("after"))
-        await probe.wait_for(2)
+        with capture_logs() as logs:
+            try:
+                async with asyncio.timeout(2 * publish_timeout + 5):
+                    for attempt in range(2):  # one outage, however many sends it fails
+                        with pytest.raises(TransportError, match="did not confirm"):
+                            await a.tell("agent:target", Message(f"blackholed-{attempt}"))
+                        elapsed = loop.time() - started
+                        started = loop.time()
+            finally:
+                proxy.restore()  # let the nodes shut down cleanly
+            assert publish_timeout * 0.9 <= elapsed <= publish_timeout + 1.0
+            assert sending.outage.down
+            # Once the broker answers again the node sends as before.
+            await a.tell("agent:target", Message("after"))
+            await probe.wait_for(2)
+            assert not sending.outage.down  # its end is logged (an info line)
+    # One warning for the outage, however many sends it failed.
+    outage = [e["event"] for e in logs if e["event"].startswith("broker_")]
+    assert outage == ["broker_unavailable"], [e["event"] for e in logs]
 
 
 # -- 6. unknown addresses ------------------------------------------------------------------
