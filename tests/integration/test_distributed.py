@@ -7,128 +7,22 @@ them; the tests talk HTTP to the gateway and read the database and the processes
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import aio_pika
-import asyncpg
 import httpx
 import pytest
-import redis.asyncio as aioredis
 from aio_pika.exceptions import ChannelNotFoundEntity
 
-from mas.api.auth import mint_token
-from mas.config import Settings
-from mas.persistence import open_store
 from mas.testing import eventually
-from tests.amqp_support import AmqpScope, amqp_scope, amqp_vhost_url
-from tests.integration.pg_support import PgSchema, admin_connection
-from tests.process_support import MasProcess, clean_environment
-from tests.redis_support import REDIS_URL, delete_keys, reachable_redis
+from tests.amqp_support import amqp_scope, amqp_vhost_url
+from tests.integration.system_support import SLOW_ECHO, System, effects, rows, system
+from tests.process_support import MasProcess
 
-__all__ = ["amqp_scope", "amqp_vhost_url"]
+__all__ = ["amqp_scope", "amqp_vhost_url", "system"]
 
 pytestmark = pytest.mark.anyio
 
-SECRET = "d" * 40
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
-SLOW_ECHO = "tests.integration.work_agents:SlowEcho"
-
-
-class System:
-    """The environment every process of one test shares, and the processes started."""
-
-    def __init__(self, scope: AmqpScope, pg: PgSchema, tmp: Path) -> None:
-        self.tmp = tmp
-        self.pg = pg
-        self.amqp_url = scope.url
-        self.prefix = scope.prefix
-        self.env = clean_environment(
-            MAS_TRANSPORT="rabbitmq",
-            MAS_AMQP_URL=scope.url,
-            MAS_AMQP__PREFIX=scope.prefix,
-            MAS_DATABASE_URL=pg.url,
-            MAS_DATABASE_SCHEMA=pg.schema,
-            MAS_AUTH__JWT_SECRET=SECRET,
-            MAS_SHUTDOWN_TIMEOUT="20",
-            MAS_HEARTBEAT_INTERVAL="0.5",
-            MAS_REDIS_URL=REDIS_URL,
-        )
-        self.processes: list[MasProcess] = []
-        self.redis: aioredis.Redis
-        self.redis_prefix = ""
-        self.url = ""
-        scopes = ["tasks:read", "tasks:write", "agents:read", "agents:admin", "messages:write"]
-        self.token = mint_token(SECRET, "tester", scopes, ttl=600)
-        scope.extra_queues |= {
-            f"{scope.prefix}agent_type.echo",
-            f"{scope.prefix}agent_type.slow_echo",
-            f"{scope.prefix}agent_type.mas.spawner.echo",
-            f"{scope.prefix}agent_type.mas.spawner.slow_echo",
-            f"{scope.prefix}agent.echo-special",
-            f"{scope.prefix}agent.echo-extra",
-            f"{scope.prefix}agent.se-gone",
-            f"{scope.prefix}agents.dead_letter",
-        }
-
-    def start(self, args: list[str], **env: str) -> MasProcess:
-        process = MasProcess(args, self.env | env, self.tmp)
-        self.processes.append(process)
-        return process
-
-    def api(self, *agents: str, **env: str) -> MasProcess:
-        args = ["api", "--port", "0"]
-        for agent in agents:
-            args += ["--agents", agent]
-        api = self.start(args, **env)
-        line = api.wait_for(lambda line: line.startswith("mas api: "))
-        self.url = line.split()[2]
-        api.wait_for(lambda line: '"event": "runtime_started"' in line)
-        return api
-
-    def worker(self, *agents: str, effects: str = "", **options: str) -> MasProcess:
-        args = ["worker"]
-        for agent in agents:
-            args += ["--agents", agent]
-        for name, value in options.items():
-            args += [f"--{name}", value]
-        worker = self.start(args, MAS_TEST_EFFECTS=effects) if effects else self.start(args)
-        worker.wait_for(lambda line: "ready; SIGTERM" in line)
-        return worker
-
-    def client(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(
-            base_url=self.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=60
-        )
-
-
-@pytest.fixture
-async def system(
-    amqp_scope: AmqpScope, pg_schema: PgSchema, tmp_path: Path
-) -> AsyncIterator[System]:
-    settings = Settings(database_url=pg_schema.url, database_schema=pg_schema.schema)
-    store = await open_store(settings, migrate=True)  # `mas db upgrade`, as a user would
-    await store.close()
-    redis = await reachable_redis()
-    system = System(amqp_scope, pg_schema, tmp_path)
-    system.redis = redis
-    system.redis_prefix = f"mas:{amqp_scope.prefix}"
-    try:
-        yield system
-    finally:
-        for process in system.processes:
-            process.kill()
-        await delete_keys(redis, system.redis_prefix)
-        await redis.aclose()
-
-
-async def _rows(pg: PgSchema, query: str) -> list[asyncpg.Record]:
-    admin = await admin_connection()
-    try:
-        await admin.execute(f'SET search_path TO "{pg.schema}"')
-        return list(await admin.fetch(query))
-    finally:
-        await admin.close()
 
 
 async def test_a_task_crosses_from_the_gateway_process_to_a_worker_and_back(system: System) -> None:
@@ -155,8 +49,8 @@ async def test_a_task_crosses_from_the_gateway_process_to_a_worker_and_back(syst
     assert ready.json()["checks"] == {"runtime": "ok", "transport": "ok", "store": "ok"}
     assert done.json()["status"] == "succeeded", done.text
     assert done.json()["result"] == {"text": "hi"}
-    rows = await _rows(system.pg, f"SELECT status FROM tasks WHERE id = '{task_id}'")
-    assert [row["status"] for row in rows] == ["succeeded"]
+    found = await rows(system.pg, f"SELECT status FROM tasks WHERE id = '{task_id}'")
+    assert [row["status"] for row in found] == ["succeeded"]
     assert api.terminate() == 0
     assert worker.terminate() == 0
     # One trace id from the HTTP request through the other process's handling.
@@ -185,10 +79,6 @@ async def _wait_all_done(client: httpx.AsyncClient, ids: list[str]) -> dict[str,
     return statuses
 
 
-def _effects(path: Path) -> list[str]:
-    return path.read_text().split() if path.exists() else []
-
-
 async def test_a_worker_killed_mid_run_leaves_its_messages_to_another(system: System) -> None:
     first_effects, second_effects = system.tmp / "first.effects", system.tmp / "second.effects"
     first = system.worker(SLOW_ECHO, effects=str(first_effects))
@@ -198,17 +88,17 @@ async def test_a_worker_killed_mid_run_leaves_its_messages_to_another(system: Sy
         # Wait until the first worker is part-way through, then kill it without warning.
         first.wait_for(lambda line: '"event": "task_completed"' in line, timeout=30)
         first.kill()
-        killed_after = set(_effects(first_effects))
+        killed_after = set(effects(first_effects))
         assert len(killed_after) < 100, "the first worker finished everything before the kill"
         system.worker(SLOW_ECHO, effects=str(second_effects), instances="10")
         statuses = await _wait_all_done(client, ids)
     assert set(statuses.values()) == {"succeeded"}, statuses
-    recorded = await _rows(
+    recorded = await rows(
         system.pg, "SELECT id, handled_by FROM messages WHERE handled_by IS NOT NULL"
     )
     handled_by = {row["id"]: row["handled_by"] for row in recorded}
     assert set(ids) <= set(handled_by)
-    second = _effects(second_effects)
+    second = effects(second_effects)
     assert len(second) == len(set(second)), "the second worker handled a message twice"
     # What the killed worker had recorded (committed, so acknowledged or about to be) was not
     # handled again; what it had not recorded, the second worker handled.
@@ -226,8 +116,7 @@ def _node_id(worker: MasProcess) -> str:
 
 
 async def test_sigterm_drains_a_worker_and_others_take_the_rest(system: System) -> None:
-    effects = system.tmp / "first.effects"
-    first = system.worker(SLOW_ECHO, effects=str(effects))
+    first = system.worker(SLOW_ECHO, effects=str(system.tmp / "first.effects"))
     system.api()
     async with system.client() as client:
         ids = await _submit(client, 30, delay=0.05)
@@ -237,7 +126,7 @@ async def test_sigterm_drains_a_worker_and_others_take_the_rest(system: System) 
         system.worker(SLOW_ECHO)
         statuses = await _wait_all_done(client, ids)
     assert set(statuses.values()) == {"succeeded"}, statuses
-    dead = await _rows(system.pg, "SELECT count(*) FROM tasks WHERE status <> 'succeeded'")
+    dead = await rows(system.pg, "SELECT count(*) FROM tasks WHERE status <> 'succeeded'")
     assert dead[0][0] == 0
 
 
@@ -292,10 +181,10 @@ async def test_a_gateway_given_agent_classes_still_leaves_all_agent_work_to_work
             )
             assert done.json()["status"] == "succeeded", done.text
             ids.append(done.json()["id"])
-    rows = await _rows(
+    handled = await rows(
         system.pg, "SELECT id, handled_by FROM messages WHERE handled_by IS NOT NULL"
     )
-    handled_by = {row["id"]: row["handled_by"] for row in rows}
+    handled_by = {row["id"]: row["handled_by"] for row in handled}
     worker_agents = {f"echo-{_node_id(worker)}-0", "echo-extra"}
     assert {handled_by[task_id] for task_id in ids} <= worker_agents
     assert not [e for e in api.logs() if e.get("event") == "task_completed"]
