@@ -74,6 +74,8 @@ async def connect(url: str, *, schema: str | None = None, timeout: float = 10.0)
     if parsed.get_backend_name() == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         event.listen(engine.sync_engine, "reset", _sqlite_reset)
+    else:
+        event.listen(engine.sync_engine, "invalidate", _terminate_at_once)
     try:
         async with engine.connect() as connection:
             await connection.execute(text("SELECT 1"))
@@ -106,6 +108,16 @@ def _sqlite_reset(dbapi_connection: Any, _record: Any, state: PoolResetState) ->
         and dbapi_connection.driver_connection.in_transaction
     ):
         dbapi_connection.rollback()
+
+
+def _terminate_at_once(dbapi_connection: Any, _record: Any, _error: BaseException | None) -> None:
+    """Close a connection the pool gives up on now, without a goodbye to the server.
+
+    SQLAlchemy then closes an asyncpg connection politely, waiting up to 2 s (its own, fixed)
+    for the server's answer; across a partition nobody answers, so every pooled connection
+    would add those seconds to a call already bounded by `timeout`, and to /readyz.
+    """
+    dbapi_connection.driver_connection.terminate()
 
 
 def refused_data(error: BaseException | None) -> bool:

@@ -3,17 +3,19 @@
 A table locked by someone else (a long migration, a stuck transaction) makes every statement
 that touches it wait. The gateway must answer within `MAS_DATABASE_TIMEOUT` with a 504
 problem the client may retry and keep `/readyz` under a second — not hang for as long as the
-lock lasts.
+lock lasts. A network partition (a TCP proxy that forwards nothing) must cost no more.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 from pydantic import SecretStr
+from sqlalchemy.engine import make_url
 
 from mas.api.app import create_app
 from mas.api.auth import SCOPES, mint_token
@@ -21,6 +23,7 @@ from mas.config import AuthSettings, Settings
 from mas.errors import StoreTimeout
 from mas.persistence import Store
 from tests.integration.pg_support import PgSchema, admin_connection
+from tests.soak.fault_proxy import fault_proxy
 
 pytestmark = pytest.mark.anyio
 
@@ -97,3 +100,34 @@ async def test_the_gateway_answers_504_within_the_timeout(
     assert ready.status_code == 200, ready.text  # SELECT 1 touches no locked table
     assert ready_in < 1.0
     assert after.status_code == 200, after.text
+
+
+async def test_connections_pooled_before_a_partition_cost_no_more_than_the_timeout(
+    pg_schema: PgSchema, store: Store
+) -> None:
+    """A partition leaves the pool's idle connections hanging: a read that meets one fails
+    within the timeout and a readiness ping within its own bound, not 2 s later (SQLAlchemy
+    closes a connection it gave up on politely, waiting up to 2 s for the silent peer)."""
+    url = make_url(pg_schema.url)
+    async with fault_proxy("postgres", url.host or "127.0.0.1", url.port or 5432) as proxy:
+        behind = await Store.open(
+            proxy.url(pg_schema.url), schema=pg_schema.schema, timeout=TIMEOUT
+        )
+        try:
+            await asyncio.gather(*(behind.get_task("t-1") for _ in range(3)))  # pooled, idle
+            proxy.blackhole()
+            started = time.monotonic()
+            with pytest.raises(StoreTimeout):
+                await behind.ping(0.5)
+            pinged = time.monotonic() - started
+            started = time.monotonic()
+            with pytest.raises(StoreTimeout):
+                await behind.get_task("t-1")
+            read = time.monotonic() - started
+            proxy.restore()
+            assert await behind.get_task("t-1") is None  # the pool recovers
+        finally:
+            proxy.restore()
+            await behind.close()
+    assert pinged < 0.5 + 0.3
+    assert read < TIMEOUT + 0.5
