@@ -12,7 +12,7 @@ What a user of `mas api` relies on while the gateway cannot reach RabbitMQ or Po
   the database behaves.
 - The gateway's log says once that the database went away, and once that it came back.
 
-The fault is a TCP proxy (tests/soak/fault_proxy.py) between the gateway and that service
+The fault is a TCP proxy (tests/fault_proxy.py) between the gateway and that service
 only: a blackhole (a partition: connections stay open, nothing answers) or refused
 connections (every connection reset, new ones too). The proxy runs in the test's event loop,
 so waits on the processes run in threads (`_in_thread`), never on that loop.
@@ -37,9 +37,9 @@ import pytest
 
 from mas.testing import eventually
 from tests.amqp_support import amqp_scope, amqp_vhost_url
+from tests.fault_proxy import FaultProxy, fault_proxy
 from tests.integration.system_support import SLOW_ECHO, System, effects, rows, system
 from tests.process_support import MasProcess
-from tests.soak.fault_proxy import FaultProxy, fault_proxy
 
 __all__ = ["amqp_scope", "amqp_vhost_url", "system"]
 

@@ -22,8 +22,8 @@ from mas.api.auth import SCOPES, mint_token
 from mas.config import AuthSettings, Settings
 from mas.errors import StoreTimeout
 from mas.persistence import Store
+from tests.fault_proxy import fault_proxy
 from tests.integration.pg_support import PgSchema, admin_connection
-from tests.soak.fault_proxy import fault_proxy
 
 pytestmark = pytest.mark.anyio
 
