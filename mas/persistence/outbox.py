@@ -120,7 +120,6 @@ class OutboxRelay:
         self._quiet = asyncio.Event()
         self._quiet.set()
         self._renewed_at = 0.0
-        self._store_down = False
         self.failing = False
         """The last hand-over failed because the broker (or agent) could not take it."""
         self.resent = 0
@@ -317,13 +316,9 @@ class OutboxRelay:
                     node.node_id, now, until, limit=self.claim_batch
                 )
         except (StoreUnavailable, TimeoutError) as exc:
-            if not self._store_down:
-                self._store_down = True
-                _log.warning("outbox_sweep_failed", error_type=type(exc).__name__, error=str(exc))
+            # The store logs the database's outage, once; this is one of its consequences.
+            _log.debug("outbox_sweep_failed", error_type=type(exc).__name__, error=str(exc))
             return 0
-        if self._store_down:
-            self._store_down = False
-            _log.info("outbox_sweep_recovered")
         for message_id, data in claimed:
             if message_id in self._entries:
                 continue  # ours already: its lease lapsed while the database was away

@@ -43,7 +43,7 @@ async def livez() -> dict[str, str]:
     return {"status": "ok"}
 
 
-READY_WITHIN = 0.8
+READY_WITHIN = 0.7
 """Seconds /readyz gives the database: the answer comes within a second, whatever it does."""
 
 
