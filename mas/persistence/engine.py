@@ -40,7 +40,8 @@ async def connect(url: str, *, schema: str | None = None, timeout: float = 10.0)
 
     Every wait on the database is bounded by `timeout` seconds: connecting, waiting for a
     connection from the pool, and (PostgreSQL) each statement, cancelled on the server when
-    it runs out; SQLite waits that long for a lock.
+    it runs out; SQLite waits that long for a lock, and three times as long for its one
+    connection.
 
     Raises:
         ConfigError: the URL is malformed or names an unsupported driver.
@@ -59,7 +60,10 @@ async def connect(url: str, *, schema: str | None = None, timeout: float = 10.0)
         options["pool_size"] = 1
         options["max_overflow"] = 0
         options["pool_reset_on_return"] = None  # `_sqlite_reset` rolls back only when needed
-        options["pool_timeout"] = timeout
+        # The one connection is shared on purpose: a read may wait for the writer's batch,
+        # which can be large after a burst. A local file cannot vanish like a server, so
+        # the wait is bounded more loosely than a statement.
+        options["pool_timeout"] = 3 * timeout
     else:
         options["pool_pre_ping"] = True
         options["pool_size"] = 5
