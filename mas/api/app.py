@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
-from starlette.types import ASGIApp, Receive, Scope, Send
+from fastapi import FastAPI
 
 from mas.actors.agent import Agent
 from mas.actors.runtime import Runtime
+from mas.api.admission import Admission
 from mas.api.metrics import RuntimeMetrics
-from mas.api.problems import install_problem_handlers, problem_response
+from mas.api.problems import install_problem_handlers
 from mas.api.routes import agents, dashboard, health, tasks
 from mas.api.state import Gateway
 from mas.api.tracing import TraceMiddleware
@@ -63,7 +63,7 @@ def create_app(
         lifespan=lifespan,
     )
     install_problem_handlers(app)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.message_max_bytes)
+    app.add_middleware(Admission, max_bytes=settings.message_max_bytes)
     app.add_middleware(TraceMiddleware)
     for router in (tasks.router, agents.router, health.router, dashboard.router):
         app.include_router(router)
@@ -89,29 +89,6 @@ def _attach(
     app.state.gateway = gateway
     app.state.settings = settings
     app.state.metrics = metrics
-
-
-class BodySizeLimit:
-    """413 for a request body over the message cap, before it is read into memory."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            length = dict(scope["headers"]).get(b"content-length")
-            if length is not None and length.isdigit() and int(length) > self.max_bytes:
-                response = problem_response(
-                    Request(scope),
-                    413,
-                    "Payload Too Large",
-                    f"the body is {int(length)} bytes, over the {self.max_bytes}-byte cap "
-                    "(MAS_MESSAGE_MAX_BYTES)",
-                )
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
 
 
 def _version() -> str:
