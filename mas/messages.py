@@ -20,11 +20,13 @@ from typing import Any, Literal
 from mas.errors import InvalidAddress, InvalidMessage, MessageTooLarge
 
 __all__ = [
+    "MAX_DEPTH",
     "Address",
     "Message",
     "TaskError",
     "TaskResult",
     "body_id",
+    "check_depth",
     "parse_address",
     "topic_matches",
 ]
@@ -36,6 +38,11 @@ _MAX_ADDRESS_VALUE = 200
 _ID_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:@\-]*")
 _TYPE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
 _WORD_RE = re.compile(r"[A-Za-z0-9_\-]+")
+
+MAX_DEPTH = 64
+"""How deeply a message's payload or metadata may nest (objects and arrays). Deeper JSON is
+refused where it enters: serializing it fails past a depth (pydantic stops at 255), and one
+stored task that cannot be written out would break every read that lists it."""
 
 # Built once: `json.dumps` with options builds a new encoder on every call.
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
@@ -330,6 +337,8 @@ class Message:
         metadata = data.get("metadata")
         if metadata is not None and not isinstance(metadata, dict):
             raise InvalidMessage("message field 'metadata' must be a JSON object")
+        check_depth(data.get("payload"), "payload")
+        check_depth(metadata, "metadata")
         return cls(
             data.get("type"),  # type: ignore[arg-type]  # checked in __init__
             data.get("payload"),
@@ -405,6 +414,29 @@ class Message:
             if isinstance(created_at, str):
                 data["created_at"] = _utc_if_naive(created_at)
         return cls.from_dict(data)
+
+
+def check_depth(value: Any, what: str, limit: int = MAX_DEPTH) -> Any:
+    """`value` itself, when its objects and arrays nest at most `limit` deep.
+
+    Raises:
+        InvalidMessage: nested deeper (also a ValueError, so pydantic reports it as a 422).
+    """
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            raise InvalidMessage(
+                f"{what} nests deeper than {limit} levels of objects and arrays: flatten it"
+            )
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return value
 
 
 def _bare(text: str) -> bool:

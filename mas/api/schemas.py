@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime
-from typing import Any, Literal
+from functools import partial
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+from pydantic_core import PydanticSerializationError
 
-from mas.messages import Message
+from mas.errors import InvalidMessage
+from mas.messages import MAX_DEPTH, Message, check_depth
 from mas.persistence.store import AgentRecord, TaskRecord
 
 __all__ = [
@@ -25,6 +29,17 @@ ID_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.:@\-]*$"
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.\-]*$"
 TaskStatus = Literal["pending", "running", "succeeded", "failed", "dead_lettered", "cancelled"]
 
+Payload = Annotated[
+    dict[str, Any],
+    AfterValidator(partial(check_depth, what="payload")),
+    Field(description=f"a JSON object, nested at most {MAX_DEPTH} levels deep"),
+]
+Metadata = Annotated[
+    dict[str, Any],
+    AfterValidator(partial(check_depth, what="metadata")),
+    Field(description=f"a JSON object, nested at most {MAX_DEPTH} levels deep"),
+]
+
 
 class TaskIn(BaseModel):
     """A task for one agent (`agent`), any agent of a type (`type`), or of a capability."""
@@ -35,7 +50,7 @@ class TaskIn(BaseModel):
     type: str | None = Field(None, max_length=200, pattern=NAME_PATTERN, description="agent type")
     capability: str | None = Field(None, max_length=200, pattern=NAME_PATTERN)
     message_type: str = Field("task", min_length=1, max_length=200, pattern=NAME_PATTERN)
-    payload: dict[str, Any] = Field(default_factory=dict)
+    payload: Payload = Field(default_factory=dict)
     id: str | None = Field(
         None, max_length=64, pattern=ID_PATTERN, description="task id, also the idempotency key"
     )
@@ -68,7 +83,7 @@ class TaskOut(BaseModel):
 
     @classmethod
     def of(cls, task: TaskRecord) -> TaskOut:
-        return cls.model_validate(task, from_attributes=True)
+        return cls.model_validate(_writable(task), from_attributes=True)
 
     @staticmethod
     def json_of(task: TaskRecord) -> bytes:
@@ -78,10 +93,30 @@ class TaskOut(BaseModel):
         `TaskOut` (and FastAPI validating it again as the response model) costs more than
         the rest of a small request's own work.
         """
-        return _TASK_RECORD.dump_json(task)
+        try:
+            return _TASK_RECORD.dump_json(task)
+        except PydanticSerializationError:
+            return _TASK_RECORD.dump_json(_writable(task))
 
 
 _TASK_RECORD = TypeAdapter(TaskRecord)
+_WRITABLE_DEPTH = 200  # what pydantic still writes out (it stops at 255), with room to spare
+
+
+def _writable(task: TaskRecord) -> TaskRecord:
+    """`task`, with any value nested too deep to write out replaced by a note saying so.
+
+    Such values cannot enter any more (`MAX_DEPTH`); a task stored before that rule must not
+    turn every read that lists it into an error.
+    """
+    changes: dict[str, Any] = {}
+    for name in ("payload", "result", "error"):
+        try:
+            check_depth(getattr(task, name), name, _WRITABLE_DEPTH)
+        except InvalidMessage:
+            note = f"not shown: nested deeper than {_WRITABLE_DEPTH} levels"
+            changes[name] = {"unreadable": note}
+    return dataclasses.replace(task, **changes) if changes else task
 
 
 class TaskList(BaseModel):
@@ -128,9 +163,9 @@ class MessageIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     type: str = Field(..., min_length=1, max_length=200, pattern=NAME_PATTERN)
-    payload: dict[str, Any] = Field(default_factory=dict)
+    payload: Payload = Field(default_factory=dict)
     id: str | None = Field(None, max_length=64, pattern=ID_PATTERN)
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: Metadata = Field(default_factory=dict)
 
 
 class MessageOut(BaseModel):

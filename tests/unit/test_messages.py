@@ -737,3 +737,17 @@ def test_a_concrete_key_matches_itself_and_hash(key):
 def test_topic_matches_examples(pattern, key, expected):
     assert topic_matches(pattern, key) is expected
     assert _reference_topic_matches(pattern, key) is expected
+
+
+def test_a_message_from_the_wire_nested_deeper_than_the_limit_is_invalid() -> None:
+    from mas.messages import MAX_DEPTH
+
+    deep: object = {}
+    for _ in range(MAX_DEPTH):
+        deep = {"a": deep}
+    with pytest.raises(InvalidMessage, match="payload nests deeper than"):
+        Message.from_dict({"type": "t", "payload": deep})
+    with pytest.raises(InvalidMessage, match="metadata nests deeper than"):
+        Message.from_dict({"type": "t", "metadata": {"m": [deep]}})
+    shallow = Message.from_dict({"type": "t", "payload": {"a": [{"b": 1}]}})
+    assert shallow.payload == {"a": [{"b": 1}]}
