@@ -36,7 +36,8 @@ __all__ = [
 
 SCOPES: dict[str, str] = {
     "tasks:read": "read tasks, their results and their event streams",
-    "tasks:write": "submit tasks",
+    "tasks:write": "submit tasks, cancel one's own",
+    "tasks:admin": "read and cancel every caller's tasks (others see only their own)",
     "agents:read": "list agents and read their state",
     "agents:admin": "spawn and stop agents",
     "messages:write": "send messages straight to an agent",

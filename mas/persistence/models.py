@@ -75,7 +75,11 @@ class TaskRow(Base):
     started_at: Mapped[datetime | None] = mapped_column(Timestamp)
     finished_at: Mapped[datetime | None] = mapped_column(Timestamp)
 
-    __table_args__ = (Index("ix_tasks_status_created_at", "status", "created_at"),)
+    __table_args__ = (
+        Index("ix_tasks_status_created_at", "status", "created_at"),
+        # A caller lists its own tasks (the gateway's ownership rule).
+        Index("ix_tasks_created_by_created_at", "created_by", "created_at"),
+    )
 
 
 class MessageRow(Base):

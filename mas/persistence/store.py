@@ -439,14 +439,18 @@ class Store:
         *,
         status: str | None = None,
         task_type: str | None = None,
+        created_by: str | None = None,
         limit: int = 50,
         offset: int = 0,
     ) -> list[TaskRecord]:
+        """Tasks, newest first; filtered by status, type and creator when given."""
         query = select(tasks).order_by(tasks.c.created_at.desc(), tasks.c.id)
         if status is not None:
             query = query.where(tasks.c.status == status)
         if task_type is not None:
             query = query.where(tasks.c.type == task_type)
+        if created_by is not None:
+            query = query.where(tasks.c.created_by == created_by)
         async with self.reading() as conn:
             rows = (await conn.execute(query.limit(limit).offset(offset))).all()
         return [_task(row) for row in rows]
@@ -476,9 +480,11 @@ class Store:
                 counts[table] = int((await conn.execute(statement)).rowcount or 0)
         return counts
 
-    async def count_tasks(self) -> dict[str, int]:
-        """How many tasks are in each status (for the dashboard)."""
+    async def count_tasks(self, *, created_by: str | None = None) -> dict[str, int]:
+        """How many tasks are in each status (for the dashboard), of one creator if given."""
         query = select(tasks.c.status, func.count()).group_by(tasks.c.status)
+        if created_by is not None:
+            query = query.where(tasks.c.created_by == created_by)
         async with self.reading() as conn:
             rows = (await conn.execute(query)).all()
         return {str(status): int(count) for status, count in rows}

@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import HTMLResponse
 
 from mas.api.auth import Claims, require
+from mas.api.routes.tasks import owner_filter
 from mas.api.schemas import TaskOut
 from mas.api.state import Gateway, gateway
 
@@ -37,16 +38,18 @@ async def dashboard() -> HTMLResponse:
 @router.get("/dashboard/data")
 async def dashboard_data(
     gw: GatewayDep,
-    _: Annotated[Claims, Depends(require("agents:read", "tasks:read"))],
+    claims: Annotated[Claims, Depends(require("agents:read", "tasks:read"))],
 ) -> dict[str, Any]:
-    """What the dashboard shows: this node's counters, agents, task counts, recent tasks."""
+    """What the dashboard shows: this node's counters, agents, and the caller's tasks (all
+    callers' with `tasks:admin`): counts and the most recent."""
     agents = await gw.store.list_agents(limit=200)
-    recent = await gw.store.list_tasks(limit=20)
+    owner = owner_filter(claims)
+    recent = await gw.store.list_tasks(created_by=owner, limit=20)
     return {
         "node_id": gw.runtime.node_id,
         "transport": gw.settings.transport,
         "runtime": gw.runtime.stats(),
-        "task_counts": await gw.store.count_tasks(),
+        "task_counts": await gw.store.count_tasks(created_by=owner),
         "agents": [gw.agent_out(agent).model_dump(mode="json") for agent in agents],
         "tasks": [TaskOut.of(task).model_dump(mode="json") for task in recent],
     }

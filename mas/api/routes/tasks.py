@@ -31,6 +31,9 @@ from mas.persistence.store import TaskRecord
 
 _log = structlog.get_logger("mas.api.tasks")
 
+ADMIN = "tasks:admin"
+"""The scope that sees (and may cancel) every caller's tasks; others see their own only."""
+
 router = APIRouter(prefix="/tasks", tags=["tasks"])
 
 GatewayDep = Annotated[Gateway, Depends(gateway)]
@@ -236,7 +239,7 @@ async def _create_keyed(
             existing = await gw.store.get_task(message.id)
             if existing is None:
                 raise
-            return existing, False
+            return _repeated(existing, spec, message, subject), False
     journal = gw.journal
     task, created = await gw.store.create_task(
         message.id,
@@ -249,7 +252,29 @@ async def _create_keyed(
     )
     if created:
         await _handed_over(gw, task, journal.send_committed(message))
-    return task, created
+        return task, True
+    return _repeated(task, spec, message, subject), False
+
+
+def _repeated(task: TaskRecord, spec: TaskIn, message: Message, subject: str) -> TaskRecord:
+    """The task a repeated submission under the same id gets: the caller's own, for the same
+    request. Another caller's id is taken (409; nothing of that task is shown); the same id
+    for a different request is the client's mistake (422), never the old task silently."""
+    if task.created_by != subject:
+        raise Problem(
+            409,
+            "Task Id Taken",
+            f"another caller's task has the id {task.id!r}: choose another Idempotency-Key "
+            "(or body id)",
+        )
+    if (task.type, task.target, task.payload) != (spec.message_type, message.target, spec.payload):
+        raise Problem(
+            422,
+            "Idempotency Key Reused",
+            f"the id {task.id!r} was used for a different request (message type, target or "
+            "payload differ): a retry must repeat the request, new work needs a new key",
+        )
+    return task
 
 
 async def _handed_over(gw: Gateway, task: TaskRecord, handed: asyncio.Future[None] | None) -> None:
@@ -286,17 +311,32 @@ async def _fail(gw: Gateway, task: TaskRecord, error_type: str, detail: str) -> 
     await gw.recorded(task.id)
 
 
+def owner_filter(claims: Claims) -> str | None:
+    """Whose tasks `claims` may see: its own (the subject), or everyone's (`tasks:admin`)."""
+    return None if ADMIN in claims.scopes else claims.subject
+
+
+def _visible(claims: Claims, task: TaskRecord) -> bool:
+    return ADMIN in claims.scopes or task.created_by == claims.subject
+
+
 @router.get("/", response_model=TaskList)
 async def list_tasks(
     gw: GatewayDep,
-    _: Annotated[Claims, Depends(require("tasks:read"))],
+    claims: Annotated[Claims, Depends(require("tasks:read"))],
     status_: Annotated[TaskStatus | None, Query(alias="status")] = None,
     type_: Annotated[str | None, Query(alias="type", max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> TaskList:
-    """Tasks, newest first, filtered by status and type."""
-    tasks = await gw.store.list_tasks(status=status_, task_type=type_, limit=limit, offset=offset)
+    """The caller's tasks (everyone's with `tasks:admin`), newest first, by status and type."""
+    tasks = await gw.store.list_tasks(
+        status=status_,
+        task_type=type_,
+        created_by=owner_filter(claims),
+        limit=limit,
+        offset=offset,
+    )
     return TaskList(items=[TaskOut.of(t) for t in tasks], limit=limit, offset=offset)
 
 
@@ -315,7 +355,7 @@ async def _get_arguments(request: Request) -> dict[str, Any] | None:
     return {
         "task_id": request.path_params["task_id"],
         "gw": await gateway(request),
-        "_": await admit(request, _READ),
+        "claims": await admit(request, _READ),
         "wait": wait_seconds,
     }
 
@@ -323,15 +363,15 @@ async def _get_arguments(request: Request) -> dict[str, Any] | None:
 async def get_task(
     task_id: str,
     gw: GatewayDep,
-    _: Annotated[Claims, Depends(require(*_READ))],
+    claims: Annotated[Claims, Depends(require(*_READ))],
     wait: GetWait = 0,
 ) -> Response:
-    """A task; with `?wait=N`, held up to N seconds until it has finished."""
+    """One of the caller's tasks; with `?wait=N`, held up to N seconds until it has finished."""
     if wait <= 0:
-        return _task_response(await _read(gw, task_id))
+        return _task_response(await _read(gw, task_id, claims))
     ended = gw.journal.watch_task(task_id)  # before the read: no end falls in between
     try:
-        task = await _read(gw, task_id)
+        task = await _read(gw, task_id, claims)
         if not task.done:
             task = await _wait_for_end(gw, task, ended, min(wait, gw.settings.api.max_wait))
     finally:
@@ -348,9 +388,10 @@ router.add_api_route(
 )
 
 
-async def _read(gw: Gateway, task_id: str) -> TaskRecord:
+async def _read(gw: Gateway, task_id: str, claims: Claims) -> TaskRecord:
+    """The task, if the caller may see it: another caller's task is as unknown as none."""
     task = await gw.store.get_task(task_id)
-    if task is None:
+    if task is None or not _visible(claims, task):
         raise Problem(404, "Unknown Task", f"no task with id {task_id!r}")
     return task
 
@@ -397,11 +438,11 @@ async def _wait_for_end(
 async def task_events(
     task_id: str,
     gw: GatewayDep,
-    _: Annotated[Claims, Depends(require("tasks:read"))],
+    claims: Annotated[Claims, Depends(require("tasks:read"))],
     timeout: Annotated[float, Query(gt=0, le=3600, description="close after N seconds")] = 300,
 ) -> StreamingResponse:
     """Server-Sent Events: one `status` event per state change, until the task ends."""
-    task = await _read(gw, task_id)
+    task = await _read(gw, task_id, claims)
 
     async def stream() -> AsyncIterator[str]:
         current: TaskRecord = task
@@ -432,9 +473,10 @@ def _event(task: TaskRecord) -> str:
 async def cancel_task(
     task_id: str,
     gw: GatewayDep,
-    _: Annotated[Claims, Depends(require("tasks:write"))],
+    claims: Annotated[Claims, Depends(require("tasks:write"))],
 ) -> TaskOut:
-    """Cancel a task that has not finished (409 if it already has)."""
+    """Cancel one of the caller's tasks that has not finished (409 if it already has)."""
+    await _read(gw, task_id, claims)
     task = await gw.store.cancel_task(task_id)
     gw.journal.discard(task_id)  # its message, if still waiting to be sent, stays unsent
     if task is None:
