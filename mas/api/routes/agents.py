@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response, status
@@ -16,6 +17,13 @@ from mas.messages import Message, parse_address
 from mas.orchestrator import SPAWN, spawner_type
 
 router = APIRouter(prefix="/agents", tags=["agents"])
+
+_CLIENT_IDS = uuid.UUID("6f1c2b0e-8a59-4f3e-9a4c-2d4e5b6a7c8d")
+"""Namespace of the message ids derived from a caller and a client-chosen id."""
+
+
+def _caller_scoped(subject: str, client_id: str) -> str:
+    return str(uuid.uuid5(_CLIENT_IDS, f"{subject}\x00{client_id}"))
 
 GatewayDep = Annotated[Gateway, Depends(gateway)]
 
@@ -128,14 +136,19 @@ async def send_message(
     claims: Annotated[Claims, Depends(require("messages:write"))],
     wait: Annotated[float, Query(ge=0, le=3600, description="seconds to wait for a reply")] = 0,
 ) -> MessageOut:
-    """Send a message to an agent; with `?wait=N`, ask and return its reply (504 on timeout)."""
+    """Send a message to an agent; with `?wait=N`, ask and return its reply (504 on timeout).
+
+    A client's `id` makes a retry idempotent for that client only: the message id is derived
+    from the caller and the client's id, so another caller choosing the same id sends a
+    different message (and never receives the reply stored for the first).
+    """
     target = str(parse_address(f"agent:{agent_id}"))
     message = Message(
         body.type,
         body.payload,
-        id=body.id,
+        id=None if body.id is None else _caller_scoped(claims.subject, body.id),
         target=target,
-        metadata=body.metadata,
+        metadata=body.metadata if body.id is None else {**body.metadata, "client_id": body.id},
         trace_id=request.state.trace_id,
     )
     message.to_json(max_bytes=gw.settings.message_max_bytes)

@@ -163,19 +163,15 @@ class TestMessage:
     async def test_tell_is_accepted_and_echoes_the_message(
         self, client: httpx.AsyncClient, token: Any, gw: Gateway, trouble: Any
     ) -> None:
-        response = await client.post(
-            "/agents/trouble/message",
-            json={"type": "count", "payload": {"x": 1}, "id": "m-1"},
-            headers=token(),
-        )
+        body = {"type": "count", "payload": {"x": 1}, "id": "m-1"}
+        response = await client.post("/agents/trouble/message", json=body, headers=token())
         assert response.status_code == 202, response.text
         message = response.json()
-        assert (message["id"], message["type"], message["target"]) == (
-            "m-1",
-            "count",
-            "agent:trouble",
-        )
-        assert message["payload"] == {"x": 1}
+        assert (message["type"], message["target"]) == ("count", "agent:trouble")
+        assert (message["payload"], message["metadata"]) == ({"x": 1}, {"client_id": "m-1"})
+        await gw.runtime.settle()
+        again = await client.post("/agents/trouble/message", json=body, headers=token())
+        assert again.json()["id"] == message["id"]  # a retry is the same message
         await gw.runtime.settle()
         assert trouble.calls["count"] == 1
 

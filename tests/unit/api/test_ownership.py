@@ -99,3 +99,25 @@ async def test_an_id_reused_for_a_different_request_is_422_not_the_old_task(
         await client.post("/tasks/", json={"agent": "echo", "payload": {"n": 1}}, headers=keyed),
         422,
     )
+
+
+async def test_a_message_id_another_caller_chose_never_returns_their_reply(
+    client: httpx.AsyncClient,
+) -> None:
+    """Finding 4: the agent remembers the reply to a message id and sends it again to a
+    duplicate; a client's id is its own, so another caller's same id is another message."""
+    senders = {
+        name: as_(name, "messages:write")  # tasks scopes too, harmlessly
+        for name in ("alice", "bob")
+    }
+    replies = {}
+    for name, payload in (("alice", {"secret": "a"}), ("bob", {"hello": "b"})):
+        response = await client.post(
+            "/agents/echo/message",
+            params={"wait": 5},
+            json={"type": "ping", "id": "m-1", "payload": payload},
+            headers=senders[name],
+        )
+        assert response.status_code == 200, response.text
+        replies[name] = response.json()["payload"]
+    assert replies == {"alice": {"secret": "a"}, "bob": {"hello": "b"}}
