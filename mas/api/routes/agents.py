@@ -25,6 +25,7 @@ _CLIENT_IDS = uuid.UUID("6f1c2b0e-8a59-4f3e-9a4c-2d4e5b6a7c8d")
 def _caller_scoped(subject: str, client_id: str) -> str:
     return str(uuid.uuid5(_CLIENT_IDS, f"{subject}\x00{client_id}"))
 
+
 GatewayDep = Annotated[Gateway, Depends(gateway)]
 
 
