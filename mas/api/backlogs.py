@@ -13,16 +13,19 @@ from __future__ import annotations
 
 import asyncio
 
-from mas.errors import QueueFull, TransportError
+from mas.errors import QueueFull, TransportError, UnknownAgent
 from mas.transports.base import Transport
 
 __all__ = ["Backlogs"]
 
 _MAX_KNOWN = 10_000  # targets remembered at once (agent ids are unbounded): then forget all
+UNKNOWN = -1
+"""The depth when the broker could not be asked (its outage is another check's business)."""
 
 
 class Backlogs:
-    """Refuses new work for a target with `limit` or more messages waiting in the broker."""
+    """Refuses new work for a target nobody serves, or with `limit` or more messages waiting
+    in the broker."""
 
     def __init__(self, transport: Transport, *, limit: int, ttl: float = 1.0) -> None:
         self.limit = limit
@@ -32,16 +35,22 @@ class Backlogs:
         self._reading: dict[str, asyncio.Future[int | None]] = {}
 
     async def check(self, target: str) -> None:
-        """Raises `QueueFull` (429) when `target`'s queue is at the limit. An unknown depth
-        (no such queue yet, the broker unreachable) is not refused here."""
-        if not self.limit:
-            return
+        """Refuse work that would wait for ever or too long, before anything is stored.
+
+        Raises:
+            UnknownAgent: no queue serves `target` (404: a typo, or nobody runs that type;
+                storing the task would only record a failure).
+            QueueFull: `target`'s queue is at the limit (429).
+        """
         depth = await self.depth(target)
-        if depth is not None and depth >= self.limit:
+        if depth is None:
+            raise UnknownAgent(target)
+        if self.limit and depth >= self.limit:
             raise QueueFull(target, depth, self.limit)
 
     async def depth(self, target: str) -> int | None:
-        """Messages waiting for `target`, at most `ttl` seconds old."""
+        """Messages waiting for `target`, at most `ttl` seconds old: None when no queue serves
+        it, `UNKNOWN` when the broker could not be asked."""
         loop = asyncio.get_running_loop()
         known = self._known.get(target)
         if known is not None and loop.time() - known[0] < self.ttl:
@@ -54,7 +63,7 @@ class Backlogs:
         try:
             depth = await self._transport.backlog(target)
         except TransportError:
-            depth = None  # an outage is for the broker check to refuse, not this one
+            depth = UNKNOWN  # an outage is for the broker check to refuse, not this one
         except BaseException:
             future.set_result(None)  # cancelled: the requests waiting on it go unchecked
             raise

@@ -234,7 +234,7 @@ async def _create_keyed(
             gw.check_sending()
             await gw.check_agent(message.target)
             await gw.backlogs.check(message.target)
-        except (TransportError, AgentStopped, QueueFull):
+        except (TransportError, AgentStopped, UnknownAgent, QueueFull):
             # Refused for new work; a repeat of work accepted before gets what it was.
             existing = await gw.store.get_task(message.id)
             if existing is None:

@@ -178,7 +178,7 @@ class TestSubmitRefusals:
         problem(response, 422)
 
     @pytest.mark.parametrize("body", [{"agent": "nobody"}, {"type": "nosuch"}])
-    async def test_unknown_target_is_404_and_the_task_is_failed_not_pending(
+    async def test_unknown_target_is_404_and_nothing_is_stored(
         self,
         client: httpx.AsyncClient,
         token: Any,
@@ -186,12 +186,12 @@ class TestSubmitRefusals:
         gw: Gateway,
         body: dict[str, Any],
     ) -> None:
+        """A typo is the client's mistake: no failed task, no dead letter, for each one."""
         response = await submit(client, token, {**body, "id": "lost-task"})
         problem(response, 404, next(iter(body.values())))
-        task = await client.get("/tasks/lost-task", headers=token())
-        assert task.status_code == 200
-        assert task.json()["status"] == "failed"
-        assert task.json()["error"]["type"] == "UnknownAgent"
+        problem(await client.get("/tasks/lost-task", headers=token()), 404)
+        assert await gw.store.list_tasks() == []
+        assert gw.runtime.dead_letters.count == 0
 
 
 class TestIdempotency:
@@ -528,12 +528,11 @@ class TestNewTasks:
         assert stored.json()["status"] in ("pending", "running")
         assert stored.json()["created_by"] == "tester"
 
-    async def test_unknown_target_fails_the_new_task(
+    async def test_unknown_target_stores_nothing(
         self, client: httpx.AsyncClient, token: Any, problem: Problem
     ) -> None:
         problem(await submit(client, token, {"type": "nosuch"}), 404, "nosuch")
-        failed = await client.get("/tasks/", params={"status": "failed"}, headers=token())
-        assert [t["error"]["type"] for t in failed.json()["items"]] == ["UnknownAgent"]
+        assert (await client.get("/tasks/", headers=token())).json()["items"] == []
 
     async def test_a_new_task_refused_by_a_full_mailbox_is_not_stored(
         self,
