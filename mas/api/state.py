@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any, TypeVar, cast
 
 from fastapi import Request
 
@@ -17,6 +19,8 @@ from mas.persistence.journal import StoreJournal
 from mas.persistence.store import AgentRecord, Store
 
 __all__ = ["Gateway", "gateway"]
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -97,6 +101,31 @@ class Gateway:
                 f"(then GET /tasks/{task_id} shows it)"
             ) from None
 
+    async def write_now(self, write: Coroutine[Any, Any, T], task_id: str) -> T:
+        """A write the request makes itself (not through the journal), waited for at most
+        `MAS_API__WRITE_TIMEOUT`, like every other write a client waits for.
+
+        The write runs as a task the runtime owns: a driver blocked in a thread (SQLite's
+        lock wait) cannot be cancelled, so the request stops waiting instead, and the write
+        ends on its own (committed, or rolled back on the database's failure).
+
+        Raises:
+            StoreUnavailable: no answer within the timeout (503); the write may still land,
+                so a retry under the same id is the way to find out.
+        """
+        timeout = self.settings.api.write_timeout
+        running = self.runtime.start_task(_outcome(write))
+        try:
+            result, error = await asyncio.wait_for(asyncio.shield(running), timeout)
+        except TimeoutError:
+            raise StoreUnavailable(
+                f"the database at {self.store.url} did not record task {task_id!r} within "
+                f"{timeout:g}s: retry with the same id"
+            ) from None
+        if error is not None:
+            raise error
+        return cast(T, result)
+
     def agent_out(self, record: AgentRecord) -> AgentOut:
         """An agent as the API shows it: its mailbox when hosted here, and whether it is live."""
         cell = self.runtime.local_cell(record.id)
@@ -121,3 +150,12 @@ async def gateway(request: Request) -> Gateway:
     """
     state: Gateway = request.app.state.gateway
     return state
+
+
+async def _outcome(write: Coroutine[Any, Any, T]) -> tuple[T | None, Exception | None]:
+    """The write's result or error as a value: an abandoned write's failure must not crash
+    the runtime that owns it (the store has logged the database's outage)."""
+    try:
+        return await write, None
+    except Exception as exc:
+        return None, exc

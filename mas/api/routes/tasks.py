@@ -241,14 +241,17 @@ async def _create_keyed(
                 raise
             return _repeated(existing, spec, message, subject), False
     journal = gw.journal
-    task, created = await gw.store.create_task(
+    task, created = await gw.write_now(
+        gw.store.create_task(
+            message.id,
+            spec.message_type,
+            spec.payload,
+            target=message.target,
+            created_by=subject,
+            trace_id=message.trace_id,
+            send=journal.outbox_row(message),
+        ),
         message.id,
-        spec.message_type,
-        spec.payload,
-        target=message.target,
-        created_by=subject,
-        trace_id=message.trace_id,
-        send=journal.outbox_row(message),
     )
     if created:
         await _handed_over(gw, task, journal.send_committed(message))
