@@ -5,17 +5,34 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
+import anyio
 import httpx
 import pytest
 
+from mas import Agent, HandlerResult, Message
 from mas.api.state import Gateway
 from mas.config import ApiSettings
 
 pytestmark = pytest.mark.anyio
 
 Problem = Callable[..., dict[str, Any]]
+
+
+class PatientBlocker(Agent):
+    """A one-slot mailbox with the default policy (a full mailbox makes senders wait); its
+    handler holds the first message until the test's `release` is set."""
+
+    type = "patient"
+    mailbox_capacity = 1
+    started: ClassVar[asyncio.Event]
+    release: ClassVar[asyncio.Event]
+
+    async def handle_message(self, message: Message) -> HandlerResult:
+        type(self).started.set()
+        await type(self).release.wait()
+        return None
 
 
 async def submit(
@@ -546,6 +563,24 @@ class TestNewTasks:
         # Refused before anything was stored: no task the client never saw stays pending.
         assert (await client.get("/tasks/", headers=token())).json()["items"] == []
         assert await gw.store.outbox_ids() == []
+
+    async def test_a_full_mailbox_with_the_block_policy_is_429_at_once_not_a_wait(
+        self, client: httpx.AsyncClient, token: Any, problem: Problem, gw: Gateway
+    ) -> None:
+        """`block` makes senders inside the runtime wait for room; an HTTP client must not
+        wait without bound for it: it gets 429 and Retry-After (issue 13, item 9)."""
+        PatientBlocker.started, PatientBlocker.release = asyncio.Event(), asyncio.Event()
+        await gw.runtime.spawn(PatientBlocker, id="patient")
+        try:
+            await gw.runtime.tell("agent:patient", Message(type="a"))
+            await asyncio.wait_for(PatientBlocker.started.wait(), 5)  # the handler holds it
+            await gw.runtime.tell("agent:patient", Message(type="b"))  # the slot is taken
+            with anyio.fail_after(5):
+                refused = await submit(client, token, {"agent": "patient"})
+            problem(refused, 429, "patient")
+            assert int(refused.headers["Retry-After"]) >= 1
+        finally:
+            PatientBlocker.release.set()
 
     async def test_a_cancel_ends_a_waiting_submission(
         self, client: httpx.AsyncClient, token: Any, gw: Gateway, trouble: Any
