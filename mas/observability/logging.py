@@ -32,22 +32,61 @@ def configure_logging(
     """Configure structlog globally: JSON (or console) lines on `stream` (stderr by default).
 
     Messages below `level` cost one integer comparison: the filtering logger drops them before
-    any processor runs.
+    any processor runs. Records of the standard library's `logging` (uvicorn's "Exception in
+    ASGI application", asyncio's "Task exception was never retrieved", libraries' warnings)
+    go through the same renderer: one line each, the traceback in its `exception` field, so
+    a multi-line traceback never breaks a JSON log stream.
     """
+    number = level_number(level)
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer()
         if fmt == "json"
         else structlog.dev.ConsoleRenderer(colors=False)
     )
+    timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
+    out = stream if stream is not None else sys.stderr
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            timestamper,
             structlog.processors.format_exc_info,
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(level_number(level)),
-        logger_factory=structlog.PrintLoggerFactory(stream if stream is not None else sys.stderr),
+        wrapper_class=structlog.make_filtering_bound_logger(number),
+        logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
+    _route_standard_logging(out, number, timestamper, renderer)
+
+
+class _StandardHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The root handler `configure_logging` installs (and replaces when called again)."""
+
+
+def _route_standard_logging(
+    stream: TextIO,
+    level: int,
+    timestamper: structlog.typing.Processor,
+    renderer: structlog.typing.Processor,
+) -> None:
+    handler = _StandardHandler(stream)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.contextvars.merge_contextvars,
+                structlog.processors.add_log_level,
+                structlog.stdlib.add_logger_name,
+                timestamper,
+                structlog.processors.format_exc_info,
+            ],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _StandardHandler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    # Libraries speak at WARNING and above: their INFO and DEBUG (every AMQP frame, every
+    # SQL statement) would drown mas's own lines.
+    root.setLevel(max(level, logging.WARNING))

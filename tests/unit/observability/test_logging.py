@@ -68,3 +68,21 @@ async def test_failures_and_dead_letters_are_logged_with_the_same_trace(
     dead = next(r for r in records if r["event"] == "message_dead_lettered")
     assert (dead["reason"], dead["trace_id"], dead["attempts"]) == ("max_attempts", "t-9", 2)
     assert all("payload" not in r for r in records)  # payloads never go to the logs
+
+
+def test_standard_logging_records_are_one_json_line_with_the_traceback(
+    log_lines: io.StringIO,
+) -> None:
+    """uvicorn and asyncio log through `logging`: a traceback must not break the stream."""
+    import logging
+
+    try:
+        raise ValueError("broken\nacross lines")
+    except ValueError:
+        logging.getLogger("uvicorn.error").exception("Exception in ASGI application")
+    logging.getLogger("some.library").info("chatter below WARNING is not shown")
+    (record,) = parse(log_lines)
+    assert record["event"] == "Exception in ASGI application"
+    assert (record["level"], record["logger"]) == ("error", "uvicorn.error")
+    assert "ValueError: broken" in record["exception"]
+    assert "Traceback" in record["exception"]
