@@ -78,6 +78,10 @@ class ApiSettings(BaseModel):
     write_timeout: float = Field(
         10.0, gt=0, description="seconds a request waits for the database to record a task"
     )
+    access_log: bool = Field(
+        True,
+        description="log one line per HTTP request (off when a proxy in front logs them)",
+    )
     max_queue_depth: int = Field(
         10_000,
         ge=0,

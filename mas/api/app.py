@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from mas.actors.agent import Agent
 from mas.actors.runtime import Runtime
+from mas.api.access_log import AccessLog
 from mas.api.admission import Admission
 from mas.api.metrics import RuntimeMetrics
 from mas.api.problems import install_problem_handlers
@@ -63,7 +64,11 @@ def create_app(
         lifespan=lifespan,
     )
     install_problem_handlers(app)
+    # The last added runs first: trace ids, then the access log (which sees every answer,
+    # Admission's 401 and 413 included), then Admission.
     app.add_middleware(Admission, max_bytes=settings.message_max_bytes)
+    if settings.api.access_log:
+        app.add_middleware(AccessLog)
     app.add_middleware(TraceMiddleware)
     for router in (tasks.router, agents.router, health.router, dashboard.router):
         app.include_router(router)

@@ -251,6 +251,7 @@ def _admit(
         )
         raise Problem(401, "Unauthorized", detail, headers=dict(_NO_TOKEN))
     claims = decode_token(credentials.credentials, secret, auth.algorithm)
+    request.state.caller = claims.subject  # for the access log
     missing = sorted(needed - claims.scopes)
     if missing:
         raise Problem(

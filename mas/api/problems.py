@@ -76,6 +76,9 @@ def problem_response(
     headers: dict[str, str] | None = None,
     **extra: Any,
 ) -> JSONResponse:
+    # For the access log: what the client was told, next to the status it got.
+    request.state.problem = title
+    request.state.detail = detail
     body = {
         "type": "about:blank",
         "title": title,
