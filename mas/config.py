@@ -88,6 +88,19 @@ class ApiSettings(BaseModel):
         description="messages waiting in the broker for a task's target beyond which new "
         "tasks for it get 429 (read at most once a second per target; 0: no limit)",
     )
+    max_streams_per_caller: int = Field(
+        20,
+        ge=1,
+        description="event streams (GET /tasks/{id}/events) one token subject may hold open "
+        "at once; more get 429",
+    )
+    stream_poll_interval: float = Field(
+        0.5,
+        gt=0,
+        le=60,
+        description="seconds between the gateway's one shared read of the statuses its open "
+        "event streams watch (changes other nodes record; this node's own are pushed)",
+    )
 
 
 class AmqpSettings(BaseModel):

@@ -499,7 +499,7 @@ class AgentCell:
         if self.status is STOPPED:
             return
         self.status = SUSPENDED
-        await self.wait_idle(self.shutdown_timeout)
+        await self.wait_idle(self.runtime.stop_budget(self.shutdown_timeout))
         await self.stop_instance()
 
     async def resume(self) -> None:
@@ -525,7 +525,7 @@ class AgentCell:
         # Stop consuming at once: what arrives from now on, and what is handed back below,
         # goes to a standby node rather than to this one again.
         await runtime.transport.unsubscribe_agent(self.id, self.agent_type)
-        await self.wait_idle(self.shutdown_timeout)
+        await self.wait_idle(self.runtime.stop_budget(self.shutdown_timeout))
         await self.stop_instance()
         await runtime.unregister(self)
         for item in self.mailbox.close():

@@ -2,7 +2,10 @@
 
 `async with Runtime() as rt:` starts the root supervisor and the transport; leaving the block
 drains (in-flight handlers finish, queued messages are handled, pending retries fire) within
-`shutdown_timeout`, stops agents in reverse start order and closes the transport. If the root
+`shutdown_timeout`, stops agents in reverse start order and closes the transport. The timeout is
+one deadline for the whole shutdown, not one per agent: handlers still running when it passes
+are cancelled, so ten stuck agents cost one timeout, not ten (an orchestrator's grace period
+is a total too). If the root
 supervisor gives up, the body of the `async with` is cancelled and `SupervisorEscalation` is
 raised from it.
 """
@@ -57,6 +60,10 @@ from mas.transports.base import Delivery
 __all__ = ["Runtime"]
 
 _log = structlog.get_logger("mas.runtime")
+
+# Seconds the runtime's own tasks get after the deadline (cancelled handlers unwinding,
+# death-watch notices), so a shutdown that used its whole budget still ends cleanly.
+_CLOSE_GRACE = 0.5
 
 TaskListener = Callable[[TaskResult, Message], Awaitable[None]]
 
@@ -165,6 +172,8 @@ class Runtime:
         self._failure: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._deadlines: AskDeadlines | None = None
+        # Loop time by which shutdown must be done; every agent's stop shares it.
+        self._stop_deadline: float | None = None
         self._failed: asyncio.Event | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
         self.root: Supervisor | None = None
@@ -274,7 +283,9 @@ class Runtime:
         """Drain, stop agents in reverse order, close the transport.
 
         Stops accepting new external messages first; handlers may still send while draining.
-        Messages still queued after `timeout` go to dead letters (`agent_stopped`).
+        `timeout` bounds the whole shutdown (drain, every agent's stop, the runtime's tasks),
+        plus a short grace for closing: handlers still running at the deadline are cancelled
+        and their queued messages go to dead letters (`agent_stopped`).
         """
         if self._state != "running":
             return
@@ -282,6 +293,8 @@ class Runtime:
         self._accepting = False
         self.fast_path = False
         timeout = self.settings.shutdown_timeout if timeout is None else timeout
+        loop = asyncio.get_running_loop()
+        self._stop_deadline = loop.time() + timeout
         _log.info("runtime_stopping", node_id=self._node_id, timeout=timeout)
         # Stop taking deliveries, so the drain below ends; queued ones are still handled.
         await self.transport.pause()
@@ -298,7 +311,7 @@ class Runtime:
         await self.transport.close()
         if self._deadlines is not None:
             self._deadlines.close()
-        await self.tasks.wait_all(timeout)
+        await self.tasks.wait_all(max(self.stop_budget(timeout), min(timeout, _CLOSE_GRACE)))
         self._state = "stopped"
         _log.info(
             "runtime_stopped",
@@ -306,6 +319,17 @@ class Runtime:
             handled=self.handled,
             dead_letters=self.dead_letters.count,
         )
+
+    def stop_budget(self, limit: float) -> float:
+        """How long a stop may still wait: `limit`, cut to what is left of the shutdown deadline.
+
+        Agents stop one after another (children before parents); without a shared deadline
+        each would wait its own full timeout for a stuck handler, N agents N timeouts.
+        """
+        if self._stop_deadline is None:
+            return limit
+        left = self._stop_deadline - asyncio.get_running_loop().time()
+        return max(0.0, min(limit, left))
 
     async def settle(self, *, timeout: float | None = 10.0, advance_clock: bool = True) -> None:
         """Wait until no handler runs, no mailbox holds a message and no retry is pending.

@@ -47,15 +47,21 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if runtime is not None:
-            _attach(app, settings, runtime, classes, host_agents)
-            yield
+            gateway = _attach(app, settings, runtime, classes, host_agents)
+            try:
+                yield
+            finally:
+                await gateway.close()
             return
         own = Runtime(settings.model_copy(update={"persist": True}))
         async with own:
-            _attach(app, settings, own, classes, host_agents)
-            for cls in starting:
-                await own.spawn(cls, id=cls.type)
-            yield
+            gateway = _attach(app, settings, own, classes, host_agents)
+            try:
+                for cls in starting:
+                    await own.spawn(cls, id=cls.type)
+                yield
+            finally:
+                await gateway.close()
 
     app = FastAPI(
         title="mas gateway",
@@ -81,7 +87,7 @@ def _attach(
     runtime: Runtime,
     classes: dict[str, type[Agent]],
     host_agents: bool,
-) -> None:
+) -> Gateway:
     journal = runtime.journal
     if not isinstance(journal, StoreJournal):
         raise ConfigError(
@@ -94,6 +100,7 @@ def _attach(
     app.state.gateway = gateway
     app.state.settings = settings
     app.state.metrics = metrics
+    return gateway
 
 
 def _version() -> str:

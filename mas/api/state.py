@@ -13,6 +13,7 @@ from mas.actors.agent import Agent
 from mas.actors.runtime import Runtime
 from mas.api.backlogs import Backlogs
 from mas.api.schemas import AgentOut
+from mas.api.streams import TaskStreams
 from mas.config import Settings
 from mas.errors import AgentStopped, StoreUnavailable, TransportError
 from mas.persistence.journal import StoreJournal
@@ -34,9 +35,22 @@ class Gateway:
     hosts_agents: bool = True
     """This process runs agents itself (`mas up`); `mas api` leaves them all to workers."""
     backlogs: Backlogs = field(init=False)
+    streams: TaskStreams = field(init=False)
+    """Open task event streams: pushed by this journal's commits, one shared poll for the rest."""
 
     def __post_init__(self) -> None:
-        self.backlogs = Backlogs(self.runtime.transport, limit=self.settings.api.max_queue_depth)
+        api = self.settings.api
+        self.backlogs = Backlogs(self.runtime.transport, limit=api.max_queue_depth)
+        self.streams = TaskStreams(
+            self.store, max_per_caller=api.max_streams_per_caller, interval=api.stream_poll_interval
+        )
+        self.journal.status_listeners.append(self.streams.changed)
+
+    async def close(self) -> None:
+        """Stop what the gateway runs itself (the streams' poller); the runtime is not its."""
+        if self.streams.changed in self.journal.status_listeners:
+            self.journal.status_listeners.remove(self.streams.changed)
+        await self.streams.close()
 
     @property
     def store(self) -> Store:

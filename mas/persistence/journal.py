@@ -314,6 +314,9 @@ class StoreJournal:
         self._audit_all = audit == "all"
         self._audit_tasks = audit == "tasks"
         self._watches: dict[str, _TaskWatch] = {}
+        self.status_listeners: list[Callable[[str, str], None]] = []
+        """Called with (task id, status) for each status change a commit of this journal
+        recorded (the gateway's event streams: pushed, not polled)."""
         self.writer.on_commit = self._committed
 
     async def open(self, node: JournalNode) -> None:
@@ -542,6 +545,8 @@ class StoreJournal:
 
     def task_cancelled(self, task: TaskRecord) -> None:
         """The store cancelled `task` (committed): wake whoever waits for its end."""
+        for listener in self.status_listeners:
+            listener(task.id, task.status)
         watch = self._watches.pop(task.id, None)
         if watch is not None:
             started = {
@@ -563,6 +568,11 @@ class StoreJournal:
     def _committed(self, batch: Batch) -> None:
         if batch.outbox:
             self.relay.committed(batch.outbox)
+        for listener in self.status_listeners:
+            for row in batch.running:
+                listener(row["id"], "running")
+            for row in batch.finished:
+                listener(row["task_id"], row["status"])
         watches = self._watches
         if not watches:
             return

@@ -11,6 +11,7 @@ import structlog
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 from pydantic import TypeAdapter
+from starlette.background import BackgroundTask
 
 from mas.api.auth import Claims, admit, require
 from mas.api.direct import direct_route
@@ -444,27 +445,57 @@ async def task_events(
     claims: Annotated[Claims, Depends(require("tasks:read"))],
     timeout: Annotated[float, Query(gt=0, le=3600, description="close after N seconds")] = 300,
 ) -> StreamingResponse:
-    """Server-Sent Events: one `status` event per state change, until the task ends."""
-    task = await _read(gw, task_id, claims)
+    """Server-Sent Events: one `status` event per state change, until the task ends.
+
+    The stream reads the task again only when woken: by this node's commit of a change, or
+    by the gateway's one shared poll for changes other nodes record (see `mas.api.streams`).
+    A caller holding `MAS_API__MAX_STREAMS_PER_CALLER` open streams gets 429.
+    """
+    slot = gw.streams.open(task_id, claims.subject)  # before the read: no change falls between
+    if slot is None:
+        raise Problem(
+            429,
+            "Too Many Streams",
+            f"this caller already holds {gw.streams.max_per_caller} open event streams: close "
+            "one (or wait for one to end) before opening another",
+            headers={"Retry-After": "1"},
+        )
+    try:
+        task = await _read(gw, task_id, claims)
+    except BaseException:
+        slot.close()
+        raise
+    slot.seen(task.status)
 
     async def stream() -> AsyncIterator[str]:
-        current: TaskRecord = task
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        yield _event(current)
-        last = current.status
-        ended = gw.journal.watch_task(task_id)  # an end before this is found by the re-read
         try:
-            while not current.done and loop.time() < deadline:
-                current = await _wait_for_end(gw, current, ended, min(1.0, deadline - loop.time()))
+            current: TaskRecord = task
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout
+            yield _event(current)
+            last = current.status
+            while not current.done:
+                remaining = deadline - loop.time()
+                if remaining <= 0 or not await slot.changed(remaining):
+                    return
+                latest = await gw.store.get_task(task_id)
+                if latest is None:  # pruned meanwhile
+                    return
+                current = latest
                 if current.status != last:
                     last = current.status
                     yield _event(current)
         finally:
-            gw.journal.unwatch_task(task_id, ended)
+            slot.close()  # the task ended, the stream timed out, or the client went away
+
+    async def release() -> None:
+        slot.close()  # a stream whose client left before its first event never ran `stream`
 
     return StreamingResponse(
-        stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache"},
+        background=BackgroundTask(release),
     )
 
 

@@ -24,7 +24,7 @@ from mas import (
     Terminated,
     UnknownAgent,
 )
-from mas.testing import Probe, TestRuntime
+from mas.testing import Probe, TestRuntime, eventually
 from mas.transports.memory import MemoryBroker, MemoryTransport
 
 pytestmark = pytest.mark.anyio
@@ -290,6 +290,33 @@ async def test_shutdown_timeout_cancels_a_stuck_handler_and_dead_letters_what_is
     letters = [(d.message.type, d.reason) for d in rt.dead_letters.recent]
     # Nothing is lost: the interrupted message and the queued one are both dead letters.
     assert letters == [("first", "agent_stopped"), ("second", "agent_stopped")]
+
+
+async def test_shutdown_timeout_is_one_deadline_for_all_agents_not_one_each() -> None:
+    # Ten agents stuck in handlers: each stop used to wait its own full timeout after the
+    # drain (1 + 10 x 1 s here; 110 s with the default 10 s), past an orchestrator's grace.
+    entered: list[str] = []
+
+    class Hung(Agent):
+        async def handle_message(self, message: Message) -> HandlerResult:
+            entered.append(message.type)
+            await asyncio.Event().wait()
+            return None
+
+    rt = TestRuntime(shutdown_timeout=1)
+    await rt.start()
+    for n in range(10):
+        ref = await rt.spawn(Hung, id=f"hung-{n}")
+        await ref.tell(Message(f"job-{n}"))
+        await ref.tell(Message(f"queued-{n}"))
+    await eventually(lambda: len(entered) == 10)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await rt.shutdown(timeout=1)
+    assert loop.time() - started < 5
+    # Nothing is lost: every interrupted and every queued message is a dead letter.
+    letters = {d.message.type for d in rt.dead_letters.recent if d.reason == "agent_stopped"}
+    assert letters == {f"{kind}-{n}" for kind in ("job", "queued") for n in range(10)}
 
 
 async def test_messages_from_another_node_left_at_shutdown_are_dead_letters_not_lost() -> None:

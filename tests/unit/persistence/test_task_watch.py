@@ -84,3 +84,27 @@ async def test_a_cancel_wakes_the_watchers_and_unwatching_forgets_them(store: St
         assert first.done() and first.result().status == "cancelled"
         assert not second.done()  # unwatched: nobody is told, nothing is kept
         assert not journal._watches
+
+
+async def test_status_listeners_hear_each_change_once_committed(store: Store) -> None:
+    # The gateway's event streams are pushed from here instead of polling the store.
+    journal = StoreJournal(store)
+    heard: list[tuple[str, str]] = []
+    journal.status_listeners.append(lambda task_id, status: heard.append((task_id, status)))
+    async with TestRuntime(journal=journal, log_level="CRITICAL") as rt:
+        await rt.spawn(EchoAgent, id="e")
+        journal.task_created(TaskRecord.new("t-9", "echo", {}, target="agent:e"))
+        await rt.tell("agent:e", task_for("t-9", {}))
+        await rt.settle()
+    assert heard == [("t-9", "running"), ("t-9", "succeeded")]
+
+
+async def test_task_statuses_reads_many_tasks_at_once(store: Store) -> None:
+    ids = [f"s-{n}" for n in range(510)]  # more than one chunk of ids
+    for task_id in ids:
+        await store.create_task(task_id, "echo", {}, target="agent:e")
+    await store.cancel_task("s-7")
+    statuses = await store.task_statuses([*ids, "unknown"])
+    assert len(statuses) == 510  # an unknown id is simply absent
+    assert statuses["s-7"] == "cancelled"
+    assert statuses["s-8"] == statuses["s-509"] != "cancelled"
