@@ -42,7 +42,7 @@ class TaskStream:
 
     def seen(self, status: str) -> None:
         """The status the stream read: the baseline the shared poll compares against."""
-        self._hub._seen(self, status)
+        self._hub.note_seen(self, status)
 
     async def changed(self, timeout: float) -> bool:
         """Wait up to `timeout` seconds for a change; False if none came."""
@@ -57,7 +57,7 @@ class TaskStream:
         """Give the slot back (idempotent): the stream ended or its client went away."""
         if not self.closed:
             self.closed = True
-            self._hub._release(self)
+            self._hub.release(self)
 
 
 class _Watched:
@@ -119,7 +119,8 @@ class TaskStreams:
             poller.cancel()
             await asyncio.gather(poller, return_exceptions=True)
 
-    def _seen(self, stream: TaskStream, status: str) -> None:
+    def note_seen(self, stream: TaskStream, status: str) -> None:
+        """`stream` read its task in `status` (see `TaskStream.seen`)."""
         watched = self._tasks.get(stream.task_id)
         if watched is None:
             return
@@ -128,7 +129,8 @@ class TaskStreams:
         elif watched.status != status:
             stream.wake()  # it read before a change the hub already knows of
 
-    def _release(self, stream: TaskStream) -> None:
+    def release(self, stream: TaskStream) -> None:
+        """`stream`'s slot is free again (see `TaskStream.close`)."""
         self._per_caller[stream.caller] -= 1
         if self._per_caller[stream.caller] <= 0:
             del self._per_caller[stream.caller]
@@ -148,14 +150,16 @@ class TaskStreams:
                 self.polls += 1
                 try:
                     statuses = await self.store.task_statuses(list(self._tasks))
-                except MasError as exc:
+                except Exception as exc:
                     # Streams keep waiting (and end on their timeout); said once per outage.
+                    # Not only MasError: a bug here must be seen, and must not end the poll.
                     if not self._failing:
                         self._failing = True
                         _log.warning(
                             "task_streams_poll_failed",
                             error_type=type(exc).__name__,
                             error=str(exc),
+                            exc_info=None if isinstance(exc, MasError) else exc,
                         )
                     continue
                 self._failing = False
