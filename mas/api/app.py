@@ -6,10 +6,13 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp
 
 from mas.actors.agent import Agent
 from mas.actors.runtime import Runtime
 from mas.api.admission import Admission
+from mas.api.headers import SecurityHeaders, cors_options
 from mas.api.metrics import RuntimeMetrics
 from mas.api.problems import install_problem_handlers
 from mas.api.routes import agents, dashboard, health, tasks
@@ -56,18 +59,29 @@ def create_app(
                 await own.spawn(cls, id=cls.type)
             yield
 
-    app = FastAPI(
+    app = _GatewayApp(
         title="mas gateway",
         version=_version(),
         summary="Submit tasks to agents, read results, manage agents.",
         lifespan=lifespan,
     )
     install_problem_handlers(app)
+    # The last added runs first: CORS answers a preflight and marks a 401 from admission
+    # readable for the page that sent it; SecurityHeaders wraps even these (`_GatewayApp`).
     app.add_middleware(Admission, max_bytes=settings.message_max_bytes)
+    if settings.api.cors_origins:
+        app.add_middleware(CORSMiddleware, **cors_options(settings.api.cors_origins))
     app.add_middleware(TraceMiddleware)
     for router in (tasks.router, agents.router, health.router, dashboard.router):
         app.include_router(router)
     return app
+
+
+class _GatewayApp(FastAPI):
+    """FastAPI with the security headers outside everything, the 500 handler included."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return SecurityHeaders(super().build_middleware_stack())
 
 
 def _attach(

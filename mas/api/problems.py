@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from mas.errors import (
     AgentStartError,
@@ -133,12 +134,11 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = _allowed(request)
         return problem_response(
-            request,
-            exc.status_code,
-            _title(exc.status_code),
-            str(exc.detail),
-            dict(exc.headers or {}),
+            request, exc.status_code, _title(exc.status_code), str(exc.detail), headers
         )
 
     @app.exception_handler(MasError)
@@ -181,6 +181,30 @@ def _internal(request: Request, exc: BaseException) -> JSONResponse:
     return problem_response(
         request, 500, "Internal Server Error", f"the gateway failed: {type(exc).__name__}"
     )
+
+
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def _allowed(request: Request) -> str:
+    """Every method some route answers at the request's path (RFC 9110 `Allow` on a 405).
+
+    Starlette names only the methods of the first route whose path matches (`POST` for
+    `DELETE /tasks/`, though `GET /tasks/` lists tasks), so each method is tried in turn.
+    """
+    scope = request.scope
+    allowed = []
+    for method in _METHODS:
+        probe: dict[str, Any] = {
+            "type": "http",
+            "method": method,
+            "path": scope["path"],
+            "root_path": scope.get("root_path", ""),
+            "headers": [],
+        }
+        if any(route.matches(probe)[0] is Match.FULL for route in request.app.router.routes):
+            allowed.append(method)
+    return ", ".join(allowed)
 
 
 def _title(status: int) -> str:
