@@ -19,6 +19,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import HTMLResponse
 
 from mas.api.auth import Claims, require
+from mas.api.problems import AUTH_PROBLEMS, problems
 from mas.api.routes.tasks import owner_filter
 from mas.api.schemas import TaskOut
 from mas.api.state import Gateway, gateway
@@ -67,7 +68,7 @@ async def dashboard() -> HTMLResponse:
     )
 
 
-@router.get("/dashboard/data")
+@router.get("/dashboard/data", responses=problems(*AUTH_PROBLEMS))
 async def dashboard_data(
     gw: GatewayDep,
     claims: Annotated[Claims, Depends(require("agents:read", "tasks:read"))],
