@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = [
@@ -101,6 +101,28 @@ class ApiSettings(BaseModel):
         description="seconds between the gateway's one shared read of the statuses its open "
         "event streams watch (changes other nodes record; this node's own are pushed)",
     )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="origins (scheme://host[:port]) whose pages may call the gateway, e.g. "
+        "MAS_API__CORS_ORIGINS='[\"https://ui.example.com\"]'; empty: CORS off",
+    )
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, origins: list[str]) -> list[str]:
+        """An origin is what a browser sends in `Origin`: a path or a slash never matches."""
+        for origin in origins:
+            parts = urlsplit(origin)
+            if origin != "*" and (
+                parts.scheme not in ("http", "https")
+                or not parts.netloc
+                or origin != f"{parts.scheme}://{parts.netloc}"
+            ):
+                raise ValueError(
+                    f"{origin!r} is not an origin: write scheme://host[:port], no path or "
+                    "trailing slash (or * for any)"
+                )
+        return origins
 
 
 class AmqpSettings(BaseModel):

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp
 
 from mas.actors.agent import Agent
 from mas.actors.runtime import Runtime
 from mas.api.access_log import AccessLog
 from mas.api.admission import Admission
+from mas.api.headers import SecurityHeaders, cors_options
 from mas.api.metrics import RuntimeMetrics
-from mas.api.problems import install_problem_handlers
+from mas.api.problems import AUTH_PROBLEMS, ProblemDetails, install_problem_handlers, problems
 from mas.api.routes import agents, dashboard, health, tasks
 from mas.api.state import Gateway
 from mas.api.tracing import TraceMiddleware
@@ -63,22 +67,75 @@ def create_app(
             finally:
                 await gateway.close()
 
-    app = FastAPI(
+    app = _GatewayApp(
         title="mas gateway",
         version=_version(),
         summary="Submit tasks to agents, read results, manage agents.",
         lifespan=lifespan,
     )
+    app.contract = _contract(settings, classes)
     install_problem_handlers(app)
-    # The last added runs first: trace ids, then the access log (which sees every answer,
-    # Admission's 401 and 413 included), then Admission.
+    # The last added runs first: trace ids, the access log (which sees every answer,
+    # Admission's 401 and 413 included), CORS (answers a preflight and marks a 401 from
+    # admission readable for the page that sent it), then Admission. SecurityHeaders
+    # wraps even these (`_GatewayApp`).
     app.add_middleware(Admission, max_bytes=settings.message_max_bytes)
+    if settings.api.cors_origins:
+        app.add_middleware(CORSMiddleware, **cors_options(settings.api.cors_origins))
     if settings.api.access_log:
         app.add_middleware(AccessLog)
     app.add_middleware(TraceMiddleware)
     for router in (tasks.router, agents.router, health.router, dashboard.router):
         app.include_router(router)
     return app
+
+
+class _GatewayApp(FastAPI):
+    """FastAPI with the security headers outside everything, the 500 handler included, and
+    an OpenAPI document that says what this gateway, as configured, does."""
+
+    contract: Callable[[dict[str, Any]], None] = staticmethod(lambda document: None)
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return SecurityHeaders(super().build_middleware_stack())
+
+    def openapi(self) -> dict[str, Any]:
+        if self.openapi_schema is None:
+            document = super().openapi()
+            self.contract(document)
+            self.openapi_schema = document
+        return self.openapi_schema
+
+
+def _contract(settings: Settings, agent_types: Iterable[str]) -> Callable[[dict[str, Any]], None]:
+    """What FastAPI cannot know from the routes alone, written into the OpenAPI document.
+
+    The problem+json schema (`problems()` refers to it), the longest `?wait=` this gateway
+    applies, the health routes that need a token when they are not public, and the agent
+    types `POST /agents/` starts when the gateway knows them all.
+    """
+    types = sorted(agent_types)
+    private = {
+        "/livez": not settings.auth.public_health,
+        "/readyz": not settings.auth.public_health,
+        "/metrics": not settings.auth.public_metrics,
+    }
+
+    def apply(document: dict[str, Any]) -> None:
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        schemas["Problem"] = ProblemDetails.model_json_schema()
+        for path, operations in document["paths"].items():
+            for operation in operations.values():
+                for parameter in operation.get("parameters", ()):
+                    if parameter["in"] == "query" and parameter["name"] == "wait":
+                        parameter["schema"]["maximum"] = settings.api.max_wait
+                if private.get(path):
+                    operation["security"] = [{"bearer": []}]
+                    operation["responses"].update(problems(*AUTH_PROBLEMS))
+        if types and "AgentIn" in schemas:
+            schemas["AgentIn"]["properties"]["type"]["enum"] = types
+
+    return apply
 
 
 def _attach(

@@ -15,8 +15,10 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from mas.errors import (
     AgentStartError,
@@ -43,9 +45,65 @@ from mas.persistence.engine import error_reason
 
 _log = structlog.get_logger("mas.api")
 
-__all__ = ["PROBLEM_JSON", "Problem", "install_problem_handlers", "problem_response"]
+__all__ = [
+    "AUTH_PROBLEMS",
+    "PROBLEM_JSON",
+    "Problem",
+    "ProblemDetails",
+    "install_problem_handlers",
+    "problem_response",
+    "problems",
+]
 
 PROBLEM_JSON = "application/problem+json"
+
+
+class ProblemDetails(BaseModel):
+    """The body of every error response (RFC 9457), as the OpenAPI document describes it."""
+
+    type: str = Field("about:blank", description="always about:blank: `title` says what")
+    title: str = Field(..., description="what went wrong, the same for every such error")
+    status: int = Field(..., description="the response's status code")
+    detail: str = Field(..., description="what went wrong this time, and what to do")
+    instance: str = Field(..., description="the request's path")
+    errors: list[dict[str, Any]] | None = Field(
+        None, description="on a 422: each invalid field and what is wrong with it"
+    )
+
+
+_MEANING = {
+    400: "the body is not text (UTF-8) FastAPI can parse",
+    401: "no token, or one that is invalid or expired (WWW-Authenticate says which)",
+    403: "the token lacks a scope this route needs",
+    404: "nothing with that id (or not the caller's)",
+    409: "conflicts with the current state",
+    413: "the body is over MAS_MESSAGE_MAX_BYTES",
+    422: "a field is invalid (`errors` lists them)",
+    429: "the target's mailbox or queue is full: retry after Retry-After seconds",
+    502: "the agent failed",
+    503: "the database or broker does not answer, or mas is stopping: retry after Retry-After",
+    504: "a bounded wait on the database or an agent ran out",
+}
+
+
+def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The `responses=` of a route that may answer with these error statuses (problem+json).
+
+    The schema is `#/components/schemas/Problem`, which `create_app` adds to the document
+    (FastAPI would file a model's schema under application/json only).
+    """
+    return {
+        status: {
+            "description": _MEANING[status],
+            "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        }
+        for status in statuses
+    }
+
+
+AUTH_PROBLEMS = (401, 403, 503, 504)
+"""What any route behind a token may answer: the token is wrong or lacks a scope, the
+gateway cannot check it, or its store does not answer (in time)."""
 
 
 class Problem(Exception):
@@ -136,12 +194,11 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = _allowed(request)
         return problem_response(
-            request,
-            exc.status_code,
-            _title(exc.status_code),
-            str(exc.detail),
-            dict(exc.headers or {}),
+            request, exc.status_code, _title(exc.status_code), str(exc.detail), headers
         )
 
     @app.exception_handler(MasError)
@@ -184,6 +241,30 @@ def _internal(request: Request, exc: BaseException) -> JSONResponse:
     return problem_response(
         request, 500, "Internal Server Error", f"the gateway failed: {type(exc).__name__}"
     )
+
+
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def _allowed(request: Request) -> str:
+    """Every method some route answers at the request's path (RFC 9110 `Allow` on a 405).
+
+    Starlette names only the methods of the first route whose path matches (`POST` for
+    `DELETE /tasks/`, though `GET /tasks/` lists tasks), so each method is tried in turn.
+    """
+    scope = request.scope
+    allowed = []
+    for method in _METHODS:
+        probe: dict[str, Any] = {
+            "type": "http",
+            "method": method,
+            "path": scope["path"],
+            "root_path": scope.get("root_path", ""),
+            "headers": [],
+        }
+        if any(route.matches(probe)[0] is Match.FULL for route in request.app.router.routes):
+            allowed.append(method)
+    return ", ".join(allowed)
 
 
 def _title(status: int) -> str:

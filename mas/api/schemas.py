@@ -41,10 +41,30 @@ Metadata = Annotated[
 ]
 
 
+def _exactly_one(*names: str) -> dict[str, Any]:
+    """JSON schema: exactly one of `names` is given as a string (the others absent or null)."""
+    return {
+        "oneOf": [
+            {
+                "required": [name],
+                "properties": {
+                    other: {"type": "string"} if other == name else {"type": "null"}
+                    for other in names
+                },
+            }
+            for name in names
+        ]
+    }
+
+
 class TaskIn(BaseModel):
     """A task for one agent (`agent`), any agent of a type (`type`), or of a capability."""
 
-    model_config = ConfigDict(extra="forbid")
+    # The rule `_one_destination` enforces, stated in the schema too (a client generated
+    # from the OpenAPI document knows it).
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra=_exactly_one("agent", "type", "capability")
+    )
 
     agent: str | None = Field(None, max_length=200, pattern=ID_PATTERN, description="agent id")
     type: str | None = Field(None, max_length=200, pattern=NAME_PATTERN, description="agent type")

@@ -12,6 +12,7 @@ from fastapi import Request
 from mas.actors.agent import Agent
 from mas.actors.runtime import Runtime
 from mas.api.backlogs import Backlogs
+from mas.api.problems import Problem
 from mas.api.schemas import AgentOut
 from mas.api.streams import TaskStreams
 from mas.config import Settings
@@ -19,7 +20,10 @@ from mas.errors import AgentStopped, StoreUnavailable, TransportError
 from mas.persistence.journal import StoreJournal
 from mas.persistence.store import AgentRecord, Store
 
-__all__ = ["Gateway", "gateway"]
+__all__ = ["MIN_WAIT", "Gateway", "gateway"]
+
+MIN_WAIT = 0.001
+"""Seconds: a `?wait=` shorter than this is no wait."""
 
 T = TypeVar("T")
 
@@ -55,6 +59,23 @@ class Gateway:
     @property
     def store(self) -> Store:
         return self.journal.store
+
+    def applied_wait(self, wait: float) -> float:
+        """The seconds a `?wait=` holds a request: none under a millisecond, which no answer
+        could meet (a 504 for `wait=1e-157` helps nobody); the OpenAPI document's maximum,
+        `MAS_API__MAX_WAIT`, is the most.
+
+        Raises:
+            Problem: 422 for a wait over `MAS_API__MAX_WAIT`.
+        """
+        limit = self.settings.api.max_wait
+        if wait > limit:
+            raise Problem(
+                422,
+                "Invalid Request",
+                f"query.wait: at most {limit:g} seconds (MAS_API__MAX_WAIT), got {wait:g}",
+            )
+        return 0.0 if wait < MIN_WAIT else wait
 
     def check_writable(self) -> None:
         """Refuse new work at once while the database refuses writes, rather than queue it.

@@ -58,6 +58,11 @@ async def test_the_dashboard_shows_agents_and_runs_a_task(
         browser = await playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
         try:
             page = await browser.new_page()
+            refused: list[str] = []  # what the page's Content-Security-Policy blocked
+            page.on(
+                "console",
+                lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None,
+            )
             await page.goto(dashboard_url)
             echo_row = page.locator("#agents tr[data-agent-id=echo]")
             await expect(echo_row).to_contain_text("live", timeout=15_000)
@@ -75,6 +80,7 @@ async def test_the_dashboard_shows_agents_and_runs_a_task(
             await page.fill("#submit-form input[name=payload]", "{not json")
             await page.click("#submit-form button")
             await expect(page.locator("#submit-result")).to_contain_text("not JSON")
+            assert refused == [], refused
         finally:
             await browser.close()
 

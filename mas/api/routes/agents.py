@@ -5,12 +5,12 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 
 from mas.actors.supervisor import new_agent_id
 from mas.api.auth import Claims, require
-from mas.api.problems import Problem
-from mas.api.schemas import AgentIn, AgentList, AgentOut, MessageIn, MessageOut
+from mas.api.problems import AUTH_PROBLEMS, Problem, problems
+from mas.api.schemas import ID_PATTERN, AgentIn, AgentList, AgentOut, MessageIn, MessageOut
 from mas.api.state import Gateway, gateway
 from mas.errors import DuplicateAgent, UnknownAgent
 from mas.messages import Message, parse_address
@@ -29,7 +29,12 @@ def _caller_scoped(subject: str, client_id: str) -> str:
 GatewayDep = Annotated[Gateway, Depends(gateway)]
 
 
-@router.post("/", status_code=status.HTTP_201_CREATED, response_model=AgentOut)
+@router.post(
+    "/",
+    status_code=status.HTTP_201_CREATED,
+    response_model=AgentOut,
+    responses=problems(*AUTH_PROBLEMS, 400, 409, 413, 422, 502),
+)
 async def register_agent(
     spec: AgentIn,
     response: Response,
@@ -93,7 +98,7 @@ async def _spawn_on_a_worker(gw: Gateway, spec: AgentIn) -> str:
     return agent_id
 
 
-@router.get("/", response_model=AgentList)
+@router.get("/", response_model=AgentList, responses=problems(*AUTH_PROBLEMS, 422))
 async def list_agents(
     gw: GatewayDep,
     _: Annotated[Claims, Depends(require("agents:read"))],
@@ -110,7 +115,7 @@ async def list_agents(
     return AgentList(items=items, limit=limit, offset=offset)
 
 
-@router.get("/{agent_id}", response_model=AgentOut)
+@router.get("/{agent_id}", response_model=AgentOut, responses=problems(*AUTH_PROBLEMS, 404, 422))
 async def get_agent(
     agent_id: str,
     gw: GatewayDep,
@@ -126,16 +131,26 @@ async def get_agent(
     "/{agent_id}/message",
     response_model=MessageOut,
     status_code=status.HTTP_202_ACCEPTED,
-    responses={200: {"description": "the reply, when ?wait= was given"}},
+    responses={
+        200: {"model": MessageOut, "description": "the reply, when ?wait= was given"},
+        **problems(*AUTH_PROBLEMS, 400, 404, 409, 413, 422, 429, 502),
+    },
 )
 async def send_message(
-    agent_id: str,
+    agent_id: Annotated[str, Path(max_length=200, pattern=ID_PATTERN)],
     body: MessageIn,
     request: Request,
     response: Response,
     gw: GatewayDep,
     claims: Annotated[Claims, Depends(require("messages:write"))],
-    wait: Annotated[float, Query(ge=0, le=3600, description="seconds to wait for a reply")] = 0,
+    wait: Annotated[
+        float,
+        Query(
+            ge=0,
+            description="seconds to wait for a reply (504 if none came): under 0.001 is no "
+            "wait, at most MAS_API__MAX_WAIT",
+        ),
+    ] = 0,
 ) -> MessageOut:
     """Send a message to an agent; with `?wait=N`, ask and return its reply (504 on timeout).
 
@@ -143,6 +158,7 @@ async def send_message(
     from the caller and the client's id, so another caller choosing the same id sends a
     different message (and never receives the reply stored for the first).
     """
+    wait = gw.applied_wait(wait)
     target = str(parse_address(f"agent:{agent_id}"))
     message = Message(
         body.type,
@@ -154,7 +170,7 @@ async def send_message(
     )
     message.to_json(max_bytes=gw.settings.message_max_bytes)
     if wait > 0:
-        reply = await gw.runtime.ask(target, message, timeout=min(wait, gw.settings.api.max_wait))
+        reply = await gw.runtime.ask(target, message, timeout=wait)
         response.status_code = status.HTTP_200_OK
         return MessageOut.of(reply)
     await gw.runtime.tell(target, message)

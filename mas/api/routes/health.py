@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Request, Response, Security
-from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel, Field
 
-from mas.api.auth import Claims, require
+from mas.api.auth import Claims, admit
 from mas.api.state import Gateway, gateway
 from mas.errors import StoreTimeout, StoreUnavailable
 
@@ -17,27 +17,37 @@ router = APIRouter(tags=["health"])
 
 GatewayDep = Annotated[Gateway, Depends(gateway)]
 
-
-_reader = require("metrics:read")
-_bearer = HTTPBearer(auto_error=False)
-Credentials = Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)]
+_READER = frozenset({"metrics:read"})
 
 
-async def health_access(request: Request, credentials: Credentials) -> Claims | None:
-    """Health routes are public unless MAS_AUTH__PUBLIC_HEALTH=false."""
+async def health_access(request: Request) -> Claims | None:
+    """Health routes are public unless MAS_AUTH__PUBLIC_HEALTH=false.
+
+    The token is read here, not through a security dependency, so the OpenAPI document does
+    not declare public routes bearer-protected (`create_app` declares them when they are not).
+    """
     if request.app.state.gateway.settings.auth.public_health:
         return None
-    return await _reader(request, credentials)
+    return await admit(request, _READER)
 
 
-async def metrics_access(request: Request, credentials: Credentials) -> Claims | None:
-    """/metrics is public unless MAS_AUTH__PUBLIC_METRICS=false."""
+async def metrics_access(request: Request) -> Claims | None:
+    """/metrics is public unless MAS_AUTH__PUBLIC_METRICS=false (see `health_access`)."""
     if request.app.state.gateway.settings.auth.public_metrics:
         return None
-    return await _reader(request, credentials)
+    return await admit(request, _READER)
 
 
-@router.get("/livez", dependencies=[Depends(health_access)])
+class Liveness(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not ready"]
+    checks: dict[str, str] = Field(description="runtime, transport, store: `ok` or why not")
+
+
+@router.get("/livez", dependencies=[Depends(health_access)], response_model=Liveness)
 async def livez() -> dict[str, str]:
     """The process is up and serving HTTP."""
     return {"status": "ok"}
@@ -47,7 +57,12 @@ READY_WITHIN = 0.7
 """Seconds /readyz gives the database: the answer comes within a second, whatever it does."""
 
 
-@router.get("/readyz", dependencies=[Depends(health_access)])
+@router.get(
+    "/readyz",
+    dependencies=[Depends(health_access)],
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "not ready: `checks` says why"}},
+)
 async def readyz(gw: GatewayDep) -> JSONResponse:
     """Ready when the runtime runs, the broker takes messages and the store answers.
 
@@ -77,7 +92,12 @@ async def readyz(gw: GatewayDep) -> JSONResponse:
     )
 
 
-@router.get("/metrics", dependencies=[Depends(metrics_access)])
+@router.get(
+    "/metrics",
+    dependencies=[Depends(metrics_access)],
+    response_class=PlainTextResponse,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+)
 async def metrics(request: Request) -> Response:
     """Prometheus text format."""
     return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -15,7 +15,7 @@ from starlette.background import BackgroundTask
 
 from mas.api.auth import Claims, admit, require
 from mas.api.direct import direct_route
-from mas.api.problems import Problem
+from mas.api.problems import AUTH_PROBLEMS, Problem, problems
 from mas.api.schemas import ID_PATTERN, TaskIn, TaskList, TaskOut, TaskStatus
 from mas.api.state import Gateway, gateway
 from mas.errors import (
@@ -58,7 +58,12 @@ def _target(gw: Gateway, spec: TaskIn) -> str:
 
 IdempotencyKey = Annotated[str | None, Header(max_length=64, pattern=ID_PATTERN)]
 SubmitWait = Annotated[
-    float, Query(ge=0, le=3600, description="seconds to wait for the end (200 if it ended)")
+    float,
+    Query(
+        ge=0,
+        description="seconds to wait for the end (200 if it ended): under 0.001 is no wait, "
+        "at most MAS_API__MAX_WAIT",
+    ),
 ]
 _WRITE = frozenset({"tasks:write"})
 _KEY = TypeAdapter(IdempotencyKey)
@@ -106,6 +111,7 @@ async def submit_task(
     saving the client a second request. The same `Idempotency-Key` header (or body `id`)
     returns the same task instead of creating another.
     """
+    wait = gw.applied_wait(wait)
     key = spec.id or idempotency_key
     task_id = key or new_id()
     trace_id: str = request.state.trace_id
@@ -138,9 +144,7 @@ async def submit_task(
             created_by=claims.subject,
         )
         if ended is not None and not task.done:
-            task = await _wait_for_end(
-                gw, task, ended, min(wait, gw.settings.api.max_wait), local=local
-            )
+            task = await _wait_for_end(gw, task, ended, wait, local=local)
     finally:
         if ended is not None:
             journal.unwatch_task(task_id, ended)
@@ -160,6 +164,10 @@ router.add_api_route(
     methods=["POST"],
     status_code=status.HTTP_202_ACCEPTED,
     response_model=TaskOut,
+    responses={
+        200: {"model": TaskOut, "description": "the task ended within ?wait=, or a repeat"},
+        **problems(*AUTH_PROBLEMS, 400, 404, 409, 413, 422, 429),
+    },
     route_class_override=direct_route(_submit_arguments),
 )
 
@@ -324,7 +332,7 @@ def _visible(claims: Claims, task: TaskRecord) -> bool:
     return ADMIN in claims.scopes or task.created_by == claims.subject
 
 
-@router.get("/", response_model=TaskList)
+@router.get("/", response_model=TaskList, responses=problems(*AUTH_PROBLEMS, 422))
 async def list_tasks(
     gw: GatewayDep,
     claims: Annotated[Claims, Depends(require("tasks:read"))],
@@ -344,7 +352,14 @@ async def list_tasks(
     return TaskList(items=[TaskOut.of(t) for t in tasks], limit=limit, offset=offset)
 
 
-GetWait = Annotated[float, Query(ge=0, le=3600, description="seconds to wait for the end")]
+GetWait = Annotated[
+    float,
+    Query(
+        ge=0,
+        description="seconds to wait for the end: under 0.001 is no wait, at most "
+        "MAS_API__MAX_WAIT",
+    ),
+]
 _READ = frozenset({"tasks:read"})
 _GET_WAIT = TypeAdapter(GetWait)
 
@@ -371,13 +386,14 @@ async def get_task(
     wait: GetWait = 0,
 ) -> Response:
     """One of the caller's tasks; with `?wait=N`, held up to N seconds until it has finished."""
+    wait = gw.applied_wait(wait)
     if wait <= 0:
         return _task_response(await _read(gw, task_id, claims))
     ended = gw.journal.watch_task(task_id)  # before the read: no end falls in between
     try:
         task = await _read(gw, task_id, claims)
         if not task.done:
-            task = await _wait_for_end(gw, task, ended, min(wait, gw.settings.api.max_wait))
+            task = await _wait_for_end(gw, task, ended, wait)
     finally:
         gw.journal.unwatch_task(task_id, ended)
     return _task_response(task)
@@ -388,6 +404,7 @@ router.add_api_route(
     get_task,
     methods=["GET"],
     response_model=TaskOut,
+    responses=problems(*AUTH_PROBLEMS, 404, 422),
     route_class_override=direct_route(_get_arguments),
 )
 
@@ -434,10 +451,28 @@ async def _wait_for_end(
                 return task
 
 
+_STATUS_EVENT = {
+    "description": "one event: the task as it is now, after a change of status",
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"const": "status"},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {"$ref": "#/components/schemas/TaskOut"},
+        },
+    },
+}
+
+
 @router.get(
     "/{task_id}/events",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}}},
+    responses={
+        200: {"content": {"text/event-stream": {"schema": _STATUS_EVENT}}},
+        **problems(*AUTH_PROBLEMS, 404, 422),
+    },
 )
 async def task_events(
     task_id: str,
@@ -503,7 +538,11 @@ def _event(task: TaskRecord) -> str:
     return f"event: status\ndata: {TaskOut.of(task).model_dump_json()}\n\n"
 
 
-@router.post("/{task_id}/cancel", response_model=TaskOut)
+@router.post(
+    "/{task_id}/cancel",
+    response_model=TaskOut,
+    responses=problems(*AUTH_PROBLEMS, 404, 409, 413, 422),
+)
 async def cancel_task(
     task_id: str,
     gw: GatewayDep,
