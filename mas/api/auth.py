@@ -26,6 +26,7 @@ from mas.errors import ConfigError
 
 __all__ = [
     "ALGORITHMS",
+    "MAX_TTL",
     "SCOPES",
     "Claims",
     "admit",
@@ -49,6 +50,10 @@ ALGORITHMS = ("HS256", "HS384", "HS512")
 
 CLOCK_SKEW = 5.0
 """Seconds of leeway on `exp`/`iat`, so a token minted on another machine works at once."""
+
+MAX_TTL = 365 * 24 * 3600.0
+"""The longest lifetime `mint_token` signs (a year): a token that outlives every rotation of
+the secret is a leak waiting to happen, and a far-off `exp` is a date nothing can represent."""
 
 _INVALID_TOKEN = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
 _NO_TOKEN = {"WWW-Authenticate": "Bearer"}
@@ -86,12 +91,17 @@ def mint_token(
     """Sign a token for `subject` granting `scopes` for `ttl` seconds.
 
     Raises:
-        ConfigError: an unknown scope, a ttl that is not positive, an empty secret or
-            subject, or an algorithm outside `ALGORITHMS`.
+        ConfigError: an unknown scope, a ttl that is not positive or exceeds `MAX_TTL`, an
+            empty secret or subject, or an algorithm outside `ALGORITHMS`.
     """
     granted = _known_scopes(scopes)
     if not ttl > 0:  # also refuses NaN
         raise ConfigError(f"ttl must be more than 0 seconds, got {ttl}")
+    if ttl > MAX_TTL:
+        raise ConfigError(
+            f"ttl must be at most {MAX_TTL:.0f} seconds (365 days), got {ttl:.0f}: "
+            "mint a shorter-lived token and a new one when it expires"
+        )
     if not secret:
         raise ConfigError("the secret is empty: set MAS_AUTH__JWT_SECRET")
     if not subject:
@@ -183,11 +193,15 @@ def _verify(token: str, secret: str, algorithm: str) -> Claims:
     scopes = payload.get("scopes", [])
     if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
         raise _unauthorized("the token is malformed: the 'scopes' claim must be a list of strings")
-    return Claims(
-        subject=str(payload["sub"]),
-        scopes=frozenset(scopes),
-        expires_at=datetime.fromtimestamp(float(payload["exp"]), tz=UTC),
-    )
+    try:
+        # PyJWT checked that `exp` is an integer not yet past; one this far off (1e20) is
+        # still beyond what a datetime holds, and must be the client's 401, not our 500.
+        expires_at = datetime.fromtimestamp(float(payload["exp"]), tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        raise _unauthorized(
+            "the token is malformed: its 'exp' claim is out of range (not a date before 9999)"
+        ) from None
+    return Claims(subject=str(payload["sub"]), scopes=frozenset(scopes), expires_at=expires_at)
 
 
 _bearer = HTTPBearer(

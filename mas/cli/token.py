@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
-from mas.api.auth import SCOPES, mint_token
+from mas.api.auth import MAX_TTL, SCOPES, mint_token
 from mas.config import Settings
 from mas.errors import ConfigError
 
@@ -60,7 +60,10 @@ def create(
         ),
     ],
     ttl: Annotated[
-        str, typer.Option("--ttl", help="lifetime: seconds, or with a unit (30m, 12h, 7d)")
+        str,
+        typer.Option(
+            "--ttl", help="lifetime: seconds, or with a unit (30m, 12h, 7d); at most 365d"
+        ),
     ] = "1h",
     secret: Annotated[
         str | None,
@@ -73,6 +76,11 @@ def create(
 ) -> None:
     """Print a signed token granting the scopes for the lifetime; nothing else on stdout."""
     seconds = parse_ttl(ttl)
+    if seconds > MAX_TTL:
+        raise typer.BadParameter(
+            f"{ttl!r} is longer than the limit of 365d: mint a shorter-lived token",
+            param_hint="'--ttl'",
+        )
     auth = _settings().auth
     key = secret or (auth.jwt_secret.get_secret_value() if auth.jwt_secret else None)
     if not key:

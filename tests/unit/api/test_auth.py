@@ -19,7 +19,15 @@ from pydantic import SecretStr
 from typer.testing import CliRunner
 
 from mas.api import auth as auth_module
-from mas.api.auth import CLOCK_SKEW, SCOPES, Claims, decode_token, mint_token, require
+from mas.api.auth import (
+    CLOCK_SKEW,
+    MAX_TTL,
+    SCOPES,
+    Claims,
+    decode_token,
+    mint_token,
+    require,
+)
 from mas.api.problems import PROBLEM_JSON, Problem, install_problem_handlers
 from mas.cli.token import app as token_app
 from mas.cli.token import parse_ttl
@@ -315,3 +323,46 @@ def test_parse_ttl(text: str, seconds: float) -> None:
 def test_parse_ttl_refuses(text: str) -> None:
     with pytest.raises(typer.BadParameter):
         parse_ttl(text)
+
+
+class TestOutOfRangeClaims:
+    """A validly signed token with an absurd number is the client's 401, never our 500."""
+
+    pytestmark = pytest.mark.anyio
+
+    @pytest.mark.parametrize(
+        "overrides",
+        [
+            {"exp": 10**20},
+            {"exp": 1e20},
+            {"exp": float("inf")},
+            {"iat": 10**20},
+            {"iat": float("inf")},
+            {"nbf": 10**20},
+            {"nbf": float("-inf")},
+        ],
+        ids=["exp-int", "exp-float", "exp-inf", "iat-int", "iat-inf", "nbf-int", "nbf-inf"],
+    )
+    async def test_is_a_401_problem(
+        self, client: httpx.AsyncClient, overrides: dict[str, Any]
+    ) -> None:
+        token = jwt.encode(claims(**overrides), SECRET, algorithm="HS256")
+        for _ in range(2):  # and again: a refused token is not remembered as good
+            response = await client.get("/needs", headers=bearer(token))
+            assert_problem(response, 401)
+            assert response.headers["www-authenticate"] == 'Bearer error="invalid_token"'
+
+    def test_mint_refuses_a_ttl_past_a_year(self) -> None:
+        with pytest.raises(ConfigError, match=r"at most 31536000 seconds \(365 days\)"):
+            mint_token(SECRET, "svc", ["tasks:read"], ttl=MAX_TTL + 1)
+        assert decode_token(mint_token(SECRET, "svc", ["tasks:read"], ttl=MAX_TTL), SECRET, "HS256")
+
+    @pytest.mark.parametrize("ttl", ["99999999999d", "366d", "9" * 400])
+    def test_cli_refuses_a_ttl_past_a_year_with_exit_2(self, ttl: str) -> None:
+        result = CliRunner().invoke(
+            token_app, ["create", "--sub", "ci", "--scope", "all", "--ttl", ttl, "--secret", "s"]
+        )
+        assert result.exit_code == 2, result.output
+        assert result.stdout == ""
+        assert "365d" in result.stderr
+        assert "Traceback" not in result.stderr
