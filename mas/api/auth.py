@@ -27,9 +27,11 @@ from mas.errors import ConfigError
 __all__ = [
     "ALGORITHMS",
     "MAX_TTL",
+    "MIN_SECRET_BYTES",
     "SCOPES",
     "Claims",
     "admit",
+    "check_secret",
     "decode_token",
     "mint_token",
     "require",
@@ -54,6 +56,49 @@ CLOCK_SKEW = 5.0
 MAX_TTL = 365 * 24 * 3600.0
 """The longest lifetime `mint_token` signs (a year): a token that outlives every rotation of
 the secret is a leak waiting to happen, and a far-off `exp` is a date nothing can represent."""
+
+MIN_SECRET_BYTES = 32
+"""The shortest secret a gateway serves with: HMAC-SHA256's output size (RFC 7518 3.2); a
+shorter one can be brute-forced offline from any token."""
+
+# Secrets copied from examples and tutorials: whoever read the same page can sign tokens.
+_PLACEHOLDERS = frozenset(
+    {
+        "changeme",
+        "change-me",
+        "change_me",
+        "secret",
+        "your-secret",
+        "your_secret",
+        "yoursecret",
+        "mysecret",
+        "my-secret",
+        "supersecret",
+        "super-secret",
+        "jwt-secret",
+        "jwt_secret",
+        "password",
+        "replaceme",
+        "replace-me",
+        "default",
+        "test",
+    }
+)
+# Markers of a template value, however long it is (.env.example's is over 32 characters).
+_PLACEHOLDER_MARKERS = (
+    "changeme",
+    "change-me",
+    "change_me",
+    "change me",
+    "replaceme",
+    "replace-me",
+    "replace_me",
+    "your-secret",
+    "your_secret",
+    "yoursecret",
+    "placeholder",
+)
+_GENERATE = 'python -c "import secrets; print(secrets.token_urlsafe(48))"'
 
 _INVALID_TOKEN = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
 _NO_TOKEN = {"WWW-Authenticate": "Bearer"}
@@ -116,6 +161,27 @@ def mint_token(
         "jti": secrets.token_urlsafe(16),
     }
     return jwt.encode(claims, secret, algorithm=algorithm)
+
+
+def check_secret(secret: str) -> None:
+    """Refuse a signing secret anyone could guess: a well-known placeholder, or a short one.
+
+    Raises:
+        ConfigError: the secret is a placeholder (case-insensitive) or shorter than
+            `MIN_SECRET_BYTES` bytes; the message says how to generate a good one.
+    """
+    lowered = secret.strip().lower()
+    if lowered in _PLACEHOLDERS or any(marker in lowered for marker in _PLACEHOLDER_MARKERS):
+        raise ConfigError(
+            "MAS_AUTH__JWT_SECRET is a well-known placeholder, so anyone can sign tokens: "
+            f"set it to a random secret, e.g. from `{_GENERATE}`"
+        )
+    size = len(secret.encode())
+    if size < MIN_SECRET_BYTES:
+        raise ConfigError(
+            f"MAS_AUTH__JWT_SECRET is {size} bytes, too short to resist guessing: use at "
+            f"least {MIN_SECRET_BYTES}, e.g. from `{_GENERATE}`"
+        )
 
 
 def _unauthorized(detail: str) -> Problem:

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from mas.config import Settings, masked_url
+from mas.config import masked_url
 from mas.errors import MasError
 
 __all__ = ["api"]
@@ -28,7 +28,7 @@ def api(
     """Serve the HTTP gateway; tasks go through MAS_TRANSPORT to the workers' agents."""
     from mas.api.app import create_app
     from mas.cli.replay import load_agent_class
-    from mas.cli.serving import bind, check_store, ensure_secret, serve
+    from mas.cli.serving import bind, check_store, ensure_secret, load_settings, serve
     from mas.observability.logging import configure_logging
 
     notes: list[str] = []
@@ -36,7 +36,7 @@ def api(
     if log_level is not None:
         overrides["log_level"] = log_level
     try:
-        settings = ensure_secret(Settings(**overrides), notes)  # type: ignore[arg-type]
+        settings = ensure_secret(load_settings(**overrides), notes, generate=False)
         classes = [load_agent_class(spec) for spec in agents or []]
     except (MasError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)

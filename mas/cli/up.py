@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 
 from mas.actors.agent import Agent
-from mas.cli.serving import bind, check_store, ensure_secret, serve
-from mas.config import Settings, masked_url
+from mas.cli.serving import bind, check_store, ensure_secret, load_settings, serve
+from mas.config import masked_url
 from mas.errors import MasError
 
 TOKEN_FILE = Path(".mas") / "dev-token"
@@ -32,8 +32,10 @@ def up(
     from mas.observability.logging import configure_logging
 
     notes: list[str] = []
-    settings = ensure_secret(Settings(persist=True, log_level=log_level), notes)
     try:
+        settings = ensure_secret(
+            load_settings(persist=True, log_level=log_level), notes, generate=True
+        )
         classes: list[type[Agent]] = [EchoAgent]
         classes += [load_agent_class(spec) for spec in agents or []]
     except MasError as exc:

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 
-def run_mas(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_mas(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "mas.cli", *args],
         capture_output=True,
@@ -14,6 +19,7 @@ def run_mas(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
         timeout=60,
         check=False,
         env=env,
+        cwd=cwd,
     )
 
 
@@ -88,3 +94,45 @@ def test_up_says_which_database_it_cannot_reach_before_it_listens() -> None:
     )
     assert "mas up:" not in result.stdout
     assert "Traceback" not in result.stderr
+
+
+# A database nobody serves: a command that got past its secret check would fail on it at
+# once (exit 1) instead of serving, so these tests end either way.
+UNREACHABLE_DB = "postgresql+asyncpg://postgres@127.0.0.1:1/test"
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_api_refuses_to_start_without_a_secret(tmp_path: Path) -> None:
+    # Each replica would generate its own secret, and no token would work on more than one.
+    env = _mas_env(MAS_DATABASE_URL=UNREACHABLE_DB)
+    result = run_mas("api", "--port", "0", env=env, cwd=tmp_path)  # tmp_path: no .env
+    assert_one_line_error(result, "MAS_AUTH__JWT_SECRET is not set")
+    assert "mas api:" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("secret", "says"),
+    [
+        ("changeme", "placeholder"),
+        ("CHANGE-ME", "placeholder"),
+        ("change-me-to-a-random-secret-of-at-least-32-characters", "placeholder"),
+        ("only-27-bytes-of-randomness", "at least 32"),
+    ],
+)
+@pytest.mark.parametrize("command", ["api", "up"])
+def test_a_weak_configured_secret_is_refused(
+    tmp_path: Path, command: str, secret: str, says: str
+) -> None:
+    env = _mas_env(MAS_DATABASE_URL=UNREACHABLE_DB, MAS_AUTH__JWT_SECRET=secret)
+    result = run_mas(command, "--port", "0", env=env, cwd=tmp_path)
+    assert_one_line_error(result, "MAS_AUTH__JWT_SECRET", says)
+    assert secret not in result.stderr
+    assert f"mas {command}:" not in result.stdout
