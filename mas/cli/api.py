@@ -28,7 +28,7 @@ def api(
     """Serve the HTTP gateway; tasks go through MAS_TRANSPORT to the workers' agents."""
     from mas.api.app import create_app
     from mas.cli.replay import load_agent_class
-    from mas.cli.serving import bind, check_store, ensure_secret, load_settings, serve
+    from mas.cli.serving import bind, check_broker, check_store, ensure_secret, load_settings, serve
     from mas.observability.logging import configure_logging
 
     notes: list[str] = []
@@ -48,6 +48,7 @@ def api(
         )
     configure_logging(settings.log_level, settings.log_format)
     check_store(settings)
+    check_broker(settings)
     listen_host = host or settings.api.host
     sock = bind(listen_host, settings.api.port if port is None else port)
     url = f"http://{listen_host}:{sock.getsockname()[1]}"

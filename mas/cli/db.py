@@ -20,7 +20,9 @@ UrlOption = Annotated[
 
 
 def _settings(url: str | None) -> Settings:
-    settings = Settings()
+    from mas.cli.serving import load_settings
+
+    settings = load_settings()
     if url is not None:
         settings = settings.model_copy(update={"database_url": SecretStr(url)})
     return settings

@@ -18,7 +18,15 @@ from mas.errors import ConfigError, MasError
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-__all__ = ["bind", "check_store", "ensure_secret", "load_settings", "serve", "settings_error"]
+__all__ = [
+    "bind",
+    "check_broker",
+    "check_store",
+    "ensure_secret",
+    "load_settings",
+    "serve",
+    "settings_error",
+]
 
 
 def settings_error(exc: ValidationError) -> str:
@@ -88,6 +96,23 @@ def check_store(settings: Settings) -> None:
         raise typer.Exit(1) from None
 
 
+def check_broker(settings: Settings) -> None:
+    """Fail before listening, with a one-line error, if the broker is unreachable.
+
+    Like the store, a broker that is down would otherwise fail the app's lifespan, which
+    uvicorn reports as a traceback.
+    """
+    if settings.transport != "rabbitmq":
+        return
+    from mas.transports.amqp import probe
+
+    try:
+        anyio.run(probe, settings.amqp_url.get_secret_value(), settings.amqp.connect_timeout)
+    except MasError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
 def bind(host: str, port: int) -> socket.socket:
     """A listening socket, bound before the server starts so the port is known (and taken)."""
     # IPPROTO_TCP explicitly: asyncio only sets TCP_NODELAY on connections accepted from a
@@ -115,6 +140,10 @@ def serve(app: FastAPI, sock: socket.socket) -> None:
     # uvicorn drains on SIGTERM, then re-raises the signal to the previous handler: make
     # that a clean exit (0) instead of death by signal.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    # An error in the app's start-up is uvicorn's to report (and exit 3): the store, the
-    # likely one, is checked before this by `check_store`.
+    # An error in the app's start-up is uvicorn's to report: the likely ones, the store and
+    # the broker, are checked before this by `check_store` and `check_broker`. Whatever
+    # else fails it, the exit status says so (3, as `uvicorn` itself exits).
     anyio.run(server.serve, [sock])
+    if not server.started:
+        typer.echo("error: the gateway failed to start (see the log above)", err=True)
+        raise typer.Exit(3)

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from mas.actors.agent import Agent
-from mas.cli.serving import bind, check_store, ensure_secret, load_settings, serve
+from mas.cli.serving import bind, check_broker, check_store, ensure_secret, load_settings, serve
 from mas.config import masked_url
 from mas.errors import MasError
 
@@ -43,6 +43,7 @@ def up(
         raise typer.Exit(2) from None
     configure_logging(settings.log_level, settings.log_format)
     check_store(settings)
+    check_broker(settings)
     listen_host = host or settings.api.host
     sock = bind(listen_host, settings.api.port if port is None else port)
     bound_port = sock.getsockname()[1]

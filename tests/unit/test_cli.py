@@ -101,8 +101,10 @@ def test_up_says_which_database_it_cannot_reach_before_it_listens() -> None:
 UNREACHABLE_DB = "postgresql+asyncpg://postgres@127.0.0.1:1/test"
 
 
-def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
-    assert result.returncode == 2, (result.returncode, result.stderr)
+def assert_one_line_error(
+    result: subprocess.CompletedProcess[str], *needles: str, code: int = 2
+) -> None:
+    assert result.returncode == code, (result.returncode, result.stderr)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("error: ")
@@ -136,3 +138,31 @@ def test_a_weak_configured_secret_is_refused(
     assert_one_line_error(result, "MAS_AUTH__JWT_SECRET", says)
     assert secret not in result.stderr
     assert f"mas {command}:" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("postgresql+asyncpg://postgres@127.0.0.1:notaport/test", "port is not a number"),
+        ("postgresql+asyncpg://postgres@127.0.0.1:99999/test", "port 99999 is not in 1-65535"),
+    ],
+)
+def test_db_current_with_a_bad_url_says_so_in_one_line(tmp_path: Path, url: str, says: str) -> None:
+    result = run_mas("db", "current", "--url", url, env=_mas_env(), cwd=tmp_path)
+    assert_one_line_error(result, "not a database URL", says, code=1)
+
+
+def test_api_says_which_broker_it_cannot_reach_before_it_listens(tmp_path: Path) -> None:
+    env = _mas_env(
+        MAS_TRANSPORT="rabbitmq",
+        MAS_AMQP_URL="amqp://guest:hunter2@127.0.0.1:1/",
+        MAS_AMQP__CONNECT_TIMEOUT="2",
+        MAS_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'mas.db'}",
+        MAS_AUTH__JWT_SECRET="s" * 40,
+    )
+    result = run_mas("api", "--port", "0", env=env, cwd=tmp_path)
+    assert_one_line_error(
+        result, "cannot connect to RabbitMQ at amqp://guest:***@127.0.0.1:1/", code=1
+    )
+    assert "hunter2" not in result.stderr
+    assert "mas api:" not in result.stdout  # it never said it was listening
