@@ -8,15 +8,14 @@ from typing import Annotated, Any
 
 import typer
 
-from mas.cli.up import TOKEN_FILE
+from mas.cli.up import TOKEN_FILE, URL_FILE
 
 
 def _connection(url: str | None, token: str | None) -> tuple[str, str]:
-    saved_url, saved_token = None, None
-    if TOKEN_FILE.exists():
-        lines = TOKEN_FILE.read_text().split()
-        if len(lines) == 2:
-            saved_url, saved_token = lines
+    saved_url = URL_FILE.read_text().strip() if URL_FILE.exists() else None
+    # The token is the file's last line (files of older versions have the URL first).
+    saved = TOKEN_FILE.read_text().split() if TOKEN_FILE.exists() else []
+    saved_token = saved[-1] if saved else None
     chosen_url = url or os.environ.get("MAS_URL") or saved_url or "http://127.0.0.1:8000"
     chosen_token = token or os.environ.get("MAS_TOKEN") or saved_token
     if not chosen_token:
@@ -34,7 +33,9 @@ def send(
     url: Annotated[
         str | None, typer.Option(help="gateway URL (default: MAS_URL or mas up)")
     ] = None,
-    token: Annotated[str | None, typer.Option(help="bearer token (default: MAS_TOKEN)")] = None,
+    token: Annotated[
+        str | None, typer.Option(help="bearer token (default: MAS_TOKEN or mas up)")
+    ] = None,
 ) -> None:
     """Submit a task to an agent type through the gateway and print the finished task."""
     import httpx

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shlex
 from pathlib import Path
 from typing import Annotated
 
@@ -13,6 +15,23 @@ from mas.config import masked_url
 from mas.errors import MasError
 
 TOKEN_FILE = Path(".mas") / "dev-token"
+"""Where `mas up` leaves its development token (mode 0600) for `mas send` and `$(cat ...)`."""
+URL_FILE = Path(".mas") / "url"
+"""Where `mas up` leaves the URL it serves, so `mas send` in the same directory finds it."""
+
+
+def save_token(token: str) -> Path:
+    """Write the token readable by its owner only, from the first byte (no chmod window).
+
+    A full-scope token on stdout ends up in terminal scrollback and captured logs; a file
+    the owner alone reads does not.
+    """
+    TOKEN_FILE.parent.mkdir(mode=0o700, exist_ok=True)
+    fd = os.open(TOKEN_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        os.fchmod(file.fileno(), 0o600)  # the file may have existed with a looser mode
+        file.write(f"{token}\n")
+    return TOKEN_FILE.resolve()
 
 
 def up(
@@ -50,18 +69,20 @@ def up(
     secret = settings.auth.jwt_secret
     assert secret is not None
     token = mint_token(secret.get_secret_value(), "dev", sorted(SCOPES), ttl=12 * 3600)
-    TOKEN_FILE.parent.mkdir(exist_ok=True)
-    TOKEN_FILE.write_text(f"http://{listen_host}:{bound_port}\n{token}\n")
-    TOKEN_FILE.chmod(0o600)
-
     url = f"http://{listen_host}:{bound_port}"
+    token_path = save_token(token)
+    URL_FILE.write_text(f"{url}\n")
+
     typer.echo(f"mas up: {url}")
     typer.echo(f"  API docs:   {url}/docs")
-    typer.echo(f"  dashboard:  {url}/dashboard#token={token}")
+    typer.echo(f"  dashboard:  {url}/dashboard (paste the dev token)")
     typer.echo(f"  agents:     {', '.join(cls.type for cls in classes)}")
     typer.echo(f"  database:   {masked_url(settings.database_url.get_secret_value())}")
-    typer.echo(f"  dev token:  {token}")
-    typer.echo(f"              (saved to {TOKEN_FILE} for `mas send`; valid 12h)")
+    typer.echo(f"  dev token:  saved to {token_path} (owner-only, every scope, valid 12h)")
+    typer.echo("              `mas send` in this directory uses it; elsewhere:")
+    typer.echo(
+        f"              export MAS_URL={url} MAS_TOKEN=$(cat {shlex.quote(str(token_path))})"
+    )
     for note in notes:
         typer.echo(f"  note: {note}")
     typer.echo("  Ctrl-C stops (drains in-flight work first)", err=False)

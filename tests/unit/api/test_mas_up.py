@@ -127,7 +127,7 @@ def mas_up(tmp_path: Path) -> Iterator[Running]:
             if line.startswith("mas up: "):
                 url = line.removeprefix("mas up: ").strip()
             elif line.strip().startswith("dev token:"):
-                token = line.split(":", 1)[1].strip()
+                token = (tmp_path / ".mas" / "dev-token").read_text().strip()
         _wait_until_serving(process, url, stderr)
         yield Running(process, tmp_path, env, url, token, stdout, stderr, readers)
     finally:
@@ -152,8 +152,8 @@ def test_mas_up_serves_tasks_and_stops_cleanly_on_sigterm(mas_up: Running) -> No
         assert done.json()["trace_id"] == trace_id
 
     token_file = mas_up.cwd / ".mas" / "dev-token"
-    assert token_file.read_text().split() == [mas_up.url, mas_up.token]
-    assert token_file.stat().st_mode & 0o077 == 0  # only the owner may read the token
+    assert token_file.read_text() == f"{mas_up.token}\n"  # `$(cat ...)` gives the token
+    assert (mas_up.cwd / ".mas" / "url").read_text().strip() == mas_up.url
 
     sent = subprocess.run(
         [sys.executable, "-m", "mas.cli", "send", "echo", '{"text": "hi"}'],
@@ -180,6 +180,20 @@ def test_mas_up_serves_tasks_and_stops_cleanly_on_sigterm(mas_up: Running) -> No
         completed
     )
     assert returncode == 0, f"exit {returncode}: {mas_up.stderr[-5:]}"
+
+
+def test_mas_up_keeps_its_token_out_of_stdout_in_an_owner_only_file(mas_up: Running) -> None:
+    # stdout of a server ends up in captured logs: a full-scope token there is a leak.
+    token_file = mas_up.cwd / ".mas" / "dev-token"
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    assert (mas_up.cwd / ".mas").stat().st_mode & 0o077 == 0
+    printed = "\n".join(mas_up.stdout)
+    assert mas_up.token not in printed
+    assert str(token_file.resolve()) in printed
+    assert f"MAS_TOKEN=$(cat {token_file.resolve()})" in printed
+    headers = {"Authorization": f"Bearer {mas_up.token}"}
+    with httpx.Client(base_url=mas_up.url, headers=headers, timeout=30) as client:
+        assert client.get("/tasks/").status_code == 200  # the saved token is the live one
 
 
 def test_mas_up_exits_0_on_sigterm(mas_up: Running) -> None:
