@@ -233,3 +233,52 @@ def test_the_printed_url_accepts_connections_at_once(tmp_path: Path) -> None:
         process.kill()
         process.wait()
         reader.join(timeout=5)
+
+
+def _send(running: Running, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mas.cli", "send", *args],
+        cwd=running.cwd,
+        env=running.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_mas_send_addresses_one_agent_by_id(mas_up: Running) -> None:
+    sent = _send(mas_up, "--agent", "echo", '{"text": "to you"}')  # `mas up` runs agent "echo"
+    assert sent.returncode == 0, sent.stderr
+    printed = json.loads(sent.stdout)
+    assert (printed["status"], printed["target"]) == ("succeeded", "agent:echo")
+    assert printed["result"] == {"text": "to you"}
+    by_option = _send(mas_up, "--type", "echo", '{"text": "any echo"}')
+    assert by_option.returncode == 0, by_option.stderr
+    assert json.loads(by_option.stdout)["result"] == {"text": "any echo"}
+
+
+# Each is a usage error (exit 2) said in one line, found before any request is made.
+MISTAKES = [
+    (("echo", "{}", "--wait", "-1"), "--wait -1.0 is not a number of seconds from 0 to 3600"),
+    (("echo", "{}", "--wait", "nan"), "--wait nan is not a number of seconds"),
+    (("echo", "{}", "--wait", "7200"), "from 0 to 3600"),
+    (("bad type!",), "'bad type!' is not an agent type: use letters, digits"),
+    (("--agent", "no spaces allowed"), "is not an agent id: use letters, digits"),
+    (("echo", "--agent", "echo"), "name exactly one target"),
+    (("--agent", "echo", "--type", "echo"), "name exactly one target"),
+    ((), "name exactly one target"),
+    (("--agent", "echo", "echo", "{}"), "the only argument is the PAYLOAD"),
+    (("echo", "[1]"), "PAYLOAD must be a JSON object"),
+]
+
+
+def test_mas_send_checks_every_argument_before_any_request(mas_up: Running) -> None:
+    headers = {"Authorization": f"Bearer {mas_up.token}"}
+    for args, says in MISTAKES:
+        sent = _send(mas_up, *args)
+        assert sent.returncode == 2, (args, sent.stderr)
+        assert len(sent.stderr.strip().splitlines()) == 1, sent.stderr
+        assert says in sent.stderr, sent.stderr
+        assert "pattern" not in sent.stderr and "^" not in sent.stderr  # no raw regex
+    with httpx.Client(base_url=mas_up.url, headers=headers, timeout=30) as client:
+        assert client.get("/tasks/").json()["items"] == []  # nothing was submitted
