@@ -13,17 +13,22 @@ __all__ = ["api"]
 
 
 def api(
-    host: Annotated[str | None, typer.Option(help="interface to listen on")] = None,
-    port: Annotated[int | None, typer.Option(help="port (0 picks a free one)")] = None,
+    host: Annotated[str | None, typer.Option(metavar="HOST", help="interface to listen on")] = None,
+    port: Annotated[
+        int | None, typer.Option(metavar="PORT", help="port (0 picks a free one)")
+    ] = None,
     agents: Annotated[
         list[str] | None,
         typer.Option(
             "--agents",
+            metavar="MODULE:CLASS",
             help="agent classes POST /agents/ may start on workers (module:Class); the "
             "gateway itself runs none",
         ),
     ] = None,
-    log_level: Annotated[str | None, typer.Option(help="log level (JSON on stderr)")] = None,
+    log_level: Annotated[
+        str | None, typer.Option(metavar="LEVEL", help="log level (JSON on stderr)")
+    ] = None,
 ) -> None:
     """Serve the HTTP gateway; tasks go through MAS_TRANSPORT to the workers' agents."""
     from mas.api.app import create_app

@@ -113,7 +113,7 @@ def send(
     first: Annotated[
         str | None,
         typer.Argument(
-            metavar="[TYPE]",
+            metavar="TYPE",
             help="agent type to send the task to (or name it with --type or --agent)",
             show_default=False,
         ),
@@ -121,7 +121,7 @@ def send(
     second: Annotated[
         str | None,
         typer.Argument(
-            metavar="[PAYLOAD]", help="the task, a JSON object (default: {})", show_default=False
+            metavar="PAYLOAD", help="the task, a JSON object (default: {})", show_default=False
         ),
     ] = None,
     agent_type: Annotated[

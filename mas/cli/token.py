@@ -12,7 +12,7 @@ from mas.errors import ConfigError
 
 __all__ = ["app", "parse_ttl"]
 
-app = typer.Typer(help="Gateway bearer tokens (JWT).", no_args_is_help=True)
+app = typer.Typer(help="Gateway bearer tokens (JWT).", no_args_is_help=True, rich_markup_mode=None)
 
 
 @app.callback()
@@ -41,24 +41,30 @@ def parse_ttl(text: str) -> float:
 
 @app.command()
 def create(
-    sub: Annotated[str, typer.Option("--sub", help="who the token is for (the `sub` claim)")],
+    sub: Annotated[
+        str, typer.Option("--sub", metavar="NAME", help="who the token is for (the `sub` claim)")
+    ],
     scope: Annotated[
         list[str],
         typer.Option(
             "--scope",
+            metavar="SCOPE",
             help=f"a scope to grant, repeatable; `all` grants every one ({', '.join(SCOPES)})",
         ),
     ],
     ttl: Annotated[
         str,
         typer.Option(
-            "--ttl", help="lifetime: seconds, or with a unit (30m, 12h, 7d); at most 365d"
+            "--ttl",
+            metavar="DURATION",
+            help="lifetime: seconds, or with a unit (30m, 12h, 7d); at most 365d",
         ),
     ] = "1h",
     secret: Annotated[
         str | None,
         typer.Option(
             "--secret",
+            metavar="SECRET",
             help="signing secret (default: MAS_AUTH__JWT_SECRET; prefer it, "
             "a secret on the command line lands in shell history)",
         ),

@@ -35,13 +35,21 @@ def save_token(token: str) -> Path:
 
 
 def up(
-    host: Annotated[str | None, typer.Option(help="interface to listen on")] = None,
-    port: Annotated[int | None, typer.Option(help="port (0 picks a free one)")] = None,
+    host: Annotated[str | None, typer.Option(metavar="HOST", help="interface to listen on")] = None,
+    port: Annotated[
+        int | None, typer.Option(metavar="PORT", help="port (0 picks a free one)")
+    ] = None,
     agents: Annotated[
         list[str] | None,
-        typer.Option("--agents", help="more agent classes to run, as module:Class (repeat)"),
+        typer.Option(
+            "--agents",
+            metavar="MODULE:CLASS",
+            help="more agent classes to run, as module:Class (repeat)",
+        ),
     ] = None,
-    log_level: Annotated[str, typer.Option(help="runtime log level (JSON on stderr)")] = "INFO",
+    log_level: Annotated[
+        str, typer.Option(metavar="LEVEL", help="runtime log level (JSON on stderr)")
+    ] = "INFO",
 ) -> None:
     """Start the gateway, the runtime with the echo agent, and the store, in one process."""
     from agents.echo import EchoAgent

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -166,3 +168,35 @@ def test_api_says_which_broker_it_cannot_reach_before_it_listens(tmp_path: Path)
     )
     assert "hunter2" not in result.stderr
     assert "mas api:" not in result.stdout  # it never said it was listening
+
+
+def _command_paths() -> list[list[str]]:
+    import typer
+
+    from mas.cli import app
+
+    paths: list[list[str]] = []
+
+    def walk(command: Any, path: list[str]) -> None:
+        paths.append(path)
+        for name, sub in getattr(command, "commands", {}).items():  # a group (typer's click)
+            walk(sub, [*path, name])
+
+    walk(typer.main.get_command(app), [])
+    return paths
+
+
+@pytest.mark.parametrize("path", _command_paths(), ids=lambda path: " ".join(path) or "mas")
+def test_help_shows_readable_metavars(path: list[str]) -> None:
+    from typer.testing import CliRunner
+
+    from mas.cli import app
+
+    result = CliRunner().invoke(app, [*path, "--help"], terminal_width=100)
+    assert result.exit_code == 0, result.output
+    options = result.output.partition("Options:")[2].partition("Commands:")[0]
+    # Python types (`<bool>`, `<list[str]>`, `<int range>`) say nothing to a user: options
+    # name what they take (`--agents MODULE:CLASS`), flags take nothing.
+    assert re.search(r"<[A-Za-z_][\w\[\], ]*>", options) is None, options
+    for python_type in ("<bool>", "<list[", "<int", "<float>"):
+        assert python_type not in result.output, result.output
