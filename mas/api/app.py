@@ -14,6 +14,7 @@ from mas.actors.agent import Agent
 from mas.actors.runtime import Runtime
 from mas.api.access_log import AccessLog
 from mas.api.admission import Admission
+from mas.api.auth import check_secret
 from mas.api.headers import SecurityHeaders, cors_options
 from mas.api.metrics import RuntimeMetrics
 from mas.api.problems import AUTH_PROBLEMS, ProblemDetails, install_problem_handlers, problems
@@ -43,8 +44,14 @@ def create_app(
     `agent_classes` are the types `POST /agents/` may start; `start_agents` are started
     (one each, id = type) when the app starts its own runtime. With `host_agents` off (`mas
     api`), the gateway runs no agent itself: `POST /agents/` starts them on workers.
+
+    Raises:
+        ConfigError: the configured JWT secret is a placeholder or too short (without one,
+            every request that needs a token is a 503).
     """
     settings = settings if settings is not None else Settings()
+    if settings.auth.jwt_secret is not None:
+        check_secret(settings.auth.jwt_secret.get_secret_value())
     starting = list(start_agents)
     classes = {cls.type: cls for cls in [*agent_classes, *starting]}
 

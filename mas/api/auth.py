@@ -26,9 +26,12 @@ from mas.errors import ConfigError
 
 __all__ = [
     "ALGORITHMS",
+    "MAX_TTL",
+    "MIN_SECRET_BYTES",
     "SCOPES",
     "Claims",
     "admit",
+    "check_secret",
     "decode_token",
     "mint_token",
     "require",
@@ -49,6 +52,53 @@ ALGORITHMS = ("HS256", "HS384", "HS512")
 
 CLOCK_SKEW = 5.0
 """Seconds of leeway on `exp`/`iat`, so a token minted on another machine works at once."""
+
+MAX_TTL = 365 * 24 * 3600.0
+"""The longest lifetime `mint_token` signs (a year): a token that outlives every rotation of
+the secret is a leak waiting to happen, and a far-off `exp` is a date nothing can represent."""
+
+MIN_SECRET_BYTES = 32
+"""The shortest secret a gateway serves with: HMAC-SHA256's output size (RFC 7518 3.2); a
+shorter one can be brute-forced offline from any token."""
+
+# Secrets copied from examples and tutorials: whoever read the same page can sign tokens.
+_PLACEHOLDERS = frozenset(
+    {
+        "changeme",
+        "change-me",
+        "change_me",
+        "secret",
+        "your-secret",
+        "your_secret",
+        "yoursecret",
+        "mysecret",
+        "my-secret",
+        "supersecret",
+        "super-secret",
+        "jwt-secret",
+        "jwt_secret",
+        "password",
+        "replaceme",
+        "replace-me",
+        "default",
+        "test",
+    }
+)
+# Markers of a template value, however long it is (.env.example's is over 32 characters).
+_PLACEHOLDER_MARKERS = (
+    "changeme",
+    "change-me",
+    "change_me",
+    "change me",
+    "replaceme",
+    "replace-me",
+    "replace_me",
+    "your-secret",
+    "your_secret",
+    "yoursecret",
+    "placeholder",
+)
+_GENERATE = 'python -c "import secrets; print(secrets.token_urlsafe(48))"'
 
 _INVALID_TOKEN = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
 _NO_TOKEN = {"WWW-Authenticate": "Bearer"}
@@ -86,12 +136,17 @@ def mint_token(
     """Sign a token for `subject` granting `scopes` for `ttl` seconds.
 
     Raises:
-        ConfigError: an unknown scope, a ttl that is not positive, an empty secret or
-            subject, or an algorithm outside `ALGORITHMS`.
+        ConfigError: an unknown scope, a ttl that is not positive or exceeds `MAX_TTL`, an
+            empty secret or subject, or an algorithm outside `ALGORITHMS`.
     """
     granted = _known_scopes(scopes)
     if not ttl > 0:  # also refuses NaN
         raise ConfigError(f"ttl must be more than 0 seconds, got {ttl}")
+    if ttl > MAX_TTL:
+        raise ConfigError(
+            f"ttl must be at most {MAX_TTL:.0f} seconds (365 days), got {ttl:.0f}: "
+            "mint a shorter-lived token and a new one when it expires"
+        )
     if not secret:
         raise ConfigError("the secret is empty: set MAS_AUTH__JWT_SECRET")
     if not subject:
@@ -106,6 +161,27 @@ def mint_token(
         "jti": secrets.token_urlsafe(16),
     }
     return jwt.encode(claims, secret, algorithm=algorithm)
+
+
+def check_secret(secret: str) -> None:
+    """Refuse a signing secret anyone could guess: a well-known placeholder, or a short one.
+
+    Raises:
+        ConfigError: the secret is a placeholder (case-insensitive) or shorter than
+            `MIN_SECRET_BYTES` bytes; the message says how to generate a good one.
+    """
+    lowered = secret.strip().lower()
+    if lowered in _PLACEHOLDERS or any(marker in lowered for marker in _PLACEHOLDER_MARKERS):
+        raise ConfigError(
+            "MAS_AUTH__JWT_SECRET is a well-known placeholder, so anyone can sign tokens: "
+            f"set it to a random secret, e.g. from `{_GENERATE}`"
+        )
+    size = len(secret.encode())
+    if size < MIN_SECRET_BYTES:
+        raise ConfigError(
+            f"MAS_AUTH__JWT_SECRET is {size} bytes, too short to resist guessing: use at "
+            f"least {MIN_SECRET_BYTES}, e.g. from `{_GENERATE}`"
+        )
 
 
 def _unauthorized(detail: str) -> Problem:
@@ -183,11 +259,15 @@ def _verify(token: str, secret: str, algorithm: str) -> Claims:
     scopes = payload.get("scopes", [])
     if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
         raise _unauthorized("the token is malformed: the 'scopes' claim must be a list of strings")
-    return Claims(
-        subject=str(payload["sub"]),
-        scopes=frozenset(scopes),
-        expires_at=datetime.fromtimestamp(float(payload["exp"]), tz=UTC),
-    )
+    try:
+        # PyJWT checked that `exp` is an integer not yet past; one this far off (1e20) is
+        # still beyond what a datetime holds, and must be the client's 401, not our 500.
+        expires_at = datetime.fromtimestamp(float(payload["exp"]), tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        raise _unauthorized(
+            "the token is malformed: its 'exp' claim is out of range (not a date before 9999)"
+        ) from None
+    return Claims(subject=str(payload["sub"]), scopes=frozenset(scopes), expires_at=expires_at)
 
 
 _bearer = HTTPBearer(

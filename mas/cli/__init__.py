@@ -11,6 +11,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain help: rich tables label every flag (and --help) `<bool>`.
+    rich_markup_mode=None,
 )
 
 

@@ -6,29 +6,34 @@ from typing import Annotated
 
 import typer
 
-from mas.config import Settings, masked_url
+from mas.config import masked_url
 from mas.errors import MasError
 
 __all__ = ["api"]
 
 
 def api(
-    host: Annotated[str | None, typer.Option(help="interface to listen on")] = None,
-    port: Annotated[int | None, typer.Option(help="port (0 picks a free one)")] = None,
+    host: Annotated[str | None, typer.Option(metavar="HOST", help="interface to listen on")] = None,
+    port: Annotated[
+        int | None, typer.Option(metavar="PORT", help="port (0 picks a free one)")
+    ] = None,
     agents: Annotated[
         list[str] | None,
         typer.Option(
             "--agents",
+            metavar="MODULE:CLASS",
             help="agent classes POST /agents/ may start on workers (module:Class); the "
             "gateway itself runs none",
         ),
     ] = None,
-    log_level: Annotated[str | None, typer.Option(help="log level (JSON on stderr)")] = None,
+    log_level: Annotated[
+        str | None, typer.Option(metavar="LEVEL", help="log level (JSON on stderr)")
+    ] = None,
 ) -> None:
     """Serve the HTTP gateway; tasks go through MAS_TRANSPORT to the workers' agents."""
     from mas.api.app import create_app
     from mas.cli.replay import load_agent_class
-    from mas.cli.serving import bind, check_store, ensure_secret, serve
+    from mas.cli.serving import bind, check_broker, check_store, ensure_secret, load_settings, serve
     from mas.observability.logging import configure_logging
 
     notes: list[str] = []
@@ -36,7 +41,7 @@ def api(
     if log_level is not None:
         overrides["log_level"] = log_level
     try:
-        settings = ensure_secret(Settings(**overrides), notes)  # type: ignore[arg-type]
+        settings = ensure_secret(load_settings(**overrides), notes, generate=False)
         classes = [load_agent_class(spec) for spec in agents or []]
     except (MasError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -48,6 +53,7 @@ def api(
         )
     configure_logging(settings.log_level, settings.log_format)
     check_store(settings)
+    check_broker(settings)
     listen_host = host or settings.api.host
     sock = bind(listen_host, settings.api.port if port is None else port)
     url = f"http://{listen_host}:{sock.getsockname()[1]}"

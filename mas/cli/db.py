@@ -12,15 +12,22 @@ from pydantic import SecretStr
 from mas.config import Settings
 from mas.errors import MasError
 
-app = typer.Typer(help="Database schema: migrate it and show where it is.", no_args_is_help=True)
+app = typer.Typer(
+    help="Database schema: migrate it and show where it is.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
 
 UrlOption = Annotated[
-    str | None, typer.Option("--url", help="database URL (default: MAS_DATABASE_URL)")
+    str | None,
+    typer.Option("--url", metavar="URL", help="database URL (default: MAS_DATABASE_URL)"),
 ]
 
 
 def _settings(url: str | None) -> Settings:
-    settings = Settings()
+    from mas.cli.serving import load_settings
+
+    settings = load_settings()
     if url is not None:
         settings = settings.model_copy(update={"database_url": SecretStr(url)})
     return settings
@@ -80,7 +87,10 @@ def current(url: UrlOption = None) -> None:
 @app.command()
 def prune(
     older_than: Annotated[
-        str, typer.Option("--older-than", help="age to keep: seconds, or 30m, 12h, 7d, ...")
+        str,
+        typer.Option(
+            "--older-than", metavar="AGE", help="age to keep: seconds, or 30m, 12h, 7d, ..."
+        ),
     ],
     audit: Annotated[bool, typer.Option(help="also delete audited messages that old")] = False,
     tasks: Annotated[bool, typer.Option(help="also delete finished tasks that old")] = False,

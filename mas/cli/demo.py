@@ -78,7 +78,10 @@ async def _demo() -> dict[str, int]:
 
 def demo(
     log_level: Annotated[
-        str, typer.Option(help="also show the runtime's JSON logs at this level (on stderr)")
+        str,
+        typer.Option(
+            metavar="LEVEL", help="also show the runtime's JSON logs at this level (on stderr)"
+        ),
     ] = "ERROR",
 ) -> None:
     """Run a short scenario in one process: an ask, a crash and restart, a dead letter."""

@@ -27,7 +27,9 @@ from mas.messages import Message
 AgentsOption = Annotated[
     list[str] | None,
     typer.Option(
-        "--agents", help="agent classes as module:Class (repeat); agents.echo:EchoAgent is built in"
+        "--agents",
+        metavar="MODULE:CLASS",
+        help="agent classes as module:Class (repeat); agents.echo:EchoAgent is built in",
     ),
 ]
 
@@ -100,10 +102,13 @@ async def replay_trace(
 
 
 def replay(
-    trace: Annotated[str, typer.Option("--trace", help="the trace id to re-run")],
+    trace: Annotated[
+        str, typer.Option("--trace", metavar="TRACE_ID", help="the trace id to re-run")
+    ],
     agents: AgentsOption = None,
     url: Annotated[
-        str | None, typer.Option("--url", help="database URL (default: MAS_DATABASE_URL)")
+        str | None,
+        typer.Option("--url", metavar="URL", help="database URL (default: MAS_DATABASE_URL)"),
     ] = None,
 ) -> None:
     """Re-run a recorded trace into an in-memory runtime and diff the outputs."""

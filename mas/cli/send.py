@@ -3,20 +3,40 @@
 from __future__ import annotations
 
 import json
+import math
 import os
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from mas.cli.up import TOKEN_FILE
+from mas.cli.up import TOKEN_FILE, URL_FILE
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
+MAX_WAIT = 3600.0
+"""The longest `--wait` the gateway accepts (it may apply less: MAS_API__MAX_WAIT)."""
+
+# What each field of a task is, in the words of the option that sets it.
+_FIELDS = {
+    "type": (
+        "--type/TYPE",
+        "an agent type",
+        "letters, digits, '_', '.' and '-', starting with a letter or '_'",
+    ),
+    "agent": (
+        "--agent",
+        "an agent id",
+        "letters, digits, '_', '.', ':', '@' and '-', starting with a letter, a digit or '_'",
+    ),
+}
 
 
 def _connection(url: str | None, token: str | None) -> tuple[str, str]:
-    saved_url, saved_token = None, None
-    if TOKEN_FILE.exists():
-        lines = TOKEN_FILE.read_text().split()
-        if len(lines) == 2:
-            saved_url, saved_token = lines
+    saved_url = URL_FILE.read_text().strip() if URL_FILE.exists() else None
+    # The token is the file's last line (files of older versions have the URL first).
+    saved = TOKEN_FILE.read_text().split() if TOKEN_FILE.exists() else []
+    saved_token = saved[-1] if saved else None
     chosen_url = url or os.environ.get("MAS_URL") or saved_url or "http://127.0.0.1:8000"
     chosen_token = token or os.environ.get("MAS_TOKEN") or saved_token
     if not chosen_token:
@@ -27,31 +47,131 @@ def _connection(url: str | None, token: str | None) -> tuple[str, str]:
     return chosen_url.rstrip("/"), chosen_token
 
 
-def send(
-    agent_type: Annotated[str, typer.Argument(help="agent type to send the task to")],
-    payload: Annotated[str, typer.Argument(help="JSON object")] = "{}",
-    wait: Annotated[float, typer.Option(help="seconds to wait for the result")] = 30.0,
-    url: Annotated[
-        str | None, typer.Option(help="gateway URL (default: MAS_URL or mas up)")
-    ] = None,
-    token: Annotated[str | None, typer.Option(help="bearer token (default: MAS_TOKEN)")] = None,
-) -> None:
-    """Submit a task to an agent type through the gateway and print the finished task."""
-    import httpx
+def _usage(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(2)
 
+
+def _target(
+    first: str | None, second: str | None, agent_type: str | None, agent: str | None
+) -> tuple[dict[str, str], str]:
+    """The task's destination (`{"type": ...}` or `{"agent": ...}`) and the PAYLOAD text.
+
+    `mas send echo '{...}'` names the type by position; with `--type` or `--agent` the one
+    positional argument is the payload.
+    """
+    if agent_type is not None or agent is not None:
+        if second is not None:
+            raise _usage(
+                "with --type or --agent the only argument is the PAYLOAD; "
+                f"got two: {first!r} and {second!r}"
+            )
+        if first is not None and _looks_like_a_name(first):
+            raise _usage(
+                "name exactly one target: an agent type (TYPE or --type NAME) or an agent "
+                f"id (--agent ID); got TYPE {first!r} too"
+            )
+        payload = first
+    else:
+        agent_type, payload = first, second
+    named = {k: v for k, v in (("type", agent_type), ("agent", agent)) if v is not None}
+    if len(named) != 1:
+        raise _usage(
+            "name exactly one target: an agent type (TYPE or --type NAME) or an agent id "
+            f"(--agent ID); got {' and '.join(named) or 'neither'}"
+        )
+    return named, "{}" if payload is None else payload
+
+
+def _looks_like_a_name(text: str) -> bool:
+    """Whether a lone argument beside --type/--agent is a TYPE by mistake, not a PAYLOAD."""
+    if text.lstrip().startswith("{"):
+        return False
+    try:
+        json.loads(text)
+    except json.JSONDecodeError:
+        return True
+    return False
+
+
+def _sentence(exc: ValidationError) -> str:
+    """A task's validation error as the user would say it: the option and what it takes."""
+    error = exc.errors()[0]
+    field = str(error["loc"][0]) if error["loc"] else "task"
+    value = error.get("input")
+    if field in _FIELDS:
+        option, what, alphabet = _FIELDS[field]
+        if error["type"] == "string_pattern_mismatch":  # pydantic's message is the regex
+            return f"{option} {value!r} is not {what}: use {alphabet}"
+        return f"{option} {value!r} is not {what}: {error['msg'].lower()}"
+    if field == "payload":
+        return f"PAYLOAD cannot be sent: {error['msg']}"
+    return f"the task is invalid: {error['msg']}"
+
+
+def send(
+    first: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="TYPE",
+            help="agent type to send the task to (or name it with --type or --agent)",
+            show_default=False,
+        ),
+    ] = None,
+    second: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="PAYLOAD", help="the task, a JSON object (default: {})", show_default=False
+        ),
+    ] = None,
+    agent_type: Annotated[
+        str | None, typer.Option("--type", metavar="NAME", help="agent type (instead of TYPE)")
+    ] = None,
+    agent: Annotated[
+        str | None,
+        typer.Option("--agent", metavar="ID", help="one agent's id, instead of a type"),
+    ] = None,
+    wait: Annotated[
+        float,
+        typer.Option(metavar="SECONDS", help=f"seconds to wait for the result (0-{MAX_WAIT:.0f})"),
+    ] = 30.0,
+    url: Annotated[
+        str | None,
+        typer.Option(metavar="URL", help="gateway URL (default: MAS_URL or mas up)"),
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(metavar="TOKEN", help="bearer token (default: MAS_TOKEN or mas up)"),
+    ] = None,
+) -> None:
+    """Submit a task to an agent type (or one agent) through the gateway; print the result.
+
+    Every argument is checked before the first request, so a mistake never leaves a task
+    behind.
+    """
+    import httpx
+    from pydantic import ValidationError
+
+    from mas.api.schemas import TaskIn
+
+    if not (math.isfinite(wait) and 0 <= wait <= MAX_WAIT):
+        raise _usage(f"--wait {wait} is not a number of seconds from 0 to {MAX_WAIT:.0f}")
+    destination, payload = _target(first, second, agent_type, agent)
     try:
         body: Any = json.loads(payload)
     except json.JSONDecodeError as exc:
-        typer.echo(f"error: PAYLOAD is not JSON: {exc}", err=True)
-        raise typer.Exit(2) from None
+        raise _usage(f"PAYLOAD is not JSON: {exc}") from None
     if not isinstance(body, dict):
-        typer.echo('error: PAYLOAD must be a JSON object, like \'{"text": "hi"}\'', err=True)
-        raise typer.Exit(2)
+        raise _usage('PAYLOAD must be a JSON object, like \'{"text": "hi"}\'')
+    try:
+        TaskIn.model_validate({**destination, "payload": body})  # as the gateway will
+    except ValidationError as exc:
+        raise _usage(_sentence(exc)) from None
     base, bearer = _connection(url, token)
     headers = {"Authorization": f"Bearer {bearer}"}
     try:
         with httpx.Client(base_url=base, headers=headers, timeout=wait + 10) as client:
-            created = client.post("/tasks/", json={"type": agent_type, "payload": body})
+            created = client.post("/tasks/", json={**destination, "payload": body})
             if created.status_code >= 400:
                 _fail(created)
             task_id = created.json()["id"]
@@ -61,9 +181,9 @@ def send(
     except httpx.HTTPError as exc:
         typer.echo(f"error: cannot reach the gateway at {base}: {exc}", err=True)
         raise typer.Exit(1) from None
-    task = finished.json()
-    typer.echo(json.dumps(task, indent=2))
-    if task["status"] != "succeeded":
+    result = finished.json()
+    typer.echo(json.dumps(result, indent=2))
+    if result["status"] != "succeeded":
         raise typer.Exit(1)
 
 

@@ -10,21 +10,67 @@ from typing import TYPE_CHECKING
 
 import anyio
 import typer
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
 from mas.config import Settings
-from mas.errors import MasError
+from mas.errors import ConfigError, MasError
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-__all__ = ["bind", "check_store", "ensure_secret", "serve"]
+__all__ = [
+    "bind",
+    "check_broker",
+    "check_store",
+    "ensure_secret",
+    "load_settings",
+    "serve",
+    "settings_error",
+]
 
 
-def ensure_secret(settings: Settings, notes: list[str]) -> Settings:
-    """Settings with a JWT secret: MAS_AUTH__JWT_SECRET, or one generated for this run."""
-    if settings.auth.jwt_secret is not None:
+def settings_error(exc: ValidationError) -> str:
+    """A pydantic error about `MAS_*` settings as one sentence naming the variable to fix."""
+    problems = []
+    for error in exc.errors():
+        name = "MAS_" + "__".join(str(part) for part in error["loc"]).upper()
+        value = "" if error["type"] == "missing" else f" (got {error['input']!r})"
+        message = str(error["msg"])
+        problems.append(f"{name}: {message[0].lower()}{message[1:]}{value}")
+    return "invalid setting " + "; ".join(problems)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """The MAS_* settings, or exit 2 with one line saying which variable is wrong."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        typer.echo(f"error: {settings_error(exc)}", err=True)
+        raise typer.Exit(2) from None
+
+
+def ensure_secret(settings: Settings, notes: list[str], *, generate: bool) -> Settings:
+    """Settings with a strong JWT secret: MAS_AUTH__JWT_SECRET, or one generated for this run.
+
+    Only a single process (`mas up`, `generate=True`) may generate one: replicas of `mas api`
+    would each make their own, and no token would work on more than one of them.
+
+    Raises:
+        ConfigError: the configured secret is a placeholder or too short, or none is set
+            and `generate` is off.
+    """
+    from mas.api.auth import check_secret
+
+    configured = settings.auth.jwt_secret
+    if configured is not None:
+        check_secret(configured.get_secret_value())
         return settings
+    if not generate:
+        raise ConfigError(
+            "MAS_AUTH__JWT_SECRET is not set: every gateway (and `mas token create`) must "
+            "share one secret of at least 32 bytes, e.g. from "
+            '`python -c "import secrets; print(secrets.token_urlsafe(48))"`'
+        )
     generated = SecretStr(secrets.token_urlsafe(48))  # 64 characters: HMAC wants >= 32
     notes.append("MAS_AUTH__JWT_SECRET is not set: generated one for this run (tokens die with it)")
     return settings.model_copy(
@@ -45,6 +91,23 @@ def check_store(settings: Settings) -> None:
 
     try:
         anyio.run(check)
+    except MasError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+def check_broker(settings: Settings) -> None:
+    """Fail before listening, with a one-line error, if the broker is unreachable.
+
+    Like the store, a broker that is down would otherwise fail the app's lifespan, which
+    uvicorn reports as a traceback.
+    """
+    if settings.transport != "rabbitmq":
+        return
+    from mas.transports.amqp import probe
+
+    try:
+        anyio.run(probe, settings.amqp_url.get_secret_value(), settings.amqp.connect_timeout)
     except MasError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -77,6 +140,10 @@ def serve(app: FastAPI, sock: socket.socket) -> None:
     # uvicorn drains on SIGTERM, then re-raises the signal to the previous handler: make
     # that a clean exit (0) instead of death by signal.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    # An error in the app's start-up is uvicorn's to report (and exit 3): the store, the
-    # likely one, is checked before this by `check_store`.
+    # An error in the app's start-up is uvicorn's to report: the likely ones, the store and
+    # the broker, are checked before this by `check_store` and `check_broker`. Whatever
+    # else fails it, the exit status says so (3, as `uvicorn` itself exits).
     anyio.run(server.serve, [sock])
+    if not server.started:
+        typer.echo("error: the gateway failed to start (see the log above)", err=True)
+        raise typer.Exit(3)

@@ -6,15 +6,13 @@ import re
 from typing import Annotated
 
 import typer
-from pydantic import ValidationError
 
-from mas.api.auth import SCOPES, mint_token
-from mas.config import Settings
+from mas.api.auth import MAX_TTL, SCOPES, check_secret, mint_token
 from mas.errors import ConfigError
 
 __all__ = ["app", "parse_ttl"]
 
-app = typer.Typer(help="Gateway bearer tokens (JWT).", no_args_is_help=True)
+app = typer.Typer(help="Gateway bearer tokens (JWT).", no_args_is_help=True, rich_markup_mode=None)
 
 
 @app.callback()
@@ -41,31 +39,32 @@ def parse_ttl(text: str) -> float:
     return seconds
 
 
-def _settings() -> Settings:
-    try:
-        return Settings()
-    except ValidationError as exc:
-        typer.echo(f"error: the MAS_* settings are invalid: {exc}", err=True)
-        raise typer.Exit(2) from None
-
-
 @app.command()
 def create(
-    sub: Annotated[str, typer.Option("--sub", help="who the token is for (the `sub` claim)")],
+    sub: Annotated[
+        str, typer.Option("--sub", metavar="NAME", help="who the token is for (the `sub` claim)")
+    ],
     scope: Annotated[
         list[str],
         typer.Option(
             "--scope",
+            metavar="SCOPE",
             help=f"a scope to grant, repeatable; `all` grants every one ({', '.join(SCOPES)})",
         ),
     ],
     ttl: Annotated[
-        str, typer.Option("--ttl", help="lifetime: seconds, or with a unit (30m, 12h, 7d)")
+        str,
+        typer.Option(
+            "--ttl",
+            metavar="DURATION",
+            help="lifetime: seconds, or with a unit (30m, 12h, 7d); at most 365d",
+        ),
     ] = "1h",
     secret: Annotated[
         str | None,
         typer.Option(
             "--secret",
+            metavar="SECRET",
             help="signing secret (default: MAS_AUTH__JWT_SECRET; prefer it, "
             "a secret on the command line lands in shell history)",
         ),
@@ -73,7 +72,14 @@ def create(
 ) -> None:
     """Print a signed token granting the scopes for the lifetime; nothing else on stdout."""
     seconds = parse_ttl(ttl)
-    auth = _settings().auth
+    if seconds > MAX_TTL:
+        raise typer.BadParameter(
+            f"{ttl!r} is longer than the limit of 365d: mint a shorter-lived token",
+            param_hint="'--ttl'",
+        )
+    from mas.cli.serving import load_settings
+
+    auth = load_settings().auth
     key = secret or (auth.jwt_secret.get_secret_value() if auth.jwt_secret else None)
     if not key:
         typer.echo(
@@ -84,6 +90,7 @@ def create(
         raise typer.Exit(2)
     scopes = list(SCOPES) if "all" in scope else scope
     try:
+        check_secret(key)  # a gateway refuses to serve with it: do not sign with it either
         token = mint_token(key, sub, scopes, seconds, auth.algorithm)
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)

@@ -30,15 +30,22 @@ __all__ = ["worker"]
 def worker(
     agents: Annotated[
         list[str],
-        typer.Option("--agents", help="agent classes to host, as module:Class (repeat)"),
+        typer.Option(
+            "--agents",
+            metavar="MODULE:CLASS",
+            help="agent classes to host, as module:Class (repeat)",
+        ),
     ],
     instances: Annotated[
-        int, typer.Option(min=1, max=10_000, help="agents of each class in this worker")
+        int,
+        typer.Option(min=1, max=10_000, metavar="N", help="agents of each class in this worker"),
     ] = 1,
     persist: Annotated[
         bool, typer.Option(help="record tasks and the audit in MAS_DATABASE_URL")
     ] = True,
-    log_level: Annotated[str | None, typer.Option(help="log level (JSON on stderr)")] = None,
+    log_level: Annotated[
+        str | None, typer.Option(metavar="LEVEL", help="log level (JSON on stderr)")
+    ] = None,
 ) -> None:
     """Host agents and handle their messages until SIGTERM or Ctrl-C (both drain, exit 0)."""
     from mas.cli.replay import load_agent_class

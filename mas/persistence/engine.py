@@ -22,6 +22,14 @@ def parse_database_url(url: str) -> URL:
         parsed = make_url(url)
     except ArgumentError as exc:
         raise ConfigError(f"MAS_DATABASE_URL is not a database URL: {exc}") from exc
+    except ValueError:  # SQLAlchemy's own int() of the port
+        raise ConfigError(
+            "MAS_DATABASE_URL is not a database URL: its port is not a number"
+        ) from None
+    if parsed.port is not None and not 0 < parsed.port <= 65535:
+        raise ConfigError(
+            f"MAS_DATABASE_URL is not a database URL: port {parsed.port} is not in 1-65535"
+        )
     if parsed.drivername not in ("sqlite+aiosqlite", "postgresql+asyncpg"):
         raise ConfigError(
             f"MAS_DATABASE_URL uses driver {parsed.drivername!r}: use "

@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import math
 import re
 import shlex
@@ -78,7 +79,7 @@ if TYPE_CHECKING:
 
     from mas.cluster import DedupeClaims
 
-__all__ = ["AmqpDelivery", "AmqpTransport"]
+__all__ = ["AmqpDelivery", "AmqpTransport", "probe"]
 
 _log = structlog.get_logger("mas.transports.amqp")
 
@@ -97,6 +98,29 @@ _SERVED_KINDS = frozenset(("agent", "type", "reply"))
 _GONE = (AMQPError, ChannelInvalidStateError, ConnectionError)
 # Failures a publish survives by trying again (the robust connection reconnects meanwhile).
 _RETRYABLE = (TimeoutError, DeliveryError, *_GONE)
+
+
+async def probe(url: str, timeout: float) -> None:
+    """Connect to the broker and leave: a start-up check that fails with one clear line.
+
+    Raises:
+        TransportError: the broker cannot be reached (or refuses the credentials) within
+            `timeout` seconds; the URL's password is masked.
+    """
+    # aiormq logs the failure itself (as plain text, before any JSON logging is set up);
+    # the error raised here says it once, with the URL masked.
+    aiormq_log = logging.getLogger("aiormq.connection")
+    was_disabled, aiormq_log.disabled = aiormq_log.disabled, True
+    try:
+        connection = await aio_pika.connect(url, timeout=timeout)
+    except (OSError, TimeoutError, AMQPError, ValueError) as exc:
+        raise TransportError(
+            f"cannot connect to RabbitMQ at {masked_url(url)}: {exc!r}; "
+            "check MAS_AMQP_URL and that the broker runs"
+        ) from exc
+    finally:
+        aiormq_log.disabled = was_disabled
+    await connection.close()
 
 
 def _delay_ms(delay: float) -> int:

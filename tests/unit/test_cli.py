@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
 
 
-def run_mas(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_mas(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "mas.cli", *args],
         capture_output=True,
@@ -14,6 +21,7 @@ def run_mas(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
         timeout=60,
         check=False,
         env=env,
+        cwd=cwd,
     )
 
 
@@ -88,3 +96,107 @@ def test_up_says_which_database_it_cannot_reach_before_it_listens() -> None:
     )
     assert "mas up:" not in result.stdout
     assert "Traceback" not in result.stderr
+
+
+# A database nobody serves: a command that got past its secret check would fail on it at
+# once (exit 1) instead of serving, so these tests end either way.
+UNREACHABLE_DB = "postgresql+asyncpg://postgres@127.0.0.1:1/test"
+
+
+def assert_one_line_error(
+    result: subprocess.CompletedProcess[str], *needles: str, code: int = 2
+) -> None:
+    assert result.returncode == code, (result.returncode, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_api_refuses_to_start_without_a_secret(tmp_path: Path) -> None:
+    # Each replica would generate its own secret, and no token would work on more than one.
+    env = _mas_env(MAS_DATABASE_URL=UNREACHABLE_DB)
+    result = run_mas("api", "--port", "0", env=env, cwd=tmp_path)  # tmp_path: no .env
+    assert_one_line_error(result, "MAS_AUTH__JWT_SECRET is not set")
+    assert "mas api:" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("secret", "says"),
+    [
+        ("changeme", "placeholder"),
+        ("CHANGE-ME", "placeholder"),
+        ("change-me-to-a-random-secret-of-at-least-32-characters", "placeholder"),
+        ("only-27-bytes-of-randomness", "at least 32"),
+    ],
+)
+@pytest.mark.parametrize("command", ["api", "up"])
+def test_a_weak_configured_secret_is_refused(
+    tmp_path: Path, command: str, secret: str, says: str
+) -> None:
+    env = _mas_env(MAS_DATABASE_URL=UNREACHABLE_DB, MAS_AUTH__JWT_SECRET=secret)
+    result = run_mas(command, "--port", "0", env=env, cwd=tmp_path)
+    assert_one_line_error(result, "MAS_AUTH__JWT_SECRET", says)
+    assert secret not in result.stderr
+    assert f"mas {command}:" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("postgresql+asyncpg://postgres@127.0.0.1:notaport/test", "port is not a number"),
+        ("postgresql+asyncpg://postgres@127.0.0.1:99999/test", "port 99999 is not in 1-65535"),
+    ],
+)
+def test_db_current_with_a_bad_url_says_so_in_one_line(tmp_path: Path, url: str, says: str) -> None:
+    result = run_mas("db", "current", "--url", url, env=_mas_env(), cwd=tmp_path)
+    assert_one_line_error(result, "not a database URL", says, code=1)
+
+
+def test_api_says_which_broker_it_cannot_reach_before_it_listens(tmp_path: Path) -> None:
+    env = _mas_env(
+        MAS_TRANSPORT="rabbitmq",
+        MAS_AMQP_URL="amqp://guest:hunter2@127.0.0.1:1/",
+        MAS_AMQP__CONNECT_TIMEOUT="2",
+        MAS_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'mas.db'}",
+        MAS_AUTH__JWT_SECRET="s" * 40,
+    )
+    result = run_mas("api", "--port", "0", env=env, cwd=tmp_path)
+    assert_one_line_error(
+        result, "cannot connect to RabbitMQ at amqp://guest:***@127.0.0.1:1/", code=1
+    )
+    assert "hunter2" not in result.stderr
+    assert "mas api:" not in result.stdout  # it never said it was listening
+
+
+def _command_paths() -> list[list[str]]:
+    import typer
+
+    from mas.cli import app
+
+    paths: list[list[str]] = []
+
+    def walk(command: Any, path: list[str]) -> None:
+        paths.append(path)
+        for name, sub in getattr(command, "commands", {}).items():  # a group (typer's click)
+            walk(sub, [*path, name])
+
+    walk(typer.main.get_command(app), [])
+    return paths
+
+
+@pytest.mark.parametrize("path", _command_paths(), ids=lambda path: " ".join(path) or "mas")
+def test_help_shows_readable_metavars(path: list[str]) -> None:
+    from typer.testing import CliRunner
+
+    from mas.cli import app
+
+    result = CliRunner().invoke(app, [*path, "--help"], terminal_width=100)
+    assert result.exit_code == 0, result.output
+    options = result.output.partition("Options:")[2].partition("Commands:")[0]
+    # Python types (`<bool>`, `<list[str]>`, `<int range>`) say nothing to a user: options
+    # name what they take (`--agents MODULE:CLASS`), flags take nothing.
+    assert re.search(r"<[A-Za-z_][\w\[\], ]*>", options) is None, options
+    for python_type in ("<bool>", "<list[", "<int", "<float>"):
+        assert python_type not in result.output, result.output

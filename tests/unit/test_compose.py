@@ -592,3 +592,13 @@ def test_docker_compose_accepts_the_file(tmp_path):
         timeout=60,
     )
     assert result.returncode == 0, f"docker compose config failed:\n{result.stderr}"
+
+
+def test_the_example_jwt_secret_is_refused_until_it_is_replaced(env_example):
+    # Everyone who read .env.example knows its secret: a stack started with it unedited must
+    # refuse to serve, saying what to do, rather than accept tokens anyone can sign.
+    from mas.api.auth import check_secret
+    from mas.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="placeholder"):
+        check_secret(env_example["MAS_AUTH__JWT_SECRET"])

@@ -19,7 +19,16 @@ from pydantic import SecretStr
 from typer.testing import CliRunner
 
 from mas.api import auth as auth_module
-from mas.api.auth import CLOCK_SKEW, SCOPES, Claims, decode_token, mint_token, require
+from mas.api.auth import (
+    CLOCK_SKEW,
+    MAX_TTL,
+    SCOPES,
+    Claims,
+    check_secret,
+    decode_token,
+    mint_token,
+    require,
+)
 from mas.api.problems import PROBLEM_JSON, Problem, install_problem_handlers
 from mas.cli.token import app as token_app
 from mas.cli.token import parse_ttl
@@ -30,6 +39,7 @@ from mas.errors import ConfigError
 pytestmark = pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
 
 SECRET = "test-secret"
+STRONG = "a-strong-test-secret-" + "q" * 32  # what `check_secret` lets a gateway serve with
 
 
 def make_app(secret: str | None = SECRET) -> FastAPI:
@@ -251,12 +261,12 @@ class TestCli:
     def test_create_prints_only_a_token(self) -> None:
         result = CliRunner().invoke(
             token_app,
-            ["create", "--sub", "ci", "--scope", "tasks:read", "--ttl", "1h", "--secret", "s"],
+            ["create", "--sub", "ci", "--scope", "tasks:read", "--ttl", "1h", "--secret", STRONG],
         )
         assert result.exit_code == 0, result.output
         token = result.stdout.strip()
         assert "\n" not in token
-        decoded = decode_token(token, "s", "HS256")
+        decoded = decode_token(token, STRONG, "HS256")
         assert decoded.subject == "ci"
         assert decoded.scopes == frozenset({"tasks:read"})
         lifetime = (decoded.expires_at - datetime.now(UTC)).total_seconds()
@@ -264,19 +274,20 @@ class TestCli:
 
     def test_scope_all_grants_every_scope(self) -> None:
         result = CliRunner().invoke(
-            token_app, ["create", "--sub", "ops", "--scope", "all", "--secret", "s"]
+            token_app, ["create", "--sub", "ops", "--scope", "all", "--secret", STRONG]
         )
         assert result.exit_code == 0, result.output
-        assert decode_token(result.stdout.strip(), "s", "HS256").scopes == frozenset(SCOPES)
+        assert decode_token(result.stdout.strip(), STRONG, "HS256").scopes == frozenset(SCOPES)
 
     def test_secret_defaults_to_settings(
         self, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
     ) -> None:
         monkeypatch.chdir(tmp_path)
-        monkeypatch.setenv("MAS_AUTH__JWT_SECRET", "from-env")
+        monkeypatch.setenv("MAS_AUTH__JWT_SECRET", "from-env-" + STRONG)
         result = CliRunner().invoke(token_app, ["create", "--sub", "ci", "--scope", "tasks:read"])
         assert result.exit_code == 0, result.output
-        assert decode_token(result.stdout.strip(), "from-env", "HS256").subject == "ci"
+        token = result.stdout.strip()
+        assert decode_token(token, "from-env-" + STRONG, "HS256").subject == "ci"
 
     def test_missing_secret_exits_2_saying_how_to_set_it(
         self, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
@@ -290,14 +301,15 @@ class TestCli:
 
     def test_unknown_scope_exits_2(self) -> None:
         result = CliRunner().invoke(
-            token_app, ["create", "--sub", "ci", "--scope", "tasks:delete", "--secret", "s"]
+            token_app, ["create", "--sub", "ci", "--scope", "tasks:delete", "--secret", STRONG]
         )
         assert result.exit_code == 2
         assert "known scopes" in result.stderr
 
     def test_bad_ttl_exits_2(self) -> None:
         result = CliRunner().invoke(
-            token_app, ["create", "--sub", "ci", "--scope", "all", "--ttl", "soon", "--secret", "s"]
+            token_app,
+            ["create", "--sub", "ci", "--scope", "all", "--ttl", "soon", "--secret", STRONG],
         )
         assert result.exit_code == 2
         assert result.stdout == ""
@@ -315,3 +327,94 @@ def test_parse_ttl(text: str, seconds: float) -> None:
 def test_parse_ttl_refuses(text: str) -> None:
     with pytest.raises(typer.BadParameter):
         parse_ttl(text)
+
+
+class TestOutOfRangeClaims:
+    """A validly signed token with an absurd number is the client's 401, never our 500."""
+
+    pytestmark = pytest.mark.anyio
+
+    @pytest.mark.parametrize(
+        "overrides",
+        [
+            {"exp": 10**20},
+            {"exp": 1e20},
+            {"exp": float("inf")},
+            {"iat": 10**20},
+            {"iat": float("inf")},
+            {"nbf": 10**20},
+            {"nbf": float("-inf")},
+        ],
+        ids=["exp-int", "exp-float", "exp-inf", "iat-int", "iat-inf", "nbf-int", "nbf-inf"],
+    )
+    async def test_is_a_401_problem(
+        self, client: httpx.AsyncClient, overrides: dict[str, Any]
+    ) -> None:
+        token = jwt.encode(claims(**overrides), SECRET, algorithm="HS256")
+        for _ in range(2):  # and again: a refused token is not remembered as good
+            response = await client.get("/needs", headers=bearer(token))
+            assert_problem(response, 401)
+            assert response.headers["www-authenticate"] == 'Bearer error="invalid_token"'
+
+    def test_mint_refuses_a_ttl_past_a_year(self) -> None:
+        with pytest.raises(ConfigError, match=r"at most 31536000 seconds \(365 days\)"):
+            mint_token(SECRET, "svc", ["tasks:read"], ttl=MAX_TTL + 1)
+        assert decode_token(mint_token(SECRET, "svc", ["tasks:read"], ttl=MAX_TTL), SECRET, "HS256")
+
+    @pytest.mark.parametrize("ttl", ["99999999999d", "366d", "9" * 400])
+    def test_cli_refuses_a_ttl_past_a_year_with_exit_2(self, ttl: str) -> None:
+        result = CliRunner().invoke(
+            token_app,
+            ["create", "--sub", "ci", "--scope", "all", "--ttl", ttl, "--secret", STRONG],
+        )
+        assert result.exit_code == 2, result.output
+        assert result.stdout == ""
+        assert "365d" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+class TestCheckSecret:
+    """A secret anyone could guess is refused wherever a gateway would serve or sign with it."""
+
+    @pytest.mark.parametrize(
+        "secret",
+        [
+            "changeme",
+            "CHANGEME",
+            "change-me",
+            "secret",
+            "Secret",
+            "your-secret",
+            "your_secret",
+            "change-me-to-a-random-secret-of-at-least-32-characters",  # .env.example's
+            "REPLACE-ME-WITH-SOMETHING-LONG-ENOUGH-TO-PASS-THE-LENGTH",
+        ],
+    )
+    def test_placeholders_are_refused(self, secret: str) -> None:
+        with pytest.raises(ConfigError, match="placeholder"):
+            check_secret(secret)
+
+    @pytest.mark.parametrize("secret", ["", "s", "test-secret", "x" * 31, "é" * 15])
+    def test_short_secrets_are_refused_naming_the_minimum(self, secret: str) -> None:
+        with pytest.raises(ConfigError, match="at least 32"):
+            check_secret(secret)
+
+    @pytest.mark.parametrize("secret", [STRONG, "x" * 32, "é" * 16])
+    def test_32_bytes_that_are_not_a_placeholder_pass(self, secret: str) -> None:
+        check_secret(secret)
+
+    @pytest.mark.parametrize("secret", ["changeme", "short"])
+    def test_create_app_refuses_a_weak_secret(self, secret: str) -> None:
+        from mas.api.app import create_app
+
+        with pytest.raises(ConfigError, match="MAS_AUTH__JWT_SECRET"):
+            create_app(Settings(auth=AuthSettings(jwt_secret=SecretStr(secret))))
+
+    @pytest.mark.parametrize("secret", ["changeme", "s"])
+    def test_token_create_refuses_to_sign_with_a_weak_secret(self, secret: str) -> None:
+        result = CliRunner().invoke(
+            token_app, ["create", "--sub", "ci", "--scope", "all", "--secret", secret]
+        )
+        assert result.exit_code == 2
+        assert result.stdout == ""
+        assert "MAS_AUTH__JWT_SECRET" in result.stderr

@@ -127,7 +127,7 @@ def mas_up(tmp_path: Path) -> Iterator[Running]:
             if line.startswith("mas up: "):
                 url = line.removeprefix("mas up: ").strip()
             elif line.strip().startswith("dev token:"):
-                token = line.split(":", 1)[1].strip()
+                token = (tmp_path / ".mas" / "dev-token").read_text().strip()
         _wait_until_serving(process, url, stderr)
         yield Running(process, tmp_path, env, url, token, stdout, stderr, readers)
     finally:
@@ -152,8 +152,8 @@ def test_mas_up_serves_tasks_and_stops_cleanly_on_sigterm(mas_up: Running) -> No
         assert done.json()["trace_id"] == trace_id
 
     token_file = mas_up.cwd / ".mas" / "dev-token"
-    assert token_file.read_text().split() == [mas_up.url, mas_up.token]
-    assert token_file.stat().st_mode & 0o077 == 0  # only the owner may read the token
+    assert token_file.read_text() == f"{mas_up.token}\n"  # `$(cat ...)` gives the token
+    assert (mas_up.cwd / ".mas" / "url").read_text().strip() == mas_up.url
 
     sent = subprocess.run(
         [sys.executable, "-m", "mas.cli", "send", "echo", '{"text": "hi"}'],
@@ -180,6 +180,20 @@ def test_mas_up_serves_tasks_and_stops_cleanly_on_sigterm(mas_up: Running) -> No
         completed
     )
     assert returncode == 0, f"exit {returncode}: {mas_up.stderr[-5:]}"
+
+
+def test_mas_up_keeps_its_token_out_of_stdout_in_an_owner_only_file(mas_up: Running) -> None:
+    # stdout of a server ends up in captured logs: a full-scope token there is a leak.
+    token_file = mas_up.cwd / ".mas" / "dev-token"
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    assert (mas_up.cwd / ".mas").stat().st_mode & 0o077 == 0
+    printed = "\n".join(mas_up.stdout)
+    assert mas_up.token not in printed
+    assert str(token_file.resolve()) in printed
+    assert f"MAS_TOKEN=$(cat {token_file.resolve()})" in printed
+    headers = {"Authorization": f"Bearer {mas_up.token}"}
+    with httpx.Client(base_url=mas_up.url, headers=headers, timeout=30) as client:
+        assert client.get("/tasks/").status_code == 200  # the saved token is the live one
 
 
 def test_mas_up_exits_0_on_sigterm(mas_up: Running) -> None:
@@ -219,3 +233,52 @@ def test_the_printed_url_accepts_connections_at_once(tmp_path: Path) -> None:
         process.kill()
         process.wait()
         reader.join(timeout=5)
+
+
+def _send(running: Running, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mas.cli", "send", *args],
+        cwd=running.cwd,
+        env=running.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_mas_send_addresses_one_agent_by_id(mas_up: Running) -> None:
+    sent = _send(mas_up, "--agent", "echo", '{"text": "to you"}')  # `mas up` runs agent "echo"
+    assert sent.returncode == 0, sent.stderr
+    printed = json.loads(sent.stdout)
+    assert (printed["status"], printed["target"]) == ("succeeded", "agent:echo")
+    assert printed["result"] == {"text": "to you"}
+    by_option = _send(mas_up, "--type", "echo", '{"text": "any echo"}')
+    assert by_option.returncode == 0, by_option.stderr
+    assert json.loads(by_option.stdout)["result"] == {"text": "any echo"}
+
+
+# Each is a usage error (exit 2) said in one line, found before any request is made.
+MISTAKES = [
+    (("echo", "{}", "--wait", "-1"), "--wait -1.0 is not a number of seconds from 0 to 3600"),
+    (("echo", "{}", "--wait", "nan"), "--wait nan is not a number of seconds"),
+    (("echo", "{}", "--wait", "7200"), "from 0 to 3600"),
+    (("bad type!",), "'bad type!' is not an agent type: use letters, digits"),
+    (("--agent", "no spaces allowed"), "is not an agent id: use letters, digits"),
+    (("echo", "--agent", "echo"), "name exactly one target"),
+    (("--agent", "echo", "--type", "echo"), "name exactly one target"),
+    ((), "name exactly one target"),
+    (("--agent", "echo", "echo", "{}"), "the only argument is the PAYLOAD"),
+    (("echo", "[1]"), "PAYLOAD must be a JSON object"),
+]
+
+
+def test_mas_send_checks_every_argument_before_any_request(mas_up: Running) -> None:
+    headers = {"Authorization": f"Bearer {mas_up.token}"}
+    for args, says in MISTAKES:
+        sent = _send(mas_up, *args)
+        assert sent.returncode == 2, (args, sent.stderr)
+        assert len(sent.stderr.strip().splitlines()) == 1, sent.stderr
+        assert says in sent.stderr, sent.stderr
+        assert "pattern" not in sent.stderr and "^" not in sent.stderr  # no raw regex
+    with httpx.Client(base_url=mas_up.url, headers=headers, timeout=30) as client:
+        assert client.get("/tasks/").json()["items"] == []  # nothing was submitted
