@@ -45,7 +45,11 @@ def mas_up(tmp_path: Path) -> Iterator[tuple[str, MasProcess]]:
     try:
         line = process.wait_for(lambda line: line.strip().startswith("dashboard:"))
         process.wait_for(lambda line: "Ctrl-C stops" in line)
-        yield line.split(":", 1)[1].strip(), process
+        # `mas up` keeps its dev token out of its output: the user pastes it, or puts it in
+        # the link's fragment, as here.
+        dashboard = line.split(":", 1)[1].split()[0]
+        token = (tmp_path / ".mas" / "dev-token").read_text().strip()
+        yield f"{dashboard}#token={token}", process
     finally:
         process.terminate()
 
