@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -15,7 +16,10 @@ if TYPE_CHECKING:
     from pydantic import ValidationError
 
 MAX_WAIT = 3600.0
-"""The longest `--wait` the gateway accepts (it may apply less: MAS_API__MAX_WAIT)."""
+"""The longest `--wait` this command takes."""
+WAIT_STEP = 10.0
+"""Seconds one request waits at most: a gateway refuses `?wait=` over MAS_API__MAX_WAIT
+(60 s by default), so a longer `--wait` is several requests."""
 
 # What each field of a task is, in the words of the option that sets it.
 _FIELDS = {
@@ -170,14 +174,12 @@ def send(
     base, bearer = _connection(url, token)
     headers = {"Authorization": f"Bearer {bearer}"}
     try:
-        with httpx.Client(base_url=base, headers=headers, timeout=wait + 10) as client:
+        with httpx.Client(base_url=base, headers=headers, timeout=WAIT_STEP + 10) as client:
             created = client.post("/tasks/", json={**destination, "payload": body})
             if created.status_code >= 400:
                 _fail(created)
             task_id = created.json()["id"]
-            finished = client.get(f"/tasks/{task_id}", params={"wait": wait})
-            if finished.status_code >= 400:
-                _fail(finished)
+            finished = _wait_for(client, task_id, wait)
     except httpx.HTTPError as exc:
         typer.echo(f"error: cannot reach the gateway at {base}: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -185,6 +187,19 @@ def send(
     typer.echo(json.dumps(result, indent=2))
     if result["status"] != "succeeded":
         raise typer.Exit(1)
+
+
+def _wait_for(client: Any, task_id: str, wait: float) -> Any:
+    """The task once it ended, or as it is after `wait` seconds: asked in steps of at most
+    `WAIT_STEP` seconds, as a gateway refuses a longer `?wait=` than MAS_API__MAX_WAIT."""
+    deadline = time.monotonic() + wait
+    while True:
+        step = max(0.0, min(WAIT_STEP, deadline - time.monotonic()))
+        response = client.get(f"/tasks/{task_id}", params={"wait": round(step, 3)})
+        if response.status_code >= 400:
+            _fail(response)
+        if response.json()["status"] not in ("pending", "running") or step < WAIT_STEP:
+            return response
 
 
 def _fail(response: Any) -> None:

@@ -257,6 +257,14 @@ def test_mas_send_addresses_one_agent_by_id(mas_up: Running) -> None:
     assert json.loads(by_option.stdout)["result"] == {"text": "any echo"}
 
 
+def test_mas_send_waits_longer_than_one_request_may(mas_up: Running) -> None:
+    """`--wait` goes up to an hour; the gateway takes `?wait=` up to MAS_API__MAX_WAIT (60 s)
+    and refuses more (422): the command must not submit a task and then fail reading it."""
+    sent = _send(mas_up, "--wait", "120", "echo", '{"text": "patient"}')
+    assert sent.returncode == 0, sent.stderr
+    assert json.loads(sent.stdout)["result"] == {"text": "patient"}
+
+
 # Each is a usage error (exit 2) said in one line, found before any request is made.
 MISTAKES = [
     (("echo", "{}", "--wait", "-1"), "--wait -1.0 is not a number of seconds from 0 to 3600"),
