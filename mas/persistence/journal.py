@@ -392,8 +392,9 @@ class StoreJournal:
         for task in (self._heartbeats, self._relaying):
             if task is not None:
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                # Not `suppress(CancelledError)` around `await task`: that would also swallow
+                # a cancellation of this close itself, and the canceller would wait for ever.
+                await asyncio.wait([task])
         relaying, self._relaying, self._heartbeats = self._relaying, None, None
         await self.writer.close()
         if relaying is not None:
