@@ -13,6 +13,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import JSON, DateTime, Table, and_, bindparam, delete, func, or_, update
@@ -88,27 +89,36 @@ class DriverStatement:
 def _values_function(
     params: tuple[tuple[str, Encoder | None, Any], ...],
 ) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
-    """`lambda row: (encode_0(row["id"]), row["type"], constant_2, ...)`, built once.
+    """A row's parameters in the statement's order: `(encode_0(row["id"]), row["type"],
+    constant_2, ...)`, planned once per statement.
 
-    Every row of every batch goes through it, a dozen values each: one generated function
-    is several times cheaper than a loop deciding, value by value, what to do. The source
-    holds only column names (repr'd); encoders and constants are passed by name.
+    Every row of every batch goes through it, a dozen values each: one `itemgetter` fetches
+    them all in C, then only the positions that need it are patched (the statement's
+    constants, and the values an encoder turns into what the driver takes).
     """
-    namespace: dict[str, Any] = {}
-    parts = []
-    for i, (key, encode, constant) in enumerate(params):
-        if encode is None:
-            namespace[f"constant_{i}"] = constant
-            parts.append(f"constant_{i}")
-        elif encode is _same:
-            parts.append(f"row[{key!r}]")
-        else:
-            namespace[f"encode_{i}"] = encode
-            parts.append(f"encode_{i}(row[{key!r}])")
-    function: Callable[[dict[str, Any]], tuple[Any, ...]] = eval(
-        f"lambda row: ({', '.join(parts)},)", namespace
+    keys = [key for key, encode, _ in params if encode is not None]
+    if not keys:
+        constants = tuple(constant for _, _, constant in params)
+        return lambda row: constants
+    # A constant's position fetches any key: it is overwritten below.
+    get = itemgetter(*[key if encode is not None else keys[0] for key, encode, _ in params])
+    fixed = tuple((i, constant) for i, (_, encode, constant) in enumerate(params) if encode is None)
+    encoded = tuple(
+        (i, encode) for i, (_, encode, _) in enumerate(params) if encode not in (None, _same)
     )
-    return function
+    if len(params) == 1:  # itemgetter of one key returns the value, not a tuple
+        only = params[0][1] or _same
+        return lambda row: (only(get(row)),)
+
+    def values(row: dict[str, Any]) -> tuple[Any, ...]:
+        out = list(get(row))
+        for i, constant in fixed:
+            out[i] = constant
+        for i, encode in encoded:
+            out[i] = encode(out[i])
+        return tuple(out)
+
+    return values
 
 
 class BatchStatements:
