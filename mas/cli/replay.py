@@ -150,6 +150,9 @@ def replay(
         )
         return False
 
+    from mas.observability.logging import configure_logging
+
+    configure_logging("ERROR", settings.log_format)  # stdout is the diff; errors go to stderr
     try:
         same = anyio.run(work)
     except MasError as exc:
