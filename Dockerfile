@@ -25,7 +25,8 @@ RUN --mount=type=cache,target=/root/.cache/uv \
     --mount=type=bind,source=pyproject.toml,target=pyproject.toml \
     uv sync --locked --all-extras --no-dev --no-install-project
 
-# Then the project itself (the wheel holds the `mas` and `agents` packages).
+# Then the project itself: `mas`, installed editable, and the application's `agents`
+# folder beside it (importable from /app through the editable install, as in the repository).
 COPY pyproject.toml uv.lock README.md ./
 COPY mas ./mas
 COPY agents ./agents

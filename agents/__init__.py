@@ -1,1 +1,1 @@
-"""Concrete agents shipped with mas."""
+"""The application's agents (a repository folder, not part of the `mas-runtime` wheel)."""

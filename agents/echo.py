@@ -1,17 +1,7 @@
-"""EchoAgent: answers every message with its payload — the smallest useful agent."""
+"""EchoAgent under the repository's `agents.echo:EchoAgent` name; it ships as `mas.agents`."""
 
 from __future__ import annotations
 
-from mas import Agent, HandlerResult, Message, TaskResult
+from mas.agents.echo import EchoAgent
 
-
-class EchoAgent(Agent):
-    """Replies with the payload it received; completes the task when the message has one."""
-
-    type = "echo"
-    capabilities = ("echo",)
-
-    async def handle_message(self, message: Message) -> HandlerResult:
-        if message.task_id is not None:
-            return TaskResult.succeeded(message.task_id, dict(message.payload))
-        return message.reply(dict(message.payload))
+__all__ = ["EchoAgent"]

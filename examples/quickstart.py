@@ -3,6 +3,7 @@
 import anyio
 
 from mas import Agent, Message, Runtime
+from mas.observability import configure_logging
 
 
 class Greeter(Agent):
@@ -13,6 +14,7 @@ class Greeter(Agent):
 
 
 async def main() -> None:
+    configure_logging()  # mas's JSON log lines on stderr; the runtime leaves logging to you
     async with Runtime() as rt:  # memory transport unless configured otherwise
         ref = await rt.spawn(Greeter, id="g1")
         reply = await ref.ask(Message(type="greet", payload={"name": "ada"}), timeout=1)

@@ -5,6 +5,7 @@ import anyio
 
 from mas import Agent, HandlerError, HandlerResult, Message, Runtime, Settings
 from mas.config import RetrySettings
+from mas.observability import configure_logging
 
 
 class Parser(Agent):
@@ -29,7 +30,8 @@ class Totals(Agent):
 
 
 async def main() -> None:
-    settings = Settings(retry=RetrySettings(max_attempts=2, base_delay=0.01), log_level="ERROR")
+    configure_logging("ERROR")  # the crashes below are the point: keep their warnings quiet
+    settings = Settings(retry=RetrySettings(max_attempts=2, base_delay=0.01))
     async with Runtime(settings) as rt:
         pipeline = await rt.spawn_supervisor("pipeline", strategy="rest_for_one")
         parser = await pipeline.spawn(Parser, id="parser")

@@ -211,6 +211,8 @@ class Settings(BaseSettings):
     supervisor: SupervisorSettings = SupervisorSettings()
     auth: AuthSettings = AuthSettings()
     api: ApiSettings = ApiSettings()
+    # What the `mas` commands pass to `configure_logging`; an embedded Runtime reads only
+    # `log_level`, to log every handled message when it is DEBUG.
     log_level: str = "INFO"
     log_format: Literal["json", "console"] = "json"
     amqp_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")

@@ -53,7 +53,7 @@ from mas.errors import (
     UnknownAgent,
 )
 from mas.messages import Address, Message, TaskError, TaskResult, parse_address
-from mas.observability.logging import configure_logging, level_number
+from mas.observability.logging import level_number
 from mas.transports import Transport, create_transport
 from mas.transports.base import Delivery
 
@@ -204,8 +204,6 @@ class Runtime:
         s = self.settings
         self.root = Supervisor(self, "root", strategy=root_strategy)
         self.registry.add_supervisor(self.root)
-        if not structlog.is_configured():
-            configure_logging(s.log_level, s.log_format)
         self.log_messages = level_number(s.log_level) <= logging.DEBUG
         if self.journal is None and s.persist:
             from mas.persistence import open_journal  # the SQL stack loads only when asked

@@ -33,7 +33,7 @@ class _Flaky(Agent):
 
 
 async def _demo() -> dict[str, int]:
-    from agents.echo import EchoAgent
+    from mas.agents.echo import EchoAgent
 
     settings = Settings(
         log_level="ERROR", retry=RetrySettings(max_attempts=3, base_delay=0.02, max_delay=0.1)

@@ -29,7 +29,7 @@ AgentsOption = Annotated[
     typer.Option(
         "--agents",
         metavar="MODULE:CLASS",
-        help="agent classes as module:Class (repeat); agents.echo:EchoAgent is built in",
+        help="agent classes as module:Class (repeat); mas.agents.echo:EchoAgent is built in",
     ),
 ]
 
@@ -115,7 +115,7 @@ def replay(
     settings = Settings()
     if url is not None:
         settings = settings.model_copy(update={"database_url": SecretStr(url)})
-    specs = ["agents.echo:EchoAgent", *(agents or [])]
+    specs = ["mas.agents.echo:EchoAgent", *(agents or [])]
 
     async def work() -> bool:
         from mas.persistence import open_store
@@ -150,6 +150,9 @@ def replay(
         )
         return False
 
+    from mas.observability.logging import configure_logging
+
+    configure_logging("ERROR", settings.log_format)  # stdout is the diff; errors go to stderr
     try:
         same = anyio.run(work)
     except MasError as exc:

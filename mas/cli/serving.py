@@ -59,7 +59,7 @@ def ensure_secret(settings: Settings, notes: list[str], *, generate: bool) -> Se
         ConfigError: the configured secret is a placeholder or too short, or none is set
             and `generate` is off.
     """
-    from mas.api.auth import check_secret
+    from mas.api.tokens import check_secret
 
     configured = settings.auth.jwt_secret
     if configured is not None:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from mas.api.auth import MAX_TTL, SCOPES, check_secret, mint_token
+from mas.api.tokens import MAX_TTL, SCOPES, check_secret, mint_token
 from mas.errors import ConfigError
 
 __all__ = ["app", "parse_ttl"]

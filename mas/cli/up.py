@@ -52,7 +52,7 @@ def up(
     ] = "INFO",
 ) -> None:
     """Start the gateway, the runtime with the echo agent, and the store, in one process."""
-    from agents.echo import EchoAgent
+    from mas.agents.echo import EchoAgent
     from mas.api.app import create_app
     from mas.api.auth import SCOPES, mint_token
     from mas.cli.replay import load_agent_class

@@ -200,3 +200,62 @@ def test_help_shows_readable_metavars(path: list[str]) -> None:
     assert re.search(r"<[A-Za-z_][\w\[\], ]*>", options) is None, options
     for python_type in ("<bool>", "<list[", "<int", "<float>"):
         assert python_type not in result.output, result.output
+
+
+# What only some commands need; `mas --help` paying for them made every command slow to start
+# (and broke it when an extra was not installed).
+HEAVY = frozenset(
+    {
+        "sqlalchemy",
+        "alembic",
+        "asyncpg",
+        "aiosqlite",
+        "fastapi",
+        "starlette",
+        "uvicorn",
+        "aio_pika",
+        "aiormq",
+        "taskiq",
+        "redis",
+        "opentelemetry",
+        "prometheus_client",
+    }
+)
+
+
+def imported_packages(*args: str) -> set[str]:
+    """The top-level packages `mas ARGS` imports, read from `python -X importtime`."""
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "mas.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=_mas_env(),
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return {
+        line.rpartition("|")[2].strip().split(".")[0]
+        for line in result.stderr.splitlines()
+        if line.startswith("import time:")
+    }
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        ["version"],
+        ["up", "--help"],
+        ["db", "--help"],
+        ["send", "--help"],
+        ["token", "create", "--sub", "ci", "--scope", "tasks:read", "--secret", "k" * 40],
+    ],
+    ids=lambda args: " ".join(args[:2]),
+)
+def test_a_command_imports_no_heavy_dependency_it_does_not_use(args: list[str]) -> None:
+    imported = imported_packages(*args)
+    assert "mas" in imported  # the parse found the imports
+    assert imported & HEAVY == set()
+    if args[0] != "token":
+        assert "jwt" not in imported

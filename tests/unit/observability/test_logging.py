@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from collections.abc import Iterator
 
 import pytest
 import structlog
 
-from mas import Agent, HandlerResult, Message
+from mas import Agent, HandlerResult, Message, Runtime, Settings
+from mas.agents.echo import EchoAgent
 from mas.observability import configure_logging
 from mas.testing import TestRuntime, crashing
 
@@ -86,3 +88,21 @@ def test_standard_logging_records_are_one_json_line_with_the_traceback(
     assert (record["level"], record["logger"]) == ("error", "uvicorn.error")
     assert "ValueError: broken" in record["exception"]
     assert "Traceback" in record["exception"]
+
+
+async def test_a_runtime_leaves_the_applications_logging_as_it_was() -> None:
+    # An embedded runtime must not take over its host's logging: configuring it is the job
+    # of the application (or of the `mas` commands, which are applications).
+    saved = structlog.get_config()
+    structlog.reset_defaults()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        async with Runtime(Settings(log_level="DEBUG")) as rt:
+            ref = await rt.spawn(EchoAgent, id="echo")
+            await ref.ask(Message("ping", {"n": 1}), timeout=1)
+        assert not structlog.is_configured()
+        assert root.handlers == handlers
+        assert root.level == level
+    finally:
+        structlog.configure(**saved)
