@@ -13,6 +13,7 @@ raised from it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
@@ -205,17 +206,31 @@ class Runtime:
         self.root = Supervisor(self, "root", strategy=root_strategy)
         self.registry.add_supervisor(self.root)
         self.log_messages = level_number(s.log_level) <= logging.DEBUG
-        if self.journal is None and s.persist:
-            from mas.persistence import open_journal  # the SQL stack loads only when asked
+        # What starts here is closed again in reverse order if a later part fails (the
+        # transport refuses): the journal's writer, its tasks and the database engine must
+        # not outlive a start that raised.
+        self._state = "starting"
+        async with contextlib.AsyncExitStack() as unwind:
+            unwind.push_async_callback(self._start_failed)
+            if self.journal is None and s.persist:
+                from mas.persistence import open_journal  # the SQL stack loads only when asked
 
-            self.journal = await open_journal(s)
-        if self.journal is not None:
-            await self.journal.open(self)
-        await self.transport.start(self)
+                self.journal = await open_journal(s)
+            if self.journal is not None:
+                unwind.push_async_callback(self.journal.close)
+                await self.journal.open(self)
+            unwind.push_async_callback(self.transport.close)  # a half-made connection too
+            await self.transport.start(self)
+            unwind.pop_all()
         self._state = "running"
         self._accepting = True
         self.fast_path = not self._serialize and type(self)._deliver_local is Runtime._deliver_local
         _log.info("runtime_started", node_id=self._node_id, transport=type(self.transport).__name__)
+
+    async def _start_failed(self) -> None:
+        """Last step of unwinding a start that raised: no task of it may go on running."""
+        self._state = "stopped"  # not started again on this object: its parts were closed
+        await self.tasks.cancel_all()
 
     async def __aenter__(self) -> Runtime:
         await self.start()

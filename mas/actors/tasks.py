@@ -155,10 +155,33 @@ class TaskOwner:
                 return
 
     async def wait_all(self, timeout: float) -> None:
-        """Wait (bounded) for the tasks still running after shutdown."""
+        """Wait (bounded) for the tasks still running after shutdown, then cancel the rest.
+
+        A task group's rule: nothing the runtime started runs once it has stopped. Tasks
+        still running after `timeout` are cancelled and awaited; pending timers are
+        dropped. An error a task raises while it is cancelled still fails the runtime
+        (through `_task_done`), so no failure is lost on the way out.
+        """
         with anyio.move_on_after(timeout):
             while self.busy:
                 await self._no_tasks.wait()
+        await self.cancel_all()
+
+    async def cancel_all(self) -> None:
+        """Cancel every owned task and timer, and wait until the tasks have ended."""
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+        self._no_timers.set()
+        # A task may start another while it is cancelled (a `finally` that sends): loop
+        # until none is left.
+        current = asyncio.current_task()  # an owned task that stops the runtime goes on
+        while running := (self._tasks | self._drains) - {current}:
+            for task in running:
+                task.cancel()
+            await asyncio.wait(running)
+            # Done-callbacks (`_task_done`) run on the next turn of the loop.
+            await asyncio.sleep(0)
 
 
 async def _await(job: Callable[[], Awaitable[None]]) -> None:

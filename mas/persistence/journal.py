@@ -73,9 +73,26 @@ class BatchWriter:
         self._taken = 0
         self._committed = 0
         self._progress = asyncio.Event()
+        self._crashed: BaseException | None = None
 
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="mas-batch-writer")
+    def start(self, on_crash: Callable[[BaseException], None] | None = None) -> None:
+        """Start the writer task; a crash of it (a bug, not an outage) goes to `on_crash`."""
+        task = asyncio.get_running_loop().create_task(self._run(), name="mas-batch-writer")
+        self._task = task
+        if on_crash is not None:
+            _report_crash(task, on_crash)
+
+    @property
+    def crashed(self) -> bool:
+        """The writer task died on an error: nothing it was given will commit."""
+        return self._crashed is not None
+
+    def _check(self) -> None:
+        """Raise if the writer died: what waits for a commit would otherwise wait for ever."""
+        if self._crashed is not None:
+            raise StoreUnavailable(
+                f"the journal's writer stopped: {type(self._crashed).__name__}: {self._crashed}"
+            ) from self._crashed
 
     def wake(self) -> None:
         """New rows were appended to `pending`."""
@@ -89,18 +106,43 @@ class BatchWriter:
         return not self._room.is_set()
 
     async def wait_for_room(self) -> None:
+        """Wait until the backlog is under `high_water` again.
+
+        Raises:
+            StoreUnavailable: the writer stopped on an error, so the backlog never shrinks.
+        """
         await self._room.wait()
+        self._check()
 
     async def flush(self) -> None:
-        """Wait until every row appended so far is committed (not what comes after)."""
+        """Wait until every row appended so far is committed (not what comes after).
+
+        Raises:
+            StoreUnavailable: the writer stopped on an error, so those rows never commit.
+        """
+        self._check()
         if self._idle.is_set():
             return
         target = self._taken + (1 if len(self.pending) or self.settle else 0)
         while self._committed < target:
             progress = self._progress
             await progress.wait()
+            self._check()
 
     async def _run(self) -> None:
+        try:
+            await self._write_batches()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            # A bug (the store raised something other than an outage): wake every waiter
+            # so that it fails now instead of at its timeout, then let the owner see it.
+            self._crashed = exc
+            self._progress.set()
+            self._room.set()
+            raise
+
+    async def _write_batches(self) -> None:
         delay = 0.05
         while True:
             await self._wake.wait()
@@ -172,9 +214,10 @@ class BatchWriter:
         self._closing = True
         self._deadline = asyncio.get_running_loop().time() + self.close_timeout
         self._wake.set()
-        try:
-            await asyncio.wait_for(asyncio.shield(self._task), self.close_timeout + 1)
-        except TimeoutError:
+        # Not `wait_for(shield(task))`: a writer that crashed would raise its error here
+        # again, and its owner (`on_crash`) has it already.
+        done, _ = await asyncio.wait([self._task], timeout=self.close_timeout + 1)
+        if not done:
             self._task.cancel()
         if len(self.pending):
             _log.error(
@@ -190,13 +233,18 @@ class BatchWriter:
 def _owned(coro: Coroutine[Any, Any, None], node: JournalNode, name: str) -> asyncio.Task[None]:
     """A task of the journal: cancelled by `close`, and its crash fails the runtime."""
     task = asyncio.get_running_loop().create_task(coro, name=name)
+    _report_crash(task, node.fail)
+    return task
+
+
+def _report_crash(task: asyncio.Task[None], on_crash: Callable[[BaseException], None]) -> None:
+    """Hand `task`'s error (not its cancellation) to `on_crash` when it ends."""
 
     def crashed(done: asyncio.Task[None]) -> None:
-        if not done.cancelled() and done.exception() is not None:
-            node.fail(done.exception())  # type: ignore[arg-type]
+        if not done.cancelled() and (error := done.exception()) is not None:
+            on_crash(error)
 
     task.add_done_callback(crashed)
-    return task
 
 
 def _sanitized(batch: Batch) -> Batch:
@@ -321,7 +369,7 @@ class StoreJournal:
 
     async def open(self, node: JournalNode) -> None:
         self.node_id = node.node_id
-        self.writer.start()
+        self.writer.start(node.fail)
         self._heartbeats = _owned(self._beat(node), node, "mas-journal-heartbeat")
         self._relaying = _owned(self.relay.run(node), node, "mas-outbox-relay")
 
@@ -383,7 +431,7 @@ class StoreJournal:
 
         Outbox rows still held (the broker is away) are released for other nodes' relays.
         """
-        if self._relaying is not None:
+        if self._relaying is not None and not self.writer.crashed:
             # Commit first, so that the relay can still send what those commits decided.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.writer.flush(), self.writer.close_timeout)

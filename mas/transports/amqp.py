@@ -331,7 +331,8 @@ class AmqpTransport:
             self._redis = connect(self._redis_url, client_name=node_id)
             prefix = key_prefix(self.prefix)
             self._claims = DedupeClaims(self._redis, prefix=prefix, owner=node_id)
-        self._pump = asyncio.get_running_loop().create_task(self._run_pump())
+        self._pump = asyncio.get_running_loop().create_task(self._run_pump(), name="mas-amqp-pump")
+        self._pump.add_done_callback(self._pump_ended)
         _log.info("amqp_connected", url=masked_url(self._url), prefix=self.prefix, node_id=node_id)
 
     def dead_letter_arguments(self) -> dict[str, Any]:
@@ -641,7 +642,16 @@ class AmqpTransport:
             except asyncio.CancelledError:
                 raise
             except Exception:
+                # One delivery that breaks must not stop the node receiving the others.
                 _log.exception("amqp_receive_failed", message_id=incoming.message_id)
+
+    def _pump_ended(self, pump: asyncio.Task[None]) -> None:
+        """The pump stopped on its own (a bug): without it nothing more is received, so
+        the runtime fails rather than going on deaf."""
+        if pump.cancelled() or (error := pump.exception()) is None or self._node is None:
+            return
+        _log.error("amqp_pump_crashed", error_type=type(error).__name__, error=str(error))
+        self._node.fail(error)
 
     async def _receive(self, incoming: AbstractIncomingMessage) -> None:
         if incoming.consumer_tag in self._cancelled:

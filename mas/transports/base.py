@@ -100,6 +100,9 @@ class TransportNode(Protocol):
         """Accept one delivery; returns once it is queued, deferred (its mailbox was full)
         or settled. Never waits for room: one caller may feed every agent of the node."""
 
+    def fail(self, error: BaseException) -> None:
+        """A task of the transport crashed (a bug, not an outage): fail the runtime."""
+
 
 @runtime_checkable
 class Transport(Protocol):

@@ -887,3 +887,22 @@ async def test_retiring_an_agent_keeps_a_queue_someone_consumes_and_empties_an_o
     assert [json.loads(letter.body)["payload"]["n"] for letter in letters] == [0, 1]
     assert {letter.headers["x-mas-reason"] for letter in letters} == {"agent_stopped"}
     assert probe.messages == []
+
+
+async def test_a_crash_of_the_receiving_pump_fails_the_runtime(amqp_scope: AmqpScope) -> None:
+    # Errors handling one delivery are logged and the pump goes on; an error that escapes
+    # the pump (here a BaseException, as a bug could raise) leaves the node deaf: it fails.
+    class PumpBroke(BaseException):
+        pass
+
+    transport = amqp_scope.transport()
+
+    async def broken_receive(incoming: object) -> None:
+        raise PumpBroke("the pump broke")
+
+    with pytest.raises(PumpBroke):
+        async with node(transport, "deaf") as rt:
+            await rt.spawn(Echo, id="echo")
+            transport._receive = broken_receive  # type: ignore[method-assign]  # fault injection
+            await transport.send(Message("hello", target="agent:echo"))
+            await eventually(lambda: rt.failure is not None, 5)

@@ -346,3 +346,25 @@ async def test_asks_with_different_timeouts_each_expire_on_their_own_deadline() 
         assert asyncio.get_running_loop().time() - started < 5
         assert not patient.done()  # the 30s ask is still waiting
         patient.cancel()
+
+
+async def test_a_task_the_runtime_started_does_not_outlive_it() -> None:
+    # A task group's rule: nothing the runtime started runs after `async with` exits.
+    async with TestRuntime(shutdown_timeout=0.05) as rt:
+        task = rt.start_task(asyncio.Event().wait())
+    assert task.cancelled()
+
+
+async def test_an_error_a_task_raises_while_cancelled_at_shutdown_fails_the_runtime() -> None:
+    class CleanupFailed(Exception):
+        pass
+
+    async def stubborn() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            raise CleanupFailed("the cleanup broke")
+
+    with pytest.raises(CleanupFailed):
+        async with TestRuntime(shutdown_timeout=0.05) as rt:
+            rt.start_task(stubborn())

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from mas import Message
+from mas import Message, StoreUnavailable
 from mas.persistence import Store, StoreJournal
 
 pytestmark = pytest.mark.anyio
@@ -64,3 +64,36 @@ async def test_concurrent_records_share_commits(store: Store) -> None:
     assert len(await store.trace("bulk")) == 500
     assert journal.writer.batches < 500  # rows were grouped, not one transaction each
     await journal.close()
+
+
+class _Bug(Exception):
+    """Not an outage: a bug in writing a batch, which no retry can fix."""
+
+
+class _FailingNode(_Node):
+    def __init__(self, node_id: str) -> None:
+        super().__init__(node_id)
+        self.failures: list[BaseException] = []
+
+    def fail(self, error: BaseException) -> None:
+        self.failures.append(error)
+
+
+async def test_a_crashed_writer_fails_flush_at_once_and_fails_the_runtime(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def apply(batch: object) -> None:
+        raise _Bug("a bug while writing the batch")
+
+    monkeypatch.setattr(store, "apply", apply)
+    journal = StoreJournal(store)
+    journal.writer.close_timeout = 0.5  # nothing can commit: do not wait long to stop
+    node = _FailingNode("node-test")
+    await journal.open(node)
+    journal.replied(Message("lost", {}, trace_id="lost"))
+    # Far under the time a flush would otherwise wait (for ever here; the API's timeout).
+    with pytest.raises(StoreUnavailable) as caught:
+        await asyncio.wait_for(journal.flush(), 5)
+    assert isinstance(caught.value.__cause__, _Bug)
+    assert [type(error) for error in node.failures] == [_Bug]
+    await journal.close()  # the crash was reported: close does not raise it again
