@@ -757,4 +757,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    # A runtime leaves logging to its host (as `mas up|worker` do): warnings only, as before.
+    from mas.observability import configure_logging
+
+    configure_logging("WARNING")
     main()

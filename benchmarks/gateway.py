@@ -69,6 +69,9 @@ def serve(port_file: str) -> None:
         database_url=f"sqlite+aiosqlite:///{tmp}/bench.db",
         log_level="WARNING",
     )
+    from mas.observability import configure_logging
+
+    configure_logging("WARNING")  # as before: no access log lines in the measurement
     app = create_app(settings, start_agents=[EchoAgent])
 
     @app.post("/bare")

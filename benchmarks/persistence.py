@@ -179,6 +179,10 @@ def print_table(report: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
+    # A runtime leaves logging to its host (as `mas up|worker` do): warnings only, as before.
+    from mas.observability import configure_logging
+
+    configure_logging("WARNING")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument("--pg-url", default="postgresql+asyncpg://postgres@127.0.0.1:5432/test")
