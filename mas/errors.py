@@ -58,12 +58,20 @@ class DuplicateAgent(MasError):
 
 
 class MailboxFull(MasError):
-    """The target's mailbox is full and its overflow policy is `reject`."""
+    """The target's mailbox is full and its overflow policy is `reject`.
 
-    def __init__(self, agent_id: str, capacity: int) -> None:
+    Also raised by `ask` when the asked message was dropped because the mailbox overflowed
+    (a `drop_oldest` mailbox, or a full subscriber of a topic): the answer that says so
+    comes from the agent's node, which may be another process, so `capacity` is None then.
+    """
+
+    def __init__(self, agent_id: str, capacity: int | None) -> None:
+        if capacity is None:
+            what = f"mailbox of agent {agent_id!r} overflowed and dropped the message unhandled"
+        else:
+            what = f"mailbox of agent {agent_id!r} is full ({capacity} messages)"
         super().__init__(
-            f"mailbox of agent {agent_id!r} is full ({capacity} messages): retry later, "
-            "raise its mailbox_capacity or choose overflow='block'"
+            f"{what}: retry later, raise its mailbox_capacity or choose overflow='block'"
         )
         self.agent_id = agent_id
         self.capacity = capacity

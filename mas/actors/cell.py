@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -224,9 +224,9 @@ class AgentCell:
         return True
 
     def as_delivery(self, item: Message | Delivery) -> Delivery:
-        if type(item) is Message:
+        if type(item) is Message or isinstance(item, Message):
             return LocalDelivery(item, self)
-        return cast("Delivery", item)
+        return item
 
     async def requeue(self, delivery: Delivery) -> None:
         """Put a retried delivery back; it was admitted once, so capacity does not apply."""
@@ -272,10 +272,11 @@ class AgentCell:
                 if mailbox._putters:
                     mailbox._wake_putter()
                 delivery: Delivery | None
-                if type(item) is Message:
+                # The exact type first (the fast path), then subclasses of Message.
+                if type(item) is Message or isinstance(item, Message):
                     message, delivery = item, None
                 else:
-                    delivery = cast("Delivery", item)
+                    delivery = item
                     message = delivery.message
                 message_id = message.id
                 seen = self._seen

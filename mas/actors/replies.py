@@ -116,7 +116,7 @@ def error_from_reply(reply: Message) -> MasError:
     if reason == "agent_stopped":
         return AgentStopped(agent_id)
     if reason == "mailbox_overflow":
-        return MailboxFull(agent_id, 0)
+        return MailboxFull(agent_id, None)  # the capacity is the agent's node's to know
     if reason == "unknown_address":
         return UnknownAgent(str(reply.sender or agent_id))
     return HandlerError(

@@ -809,7 +809,7 @@ class Runtime:
         Raises:
             HandlerReturnError: the handler returned something it may not.
         """
-        if type(result) is Message:
+        if type(result) is Message or isinstance(result, Message):
             return await self._emit(cell, incoming, result)
         if isinstance(result, TaskResult):
             await self._complete_task(cell, incoming, result)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import sys
+import threading
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -19,6 +21,7 @@ from mas.messages import (
     TaskError,
     TaskResult,
     body_id,
+    new_id,
     parse_address,
     topic_matches,
 )
@@ -52,6 +55,34 @@ def test_each_message_gets_its_own_id_and_containers():
     first.metadata["y"] = 2
     assert second.payload == {}
     assert second.metadata == {}
+
+
+def test_ids_drawn_from_many_threads_at_once_are_all_distinct():
+    # An id is an idempotency key: two messages sharing one would be handled once. Threads
+    # switched as often as possible interleave inside `new_id` if anything there is shared.
+    threads_n, per_thread = 4, 50_000
+    start = threading.Barrier(threads_n)
+    drawn: list[list[str]] = [[] for _ in range(threads_n)]
+
+    def draw(into: list[str]) -> None:
+        start.wait()
+        into.extend(new_id() for _ in range(per_thread))
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=draw, args=(ids,)) for ids in drawn]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+
+    every = [each for ids in drawn for each in ids]
+    assert len(every) == threads_n * per_thread
+    assert len(set(every)) == len(every)
+    assert all(uuid.UUID(each).version == 4 for each in every[:: per_thread // 10])
 
 
 @pytest.mark.parametrize("bad_type", ["", None, 3, b"greet"])

@@ -14,7 +14,7 @@ from mas import (
     Message,
     TaskResult,
 )
-from mas.testing import ManualClock, Probe, TestRuntime, crashing
+from mas.testing import ManualClock, Probe, TestRuntime, crashing, eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -219,6 +219,28 @@ async def test_drop_oldest_policy_dead_letters_the_dropped_message() -> None:
         assert rt.dead_letters.by_reason["mailbox_overflow"] == 1
         assert rt.dead_letters.recent[-1].message.payload == {"n": 1}
     assert gate.seen == ["0", "2", "3"]
+
+
+async def test_an_ask_dropped_by_an_overflowing_mailbox_says_so_without_a_made_up_size() -> None:
+    gate = fresh_gate()
+    async with TestRuntime() as rt:
+        ref = await rt.spawn(gate, id="d", mailbox_capacity=2, overflow="drop_oldest")
+        cell = rt.local_cell("d")
+        assert cell is not None
+        await ref.tell(Message("w", {"n": 0}))
+        await asyncio.wait_for(gate.entered.wait(), 1)
+        asked = asyncio.create_task(ref.ask(Message("w", {"n": 1}), timeout=5))
+        await eventually(lambda: len(cell.mailbox) == 1)
+        for n in (2, 3):  # the asked message is the oldest: dropped
+            await ref.tell(Message("w", {"n": n}))
+        with pytest.raises(MailboxFull) as caught:
+            await asked
+        gate.opened.set()
+        await rt.settle()
+    assert caught.value.agent_id == "d"
+    assert caught.value.capacity is None
+    assert "(0 messages)" not in str(caught.value)
+    assert "overflowed and dropped the message" in str(caught.value)
 
 
 async def test_block_policy_makes_the_sender_wait_for_room() -> None:

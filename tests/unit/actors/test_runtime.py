@@ -224,6 +224,39 @@ async def test_topic_publish_reaches_every_matching_subscriber_once() -> None:
     ]
 
 
+class Order(Message):
+    """A subclass of the public Message, as an application may write one."""
+
+    __slots__ = ()
+
+    @property
+    def quantity(self) -> int:
+        return int(self.payload["quantity"])
+
+
+async def test_a_message_subclass_is_handled_and_may_be_returned_like_a_message() -> None:
+    # A plain Runtime: its messages are not serialized, so the subclass itself arrives.
+    received: list[Message] = []
+
+    class Shop(Agent):
+        async def handle_message(self, message: Message) -> HandlerResult:
+            received.append(message)
+            if message.reply_to is None:
+                return None
+            return Order("order.confirmed", {"quantity": 2 * int(message.payload["quantity"])})
+
+    async with Runtime() as rt:
+        ref = await rt.spawn(Shop, id="shop")
+        await ref.tell(Order("order.placed", {"quantity": 1}))
+        await rt.tell("agent:shop", Order("order.placed", {"quantity": 2}))
+        reply = await ref.ask(Order("order.placed", {"quantity": 3}), timeout=5)
+
+    assert [m.quantity for m in received if isinstance(m, Order)] == [1, 2, 3]
+    assert isinstance(reply, Order)
+    assert reply.quantity == 6
+    assert rt.dead_letters.count == 0
+
+
 async def test_death_watch_delivers_terminated() -> None:
     probe = Probe()
     async with TestRuntime() as rt:
