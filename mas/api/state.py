@@ -119,6 +119,24 @@ class Gateway:
         if record is not None and record.status in ("stopped", "retired"):
             raise AgentStopped(record.id)
 
+    async def check_new_work(self, target: str, *, local: bool) -> None:
+        """Refuse new work for `target` before anything is stored: a local agent's mailbox
+        must have room; for another node, the broker must take messages, the agent must not
+        be gone, a queue must serve the target and not be too deep.
+
+        Raises:
+            MailboxFull, QueueFull: no room (429).
+            TransportError: the broker is not taking messages (503).
+            AgentStopped: the agent runs nowhere (409).
+            UnknownAgent: nobody serves the target (404).
+        """
+        if local:
+            self.runtime.check_room(target)
+            return
+        self.check_sending()
+        await self.check_agent(target)
+        await self.backlogs.check(target)
+
     async def recorded(self, task_id: str) -> None:
         """Wait until everything this node has recorded so far is committed.
 

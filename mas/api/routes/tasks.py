@@ -195,12 +195,7 @@ async def _create_new(
     gw.store.check_storable(spec.payload, "payload")
     gw.check_writable()
     assert message.target is not None
-    if local:
-        gw.runtime.check_room(message.target)  # 429 before anything is stored
-    else:
-        gw.check_sending()
-        await gw.check_agent(message.target)
-        await gw.backlogs.check(message.target)  # 429 while its queue is too deep
+    await gw.check_new_work(message.target, local=local)
     task = TaskRecord.new(
         message.id,
         spec.message_type,
@@ -236,19 +231,14 @@ async def _create_keyed(
     needs to hand the message over again: the relay does, until it is on its way.
     """
     assert message.target is not None
-    if local:
-        gw.runtime.check_room(message.target)  # 429 before anything is stored
-    else:
-        try:
-            gw.check_sending()
-            await gw.check_agent(message.target)
-            await gw.backlogs.check(message.target)
-        except (TransportError, AgentStopped, UnknownAgent, QueueFull):
-            # Refused for new work; a repeat of work accepted before gets what it was.
-            existing = await gw.store.get_task(message.id)
-            if existing is None:
-                raise
-            return _repeated(existing, spec, message, subject), False
+    try:
+        await gw.check_new_work(message.target, local=local)
+    except (TransportError, AgentStopped, UnknownAgent, QueueFull):
+        # Refused for new work; a repeat of work accepted before gets what it was.
+        existing = await gw.store.get_task(message.id)
+        if existing is None:
+            raise
+        return _repeated(existing, spec, message, subject), False
     journal = gw.journal
     task, created = await gw.write_now(
         gw.store.create_task(
