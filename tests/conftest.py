@@ -7,7 +7,9 @@ unreachable service fails the test instead.
 
 from __future__ import annotations
 
+import io
 import os
+from collections.abc import Iterator
 
 import pytest
 
@@ -29,3 +31,14 @@ def require_service(name: str, reachable: bool, detail: str) -> None:
     if services_required():
         pytest.fail(f"{message}; MAS_REQUIRE_SERVICES=1 forbids skipping")
     pytest.skip(message)
+
+
+@pytest.fixture
+def log_lines() -> Iterator[io.StringIO]:
+    """mas's logs (structlog and the standard library's) as JSON lines, DEBUG and up."""
+    from mas.observability import configure_logging, reset_logging
+
+    stream = io.StringIO()
+    configure_logging("DEBUG", "json", stream)
+    yield stream
+    reset_logging()

@@ -1,5 +1,5 @@
 """Logs (structlog JSON), and later metrics and traces, that follow one request everywhere."""
 
-from mas.observability.logging import configure_logging
+from mas.observability.logging import configure_logging, reset_logging
 
-__all__ = ["configure_logging"]
+__all__ = ["configure_logging", "reset_logging"]

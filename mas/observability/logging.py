@@ -13,7 +13,7 @@ from typing import TextIO
 
 import structlog
 
-__all__ = ["configure_logging", "level_number"]
+__all__ = ["configure_logging", "level_number", "reset_logging"]
 
 
 def level_number(level: str | int) -> int:
@@ -84,9 +84,20 @@ def _route_standard_logging(
         )
     )
     root = logging.getLogger()
-    for old in [h for h in root.handlers if isinstance(h, _StandardHandler)]:
-        root.removeHandler(old)
+    _remove_standard_handler(root)
     root.addHandler(handler)
     # Libraries speak at WARNING and above: their INFO and DEBUG (every AMQP frame, every
     # SQL statement) would drown mas's own lines.
     root.setLevel(max(level, logging.WARNING))
+
+
+def reset_logging() -> None:
+    """Undo `configure_logging`: structlog's defaults, and no handler of ours on the root
+    logger (one left behind would keep writing to a stream its owner has closed)."""
+    structlog.reset_defaults()
+    _remove_standard_handler(logging.getLogger())
+
+
+def _remove_standard_handler(root: logging.Logger) -> None:
+    for handler in [h for h in root.handlers if isinstance(h, _StandardHandler)]:
+        root.removeHandler(handler)

@@ -5,26 +5,16 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
-import structlog
 from fastapi import FastAPI
 
-from mas.observability import configure_logging
 from tests.unit.api.conftest import TokenFactory
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def log_stream() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    configure_logging("DEBUG", "json", stream)
-    yield stream
-    structlog.reset_defaults()
 
 
 def requests_logged(stream: io.StringIO) -> list[dict[str, Any]]:
@@ -33,11 +23,11 @@ def requests_logged(stream: io.StringIO) -> list[dict[str, Any]]:
 
 
 async def test_an_accepted_task_is_logged_with_caller_status_and_trace(
-    log_stream: io.StringIO, client: httpx.AsyncClient, token: TokenFactory
+    log_lines: io.StringIO, client: httpx.AsyncClient, token: TokenFactory
 ) -> None:
     response = await client.post("/tasks/", json={"type": "echo"}, headers=token())
     assert response.status_code == 202
-    (line,) = [r for r in requests_logged(log_stream) if r["path"] == "/tasks/"]
+    (line,) = [r for r in requests_logged(log_lines) if r["path"] == "/tasks/"]
     assert (line["level"], line["method"], line["status"]) == ("info", "POST", 202)
     assert line["caller"] == "tester"
     assert line["trace_id"] == response.headers["x-trace-id"]
@@ -45,13 +35,13 @@ async def test_an_accepted_task_is_logged_with_caller_status_and_trace(
 
 
 async def test_refusals_are_warnings_with_the_reason_the_client_got(
-    log_stream: io.StringIO, client: httpx.AsyncClient, token: TokenFactory
+    log_lines: io.StringIO, client: httpx.AsyncClient, token: TokenFactory
 ) -> None:
     # No token at all (refused before the body is read), then a token lacking the scope.
     unauthorized = await client.post("/tasks/", json={"type": "echo"})
     forbidden = await client.get("/tasks/", headers=token("agents:read"))
     assert (unauthorized.status_code, forbidden.status_code) == (401, 403)
-    by_status = {line["status"]: line for line in requests_logged(log_stream)}
+    by_status = {line["status"]: line for line in requests_logged(log_lines)}
     assert by_status[401]["level"] == "warning"
     assert by_status[401]["detail"] == unauthorized.json()["detail"]
     assert "caller" not in by_status[401]
@@ -61,19 +51,19 @@ async def test_refusals_are_warnings_with_the_reason_the_client_got(
 
 
 async def test_healthy_probes_are_debug_lines(
-    log_stream: io.StringIO, client: httpx.AsyncClient
+    log_lines: io.StringIO, client: httpx.AsyncClient
 ) -> None:
     assert (await client.get("/livez")).status_code == 200
-    (line,) = [r for r in requests_logged(log_stream) if r["path"] == "/livez"]
+    (line,) = [r for r in requests_logged(log_lines) if r["path"] == "/livez"]
     assert line["level"] == "debug"
 
 
 async def test_the_access_log_can_be_switched_off(
-    log_stream: io.StringIO,
+    log_lines: io.StringIO,
     make_app: Callable[..., FastAPI],
     serve: Callable[[FastAPI], Any],
     token: TokenFactory,
 ) -> None:
     async with serve(make_app(api={"access_log": False})) as client:
         assert (await client.get("/tasks/", headers=token())).status_code == 200
-    assert requests_logged(log_stream) == []
+    assert requests_logged(log_lines) == []

@@ -5,25 +5,15 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Iterator
 
 import pytest
 import structlog
 
 from mas import Agent, HandlerResult, Message, Runtime, Settings
 from mas.agents.echo import EchoAgent
-from mas.observability import configure_logging
 from mas.testing import TestRuntime, crashing
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def log_lines() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    configure_logging("DEBUG", "json", stream)
-    yield stream
-    structlog.reset_defaults()
 
 
 def parse(stream: io.StringIO) -> list[dict[str, object]]:
