@@ -8,7 +8,6 @@ from mas.actors.backoff import RetryPolicy
 from mas.actors.deadletters import DeadLetter, DeadLetters, DeadLetterSubscription
 from mas.actors.journal import Journal
 from mas.actors.ref import AgentRef
-from mas.actors.runtime import Runtime
 from mas.actors.supervisor import ChildSpec, Restart, Strategy, Supervisor
 from mas.config import Settings
 from mas.errors import (
@@ -35,6 +34,7 @@ from mas.errors import (
     UnknownAgent,
 )
 from mas.messages import Address, Message, TaskError, TaskResult, parse_address, topic_matches
+from mas.runtime import Runtime
 
 __version__ = "0.1.0"
 

@@ -14,7 +14,7 @@ from mas.messages import Message, TaskResult
 if TYPE_CHECKING:
     from mas.actors.cell import AgentCell
     from mas.actors.ref import AgentRef
-    from mas.actors.runtime import Runtime
+    from mas.actors.system import ActorSystem
 
 __all__ = ["Agent", "AgentContext", "HandlerResult", "Terminated"]
 
@@ -110,7 +110,7 @@ class AgentContext:
         return self._cell.address
 
     @property
-    def runtime(self) -> Runtime:
+    def runtime(self) -> ActorSystem:
         return self._cell.runtime
 
     @property

@@ -26,9 +26,9 @@ from mas.messages import Message
 
 if TYPE_CHECKING:
     from mas.actors.journal import Journal
-    from mas.actors.runtime import Runtime
     from mas.actors.supervisor import Restart, Supervisor
-    from mas.transports.base import Delivery
+    from mas.actors.system import ActorSystem
+    from mas.actors.transport import Delivery
 
 __all__ = ["AgentCell", "LocalDelivery"]
 
@@ -111,7 +111,7 @@ class AgentCell:
 
     def __init__(
         self,
-        runtime: Runtime,
+        runtime: ActorSystem,
         supervisor: Supervisor,
         agent_id: str,
         agent_type: str,

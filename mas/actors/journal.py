@@ -14,7 +14,7 @@ from mas.messages import Message, TaskResult
 
 if TYPE_CHECKING:
     from mas.actors.deadletters import DeadLetter
-    from mas.transports.base import Delivery
+    from mas.actors.transport import Delivery
 
 __all__ = ["Journal", "JournalNode"]
 

@@ -10,7 +10,7 @@ from mas.messages import Message
 
 if TYPE_CHECKING:
     from mas.actors.cell import AgentCell
-    from mas.actors.runtime import Runtime
+    from mas.actors.system import ActorSystem
 
 __all__ = ["AgentRef"]
 
@@ -24,7 +24,7 @@ class AgentRef:
 
     __slots__ = ("_cell", "_runtime", "address", "id")
 
-    def __init__(self, runtime: Runtime, agent_id: str, cell: AgentCell | None = None) -> None:
+    def __init__(self, runtime: ActorSystem, agent_id: str, cell: AgentCell | None = None) -> None:
         self._runtime = runtime
         self._cell = cell
         self.id = agent_id

@@ -30,7 +30,7 @@ from mas.errors import AgentStartError, ConfigError, SupervisorEscalation
 
 if TYPE_CHECKING:
     from mas.actors.ref import AgentRef
-    from mas.actors.runtime import Runtime
+    from mas.actors.system import ActorSystem
 
 __all__ = ["ChildSpec", "Restart", "RestartIntensity", "Strategy", "Supervisor", "new_agent_id"]
 
@@ -104,7 +104,7 @@ class Supervisor:
 
     def __init__(
         self,
-        runtime: Runtime,
+        runtime: ActorSystem,
         id: str,
         *,
         strategy: Strategy = "one_for_one",

@@ -11,7 +11,6 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp
 
 from mas.actors.agent import Agent
-from mas.actors.runtime import Runtime
 from mas.api.access_log import AccessLog
 from mas.api.admission import Admission
 from mas.api.auth import check_secret
@@ -24,6 +23,7 @@ from mas.api.tracing import TraceMiddleware
 from mas.config import Settings
 from mas.errors import ConfigError
 from mas.persistence.journal import StoreJournal
+from mas.runtime import Runtime
 
 __all__ = ["create_app"]
 

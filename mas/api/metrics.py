@@ -14,8 +14,8 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from mas.actors.runtime import Runtime
 from mas.messages import Message, TaskResult
+from mas.runtime import Runtime
 
 __all__ = ["RuntimeMetrics"]
 

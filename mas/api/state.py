@@ -10,7 +10,6 @@ from typing import Any, TypeVar, cast
 from fastapi import Request
 
 from mas.actors.agent import Agent
-from mas.actors.runtime import Runtime
 from mas.api.backlogs import Backlogs
 from mas.api.problems import Problem
 from mas.api.schemas import AgentOut
@@ -19,6 +18,7 @@ from mas.config import Settings
 from mas.errors import AgentStopped, StoreUnavailable, TransportError
 from mas.persistence.journal import StoreJournal
 from mas.persistence.store import AgentRecord, Store
+from mas.runtime import Runtime
 
 __all__ = ["MIN_WAIT", "Gateway", "gateway"]
 

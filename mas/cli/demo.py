@@ -10,11 +10,11 @@ import anyio
 import typer
 
 from mas.actors.agent import Agent, HandlerResult
-from mas.actors.runtime import Runtime
 from mas.config import RetrySettings, Settings
 from mas.errors import HandlerError
 from mas.messages import Message
 from mas.observability.logging import configure_logging
+from mas.runtime import Runtime
 
 
 class _Flaky(Agent):

@@ -22,7 +22,7 @@ from mas.config import Settings, masked_url
 from mas.errors import MasError
 
 if TYPE_CHECKING:
-    from mas.actors.runtime import Runtime
+    from mas.runtime import Runtime
 
 __all__ = ["worker"]
 
@@ -69,8 +69,8 @@ def worker(
 
 
 async def _run(settings: Settings, classes: list[type[Agent]], instances: int) -> None:
-    from mas.actors.runtime import Runtime
     from mas.orchestrator import spawner_for, spawner_type
+    from mas.runtime import Runtime
 
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with Runtime(settings) as runtime, AsyncExitStack() as stack:

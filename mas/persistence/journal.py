@@ -22,12 +22,12 @@ import structlog
 
 from mas.actors.deadletters import DeadLetter
 from mas.actors.journal import JournalNode
+from mas.actors.transport import Delivery
 from mas.errors import MasError, StoreUnavailable, TransportError
 from mas.messages import Message, TaskError, TaskResult
 from mas.persistence.engine import refused_data
 from mas.persistence.outbox import OutboxRelay
 from mas.persistence.store import Batch, Store, TaskRecord, message_row
-from mas.transports.base import Delivery
 
 __all__ = ["BatchWriter", "StoreJournal", "TaskEnd"]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from mas.actors.deadletters import DeadLetter
 from mas.actors.journal import JournalNode
+from mas.actors.transport import Delivery
 from mas.messages import Message, TaskResult
-from mas.transports.base import Delivery
 
 __all__ = ["MemoryJournal"]
 

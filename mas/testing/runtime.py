@@ -7,10 +7,10 @@ from typing import Any
 from mas.actors.cell import AgentCell
 from mas.actors.clock import Clock
 from mas.actors.journal import Journal
-from mas.actors.runtime import Runtime
 from mas.config import Settings
 from mas.errors import ConfigError
 from mas.messages import Message
+from mas.runtime import Runtime
 from mas.testing.clock import ManualClock
 from mas.testing.faults import FaultPlan
 from mas.transports.base import Transport

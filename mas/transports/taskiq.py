@@ -24,10 +24,10 @@ from taskiq import AsyncTaskiqDecoratedTask, Context, TaskiqDepends, TaskiqEvent
 from taskiq.serializers import JSONSerializer
 from taskiq_aio_pika import AioPikaBroker, Exchange, Queue, QueueType
 
-from mas.actors.runtime import Runtime
 from mas.config import Settings
 from mas.errors import InvalidAddress, InvalidMessage, MessageTooLarge, UnknownAgent
 from mas.messages import Message
+from mas.runtime import Runtime
 from mas.transports.amqp import AmqpTransport
 
 __all__ = ["TASK_NAME", "broker", "create_broker", "run_agent_message"]

@@ -30,11 +30,11 @@ from yarl import URL
 
 from mas import Agent, HandlerResult, Message, MessageTooLarge, UnknownAgent
 from mas.actors.clock import LoopClock
-from mas.actors.runtime import Runtime
 from mas.config import Settings
 from mas.errors import TransportError
 from mas.messages import body_id
 from mas.persistence import Store
+from mas.runtime import Runtime
 from mas.testing import Probe, TestRuntime, eventually
 from mas.transports.amqp import AmqpTransport
 from tests.amqp_support import (

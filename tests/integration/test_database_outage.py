@@ -18,9 +18,9 @@ from sqlalchemy.engine import make_url
 
 from agents.echo import EchoAgent
 from mas import Message
-from mas.actors.runtime import Runtime
 from mas.config import Settings
 from mas.persistence import Store, StoreJournal
+from mas.runtime import Runtime
 from tests.integration.pg_support import PgSchema, admin_connection
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]

@@ -18,11 +18,11 @@ import pytest
 from pydantic import SecretStr
 
 from mas import Agent, HandlerResult, Message, TaskResult
-from mas.actors.runtime import Runtime
 from mas.api.app import create_app
 from mas.api.auth import SCOPES, mint_token
 from mas.api.state import Gateway
 from mas.config import ApiSettings, AuthSettings, Settings
+from mas.runtime import Runtime
 from mas.testing import eventually
 from tests.amqp_support import AmqpScope, amqp_scope, amqp_vhost_url, queue_depth
 

@@ -15,12 +15,12 @@ import pytest
 from pydantic import SecretStr
 
 from mas import Agent, HandlerResult, Message, TaskResult
-from mas.actors.runtime import Runtime
 from mas.api.app import create_app
 from mas.api.auth import SCOPES, mint_token
 from mas.config import AuthSettings, OutboxSettings
 from mas.errors import TransportError
 from mas.persistence import Store
+from mas.runtime import Runtime
 from mas.transports.memory import MemoryBroker, MemoryTransport
 from tests.unit.persistence.databases import Database
 

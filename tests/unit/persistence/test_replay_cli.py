@@ -16,8 +16,8 @@ import pytest
 
 from agents.echo import EchoAgent
 from mas import Agent, HandlerResult, Message
-from mas.actors.runtime import Runtime
 from mas.config import Settings
+from mas.runtime import Runtime
 
 pytestmark = pytest.mark.anyio
 

@@ -1,4 +1,7 @@
-"""Runtime: the registry of local agents, routing to them or to the transport, and lifecycle.
+"""ActorSystem: the registry of local agents, routing to them or to the transport, lifecycle.
+
+The core of `mas.Runtime` (mas/runtime.py), which only adds the wiring from settings: an
+ActorSystem is given its transport and journal, and imports no concrete one.
 
 `async with Runtime() as rt:` starts the root supervisor and the transport; leaving the block
 drains (in-flight handlers finish, queued messages are handled, pending retries fire) within
@@ -19,7 +22,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from functools import lru_cache
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import anyio
 import structlog
@@ -43,6 +46,7 @@ from mas.actors.replies import (
 from mas.actors.status import STOPPED
 from mas.actors.supervisor import Restart, Strategy, Supervisor
 from mas.actors.tasks import TaskOwner
+from mas.actors.transport import Delivery, Transport
 from mas.config import Settings
 from mas.errors import (
     AgentStopped,
@@ -55,10 +59,8 @@ from mas.errors import (
 )
 from mas.messages import Address, Message, TaskError, TaskResult, parse_address
 from mas.observability.logging import level_number
-from mas.transports import Transport, create_transport
-from mas.transports.base import Delivery
 
-__all__ = ["Runtime"]
+__all__ = ["ActorSystem"]
 
 _log = structlog.get_logger("mas.runtime")
 
@@ -116,30 +118,34 @@ class _TopicDelivery(LocalDelivery):
         return False  # every other node got its own copy
 
 
-class Runtime:
+class ActorSystem:
     """Hosts agents, routes messages, supervises, and drains on shutdown.
 
+    Users construct `mas.Runtime`, which builds the parts from settings; an ActorSystem is
+    given them, so the core never imports a transport or the SQL stack.
+
     Args:
-        settings: configuration; read from `MAS_*` environment variables when omitted.
-        transport: overrides the transport `settings.transport` names.
+        settings: configuration.
+        transport: carries messages to agents this node does not host.
         clock: overrides the event loop's clock (the test kit passes a manual one).
         node_id: this runtime's name among the nodes sharing a transport.
+        journal: the persistent record (none: nothing is persisted).
     """
 
     def __init__(
         self,
-        settings: Settings | None = None,
+        settings: Settings,
         *,
-        transport: Transport | None = None,
+        transport: Transport,
         clock: Clock | None = None,
         node_id: str | None = None,
         journal: Journal | None = None,
     ) -> None:
-        self.settings = settings if settings is not None else Settings()
-        s = self.settings
+        self.settings = settings
+        s = settings
         self._node_id = node_id or s.node_id or f"node-{uuid.uuid4().hex[:10]}"
         self.clock: Clock = clock if clock is not None else LoopClock()
-        self.transport: Transport = transport if transport is not None else create_transport(s)
+        self.transport: Transport = transport
         self.dead_letters = DeadLetters()
         self.journal: Journal | None = journal
         self.retry_policy = RetryPolicy(
@@ -212,10 +218,7 @@ class Runtime:
         self._state = "starting"
         async with contextlib.AsyncExitStack() as unwind:
             unwind.push_async_callback(self._start_failed)
-            if self.journal is None and s.persist:
-                from mas.persistence import open_journal  # the SQL stack loads only when asked
-
-                self.journal = await open_journal(s)
+            self.journal = await self._open_journal()
             if self.journal is not None:
                 unwind.push_async_callback(self.journal.close)
                 await self.journal.open(self)
@@ -224,15 +227,22 @@ class Runtime:
             unwind.pop_all()
         self._state = "running"
         self._accepting = True
-        self.fast_path = not self._serialize and type(self)._deliver_local is Runtime._deliver_local
+        self.fast_path = (
+            not self._serialize and type(self)._deliver_local is ActorSystem._deliver_local
+        )
         _log.info("runtime_started", node_id=self._node_id, transport=type(self.transport).__name__)
+
+    async def _open_journal(self) -> Journal | None:
+        """The journal to open at start (the composition root may build one here: opening a
+        database is I/O, so it happens in `start`, whose failure closes it again)."""
+        return self.journal
 
     async def _start_failed(self) -> None:
         """Last step of unwinding a start that raised: no task of it may go on running."""
         self._state = "stopped"  # not started again on this object: its parts were closed
         await self.tasks.cancel_all()
 
-    async def __aenter__(self) -> Runtime:
+    async def __aenter__(self) -> Self:
         await self.start()
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
