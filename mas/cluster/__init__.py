@@ -1,4 +1,4 @@
-"""Redis helpers for distributed mode: dedupe claims, fenced leases, node heartbeats.
+"""Redis helpers for distributed mode: dedupe claims and node heartbeats.
 
 Redis speeds things up and spreads knowledge between nodes; it is never the source of truth
 (DESIGN §6). When it is down or evicts keys, the database's unique constraints and fencing
@@ -25,7 +25,6 @@ from mas.cluster.connection import (
 )
 from mas.cluster.dedupe import Claim, ClaimStatus, DedupeClaims
 from mas.cluster.heartbeats import HeartbeatLoop, NodeHeartbeats
-from mas.cluster.leases import Lease, Leases
 
 __all__ = [
     "DEFAULT_PREFIX",
@@ -34,8 +33,6 @@ __all__ = [
     "Cluster",
     "DedupeClaims",
     "HeartbeatLoop",
-    "Lease",
-    "Leases",
     "NodeHeartbeats",
     "RedisUnavailable",
     "connect",

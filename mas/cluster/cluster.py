@@ -1,4 +1,4 @@
-"""`Cluster`: one Redis connection pool serving the dedupe claims, leases and heartbeats."""
+"""`Cluster`: one Redis connection pool serving the dedupe claims and heartbeats."""
 
 from __future__ import annotations
 
@@ -15,14 +15,13 @@ from mas.cluster.connection import (
 )
 from mas.cluster.dedupe import DedupeClaims
 from mas.cluster.heartbeats import NodeHeartbeats
-from mas.cluster.leases import Leases
 from mas.config import Settings
 
 __all__ = ["Cluster"]
 
 
 class Cluster:
-    """The Redis helpers of one node, sharing one client: `claims`, `leases`, `heartbeats`.
+    """The Redis helpers of one node, sharing one client: `claims` and `heartbeats`.
 
     `async with Cluster.from_settings(settings, node_id=...) as cluster:` closes the client on
     exit. Nothing connects until the first command, so an unreachable Redis does not stop a
@@ -42,7 +41,6 @@ class Cluster:
         self.prefix = prefix
         self.node_id = node_id
         self.claims = DedupeClaims(client, prefix=prefix, owner=node_id)
-        self.leases = Leases(client, prefix=prefix)
         self.heartbeats = NodeHeartbeats(client, prefix=prefix)
         self._owns_client = owns_client
 

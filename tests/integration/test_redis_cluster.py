@@ -1,4 +1,4 @@
-"""mas.cluster against a real Redis: dedupe claims, fenced leases, heartbeats, and outages.
+"""mas.cluster against a real Redis: dedupe claims, heartbeats, and outages.
 
 Every test works under its own key prefix and deletes its keys afterwards: the Redis server
 is shared with other sessions, so nothing here flushes, stops or reconfigures it. Outages are
@@ -31,8 +31,6 @@ from mas.cluster import (
     Cluster,
     DedupeClaims,
     HeartbeatLoop,
-    Lease,
-    Leases,
     NodeHeartbeats,
     RedisUnavailable,
     connect,
@@ -203,105 +201,6 @@ async def test_a_claim_has_no_truth_value(client: Redis, prefix: str) -> None:
         bool(claim)
 
 
-# -- leases --------------------------------------------------------------------------------
-
-
-async def test_lease_tokens_strictly_increase_across_acquisitions(
-    client: Redis, prefix: str
-) -> None:
-    leases = Leases(client, prefix=prefix)
-    tokens: list[int] = []
-    for owner in ("node-a", "node-b", "node-a", "node-c"):
-        lease = await leases.acquire("scheduler", owner, ttl=30)
-        assert lease is not None and lease.owner == owner and lease.name == "scheduler"
-        tokens.append(lease.token)
-        assert await leases.release(lease) is True
-    assert tokens == sorted(set(tokens)) and len(tokens) == 4
-    # Each name counts on its own.
-    other = await leases.acquire("compactor", "node-a", ttl=30)
-    assert other is not None and other.token == 1
-
-
-async def test_a_held_lease_is_refused_to_others_and_renewed_only_by_its_owner(
-    client: Redis, prefix: str
-) -> None:
-    leases = Leases(client, prefix=prefix)
-    lease = await leases.acquire("scheduler", "node-a", ttl=2)
-    assert lease is not None and 1.5 < lease.remaining() <= 2
-    assert await leases.acquire("scheduler", "node-b", ttl=30) is None
-
-    impostor = Lease("scheduler", "node-b", lease.token, lease.expires_at)
-    assert await leases.renew(impostor, ttl=30) is None
-    assert await leases.is_current(impostor) is False
-    assert await client.pttl(leases.key("scheduler")) <= 2000  # untouched by the impostor
-
-    renewed = await leases.renew(lease, ttl=30)
-    assert renewed is not None
-    assert renewed.token == lease.token and renewed.expires_at > lease.expires_at
-    assert await client.pttl(leases.key("scheduler")) > 25_000
-    assert await leases.is_current(renewed) is True
-
-    assert await leases.release(impostor) is False
-    assert await leases.is_current(renewed) is True
-
-
-async def test_acquiring_a_held_lease_again_as_its_owner_returns_the_same_token(
-    client: Redis, prefix: str
-) -> None:
-    """What makes a retried acquire (reply lost, redis-py resent it) safe."""
-    leases = Leases(client, prefix=prefix)
-    first = await leases.acquire("scheduler", "node-a", ttl=5)  # outlives the retry below
-    again = await leases.acquire("scheduler", "node-a", ttl=30)
-    assert first is not None and again is not None
-    assert again.token == first.token
-    assert await client.pttl(leases.key("scheduler")) > 25_000
-
-
-async def test_an_expired_lease_goes_to_another_owner_with_a_higher_token(
-    client: Redis, prefix: str
-) -> None:
-    leases = Leases(client, prefix=prefix)
-    old = await leases.acquire("scheduler", "node-a", ttl=SHORT)
-    assert old is not None and await leases.is_current(old)
-
-    new: Lease | None = None
-
-    async def b_takes_over() -> bool:
-        nonlocal new
-        new = await leases.acquire("scheduler", "node-b", ttl=30)
-        return new is not None
-
-    await eventually(b_takes_over)
-    assert new is not None and new.owner == "node-b"
-    assert new.token > old.token  # the database write of node-a's token is now refused
-    assert await leases.is_current(old) is False
-    assert await leases.is_current(new) is True
-    assert await leases.renew(old, ttl=30) is None
-    assert await leases.release(old) is False
-    assert await leases.is_current(new) is True
-
-
-async def test_is_current_is_false_once_the_local_deadline_passed(
-    client: Redis, prefix: str
-) -> None:
-    """Redis may still hold it for a moment, but the holder must already have stopped."""
-    leases = Leases(client, prefix=prefix)
-    lease = await leases.acquire("scheduler", "node-a", ttl=30)
-    assert lease is not None
-    past = Lease(lease.name, lease.owner, lease.token, time.monotonic() - 1)
-    assert await leases.is_current(past) is False
-
-
-async def test_lease_arguments_are_checked(client: Redis, prefix: str) -> None:
-    leases = Leases(client, prefix=prefix)
-    with pytest.raises(ConfigError, match="name"):
-        await leases.acquire("", "node-a", ttl=1)
-    with pytest.raises(ConfigError, match="owner"):
-        await leases.acquire("scheduler", "", ttl=1)
-    with pytest.raises(ConfigError, match="TTL"):
-        await leases.acquire("scheduler", "node-a", ttl=0)
-
-
 # -- heartbeats ----------------------------------------------------------------------------
 
 
@@ -428,19 +327,10 @@ async def test_an_unreachable_redis_makes_claims_unknown_quickly_and_warns_once(
 async def test_an_unreachable_redis_raises_redis_unavailable_where_unknown_matters(
     dead_client: Redis,
 ) -> None:
-    leases = Leases(dead_client)
     heartbeats = NodeHeartbeats(dead_client)
     with pytest.raises(RedisUnavailable) as caught:
-        await leases.acquire("scheduler", "node-a", ttl=30)
-    assert isinstance(caught.value, ConnectionError) and "MAS_REDIS_URL" in str(caught.value)
-    lease = Lease("scheduler", "node-a", 1, time.monotonic() + 30)
-    with pytest.raises(RedisUnavailable):
-        await leases.renew(lease, ttl=30)
-    with pytest.raises(RedisUnavailable):
-        await leases.is_current(lease)
-    assert await leases.release(lease) is False  # never raises: it is cleanup
-    with pytest.raises(RedisUnavailable):
         await heartbeats.beat("node-a", {}, ttl=30)
+    assert isinstance(caught.value, ConnectionError) and "MAS_REDIS_URL" in str(caught.value)
     with pytest.raises(RedisUnavailable):
         await heartbeats.live_nodes()
     async with Cluster(dead_client) as cluster:
@@ -619,7 +509,7 @@ async def test_connect_from_settings_needs_redis_url() -> None:
 async def test_cluster_shares_one_client_and_closes_it(client: Redis, prefix: str) -> None:
     closed: list[bool] = []
     async with Cluster.from_url(REDIS_URL, prefix=prefix, node_id="node-a") as cluster:
-        helpers = (cluster.claims, cluster.leases, cluster.heartbeats)
+        helpers = (cluster.claims, cluster.heartbeats)
         assert all(helper._client is cluster.client for helper in helpers)  # one client
         real_aclose = cluster.client.aclose
 
@@ -632,8 +522,6 @@ async def test_cluster_shares_one_client_and_closes_it(client: Redis, prefix: st
         assert (await cluster.client.client_getname()) == "node-a"
         claim = await cluster.claims.claim("m-1", ttl=30)
         assert claim.claimed and claim.token is not None and claim.token.startswith("node-a/")
-        lease = await cluster.leases.acquire("scheduler", "node-a", ttl=30)
-        assert lease is not None
         await cluster.heartbeats.beat("node-a", {"ok": True}, ttl=30)
         assert await cluster.heartbeats.live_nodes() == {"node-a": {"ok": True}}
     assert closed == [True]  # leaving the block closed the client it made
