@@ -96,10 +96,11 @@ class AgentContext:
     Messages sent while handling a message carry its trace_id (created on first need).
     """
 
-    __slots__ = ("_cell",)
+    __slots__ = ("_cell", "_system")
 
     def __init__(self, cell: AgentCell) -> None:
         self._cell = cell
+        self._system = cell.runtime.system  # the facade agents send through
 
     @property
     def id(self) -> str:
@@ -111,7 +112,7 @@ class AgentContext:
 
     @property
     def runtime(self) -> ActorSystem:
-        return self._cell.runtime
+        return self._system
 
     @property
     def self_ref(self) -> AgentRef:
@@ -142,15 +143,15 @@ class AgentContext:
 
     async def send(self, target: str | AgentRef, message: Message) -> None:
         """Fire-and-forget to an address or ref (raises `UnknownAgent` when nobody answers)."""
-        await self._cell.runtime.tell(target, self._outgoing(message))
+        await self._system.tell(target, self._outgoing(message))
 
     async def ask(self, target: str | AgentRef, message: Message, timeout: float) -> Message:
         """Request/reply from inside a handler; raises `AskTimeout` or the remote error."""
-        return await self._cell.runtime.ask(target, self._outgoing(message), timeout=timeout)
+        return await self._system.ask(target, self._outgoing(message), timeout=timeout)
 
     async def publish(self, topic: str, message: Message) -> None:
         """Send to every subscriber of `topic` (a concrete key such as `orders.created`)."""
-        await self._cell.runtime.publish(topic, self._outgoing(message))
+        await self._system.publish(topic, self._outgoing(message))
 
     async def spawn(self, agent: Any, *, id: str | None = None, **options: Any) -> AgentRef:
         """Start another agent under this agent's supervisor."""
@@ -162,7 +163,7 @@ class AgentContext:
 
     async def subscribe(self, pattern: str) -> None:
         """Receive messages published to topic keys matching `pattern` (`*`, `#` allowed)."""
-        await self._cell.runtime.subscribe(self._cell, pattern)
+        await self._system.subscribe(self._cell, pattern)
 
     def stop(self) -> None:
         """Stop this agent once the current message is handled (a normal exit)."""

@@ -25,9 +25,9 @@ from mas.errors import AgentStartError, AgentStopped, ConfigError, MailboxFull, 
 from mas.messages import Message
 
 if TYPE_CHECKING:
+    from mas.actors.host import AgentHost
     from mas.actors.journal import Journal
     from mas.actors.supervisor import Restart, Supervisor
-    from mas.actors.system import ActorSystem
     from mas.actors.transport import Delivery
 
 __all__ = ["AgentCell", "LocalDelivery"]
@@ -111,7 +111,7 @@ class AgentCell:
 
     def __init__(
         self,
-        runtime: ActorSystem,
+        runtime: AgentHost,
         supervisor: Supervisor,
         agent_id: str,
         agent_type: str,
@@ -149,7 +149,7 @@ class AgentCell:
         return f"AgentCell({self.id!r}, {self.status})"
 
     def ref(self) -> AgentRef:
-        return AgentRef(self.runtime, self.id, self)
+        return AgentRef(self.runtime.system, self.id, self)
 
     @property
     def stopped(self) -> bool:
@@ -525,7 +525,7 @@ class AgentCell:
         runtime = self.runtime
         # Stop consuming at once: what arrives from now on, and what is handed back below,
         # goes to a standby node rather than to this one again.
-        await runtime.transport.unsubscribe_agent(self.id, self.agent_type)
+        await runtime.unsubscribe_cell(self)
         await self.wait_idle(self.runtime.stop_budget(self.shutdown_timeout))
         await self.stop_instance()
         await runtime.unregister(self)

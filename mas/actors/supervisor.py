@@ -29,8 +29,8 @@ from mas.actors.mailbox import Mailbox, Overflow
 from mas.errors import AgentStartError, ConfigError, SupervisorEscalation
 
 if TYPE_CHECKING:
+    from mas.actors.host import AgentHost
     from mas.actors.ref import AgentRef
-    from mas.actors.system import ActorSystem
 
 __all__ = ["ChildSpec", "Restart", "RestartIntensity", "Strategy", "Supervisor", "new_agent_id"]
 
@@ -104,7 +104,7 @@ class Supervisor:
 
     def __init__(
         self,
-        runtime: ActorSystem,
+        runtime: AgentHost,
         id: str,
         *,
         strategy: Strategy = "one_for_one",

@@ -446,6 +446,15 @@ class ActorSystem:
         capacity = None if mailbox.overflow == "drop_oldest" else mailbox.capacity
         await self.transport.subscribe_agent(cell.id, cell.agent_type, capacity)
 
+    @property
+    def system(self) -> Self:
+        """AgentHost: the runtime as users see it (this very object)."""
+        return self
+
+    async def unsubscribe_cell(self, cell: AgentCell) -> None:
+        """AgentHost: stop taking the agent's messages from the transport (it stops)."""
+        await self.transport.unsubscribe_agent(cell.id, cell.agent_type)
+
     async def unregister(self, cell: AgentCell) -> None:
         """Forget a stopped agent here and on the transport."""
         if self._cells.get(cell.id) is not cell:
