@@ -30,8 +30,8 @@ from mas.cluster.connection import (
     DEFAULT_PREFIX,
     REDIS_ERRORS,
     Outage,
-    RedisUnavailable,
     check_prefix,
+    redis_answer,
     ttl_ms,
 )
 from mas.cluster.scripts import ACQUIRE_LEASE, COMPARE_AND_DELETE, RENEW_LEASE
@@ -105,14 +105,10 @@ class Leases:
         _check_names(name, owner)
         px = ttl_ms(ttl)
         started = time.monotonic()
-        try:
+        with redis_answer(self._outage, "acquire", f"acquire of lease {name!r}"):
             token = await self._acquire(
                 keys=[self.key(name), self.counter_key(name)], args=[owner, px]
             )
-        except REDIS_ERRORS as exc:
-            self._outage.failed("acquire", exc)
-            raise RedisUnavailable(f"acquire of lease {name!r}", exc) from exc
-        self._outage.ok()
         if token is None:
             return None
         return Lease(name, owner, int(token), started + px / 1000)
@@ -129,12 +125,8 @@ class Leases:
         """
         px = ttl_ms(ttl)
         started = time.monotonic()
-        try:
+        with redis_answer(self._outage, "renew", f"renewal of lease {lease.name!r}"):
             renewed = await self._renew(keys=[self.key(lease.name)], args=[lease.value, px])
-        except REDIS_ERRORS as exc:
-            self._outage.failed("renew", exc)
-            raise RedisUnavailable(f"renewal of lease {lease.name!r}", exc) from exc
-        self._outage.ok()
         if not renewed:
             return None
         return Lease(lease.name, lease.owner, lease.token, started + px / 1000)
@@ -150,12 +142,8 @@ class Leases:
         """
         if lease.remaining() <= 0:
             return False
-        try:
+        with redis_answer(self._outage, "is_current", f"check of lease {lease.name!r}"):
             held = await self._client.get(self.key(lease.name))
-        except REDIS_ERRORS as exc:
-            self._outage.failed("is_current", exc)
-            raise RedisUnavailable(f"check of lease {lease.name!r}", exc) from exc
-        self._outage.ok()
         return held == lease.value.encode()
 
     async def release(self, lease: Lease) -> bool:
