@@ -1,6 +1,23 @@
-"""One exception hierarchy for everything mas raises on purpose.
+"""One exception hierarchy for everything mas raises on purpose, in three layers.
 
 Every error a user can provoke is a `MasError` subclass whose message says what to change.
+Under the root, each error sits in the layer that says what the caller does about it:
+
+- `UsageError`: the caller's mistake (a bad address, message, setting or id, a handler that
+  returns what it may not, a runtime used outside `async with`). Retrying the same call fails
+  the same way: fix the code or the configuration.
+- `DeliveryError`: one message could not be delivered or answered (nobody serves the address,
+  the mailbox or queue is full, the agent stopped, failed or did not answer in time). The
+  runtime and its services work; handle it per message: retry later, send elsewhere, report.
+- `ServiceUnavailable`: a service mas depends on (the database, the broker, Redis) does not
+  answer now, or is not ready for this mas. Nothing is wrong with the call: retry it later,
+  with backoff; an HTTP gateway answers 503 with Retry-After.
+
+`SupervisorEscalation` belongs to none of them: it is not about one call but the end of the
+runtime (its root supervisor gave up), so a handler for a layer must not swallow it.
+
+Each boundary (the Store, the AMQP transport, the Redis helpers) turns its library's errors
+into these once, with `raise ... from exc`, so callers never catch a driver's exceptions.
 Where an error also has a natural builtin meaning (a timeout, a bad value, a wrong type) the
 class inherits that builtin too, so `except TimeoutError` keeps working.
 """
@@ -12,20 +29,56 @@ class MasError(Exception):
     """Root of every error mas raises deliberately."""
 
 
-class ConfigError(MasError, ValueError):
-    """The settings or arguments given to the runtime cannot work together."""
+class UsageError(MasError):
+    """The caller's mistake: the same call fails again until the code or settings change.
+
+    Over HTTP a usage error caused by the request is a 4xx; one in the server's own
+    configuration or agent code (`ConfigError`, `HandlerReturnError`) is the server's fault.
+    """
 
 
-class InvalidAddress(MasError, ValueError):
-    """An address string is not `agent:<id>`, `type:<type>` or `topic:<key>`."""
+class DeliveryError(MasError):
+    """A message was not delivered or answered; the runtime and its services still work.
+
+    What to do is a per-message decision: retry later (a full mailbox empties), send it
+    elsewhere, or report the failure (`HandlerError` carries the agent's last error).
+    """
 
 
-class InvalidMessage(MasError, ValueError):
-    """A message (often decoded from the wire) is missing fields or has the wrong types."""
+class ServiceUnavailable(MasError):
+    """A service mas depends on (database, broker, Redis) does not answer now: retry later.
+
+    Catch this one class to ride out an outage of any of them; the original driver error is
+    chained as `__cause__`.
+    """
 
 
-class MessageTooLarge(MasError, ValueError):
-    """A message serializes to more bytes than `MAS_MESSAGE_MAX_BYTES` allows."""
+class ConfigError(UsageError, ValueError):
+    """The settings or arguments given to the runtime cannot work together.
+
+    Usage: only a change of the settings or arguments makes them work.
+    """
+
+
+class InvalidAddress(UsageError, ValueError):
+    """An address string is not `agent:<id>`, `type:<type>` or `topic:<key>`.
+
+    Usage: the string is malformed, whoever would serve it; compare `UnknownAgent`.
+    """
+
+
+class InvalidMessage(UsageError, ValueError):
+    """A message (often decoded from the wire) is missing fields or has the wrong types.
+
+    Usage: the sender built it wrong; sending it again is refused again.
+    """
+
+
+class MessageTooLarge(UsageError, ValueError):
+    """A message serializes to more bytes than `MAS_MESSAGE_MAX_BYTES` allows.
+
+    Usage: refused before any delivery is tried, and refused again at the same size.
+    """
 
     def __init__(self, size: int, limit: int) -> None:
         super().__init__(
@@ -36,8 +89,12 @@ class MessageTooLarge(MasError, ValueError):
         self.limit = limit
 
 
-class UnknownAgent(MasError, LookupError):
-    """No live agent (or subscriber) answers to an address."""
+class UnknownAgent(DeliveryError, LookupError):
+    """No live agent (or subscriber) answers to an address.
+
+    Delivery: the address is well formed, nobody serves it now; an agent spawned (or a
+    worker started) later does.
+    """
 
     def __init__(self, address: str) -> None:
         super().__init__(
@@ -46,8 +103,11 @@ class UnknownAgent(MasError, LookupError):
         self.address = address
 
 
-class DuplicateAgent(MasError):
-    """An agent id is already taken in this runtime."""
+class DuplicateAgent(UsageError):
+    """An agent id is already taken in this runtime.
+
+    Usage: the caller chose the id; spawning again under it fails again.
+    """
 
     def __init__(self, agent_id: str) -> None:
         super().__init__(
@@ -57,8 +117,10 @@ class DuplicateAgent(MasError):
         self.agent_id = agent_id
 
 
-class MailboxFull(MasError):
+class MailboxFull(DeliveryError):
     """The target's mailbox is full and its overflow policy is `reject`.
+
+    Delivery: this message was refused; the mailbox empties, so a later retry may land.
 
     Also raised by `ask` when the asked message was dropped because the mailbox overflowed
     (a `drop_oldest` mailbox, or a full subscriber of a topic): the answer that says so
@@ -77,8 +139,11 @@ class MailboxFull(MasError):
         self.capacity = capacity
 
 
-class QueueFull(MasError):
-    """The broker queue serving an address holds more than the gateway accepts behind it."""
+class QueueFull(DeliveryError):
+    """The broker queue serving an address holds more than the gateway accepts behind it.
+
+    Delivery: the broker answers, the address's backlog is too deep; retry later.
+    """
 
     def __init__(self, address: str, depth: int, limit: int) -> None:
         super().__init__(
@@ -90,8 +155,12 @@ class QueueFull(MasError):
         self.limit = limit
 
 
-class AskTimeout(MasError, TimeoutError):
-    """No reply arrived within the `ask` timeout."""
+class AskTimeout(DeliveryError, TimeoutError):
+    """No reply arrived within the `ask` timeout.
+
+    Delivery: this message got no answer in time (the agent may still handle it); the
+    services answered, or the transport would have raised `TransportError`.
+    """
 
     def __init__(self, address: str, timeout: float) -> None:
         super().__init__(f"no reply from {address!r} within {timeout}s")
@@ -99,16 +168,22 @@ class AskTimeout(MasError, TimeoutError):
         self.timeout = timeout
 
 
-class AgentStopped(MasError):
-    """The agent stopped before it could handle (or answer) the message."""
+class AgentStopped(DeliveryError):
+    """The agent stopped before it could handle (or answer) the message.
+
+    Delivery: this agent takes no more messages; another one (of its type) may.
+    """
 
     def __init__(self, agent_id: str) -> None:
         super().__init__(f"agent {agent_id!r} is stopped and takes no messages")
         self.agent_id = agent_id
 
 
-class HandlerError(MasError):
+class HandlerError(DeliveryError):
     """A handler failed on every attempt; the message went to dead letters.
+
+    Delivery: the message reached the agent and was not answered; the agent's own error,
+    not mas or a service, is why.
 
     Raised by `ask`. `error_type` and `error_message` describe the last failure; the original
     exception is chained as `__cause__` when it happened in this process.
@@ -124,18 +199,26 @@ class HandlerError(MasError):
         self.attempts = attempts
 
 
-class HandlerReturnError(MasError, TypeError):
-    """`handle_message` returned something other than None, Message, TaskResult or a list."""
+class HandlerReturnError(UsageError, TypeError):
+    """`handle_message` returned something other than None, Message, TaskResult or a list.
+
+    Usage: the agent's code breaks the handler's contract, on every message alike.
+    """
 
 
-class AgentStartError(MasError):
-    """An agent's `start()` raised, so it could not be spawned or restarted."""
+class AgentStartError(DeliveryError):
+    """An agent's `start()` raised, so it could not be spawned or restarted.
+
+    Delivery, like `HandlerError`: the agent's own code failed (often on a resource it
+    opens), so it takes no messages; mas and its services work, and a later spawn may succeed.
+    """
 
 
 class SupervisorEscalation(MasError):
     """A supervisor exceeded its restart intensity and gave up on its children.
 
-    Raised to the code that embeds the runtime when it reaches the root supervisor.
+    Raised to the code that embeds the runtime when it reaches the root supervisor. In no
+    layer: it ends the runtime, not one call, so `except DeliveryError` must not swallow it.
     """
 
     def __init__(self, supervisor_id: str, max_restarts: int, period: float) -> None:
@@ -148,31 +231,48 @@ class SupervisorEscalation(MasError):
         self.period = period
 
 
-class RuntimeNotRunning(MasError, RuntimeError):
-    """The runtime was used before `async with Runtime()` started it, or after it stopped."""
+class RuntimeNotRunning(UsageError, RuntimeError):
+    """The runtime was used before `async with Runtime()` started it, or after it stopped.
+
+    Usage: this runtime does not start again by itself. (A gateway that is stopping answers
+    503: another instance, or this one restarted, will take the request.)
+    """
 
 
-class TransportError(MasError):
-    """The transport could not carry a message (broker unreachable, publish refused)."""
+class TransportError(ServiceUnavailable):
+    """The transport could not carry a message (broker unreachable, publish refused).
+
+    Unavailable: the broker did not connect, confirm or answer; a retry after it recovers
+    goes through. (A broker that answers "nobody serves this" raises `UnknownAgent`.)
+    """
 
 
-class StoreUnavailable(MasError):
-    """The database cannot be reached (its URL is shown with the password masked)."""
+class StoreUnavailable(ServiceUnavailable):
+    """The database cannot be reached (its URL is shown with the password masked).
+
+    Unavailable: it refused, broke the connection or failed the statement; retry later.
+    """
 
 
 class StoreTimeout(StoreUnavailable, TimeoutError):
     """The database did not answer within `MAS_DATABASE_TIMEOUT` (a wait that ran out)."""
 
 
-class SchemaOutdated(MasError):
-    """The database schema is behind (or ahead of) the migrations this mas expects."""
+class SchemaOutdated(ServiceUnavailable):
+    """The database schema is behind (or ahead of) the migrations this mas expects.
+
+    Unavailable, not a usage error: the database is not ready for this mas yet. During a
+    deploy the migration job (`mas db upgrade`) fixes it without any change to the caller,
+    so a retry later succeeds; nothing the caller sent was wrong.
+    """
 
 
-class RedisUnavailable(MasError, ConnectionError):
+class RedisUnavailable(ServiceUnavailable, ConnectionError):
     """Redis could not answer, so the cluster helper cannot tell what it was asked.
 
-    Raised by operations whose caller must decide what "don't know" means (acquiring a lease,
-    listing nodes). The hot-path dedupe claim never raises it: it answers UNKNOWN instead.
+    Raised by operations whose caller must decide what "don't know" means (a node's
+    heartbeat, listing nodes). The hot-path dedupe claim never raises it: it answers UNKNOWN
+    instead.
     """
 
     def __init__(self, operation: str, error: BaseException) -> None:

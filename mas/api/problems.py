@@ -1,10 +1,16 @@
 """Errors as RFC 9457 problem details: every error response is `application/problem+json`.
 
-Handlers map mas's typed errors to the status a client can act on: 4xx for anything the
-client did wrong (never a 500 for bad input), 429 with Retry-After when a mailbox rejects,
-503 with Retry-After when a service (database, broker, Redis) is unavailable or mas is
-stopping, 504 when a bounded wait on one ran out, 502 when an agent failed. Anything else is
-a 500, still as problem+json, logged once.
+mas's typed errors map by layer (see `mas.errors`), so a new error gets an honest status
+without being listed: a `UsageError` is the client's mistake (4xx, never a 500 for bad
+input), a `DeliveryError` is the agent side failing (502), a `ServiceUnavailable` is a
+database, broker or Redis outage (503 with Retry-After). Errors whose own status says more
+override their layer's: 404 for an unknown agent, 409 for a conflict, 413 for a body too
+large, 429 with Retry-After when a mailbox or queue rejects, 504 when a bounded wait ran out,
+503 while mas is stopping. A usage error in the server's own settings or agent code is the
+server's fault (500 or 502). Anything else is a 500, still as problem+json, logged once.
+
+Driver errors never reach this layer: the Store, the transports and the Redis helpers map
+them where they are raised, so an unmapped one is a bug (a 500, logged).
 """
 
 from __future__ import annotations
@@ -16,7 +22,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -24,6 +29,8 @@ from mas.errors import (
     AgentStartError,
     AgentStopped,
     AskTimeout,
+    ConfigError,
+    DeliveryError,
     DuplicateAgent,
     HandlerError,
     HandlerReturnError,
@@ -36,12 +43,13 @@ from mas.errors import (
     RedisUnavailable,
     RuntimeNotRunning,
     SchemaOutdated,
+    ServiceUnavailable,
     StoreTimeout,
     StoreUnavailable,
     TransportError,
     UnknownAgent,
+    UsageError,
 )
-from mas.persistence.engine import error_reason
 
 _log = structlog.get_logger("mas.api")
 
@@ -72,7 +80,7 @@ class ProblemDetails(BaseModel):
 
 
 _MEANING = {
-    400: "the body is not text (UTF-8) FastAPI can parse",
+    400: "the request cannot work as sent (e.g. a body that is not UTF-8 text)",
     401: "no token, or one that is invalid or expired (WWW-Authenticate says which)",
     403: "the token lacks a scope this route needs",
     404: "nothing with that id (or not the caller's)",
@@ -148,29 +156,50 @@ def problem_response(
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
-# First match wins: subclasses before their bases.
-_MAS_ERRORS: list[tuple[type[MasError], int, str]] = [
-    (MessageTooLarge, 413, "Payload Too Large"),
-    (InvalidAddress, 422, "Invalid Address"),
-    (InvalidMessage, 422, "Invalid Message"),
-    (UnknownAgent, 404, "Unknown Agent"),
-    (DuplicateAgent, 409, "Duplicate Agent"),
-    (MailboxFull, 429, "Mailbox Full"),
-    (QueueFull, 429, "Queue Full"),
-    (AgentStopped, 409, "Agent Stopped"),
-    (AskTimeout, 504, "Reply Timeout"),
-    (HandlerError, 502, "Agent Failed"),
-    (AgentStartError, 502, "Agent Failed"),
-    (HandlerReturnError, 502, "Agent Failed"),
-    (StoreTimeout, 504, "Store Timeout"),
-    (StoreUnavailable, 503, "Store Unavailable"),
-    (SchemaOutdated, 503, "Store Outdated"),
-    (TransportError, 503, "Broker Unavailable"),
-    (RedisUnavailable, 503, "Redis Unavailable"),
-    (RuntimeNotRunning, 503, "Shutting Down"),
-]
+_AGENT_FAILED = (502, "Agent Failed")
+
+# The status and title of an error: the first class of its MRO listed here decides, so a
+# specific row overrides its layer's and an unlisted subclass gets its layer's. None: not
+# the client's trouble nor a service's, but the server's own (a 500, logged).
+_MAS_STATUS: dict[type[MasError], tuple[int, str] | None] = {
+    # One rule per layer.
+    UsageError: (400, "Bad Request"),
+    DeliveryError: (502, "Delivery Failed"),
+    ServiceUnavailable: (503, "Service Unavailable"),
+    # Usage errors the request caused, with a status that says which.
+    MessageTooLarge: (413, "Payload Too Large"),
+    InvalidAddress: (422, "Invalid Address"),
+    InvalidMessage: (422, "Invalid Message"),
+    DuplicateAgent: (409, "Duplicate Agent"),
+    # Usage errors of the server, not of the client.
+    ConfigError: None,
+    HandlerReturnError: _AGENT_FAILED,
+    RuntimeNotRunning: (503, "Shutting Down"),
+    # Delivery errors a client acts on differently: look elsewhere, retry, stop waiting.
+    UnknownAgent: (404, "Unknown Agent"),
+    AgentStopped: (409, "Agent Stopped"),
+    MailboxFull: (429, "Mailbox Full"),
+    QueueFull: (429, "Queue Full"),
+    AskTimeout: (504, "Reply Timeout"),
+    HandlerError: _AGENT_FAILED,
+    AgentStartError: _AGENT_FAILED,
+    # Which service is out (the status is the layer's), and a wait that ran out.
+    StoreUnavailable: (503, "Store Unavailable"),
+    StoreTimeout: (504, "Store Timeout"),
+    SchemaOutdated: (503, "Store Outdated"),
+    TransportError: (503, "Broker Unavailable"),
+    RedisUnavailable: (503, "Redis Unavailable"),
+}
 # Worth retrying after a moment: the client is told when (Retry-After, seconds).
 _RETRYABLE = frozenset({429, 503, 504})
+
+
+def _status_of(error: MasError) -> tuple[int, str] | None:
+    """The status and title the client gets for `error`; None for a server error (500)."""
+    for cls in type(error).__mro__:
+        if cls in _MAS_STATUS:
+            return _MAS_STATUS[cls]
+    return None  # a MasError in no layer (SupervisorEscalation): the server failed
 
 
 def install_problem_handlers(app: FastAPI) -> None:
@@ -203,31 +232,19 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(MasError)
     async def _mas(request: Request, exc: MasError) -> JSONResponse:
-        for error_type, status, title in _MAS_ERRORS:
-            if isinstance(exc, error_type):
-                # Not logged per request: the service's outage is logged where it is seen,
-                # once when it starts and once when it ends.
-                headers = {"Retry-After": "1"} if status in _RETRYABLE else None
-                return problem_response(request, status, title, str(exc), headers)
-        return _internal(request, exc)
+        mapped = _status_of(exc)
+        if mapped is None:
+            return _internal(request, exc)
+        # Not logged per request: a service's outage is logged where it is seen, once when
+        # it starts and once when it ends; the rest is the client's to act on.
+        status, title = mapped
+        headers = {"Retry-After": "1"} if status in _RETRYABLE else None
+        return problem_response(request, status, title, str(exc), headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        # A bug, or a failure no layer mapped: still a problem document, never plain text.
+        # A bug, or a failure no boundary mapped: still a problem document, never plain text.
         return _internal(request, exc)
-
-    @app.exception_handler(SQLAlchemyError)
-    async def _store(request: Request, exc: SQLAlchemyError) -> JSONResponse:
-        # A query the database failed (it went away, or its schema did): the client may
-        # retry; the operator finds the cause in the log.
-        _log.error("store_query_failed", path=request.url.path, error=error_reason(exc))
-        return problem_response(
-            request,
-            503,
-            "Store Unavailable",
-            f"the database failed to answer: {error_reason(exc)}",
-            {"Retry-After": "1"},
-        )
 
 
 def _internal(request: Request, exc: BaseException) -> JSONResponse:

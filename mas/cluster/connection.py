@@ -8,7 +8,9 @@ Redis is worse than a caller that falls back to the database at once.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import Final
 
 import structlog
@@ -31,6 +33,7 @@ __all__ = [
     "connect",
     "connect_from_settings",
     "key_prefix",
+    "redis_answer",
     "ttl_ms",
 ]
 
@@ -46,6 +49,26 @@ def key_prefix(name_prefix: str) -> str:
 # network can do wrong is a RedisError or an OSError; our own bugs (TypeError...) are neither
 # and still propagate.
 REDIS_ERRORS: Final = (RedisError, OSError)
+
+
+@contextlib.contextmanager
+def redis_answer(outage: Outage, operation: str, asked: str) -> Iterator[None]:
+    """The one place where redis-py's errors become `RedisUnavailable` (and count in `outage`).
+
+    For the helpers whose caller must decide what "don't know" means; those that answer
+    "unknown" themselves (a dedupe claim, a release) catch `REDIS_ERRORS` and log the same way.
+    `operation` names the call in the outage's log line, `asked` in the error's message.
+
+    Raises:
+        RedisUnavailable: Redis did not answer; the driver's error is its `__cause__`.
+    """
+    try:
+        yield
+    except REDIS_ERRORS as exc:
+        outage.failed(operation, exc)
+        raise RedisUnavailable(asked, exc) from exc
+    outage.ok()
+
 
 _log = structlog.get_logger("mas.cluster")
 

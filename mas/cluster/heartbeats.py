@@ -22,10 +22,10 @@ from redis.asyncio import Redis
 
 from mas.cluster.connection import (
     DEFAULT_PREFIX,
-    REDIS_ERRORS,
     Outage,
     RedisUnavailable,
     check_prefix,
+    redis_answer,
     ttl_ms,
 )
 from mas.errors import ConfigError
@@ -69,12 +69,8 @@ class NodeHeartbeats:
             raise ConfigError(
                 f"heartbeat info of node {node_id!r} is not JSON-serialisable: {exc}"
             ) from exc
-        try:
+        with redis_answer(self._outage, "beat", f"heartbeat of node {node_id!r}"):
             await self._client.set(self.key(node_id), body, px=px)
-        except REDIS_ERRORS as exc:
-            self._outage.failed("beat", exc)
-            raise RedisUnavailable(f"heartbeat of node {node_id!r}", exc) from exc
-        self._outage.ok()
 
     async def live_nodes(self) -> dict[str, dict[str, Any]]:
         """Every node whose heartbeat has not expired, mapped to the info it published.
@@ -86,15 +82,11 @@ class NodeHeartbeats:
             RedisUnavailable: Redis did not answer.
         """
         pattern = self._base.translate(_GLOB_SPECIALS) + "*"
-        try:
+        values: list[bytes | str | None] = []
+        with redis_answer(self._outage, "live_nodes", "listing of live nodes"):
             keys = [k async for k in self._client.scan_iter(match=pattern, count=_SCAN_BATCH)]
-            values: list[bytes | str | None] = []
             for start in range(0, len(keys), _SCAN_BATCH):
                 values.extend(await self._client.mget(keys[start : start + _SCAN_BATCH]))
-        except REDIS_ERRORS as exc:
-            self._outage.failed("live_nodes", exc)
-            raise RedisUnavailable("listing of live nodes", exc) from exc
-        self._outage.ok()
         nodes: dict[str, dict[str, Any]] = {}
         cut = len(self._base)
         for raw_key, raw in zip(keys, values, strict=True):
@@ -117,12 +109,8 @@ class NodeHeartbeats:
         Raises:
             RedisUnavailable: Redis did not answer (the key then expires with its TTL).
         """
-        try:
+        with redis_answer(self._outage, "remove", f"removal of node {node_id!r}"):
             deleted = await self._client.delete(self.key(node_id))
-        except REDIS_ERRORS as exc:
-            self._outage.failed("remove", exc)
-            raise RedisUnavailable(f"removal of node {node_id!r}", exc) from exc
-        self._outage.ok()
         return bool(deleted)
 
 

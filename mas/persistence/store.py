@@ -260,15 +260,12 @@ class Store:
             StoreTimeout: no answer within `timeout`.
             StoreUnavailable: the database refused, or is unreachable.
         """
-        try:
-            async with asyncio.timeout(timeout), self.reading() as conn:
-                await conn.execute(text("SELECT 1"))
-        except TimeoutError as exc:
-            if isinstance(exc, StoreTimeout):
-                raise
-            raise StoreTimeout(
-                f"the database at {self.url} did not answer within {timeout:g}s"
-            ) from exc
+        async with (
+            self._mapped("pinging", timeout),
+            asyncio.timeout(timeout),
+            self.engine.connect() as conn,
+        ):
+            await conn.execute(text("SELECT 1"))
 
     @contextlib.asynccontextmanager
     async def reading(self) -> AsyncIterator[AsyncConnection]:
@@ -289,14 +286,20 @@ class Store:
             yield conn
 
     @contextlib.asynccontextmanager
-    async def _mapped(self, doing: str) -> AsyncIterator[None]:
-        """The one place where the drivers' errors become mas's (no SQL, no parameters)."""
+    async def _mapped(self, doing: str, timeout: float | None = None) -> AsyncIterator[None]:
+        """The one place where the drivers' errors become mas's (no SQL, no parameters).
+
+        Every method that touches the database runs inside it (through `reading`, `writing`
+        or directly), so no caller ever sees a SQLAlchemy, asyncpg or sqlite3 exception.
+        `timeout`: the bound the block runs under, when not the Store's own.
+        """
         try:
             yield
         except (TimeoutError, PoolTimeout) as exc:
             self.outage.failed(doing, exc)
             raise StoreTimeout(
-                f"{doing} the database at {self.url}: no answer within {self.timeout:g}s"
+                f"{doing} the database at {self.url}: no answer within "
+                f"{self.timeout if timeout is None else timeout:g}s"
             ) from exc
         except (OSError, SQLAlchemyError, sqlite3.Error) as exc:
             if not refused_data(exc):  # a value it refused says nothing about its health
@@ -309,12 +312,30 @@ class Store:
     # -- schema ------------------------------------------------------------------------------
 
     async def migrate(self) -> None:
-        await migrations.upgrade(self.engine, self.schema)
+        """Upgrade the schema to this mas's revision.
+
+        Raises:
+            StoreTimeout, StoreUnavailable: as `writing`.
+        """
+        async with self._mapped("migrating"):
+            await migrations.upgrade(self.engine, self.schema)
 
     async def revision(self) -> str | None:
-        return await migrations.current_revision(self.engine, self.schema)
+        """The schema revision the database is at (None for an empty database).
+
+        Raises:
+            StoreTimeout, StoreUnavailable: as `reading`.
+        """
+        async with self._mapped("reading the revision of"):
+            return await migrations.current_revision(self.engine, self.schema)
 
     async def check_schema(self) -> None:
+        """Fail unless the database is at the schema revision this mas needs.
+
+        Raises:
+            SchemaOutdated: the database is behind (or ahead of) this mas's revision.
+            StoreTimeout, StoreUnavailable: as `reading`.
+        """
         current, head = await self.revision(), migrations.head_revision()
         if current != head:
             raise SchemaOutdated(

@@ -38,7 +38,7 @@ import logging
 import math
 import re
 import shlex
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
@@ -65,6 +65,7 @@ from aiormq.exceptions import ChannelInvalidStateError
 from mas.config import AmqpSettings, masked_url
 from mas.errors import (
     InvalidMessage,
+    MasError,
     MessageTooLarge,
     RuntimeNotRunning,
     TransportError,
@@ -96,8 +97,32 @@ _SERVED_KINDS = frozenset(("agent", "type", "reply"))
 
 # The channel or connection under a delivery or a publish went away.
 _GONE = (AMQPError, ChannelInvalidStateError, ConnectionError)
+# What aio-pika, aiormq and the socket under them raise when the broker cannot be reached,
+# refuses, closes the channel or does not answer in time: what this boundary maps to
+# `TransportError`, in `_broker_errors` (and in `_publish`, once its retries run out).
+_BROKER_ERRORS = (OSError, TimeoutError, *_GONE)
 # Failures a publish survives by trying again (the robust connection reconnects meanwhile).
-_RETRYABLE = (TimeoutError, DeliveryError, *_GONE)
+_RETRYABLE = (DeliveryError, *_BROKER_ERRORS)
+_CHECK_BROKER = "; check MAS_AMQP_URL and that the broker runs"
+
+
+@contextlib.contextmanager
+def _broker_errors(
+    failed: str, hint: str = "", *, also: tuple[type[Exception], ...] = ()
+) -> Iterator[None]:
+    """The one place where the broker client's errors become `TransportError`.
+
+    `failed` says what failed (the broker client's error follows it), `hint` what to check;
+    `also`: more exception types that mean the same here. mas's own errors pass unchanged:
+    they are mapped already (a `StoreTimeout` is a TimeoutError too).
+    """
+    mapped: tuple[type[Exception], ...] = (*_BROKER_ERRORS, *also)
+    try:
+        yield
+    except MasError:
+        raise
+    except mapped as exc:
+        raise TransportError(f"{failed}: {exc!r}{hint}") from exc
 
 
 async def probe(url: str, timeout: float) -> None:
@@ -112,12 +137,10 @@ async def probe(url: str, timeout: float) -> None:
     aiormq_log = logging.getLogger("aiormq.connection")
     was_disabled, aiormq_log.disabled = aiormq_log.disabled, True
     try:
-        connection = await aio_pika.connect(url, timeout=timeout)
-    except (OSError, TimeoutError, AMQPError, ValueError) as exc:
-        raise TransportError(
-            f"cannot connect to RabbitMQ at {masked_url(url)}: {exc!r}; "
-            "check MAS_AMQP_URL and that the broker runs"
-        ) from exc
+        with _broker_errors(
+            f"cannot connect to RabbitMQ at {masked_url(url)}", _CHECK_BROKER, also=(ValueError,)
+        ):
+            connection = await aio_pika.connect(url, timeout=timeout)
     finally:
         aiormq_log.disabled = was_disabled
     await connection.close()
@@ -284,18 +307,30 @@ class AmqpTransport:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self, node: TransportNode) -> None:
+        """Connect, declare what this node uses and start consuming its replies and topics.
+
+        Raises:
+            TransportError: the broker cannot be reached, or refused (or did not answer) a
+                declaration within `connect_timeout`.
+        """
         s = self.settings
-        try:
+        with _broker_errors(
+            f"cannot connect to RabbitMQ at {masked_url(self._url)}", _CHECK_BROKER
+        ):
             connection = await aio_pika.connect_robust(
                 self._url,
                 timeout=s.connect_timeout,
                 client_properties={"connection_name": node.node_id},
             )
-        except (OSError, TimeoutError, AMQPError) as exc:
-            raise TransportError(
-                f"cannot connect to RabbitMQ at {masked_url(self._url)}: {exc!r}; "
-                "check MAS_AMQP_URL and that the broker runs"
-            ) from exc
+        with _broker_errors(f"setting up queues on RabbitMQ at {masked_url(self._url)} failed"):
+            await self._set_up(connection, node)
+        _log.info(
+            "amqp_connected", url=masked_url(self._url), prefix=self.prefix, node_id=node.node_id
+        )
+
+    async def _set_up(self, connection: AbstractRobustConnection, node: TransportNode) -> None:
+        """Channels, exchanges and this node's queues on a fresh connection (see `start`)."""
+        s = self.settings
         self._connection = connection
         self._node = node
         connection.close_callbacks.add(self._connection_lost)
@@ -310,12 +345,7 @@ class AmqpTransport:
             "delay": await declare(self.name("agents.delay"), ExchangeType.HEADERS, durable=True),
             "dlx": await declare(self.name("agents.dlx"), ExchangeType.FANOUT, durable=True),
         }
-        try:
-            await self._declare_dead_letters(publish)
-        except TimeoutError as exc:
-            raise TransportError(
-                f"RabbitMQ did not declare the dead-letter queue within {s.connect_timeout}s"
-            ) from exc
+        await self._declare_dead_letters(publish)
         # Replies and topic copies belong to this node only: exclusive queues vanish with it.
         node_id = node.node_id
         replies = await consume.declare_queue(self.name(f"node.{node_id}.replies"), exclusive=True)
@@ -333,7 +363,6 @@ class AmqpTransport:
             self._claims = DedupeClaims(self._redis, prefix=prefix, owner=node_id)
         self._pump = asyncio.get_running_loop().create_task(self._run_pump(), name="mas-amqp-pump")
         self._pump.add_done_callback(self._pump_ended)
-        _log.info("amqp_connected", url=masked_url(self._url), prefix=self.prefix, node_id=node_id)
 
     def dead_letter_arguments(self) -> dict[str, Any]:
         """The bounds `agents.dead_letter` is declared with (from the `dead_letter_*` settings)."""
@@ -766,15 +795,14 @@ class AmqpTransport:
             return None
         if self._connection is None:
             raise TransportError("the RabbitMQ transport is not started")
-        try:
-            async with self._throwaway_channel() as channel:
-                queue = await channel.declare_queue(
-                    name, passive=True, timeout=self.settings.connect_timeout
-                )
-        except ChannelNotFoundEntity:
-            return None
-        except (AMQPError, TimeoutError, *_GONE) as exc:
-            raise TransportError(f"reading the depth of {name!r} failed: {exc!r}") from exc
+        with _broker_errors(f"reading the depth of {name!r} failed"):
+            try:
+                async with self._throwaway_channel() as channel:
+                    queue = await channel.declare_queue(
+                        name, passive=True, timeout=self.settings.connect_timeout
+                    )
+            except ChannelNotFoundEntity:
+                return None
         return queue.declaration_result.message_count or 0
 
     async def _claim(self, delivery: AmqpDelivery) -> None:
@@ -884,38 +912,39 @@ class AmqpTransport:
         consumer, this one is the active one. A message another node's retry or deferral
         brings back later finds no queue: callers retire only after those delays have
         passed (see `StoreJournal`).
+
+        Raises:
+            TransportError: the transport is not started, or the broker failed or did not
+                answer within `connect_timeout`.
         """
         if self._connection is None:
             raise TransportError("the RabbitMQ transport is not started")
         name = self.name(f"agent.{agent_id}")
         timeout = self.settings.connect_timeout
-        try:
-            async with self._throwaway_channel() as channel:
-                queue = await channel.declare_queue(name, passive=True, timeout=timeout)
-                if queue.declaration_result.consumer_count:
-                    return False
-                await queue.unbind(
-                    self.name("agents.direct"), routing_key=f"agent.{agent_id}", timeout=timeout
-                )
-                waiting = queue.declaration_result.message_count or 0
-                drained = 0
-                if waiting:
-                    await channel.set_qos(prefetch_count=min(waiting, 256), timeout=timeout)
-                    async with queue.iterator(timeout=timeout) as messages:
-                        while drained < waiting:
-                            async with asyncio.timeout(timeout):
-                                incoming = await messages.__anext__()
-                            await self._abandon(incoming, agent_id)
-                            drained += 1
-                await queue.delete(if_unused=False, if_empty=False, timeout=timeout)
-        except ChannelNotFoundEntity:
-            pass  # no such queue (retired already, or never declared): nothing waits
-        except (AMQPError, TimeoutError, *_GONE) as exc:
-            raise TransportError(
-                f"retiring the queue of agent {agent_id!r} failed: {exc!r}"
-            ) from exc
-        else:
-            _log.info("amqp_agent_queue_removed", agent_id=agent_id, dead_lettered=drained)
+        with _broker_errors(f"retiring the queue of agent {agent_id!r} failed"):
+            try:
+                async with self._throwaway_channel() as channel:
+                    queue = await channel.declare_queue(name, passive=True, timeout=timeout)
+                    if queue.declaration_result.consumer_count:
+                        return False
+                    await queue.unbind(
+                        self.name("agents.direct"), routing_key=f"agent.{agent_id}", timeout=timeout
+                    )
+                    waiting = queue.declaration_result.message_count or 0
+                    drained = 0
+                    if waiting:
+                        await channel.set_qos(prefetch_count=min(waiting, 256), timeout=timeout)
+                        async with queue.iterator(timeout=timeout) as messages:
+                            while drained < waiting:
+                                async with asyncio.timeout(timeout):
+                                    incoming = await messages.__anext__()
+                                await self._abandon(incoming, agent_id)
+                                drained += 1
+                    await queue.delete(if_unused=False, if_empty=False, timeout=timeout)
+            except ChannelNotFoundEntity:
+                pass  # no such queue (retired already, or never declared): nothing waits
+            else:
+                _log.info("amqp_agent_queue_removed", agent_id=agent_id, dead_lettered=drained)
         self.declared_queues.discard(name)
         return True
 

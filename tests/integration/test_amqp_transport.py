@@ -791,6 +791,22 @@ async def test_an_unbounded_dead_letter_queue_from_before_does_not_stop_a_node_s
     )
 
 
+async def test_a_declaration_the_broker_refuses_at_start_is_a_transport_error(
+    amqp_scope: AmqpScope, broker: AbstractConnection
+) -> None:
+    """Connecting works, declaring does not: still mas's error, not aio-pika's."""
+    channel = await broker.channel()
+    # Of another type than mas declares it: the broker refuses with PRECONDITION_FAILED.
+    await channel.declare_exchange(amqp_scope.prefix + "agents.direct", "fanout", durable=True)
+    await channel.close()
+    transport = amqp_scope.transport()
+    with pytest.raises(TransportError, match="PRECONDITION_FAILED") as caught:
+        async with node(transport, "refused"):
+            pass
+    assert "setting up queues on RabbitMQ" in str(caught.value)
+    assert isinstance(caught.value.__cause__, aio_pika.exceptions.AMQPError)
+
+
 # -- 11. a node takes only what its mailboxes hold -------------------------------------------
 
 

@@ -1,4 +1,5 @@
-"""The error hierarchy: one root, builtin bases where they fit, messages that say what to do."""
+"""The error hierarchy: one root, three layers, builtin bases where they fit, messages that
+say what to do."""
 
 from __future__ import annotations
 
@@ -7,11 +8,14 @@ import inspect
 import pytest
 
 import mas.errors
+from mas.cluster import NodeHeartbeats
+from mas.cluster import connect as connect_redis
 from mas.errors import (
     AgentStartError,
     AgentStopped,
     AskTimeout,
     ConfigError,
+    DeliveryError,
     DuplicateAgent,
     HandlerError,
     HandlerReturnError,
@@ -20,11 +24,20 @@ from mas.errors import (
     MailboxFull,
     MasError,
     MessageTooLarge,
+    QueueFull,
+    RedisUnavailable,
     RuntimeNotRunning,
+    SchemaOutdated,
+    ServiceUnavailable,
+    StoreTimeout,
+    StoreUnavailable,
     SupervisorEscalation,
     TransportError,
     UnknownAgent,
+    UsageError,
 )
+from mas.persistence import Store
+from mas.transports.amqp import probe
 
 ALL_ERRORS = [
     obj
@@ -39,6 +52,7 @@ def test_the_error_module_defines_the_expected_classes():
         "AgentStopped",
         "AskTimeout",
         "ConfigError",
+        "DeliveryError",
         "DuplicateAgent",
         "HandlerError",
         "HandlerReturnError",
@@ -51,11 +65,13 @@ def test_the_error_module_defines_the_expected_classes():
         "RedisUnavailable",
         "RuntimeNotRunning",
         "SchemaOutdated",
+        "ServiceUnavailable",
         "StoreUnavailable",
         "StoreTimeout",
         "SupervisorEscalation",
         "TransportError",
         "UnknownAgent",
+        "UsageError",
     }
 
 
@@ -63,6 +79,76 @@ def test_the_error_module_defines_the_expected_classes():
 def test_every_error_is_a_mas_error(error_class):
     assert issubclass(error_class, MasError)
     assert issubclass(error_class, Exception)
+
+
+LAYERS = (UsageError, DeliveryError, ServiceUnavailable)
+
+# The layer a user would look in: "my mistake", "this message failed", "a service is down".
+LAYER_OF: dict[type[MasError], type[MasError] | None] = {
+    ConfigError: UsageError,
+    InvalidAddress: UsageError,
+    InvalidMessage: UsageError,
+    MessageTooLarge: UsageError,
+    DuplicateAgent: UsageError,
+    HandlerReturnError: UsageError,
+    RuntimeNotRunning: UsageError,
+    UnknownAgent: DeliveryError,
+    MailboxFull: DeliveryError,
+    QueueFull: DeliveryError,
+    AskTimeout: DeliveryError,
+    AgentStopped: DeliveryError,
+    HandlerError: DeliveryError,
+    AgentStartError: DeliveryError,
+    TransportError: ServiceUnavailable,
+    StoreUnavailable: ServiceUnavailable,
+    StoreTimeout: ServiceUnavailable,
+    SchemaOutdated: ServiceUnavailable,
+    RedisUnavailable: ServiceUnavailable,
+    # The end of the runtime, not of one call: no layer's handler may swallow it.
+    SupervisorEscalation: None,
+}
+
+
+def test_every_error_is_placed_in_a_layer_or_deliberately_in_none():
+    assert set(LAYER_OF) | {MasError, *LAYERS} == set(ALL_ERRORS)
+
+
+@pytest.mark.parametrize(
+    ("error_class", "layer"), LAYER_OF.items(), ids=lambda v: getattr(v, "__name__", "none")
+)
+def test_each_error_is_in_exactly_the_layer_a_user_would_expect(error_class, layer):
+    assert [base for base in LAYERS if issubclass(error_class, base)] == ([layer] if layer else [])
+
+
+@pytest.mark.parametrize("layer", LAYERS, ids=lambda cls: cls.__name__)
+def test_the_layers_are_mas_errors_and_disjoint(layer):
+    assert layer.__bases__ == (MasError,)
+    assert str(layer("explained")) == "explained"
+
+
+@pytest.mark.anyio
+async def test_except_service_unavailable_catches_a_store_a_broker_and_redis_outage():
+    """Real drivers against a port nothing listens on: each boundary maps its own errors."""
+    caught: list[ServiceUnavailable] = []
+    try:
+        await Store.open("postgresql+asyncpg://postgres@127.0.0.1:1/test", timeout=5)
+    except ServiceUnavailable as exc:
+        caught.append(exc)
+    try:
+        await probe("amqp://guest:guest@127.0.0.1:1/", timeout=5)
+    except ServiceUnavailable as exc:
+        caught.append(exc)
+    redis = connect_redis("redis://127.0.0.1:1/0", retries=0)
+    try:
+        await NodeHeartbeats(redis).live_nodes()
+    except ServiceUnavailable as exc:
+        caught.append(exc)
+    finally:
+        await redis.aclose()
+
+    assert [type(exc) for exc in caught] == [StoreUnavailable, TransportError, RedisUnavailable]
+    # The driver's error stays reachable for the operator, never in place of ours.
+    assert all(exc.__cause__ is not None for exc in caught)
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,8 @@
 
 A service mas depends on failing is the server's trouble (5xx; 503 + Retry-After when a retry
 can help, 504 when a bounded wait ran out), never the client's (4xx): a 400 tells a client
-not to retry what would have worked a moment later.
+not to retry what would have worked a moment later. Errors map by layer: an error nobody
+listed gets its layer's status.
 """
 
 from __future__ import annotations
@@ -14,31 +15,81 @@ from fastapi import FastAPI
 from mas.api.problems import PROBLEM_JSON, install_problem_handlers
 from mas.errors import (
     AgentStartError,
+    AgentStopped,
+    AskTimeout,
     ConfigError,
+    DeliveryError,
+    DuplicateAgent,
+    HandlerError,
+    HandlerReturnError,
+    InvalidAddress,
     InvalidMessage,
     MailboxFull,
     MasError,
+    MessageTooLarge,
+    QueueFull,
     RedisUnavailable,
     RuntimeNotRunning,
     SchemaOutdated,
+    ServiceUnavailable,
     StoreTimeout,
     StoreUnavailable,
+    SupervisorEscalation,
     TransportError,
+    UnknownAgent,
+    UsageError,
 )
 
 pytestmark = pytest.mark.anyio
 
+
+# Errors a later version (or an application) may add, listed nowhere in mas.api.problems.
+class UnlistedUsage(UsageError, ValueError):
+    """The caller's mistake: the client's, over HTTP."""
+
+
+class UnlistedDelivery(DeliveryError):
+    """A message that was not delivered or answered."""
+
+
+class UnlistedOutage(ServiceUnavailable):
+    """A service that does not answer now."""
+
+
+class UnlistedTimeout(StoreTimeout):
+    """A subclass keeps its nearest listed base's status, not its layer's."""
+
+
 CASES: list[tuple[BaseException, int, bool]] = [
+    # Each layer's rule, for errors nobody listed.
+    (UnlistedUsage("a new kind of bad input"), 400, False),
+    (UnlistedDelivery("a new way for a message to fail"), 502, False),
+    (UnlistedOutage("a new service is down"), 503, True),
+    (UnlistedTimeout("a slower store"), 504, True),
+    # Usage errors.
     (InvalidMessage("payload must be an object"), 422, False),
+    (InvalidAddress("not an address"), 422, False),
+    (MessageTooLarge(2048, 1024), 413, False),
+    (DuplicateAgent("alice"), 409, False),
+    (RuntimeNotRunning("stopping"), 503, True),
+    (HandlerReturnError("returned an int"), 502, False),
+    (ConfigError("a server-side setting"), 500, False),
+    # Delivery errors.
+    (UnknownAgent("agent:ghost"), 404, False),
+    (AgentStopped("bob"), 409, False),
     (MailboxFull("a", 1), 429, True),
+    (QueueFull("type:worker", 200, 100), 429, True),
+    (AskTimeout("agent:slow", 2.5), 504, True),
+    (HandlerError("worker", "KeyError", "'sku'", 3), 502, False),
+    (AgentStartError("start() raised"), 502, False),
+    # Unavailable services.
     (TransportError("RabbitMQ did not confirm the publish"), 503, True),
     (StoreUnavailable("the database refused"), 503, True),
     (StoreTimeout("no answer within 10s"), 504, True),
     (SchemaOutdated("run `mas db upgrade`"), 503, True),
     (RedisUnavailable("claim", ConnectionError("refused")), 503, True),
-    (RuntimeNotRunning("stopping"), 503, True),
-    (AgentStartError("start() raised"), 502, False),
-    (ConfigError("a server-side setting"), 500, False),
+    # In no layer, or not ours: the server failed.
+    (SupervisorEscalation("root", 5, 10.0), 500, False),
     (MasError("nothing maps this"), 500, False),
     (TimeoutError(), 500, False),
     (KeyError("a bug"), 500, False),

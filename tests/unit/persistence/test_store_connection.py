@@ -6,6 +6,7 @@ database password; a URL mas cannot use is a configuration mistake, reported as 
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -75,3 +76,35 @@ async def test_a_sqlite_connection_left_in_a_transaction_is_rolled_back_on_retur
             assert (await conn.execute(text("SELECT count(*) FROM t"))).scalar() == 0
     finally:
         await engine.dispose()
+
+
+SCHEMA_CALLS: dict[str, Callable[[Store], Awaitable[object]]] = {
+    "revision": Store.revision,
+    "check_schema": Store.check_schema,
+    "migrate": Store.migrate,
+    "ping": lambda store: store.ping(5.0),
+}
+
+
+def _spoil(path: Path) -> None:
+    """Replace the SQLite database (and its WAL) with a file SQLite cannot read."""
+    for file in path.parent.glob(path.name + "*"):
+        file.unlink()
+    path.write_bytes(b"garbage!" * 512)
+
+
+@pytest.mark.parametrize("call", SCHEMA_CALLS.values(), ids=SCHEMA_CALLS.keys())
+async def test_every_store_call_maps_a_lost_database_to_store_unavailable(
+    tmp_path: Path, call: Callable[[Store], Awaitable[object]]
+) -> None:
+    """The schema calls too: a driver error from any Store method is `StoreUnavailable`."""
+    path = tmp_path / "mas.db"
+    store = await Store.open(f"sqlite+aiosqlite:///{path}", migrate=True)
+    try:
+        await store.engine.dispose()  # the next call opens the file again...
+        _spoil(path)  # ...and finds no database in it
+        with pytest.raises(StoreUnavailable, match="file is not a database") as caught:
+            await call(store)
+        assert caught.value.__cause__ is not None
+    finally:
+        await store.close()
