@@ -330,7 +330,7 @@ async def list_tasks(
     type_: Annotated[str | None, Query(alias="type", max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
-) -> TaskList:
+) -> Response:
     """The caller's tasks (everyone's with `tasks:admin`), newest first, by status and type."""
     tasks = await gw.store.list_tasks(
         status=status_,
@@ -339,7 +339,7 @@ async def list_tasks(
         limit=limit,
         offset=offset,
     )
-    return TaskList(items=[TaskOut.of(t) for t in tasks], limit=limit, offset=offset)
+    return Response(TaskList.json_of(tasks, limit, offset), media_type="application/json")
 
 
 GetWait = Annotated[
@@ -492,7 +492,7 @@ async def task_events(
         raise
     slot.seen(task.status)
 
-    async def stream() -> AsyncIterator[str]:
+    async def stream() -> AsyncIterator[bytes]:
         try:
             current: TaskRecord = task
             loop = asyncio.get_running_loop()
@@ -524,8 +524,8 @@ async def task_events(
     )
 
 
-def _event(task: TaskRecord) -> str:
-    return f"event: status\ndata: {TaskOut.of(task).model_dump_json()}\n\n"
+def _event(task: TaskRecord) -> bytes:
+    return b"event: status\ndata: " + TaskOut.json_of(task) + b"\n\n"
 
 
 @router.post(
@@ -537,7 +537,7 @@ async def cancel_task(
     task_id: str,
     gw: GatewayDep,
     claims: Annotated[Claims, Depends(require("tasks:write"))],
-) -> TaskOut:
+) -> Response:
     """Cancel one of the caller's tasks that has not finished (409 if it already has)."""
     await _read(gw, task_id, claims)
     task = await gw.store.cancel_task(task_id)
@@ -547,4 +547,4 @@ async def cancel_task(
     if task.status != "cancelled":
         raise Problem(409, "Task Finished", f"task {task_id!r} already {task.status}")
     gw.journal.task_cancelled(task)
-    return TaskOut.of(task)
+    return _task_response(task)
