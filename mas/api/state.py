@@ -15,6 +15,7 @@ from mas.api.backlogs import Backlogs
 from mas.api.problems import Problem
 from mas.api.schemas import AgentOut
 from mas.api.streams import TaskStreams
+from mas.api.tasks import TaskService
 from mas.config import Settings
 from mas.errors import AgentStopped, StoreUnavailable, TransportError
 from mas.persistence.journal import StoreJournal
@@ -41,9 +42,12 @@ class Gateway:
     backlogs: Backlogs = field(init=False)
     streams: TaskStreams = field(init=False)
     """Open task event streams: pushed by this journal's commits, one shared poll for the rest."""
+    tasks: TaskService = field(init=False)
+    """The task use cases the /tasks routes call."""
 
     def __post_init__(self) -> None:
         api = self.settings.api
+        self.tasks = TaskService(self)
         self.backlogs = Backlogs(self.runtime.transport, limit=api.max_queue_depth)
         self.streams = TaskStreams(
             self.store, max_per_caller=api.max_streams_per_caller, interval=api.stream_poll_interval
