@@ -9,8 +9,8 @@ mas errors, never HTTP exceptions: `mas.api.problems` maps them to statuses in o
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import AsyncGenerator, Coroutine, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import structlog
 
@@ -21,18 +21,22 @@ from mas.errors import (
     MailboxFull,
     MasError,
     QueueFull,
+    StoreUnavailable,
     TransportError,
     UnknownAgent,
 )
 from mas.messages import Message, TaskError, TaskResult, new_id
-from mas.persistence.journal import TaskEnd
 from mas.persistence.store import TaskRecord
 
 if TYPE_CHECKING:
+    from mas.actors.agent import Agent
+    from mas.actors.runtime import Runtime
     from mas.api.auth import Claims
+    from mas.api.backlogs import Backlogs
     from mas.api.schemas import TaskIn
-    from mas.api.state import Gateway
     from mas.api.streams import TaskStream
+    from mas.config import Settings
+    from mas.persistence.journal import StoreJournal, TaskEnd
 
 __all__ = [
     "ADMIN",
@@ -45,6 +49,8 @@ __all__ = [
 ]
 
 _log = structlog.get_logger("mas.api.tasks")
+
+T = TypeVar("T")
 
 ADMIN = "tasks:admin"
 """The scope that sees (and may cancel) every caller's tasks; others see their own only."""
@@ -110,13 +116,27 @@ def _visible(caller: Claims, task: TaskRecord) -> bool:
 
 
 class TaskService:
-    """The task use cases of one gateway, over its runtime, journal and store.
+    """The task use cases of one gateway, over its runtime, journal (and its store), the
+    broker's backlogs and the agent classes it knows (for capabilities).
 
     Waits are in seconds as given (the HTTP layer applies `MAS_API__MAX_WAIT`); 0 is none.
+    Writes a caller waits for are bounded by `MAS_API__WRITE_TIMEOUT`.
     """
 
-    def __init__(self, gateway: Gateway) -> None:
-        self._gw = gateway
+    def __init__(
+        self,
+        settings: Settings,
+        runtime: Runtime,
+        journal: StoreJournal,
+        backlogs: Backlogs,
+        agent_classes: Mapping[str, type[Agent]],
+    ) -> None:
+        self._settings = settings
+        self._runtime = runtime
+        self._journal = journal
+        self._store = journal.store
+        self._backlogs = backlogs
+        self._agent_classes = agent_classes
 
     async def submit(
         self,
@@ -142,7 +162,6 @@ class TaskService:
             TaskIdTaken: another caller's task has the id.
             IdempotencyKeyReused: the id names a different request.
         """
-        gw = self._gw
         key = spec.id or idempotency_key
         task_id = key or new_id()
         target = self._target(spec)
@@ -154,10 +173,10 @@ class TaskService:
             metadata={"task_id": task_id},
             trace_id=trace_id,
         )
-        message.to_json(max_bytes=gw.settings.message_max_bytes)  # before anything is stored
-        journal = gw.journal
+        message.to_json(max_bytes=self._settings.message_max_bytes)  # before anything is stored
+        journal = self._journal
         # A task for a local agent ends in this node's journal; any other may end elsewhere.
-        local = gw.runtime.routes_locally(target)
+        local = self._runtime.routes_locally(target)
         ended = journal.watch_task(task_id) if wait > 0 else None
         try:
             if key is None:
@@ -179,7 +198,7 @@ class TaskService:
             if ended is not None:
                 journal.unwatch_task(task_id, ended)
         if key is None and not task.done:
-            await gw.recorded(task_id)  # an accepted task is readable (an end implies one)
+            await self._recorded(task_id)  # an accepted task is readable (an end implies one)
         return task, created
 
     async def get(self, task_id: str, caller: Claims) -> TaskRecord:
@@ -188,7 +207,7 @@ class TaskService:
         Raises:
             UnknownTask: no such task, or another caller's.
         """
-        task = await self._gw.store.get_task(task_id)
+        task = await self._store.get_task(task_id)
         if task is None or not _visible(caller, task):
             raise UnknownTask(task_id)
         return task
@@ -199,7 +218,7 @@ class TaskService:
         Raises:
             UnknownTask: no such task, or another caller's.
         """
-        journal = self._gw.journal
+        journal = self._journal
         ended = journal.watch_task(task_id)  # before the read: no end falls in between
         try:
             task = await self.get(task_id, caller)
@@ -219,7 +238,7 @@ class TaskService:
         offset: int = 0,
     ) -> Sequence[TaskRecord]:
         """The caller's tasks (everyone's with `tasks:admin`), newest first."""
-        return await self._gw.store.list_tasks(
+        return await self._store.list_tasks(
             status=status,
             task_type=task_type,
             created_by=owner_filter(caller),
@@ -234,15 +253,14 @@ class TaskService:
             UnknownTask: no such task, or another caller's.
             TaskFinished: the task has already ended.
         """
-        gw = self._gw
         await self.get(task_id, caller)
-        task = await gw.store.cancel_task(task_id)
-        gw.journal.discard(task_id)  # its message, if still waiting to be sent, stays unsent
+        task = await self._store.cancel_task(task_id)
+        self._journal.discard(task_id)  # its message, if still waiting to be sent, stays unsent
         if task is None:
             raise UnknownTask(task_id)
         if task.status != "cancelled":
             raise TaskFinished(task_id, task.status)
-        gw.journal.task_cancelled(task)
+        self._journal.task_cancelled(task)
         return task
 
     async def changes(
@@ -262,13 +280,124 @@ class TaskService:
             remaining = deadline - loop.time()
             if remaining <= 0 or not await stream.changed(remaining):
                 return
-            latest = await self._gw.store.get_task(task.id)
+            latest = await self._store.get_task(task.id)
             if latest is None:  # pruned meanwhile
                 return
             current = latest
             if current.status != last:
                 last = current.status
                 yield current
+
+    def _check_writable(self) -> None:
+        """Refuse new work at once while the database refuses writes, rather than queue it.
+
+        Raises:
+            StoreUnavailable: the journal's last write failed (503).
+        """
+        if self._journal.writer.failing:
+            raise StoreUnavailable(
+                f"the database at {self._store.url} is not accepting writes: try again shortly"
+            )
+
+    def _check_sending(self) -> None:
+        """Refuse new work for other nodes at once while the broker does not take messages.
+
+        What was accepted before stays in the outbox and goes once the broker is back.
+
+        Raises:
+            TransportError: the transport is disconnected, or the outbox's last send failed
+                (503).
+        """
+        if self._journal.relay.failing or not self._runtime.transport.ready:
+            raise TransportError(
+                "the message broker is not taking messages: try again shortly (tasks already "
+                "accepted are kept and sent once it is back)"
+            )
+
+    async def _check_agent(self, target: str) -> None:
+        """Refuse work for an agent the registry shows stopped: nobody would ever take it.
+
+        An agent whose node merely stopped heartbeating may come back; its work is accepted,
+        and if it does not come back, its queue is retired and the work dead-lettered (see
+        `StoreJournal.retire_gone`): it fails visibly, never stays pending.
+
+        Raises:
+            AgentStopped: the agent stopped (or was retired) and runs nowhere (409).
+        """
+        if not target.startswith("agent:"):
+            return
+        record = await self._store.get_agent(target.removeprefix("agent:"))
+        if record is not None and record.status in ("stopped", "retired"):
+            raise AgentStopped(record.id)
+
+    async def _check_new_work(self, target: str, *, local: bool) -> None:
+        """Refuse new work for `target` before anything is stored: a local agent's mailbox
+        must have room; for another node, the broker must take messages, the agent must not
+        be gone, a queue must serve the target and not be too deep.
+
+        Raises:
+            MailboxFull, QueueFull: no room (429).
+            TransportError: the broker is not taking messages (503).
+            AgentStopped: the agent runs nowhere (409).
+            UnknownAgent: nobody serves the target (404).
+        """
+        if local:
+            self._runtime.check_room(target)
+            return
+        self._check_sending()
+        await self._check_agent(target)
+        await self._backlogs.check(target)
+
+    async def _recorded(self, task_id: str) -> None:
+        """Wait until everything this node has recorded so far is committed.
+
+        Raises:
+            StoreUnavailable: not committed within `MAS_API__WRITE_TIMEOUT` (503); what was
+                recorded stays queued and is written once the database answers.
+        """
+        timeout = self._settings.api.write_timeout
+        try:
+            await asyncio.wait_for(self._journal.writer.flush(), timeout)
+        except TimeoutError:
+            raise StoreUnavailable(
+                f"the database at {self._store.url} did not record task {task_id!r} within "
+                f"{timeout:g}s: it stays queued and is written once the database answers "
+                f"(then GET /tasks/{task_id} shows it)"
+            ) from None
+
+    async def _write_now(self, write: Coroutine[Any, Any, T], task_id: str) -> T:
+        """A write the request makes itself (not through the journal), waited for at most
+        `MAS_API__WRITE_TIMEOUT`, like every other write a client waits for.
+
+        The write runs as a task the runtime owns: a driver blocked in a thread (SQLite's
+        lock wait) cannot be cancelled, so the request stops waiting instead, and the write
+        ends on its own (committed, or rolled back on the database's failure).
+
+        Raises:
+            StoreUnavailable: no answer within the timeout (503); the write may still land,
+                so a retry under the same id is the way to find out.
+        """
+        timeout = self._settings.api.write_timeout
+        running = self._runtime.start_task(_outcome(write))
+        try:
+            result, error = await asyncio.wait_for(asyncio.shield(running), timeout)
+        except TimeoutError:
+            raise StoreUnavailable(
+                f"the database at {self._store.url} did not record task {task_id!r} within "
+                f"{timeout:g}s: retry with the same id"
+            ) from None
+        if error is not None:
+            raise error
+        return cast(T, result)
+
+    def _capability_types(self, capability: str) -> Sequence[str]:
+        """Agent types that declare `capability`, among the classes this gateway knows."""
+        local = {cell.agent_type for cell in self._runtime.registry.cells.values()}
+        return sorted(
+            name
+            for name, cls in self._agent_classes.items()
+            if capability in cls.capabilities and name in local
+        )
 
     def _target(self, spec: TaskIn) -> str:
         """The address the task goes to: the agent, its type, or a type offering the
@@ -282,7 +411,7 @@ class TaskService:
         if spec.type is not None:
             return f"type:{spec.type}"
         assert spec.capability is not None
-        types = self._gw.capability_types(spec.capability)
+        types = self._capability_types(spec.capability)
         if not types:
             raise UnknownAgent(f"capability:{spec.capability}")
         return f"type:{types[0]}"
@@ -300,11 +429,10 @@ class TaskService:
         records the handling (or is never written at all). Otherwise another node may act
         on the message, so the creation commits before the relay sends it.
         """
-        gw = self._gw
-        gw.store.check_storable(spec.payload, "payload")
-        gw.check_writable()
+        self._store.check_storable(spec.payload, "payload")
+        self._check_writable()
         assert message.target is not None
-        await gw.check_new_work(message.target, local=local)
+        await self._check_new_work(message.target, local=local)
         task = TaskRecord.new(
             message.id,
             spec.message_type,
@@ -313,16 +441,16 @@ class TaskService:
             created_by=subject,
             trace_id=message.trace_id,
         )
-        journal = gw.journal
+        journal = self._journal
         journal.task_created(task)
         if not local:
             handed = journal.send_after_commit(message)
-            await gw.recorded(task.id)
+            await self._recorded(task.id)
             await self._handed_over(task, handed)
             return task
         journal.send_after_commit(message, delivered=True)
         try:
-            await gw.runtime.tell(message.target, message)
+            await self._runtime.tell(message.target, message)
         except (MailboxFull, AgentStopped, UnknownAgent) as exc:
             # Nobody will resend a task whose id the client never saw: record the refusal.
             journal.discard(message.id)
@@ -338,19 +466,18 @@ class TaskService:
         The transaction also writes the message's outbox row, so a repeated submission
         never needs to hand the message over again: the relay does, until it is on its way.
         """
-        gw = self._gw
         assert message.target is not None
         try:
-            await gw.check_new_work(message.target, local=local)
+            await self._check_new_work(message.target, local=local)
         except (TransportError, AgentStopped, UnknownAgent, QueueFull):
             # Refused for new work; a repeat of work accepted before gets what it was.
-            existing = await gw.store.get_task(message.id)
+            existing = await self._store.get_task(message.id)
             if existing is None:
                 raise
             return _repeated(existing, spec, message, subject), False
-        journal = gw.journal
-        task, created = await gw.write_now(
-            gw.store.create_task(
+        journal = self._journal
+        task, created = await self._write_now(
+            self._store.create_task(
                 message.id,
                 spec.message_type,
                 spec.payload,
@@ -378,11 +505,10 @@ class TaskService:
         """
         if handed is None:
             return
-        gw = self._gw
         try:
-            await asyncio.wait_for(asyncio.shield(handed), gw.settings.api.write_timeout)
+            await asyncio.wait_for(asyncio.shield(handed), self._settings.api.write_timeout)
         except UnknownAgent:
-            await gw.recorded(task.id)
+            await self._recorded(task.id)
             raise
         except (MasError, TimeoutError) as exc:
             _log.warning(
@@ -394,12 +520,12 @@ class TaskService:
 
     async def _fail(self, task: TaskRecord, error_type: str, detail: str) -> None:
         """Record `task` failed with this error, and wait until that is committed."""
-        self._gw.journal.task_finished(
+        self._journal.task_finished(
             TaskResult.failed(task.id, TaskError(error_type, detail)),
             Message(task.type, metadata={"task_id": task.id}),
             0,
         )
-        await self._gw.recorded(task.id)
+        await self._recorded(task.id)
 
     async def _until_end(
         self,
@@ -428,7 +554,7 @@ class TaskService:
             if ended.done():
                 return ended.result().applied_to(task)
             poll = min(poll * 2, 0.5)
-            latest = await self._gw.store.get_task(task.id)
+            latest = await self._store.get_task(task.id)
             if latest is not None:
                 task = latest
                 if task.done:
@@ -448,3 +574,12 @@ def _repeated(task: TaskRecord, spec: TaskIn, message: Message, subject: str) ->
     if (task.type, task.target, task.payload) != (spec.message_type, message.target, spec.payload):
         raise IdempotencyKeyReused(task.id)
     return task
+
+
+async def _outcome(write: Coroutine[Any, Any, T]) -> tuple[T | None, Exception | None]:
+    """The write's result or error as a value: an abandoned write's failure must not crash
+    the runtime that owns it (the store has logged the database's outage)."""
+    try:
+        return await write, None
+    except Exception as exc:
+        return None, exc
