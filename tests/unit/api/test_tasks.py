@@ -10,7 +10,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from agents.echo import EchoAgent
+from mas import Runtime
 from mas.api.auth import Claims
+from mas.api.backlogs import Backlogs
 from mas.api.schemas import TaskIn
 from mas.api.state import Gateway
 from mas.api.tasks import (
@@ -18,10 +21,13 @@ from mas.api.tasks import (
     IdempotencyKeyReused,
     TaskFinished,
     TaskIdTaken,
+    TaskService,
     UnknownTask,
     owner_filter,
 )
+from mas.config import Settings
 from mas.errors import MasError, UnknownAgent
+from mas.persistence.journal import StoreJournal
 from tests.unit.api.conftest import TroubleAgent
 
 pytestmark = pytest.mark.anyio
@@ -140,3 +146,19 @@ async def test_changes_yield_the_task_then_each_new_status_until_it_ends(
         stream.close()
     assert statuses[-1] == "succeeded"
     assert len(statuses) == len(set(statuses))  # one per change, no repeats
+
+
+async def test_the_service_runs_on_a_plain_runtime_without_the_http_app(
+    settings: Settings,
+) -> None:
+    async with Runtime(settings.model_copy(update={"persist": True})) as runtime:
+        await runtime.spawn(EchoAgent, id="echo")
+        journal = runtime.journal
+        assert isinstance(journal, StoreJournal)
+        backlogs = Backlogs(runtime.transport, limit=settings.api.max_queue_depth)
+        tasks = TaskService(settings, runtime, journal, backlogs, {"echo": EchoAgent})
+        spec = TaskIn.model_validate({"capability": "echo", "payload": {"n": 1}})
+        task, created = await tasks.submit(spec, ALICE, wait=5)
+        assert created
+        assert (task.status, task.result, task.target) == ("succeeded", {"n": 1}, "type:echo")
+        assert await tasks.get(task.id, ALICE) == task
