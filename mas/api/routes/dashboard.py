@@ -20,9 +20,9 @@ from fastapi.responses import HTMLResponse
 
 from mas.api.auth import Claims, require
 from mas.api.problems import AUTH_PROBLEMS, problems
-from mas.api.routes.tasks import owner_filter
 from mas.api.schemas import TaskOut
 from mas.api.state import Gateway, gateway
+from mas.api.tasks import owner_filter
 
 router = APIRouter(tags=["dashboard"])
 
