@@ -103,6 +103,70 @@ class UnknownAgent(DeliveryError, LookupError):
         self.address = address
 
 
+class UnknownCapability(UnknownAgent):
+    """No live agent type offers a capability (`capability:<name>`).
+
+    Delivery, like `UnknownAgent`: an agent that offers it, started later, answers.
+    """
+
+    def __init__(self, capability: str) -> None:
+        MasError.__init__(self, f"no running agent offers capability {capability!r}")
+        self.address = f"capability:{capability}"
+        self.capability = capability
+
+
+class UnknownTask(UsageError, LookupError):
+    """No task with this id that the caller may see (another caller's task is as unknown as
+    none).
+
+    Usage: the id is wrong, or not the caller's; asking again does not change that.
+    """
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(f"no task with id {task_id!r}")
+        self.task_id = task_id
+
+
+class TaskIdTaken(UsageError):
+    """Another caller's task has the id a submission names; nothing of it is shown.
+
+    Usage: the client chose the id (its Idempotency-Key) and must choose another.
+    """
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(
+            f"another caller's task has the id {task_id!r}: choose another Idempotency-Key "
+            "(or body id)"
+        )
+        self.task_id = task_id
+
+
+class IdempotencyKeyReused(UsageError, ValueError):
+    """A submission repeats a task's id with a different request.
+
+    Usage: a retry must repeat the request; never answered with the old task silently.
+    """
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(
+            f"the id {task_id!r} was used for a different request (message type, target or "
+            "payload differ): a retry must repeat the request, new work needs a new key"
+        )
+        self.task_id = task_id
+
+
+class TaskFinished(UsageError):
+    """A task that has already ended cannot be cancelled (or changed).
+
+    Usage: the request no longer applies to the task's state.
+    """
+
+    def __init__(self, task_id: str, status: str) -> None:
+        super().__init__(f"task {task_id!r} already {status}")
+        self.task_id = task_id
+        self.status = status
+
+
 class DuplicateAgent(UsageError):
     """An agent id is already taken in this runtime.
 

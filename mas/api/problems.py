@@ -34,6 +34,7 @@ from mas.errors import (
     DuplicateAgent,
     HandlerError,
     HandlerReturnError,
+    IdempotencyKeyReused,
     InvalidAddress,
     InvalidMessage,
     MailboxFull,
@@ -46,8 +47,12 @@ from mas.errors import (
     ServiceUnavailable,
     StoreTimeout,
     StoreUnavailable,
+    TaskFinished,
+    TaskIdTaken,
     TransportError,
     UnknownAgent,
+    UnknownCapability,
+    UnknownTask,
     UsageError,
 )
 
@@ -171,12 +176,17 @@ _MAS_STATUS: dict[type[MasError], tuple[int, str] | None] = {
     InvalidAddress: (422, "Invalid Address"),
     InvalidMessage: (422, "Invalid Message"),
     DuplicateAgent: (409, "Duplicate Agent"),
+    UnknownTask: (404, "Unknown Task"),
+    TaskIdTaken: (409, "Task Id Taken"),
+    IdempotencyKeyReused: (422, "Idempotency Key Reused"),
+    TaskFinished: (409, "Task Finished"),
     # Usage errors of the server, not of the client.
     ConfigError: None,
     HandlerReturnError: _AGENT_FAILED,
     RuntimeNotRunning: (503, "Shutting Down"),
     # Delivery errors a client acts on differently: look elsewhere, retry, stop waiting.
     UnknownAgent: (404, "Unknown Agent"),
+    UnknownCapability: (404, "Unknown Capability"),
     AgentStopped: (409, "Agent Stopped"),
     MailboxFull: (429, "Mailbox Full"),
     QueueFull: (429, "Queue Full"),

@@ -16,35 +16,34 @@ import structlog
 
 from mas.errors import (
     AgentStopped,
-    DuplicateAgent,
-    InvalidMessage,
+    IdempotencyKeyReused,
     MailboxFull,
     MasError,
     QueueFull,
     StoreUnavailable,
+    TaskFinished,
+    TaskIdTaken,
     TransportError,
     UnknownAgent,
+    UnknownCapability,
+    UnknownTask,
 )
 from mas.messages import Message, TaskError, TaskResult, new_id
 from mas.persistence.store import TaskRecord
 
 if TYPE_CHECKING:
     from mas.actors.agent import Agent
-    from mas.actors.runtime import Runtime
     from mas.api.auth import Claims
     from mas.api.backlogs import Backlogs
     from mas.api.schemas import TaskIn
     from mas.api.streams import TaskStream
     from mas.config import Settings
     from mas.persistence.journal import StoreJournal, TaskEnd
+    from mas.runtime import Runtime
 
 __all__ = [
     "ADMIN",
-    "IdempotencyKeyReused",
-    "TaskFinished",
-    "TaskIdTaken",
     "TaskService",
-    "UnknownTask",
     "owner_filter",
 ]
 
@@ -54,56 +53,6 @@ T = TypeVar("T")
 
 ADMIN = "tasks:admin"
 """The scope that sees (and may cancel) every caller's tasks; others see their own only."""
-
-
-# The task errors below subclass the existing error the HTTP layer already maps to their
-# status (404, 409, 422), so that it maps them without a list of its own; their place in
-# the error hierarchy of `mas.errors` (and a title of their own) is still to be given.
-
-
-class UnknownTask(UnknownAgent):
-    """No task with this id that the caller may see: another caller's task is as unknown
-    as none (404)."""
-
-    def __init__(self, task_id: str) -> None:
-        MasError.__init__(self, f"no task with id {task_id!r}")
-        self.address = task_id
-        self.task_id = task_id
-
-
-class TaskIdTaken(DuplicateAgent):
-    """Another caller's task has the id a submission names (409; nothing of it is shown)."""
-
-    def __init__(self, task_id: str) -> None:
-        MasError.__init__(
-            self,
-            f"another caller's task has the id {task_id!r}: choose another Idempotency-Key "
-            "(or body id)",
-        )
-        self.agent_id = task_id
-        self.task_id = task_id
-
-
-class IdempotencyKeyReused(InvalidMessage):
-    """A submission repeats a task's id with a different request: the client's mistake
-    (422), never the old task silently."""
-
-    def __init__(self, task_id: str) -> None:
-        super().__init__(
-            f"the id {task_id!r} was used for a different request (message type, target or "
-            "payload differ): a retry must repeat the request, new work needs a new key"
-        )
-        self.task_id = task_id
-
-
-class TaskFinished(AgentStopped):
-    """A task that has already ended cannot be cancelled (409)."""
-
-    def __init__(self, task_id: str, status: str) -> None:
-        MasError.__init__(self, f"task {task_id!r} already {status}")
-        self.agent_id = task_id
-        self.task_id = task_id
-        self.status = status
 
 
 def owner_filter(caller: Claims) -> str | None:
@@ -413,7 +362,7 @@ class TaskService:
         assert spec.capability is not None
         types = self._capability_types(spec.capability)
         if not types:
-            raise UnknownAgent(f"capability:{spec.capability}")
+            raise UnknownCapability(spec.capability)
         return f"type:{types[0]}"
 
     async def _create_new(

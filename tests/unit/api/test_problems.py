@@ -22,6 +22,7 @@ from mas.errors import (
     DuplicateAgent,
     HandlerError,
     HandlerReturnError,
+    IdempotencyKeyReused,
     InvalidAddress,
     InvalidMessage,
     MailboxFull,
@@ -35,8 +36,12 @@ from mas.errors import (
     StoreTimeout,
     StoreUnavailable,
     SupervisorEscalation,
+    TaskFinished,
+    TaskIdTaken,
     TransportError,
     UnknownAgent,
+    UnknownCapability,
+    UnknownTask,
     UsageError,
 )
 
@@ -128,3 +133,35 @@ async def test_an_error_is_a_problem_document_with_an_honest_status(
     if status == 500:
         # What failed inside is for the operator's log, not for the client.
         assert body["detail"] == f"the gateway failed: {type(CASES[index][0]).__name__}"
+
+
+TASK_CASES: list[tuple[BaseException, int, str]] = [
+    (UnknownTask("t-1"), 404, "Unknown Task"),
+    (TaskIdTaken("order-1"), 409, "Task Id Taken"),
+    (IdempotencyKeyReused("order-1"), 422, "Idempotency Key Reused"),
+    (TaskFinished("t-1", "succeeded"), 409, "Task Finished"),
+    (UnknownCapability("translate"), 404, "Unknown Capability"),
+]
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "title"), TASK_CASES, ids=[type(e).__name__ for e, _, _ in TASK_CASES]
+)
+async def test_task_errors_keep_a_title_of_their_own(
+    error: BaseException, status: int, title: str
+) -> None:
+    # A client tells "no such task" from "no such agent" by the title: the task errors are
+    # not their nearest relative's.
+    app = FastAPI()
+    install_problem_handlers(app)
+
+    @app.get("/raise")
+    async def fail() -> None:
+        raise error
+
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        response = await client.get("/raise")
+    body = response.json()
+    assert (response.status_code, body["title"], body["detail"]) == (status, title, str(error))
+    assert isinstance(error, UsageError) != isinstance(error, DeliveryError)

@@ -16,17 +16,16 @@ from mas.api.auth import Claims
 from mas.api.backlogs import Backlogs
 from mas.api.schemas import TaskIn
 from mas.api.state import Gateway
-from mas.api.tasks import (
-    ADMIN,
+from mas.api.tasks import ADMIN, TaskService, owner_filter
+from mas.config import Settings
+from mas.errors import (
     IdempotencyKeyReused,
+    MasError,
     TaskFinished,
     TaskIdTaken,
-    TaskService,
+    UnknownAgent,
     UnknownTask,
-    owner_filter,
 )
-from mas.config import Settings
-from mas.errors import MasError, UnknownAgent
 from mas.persistence.journal import StoreJournal
 from tests.unit.api.conftest import TroubleAgent
 
