@@ -173,6 +173,18 @@ class AgentCell:
 
     # -- receiving ---------------------------------------------------------------------------
 
+    def put_now(self, item: Message | Delivery) -> bool:
+        """Queue an item if the agent is running and its mailbox has room; False otherwise.
+
+        The send fast path (`AgentRef.tell`, `put`): no await, no policy. False leaves the
+        decision (wait, refuse, drop the oldest, raise `AgentStopped`) to `put`.
+        """
+        if self.status is RUNNING and self.mailbox.try_put(item):
+            if not self._active:
+                self._activate()
+            return True
+        return False
+
     async def put(self, item: Message | Delivery) -> None:
         """Queue a message (waits when full under `block`); activates the agent if idle.
 
@@ -183,18 +195,15 @@ class AgentCell:
             AgentStopped: the agent has stopped.
             MailboxFull: full, and the policy is `reject`.
         """
+        if self.put_now(item):
+            return
         if self.status is STOPPED:
             raise AgentStopped(self.id)
-        mailbox = self.mailbox
-        items = mailbox._items
-        if items is not None and len(items) < mailbox.capacity:
-            items.append(item)
-        else:
-            dropped = await mailbox.put(item)
-            if dropped is not None:
-                await self.runtime.dead_letter(
-                    self.as_delivery(dropped), "mailbox_overflow", agent_id=self.id
-                )
+        dropped = await self.mailbox.put(item)
+        if dropped is not None:
+            await self.runtime.dead_letter(
+                self.as_delivery(dropped), "mailbox_overflow", agent_id=self.id
+            )
         if not self._active and self.status is RUNNING:
             self._activate()
 
@@ -257,8 +266,8 @@ class AgentCell:
             if journal is not None and self._seen is None:
                 await self._recall(journal)
             while self.status is RUNNING:
-                items = mailbox._items
-                if not items:
+                item = mailbox.get_nowait()
+                if item is None:
                     if lingered:
                         return
                     # Stay one loop iteration longer: a sender that is about to send again
@@ -268,9 +277,6 @@ class AgentCell:
                     await asyncio.sleep(0)
                     continue
                 lingered = False
-                item = items.popleft()
-                if mailbox._putters:
-                    mailbox._wake_putter()
                 delivery: Delivery | None
                 # The exact type first (the fast path), then subclasses of Message.
                 if type(item) is Message or isinstance(item, Message):
