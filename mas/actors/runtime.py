@@ -29,6 +29,7 @@ from mas.actors.backoff import RetryPolicy
 from mas.actors.cell import AgentCell, LocalDelivery
 from mas.actors.clock import Clock, LoopClock
 from mas.actors.deadletters import DeadLetter, DeadLetters
+from mas.actors.faults import DeliveryFaults
 from mas.actors.journal import Journal
 from mas.actors.ref import AgentRef
 from mas.actors.registry import LocalRegistry
@@ -124,6 +125,8 @@ class Runtime:
         transport: overrides the transport `settings.transport` names.
         clock: overrides the event loop's clock (the test kit passes a manual one).
         node_id: this runtime's name among the nodes sharing a transport.
+        journal: the persistent record (`settings.persist` opens the SQL one when omitted).
+        faults: drops or duplicates local deliveries (the test kit's `FaultPlan`).
     """
 
     def __init__(
@@ -134,6 +137,7 @@ class Runtime:
         clock: Clock | None = None,
         node_id: str | None = None,
         journal: Journal | None = None,
+        faults: DeliveryFaults | None = None,
     ) -> None:
         self.settings = settings if settings is not None else Settings()
         s = self.settings
@@ -158,6 +162,7 @@ class Runtime:
         self.deferred = 0
         self.tasks_completed = 0
         self._serialize = s.serialize_messages
+        self._faults = faults
         self._defer_delay = s.mailbox.defer_delay
         self._max_bytes = s.message_max_bytes
         self.registry = LocalRegistry()
@@ -168,7 +173,7 @@ class Runtime:
         self._state = "new"
         self._accepting = False
         # True while a local tell may skip straight into a mailbox: running, no JSON
-        # round trip, and no subclass hook (the test kit's fault injection) on delivery.
+        # round trip, and no delivery faults to inject.
         self.fast_path = False
         self._failure: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -224,7 +229,7 @@ class Runtime:
             unwind.pop_all()
         self._state = "running"
         self._accepting = True
-        self.fast_path = not self._serialize and type(self)._deliver_local is Runtime._deliver_local
+        self.fast_path = not self._serialize and self._faults is None
         _log.info("runtime_started", node_id=self._node_id, transport=type(self.transport).__name__)
 
     async def _start_failed(self) -> None:
@@ -625,9 +630,11 @@ class Runtime:
             await self._send_remote(message)
 
     async def _deliver_local(self, cell: AgentCell, message: Message) -> None:
+        copies = 1 if self._faults is None else self._faults.copies(message)
         if self._serialize:
             message = Message.from_json(message.to_json(max_bytes=self._max_bytes))
-        await cell.put(message)
+        for _ in range(copies):
+            await cell.put(message)
 
     async def _route(self, message: Message, *, resent: bool = False) -> bool:
         """Deliver `message` to its target; True when an agent of this node took it."""
