@@ -57,8 +57,9 @@ class AgentRef:
             # The common case, kept short: a local, running agent with room in its mailbox.
             target = message.target
             if target is None or target == self.address:
-                message.target = self.address
-                if cell.put_now(message):
+                sent = message.copy()  # messages are values: the caller's stays unaddressed
+                sent.target = self.address
+                if cell.put_now(sent):
                     return
         await self._runtime.tell(self, message)
 

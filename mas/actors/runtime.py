@@ -546,9 +546,9 @@ class Runtime:
             return
         if not isinstance(target, str):
             raise MasError(f"tell needs an address string or an AgentRef, got {target!r}")
-        if message.target != target:
-            message = message if message.target is None else message.evolve()
-            message.target = target
+        # Messages are values: the runtime addresses its own copy, never the caller's.
+        message = message.copy()
+        message.target = target
         try:
             await self._route(message)
         except UnknownAgent as exc:
@@ -581,6 +581,7 @@ class Runtime:
             self.check_running()  # raises: never started
         assert loop is not None
         future: asyncio.Future[Message] = loop.create_future()
+        message = message.copy()  # messages are values: the caller's gets no reply_to
         message.reply_to = self.reply_address
         message_id = message.id
         pending = self._pending
@@ -609,15 +610,14 @@ class Runtime:
         parse_address(f"topic:{key}")
         if not self._accepting:
             self._check_internal()
+        message = message.copy()  # messages are values: the caller's stays unaddressed
         message.target = f"topic:{key}"
         await self._publish_local(message, key, None)
         await self.transport.send(message)
 
     async def _send_to_ref(self, ref: AgentRef, message: Message) -> None:
-        address = ref.address
-        if message.target != address:
-            message = message if message.target is None else message.evolve()
-            message.target = address
+        message = message.copy()  # messages are values: the caller's stays as it was
+        message.target = ref.address
         cell = ref._cell
         if cell is None or cell.status is STOPPED:
             current = self._cells.get(ref.id)

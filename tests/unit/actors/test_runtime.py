@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 
@@ -401,3 +402,79 @@ async def test_an_error_a_task_raises_while_cancelled_at_shutdown_fails_the_runt
     with pytest.raises(CleanupFailed):
         async with TestRuntime(shutdown_timeout=0.05) as rt:
             rt.start_task(stubborn())
+
+
+# -- messages are values: sending never changes the caller's message -------------------------
+
+
+class Seen(Agent):
+    """Echoes, and records the target and reply_to each message arrived with."""
+
+    type = "seen"
+    log: list[tuple[str, str | None, str | None]] = []
+
+    async def handle_message(self, message: Message) -> HandlerResult:
+        Seen.log.append((message.type, message.target, message.reply_to))
+        return message.reply({})
+
+
+@pytest.fixture
+def seen_log() -> list[tuple[str, str | None, str | None]]:
+    Seen.log = []
+    return Seen.log
+
+
+async def test_tell_ask_and_publish_leave_the_callers_message_as_it_was(
+    make_runtime: Callable[..., Runtime], seen_log: list[tuple[str, str | None, str | None]]
+) -> None:
+    class Subscriber(Seen):
+        topics = ("news.*",)
+
+    async with make_runtime() as rt:
+        ref = await rt.spawn(Seen, id="a")
+        await rt.spawn(Subscriber, id="sub")
+        sent = {
+            "ref_tell": Message("ref_tell", {"n": 1}),
+            "tell": Message("tell", {"n": 2}),
+            "ref_ask": Message("ref_ask", {"n": 3}),
+            "ask": Message("ask", {"n": 4}),
+            "publish": Message("publish", {"n": 5}),
+        }
+        before = {name: message.evolve() for name, message in sent.items()}
+        await ref.tell(sent["ref_tell"])
+        await rt.tell("agent:a", sent["tell"])
+        await ref.ask(sent["ref_ask"], timeout=5)
+        await rt.ask("agent:a", sent["ask"], timeout=5)
+        await rt.publish("news.today", sent["publish"])
+        await rt.settle()
+    for name, message in sent.items():
+        assert message == before[name], name
+        assert message.target is None and message.reply_to is None and message.trace_id is None
+    arrived = {kind: (target, reply_to) for kind, target, reply_to in seen_log}
+    assert arrived["ref_tell"] == ("agent:a", None)
+    assert arrived["tell"] == ("agent:a", None)
+    assert arrived["ref_ask"] == ("agent:a", f"reply:{rt.node_id}")
+    assert arrived["ask"] == ("agent:a", f"reply:{rt.node_id}")
+    assert arrived["publish"] == ("topic:news.today", None)
+
+
+async def test_a_message_sent_to_two_agents_arrives_addressed_to_each(
+    make_runtime: Callable[..., Runtime], seen_log: list[tuple[str, str | None, str | None]]
+) -> None:
+    async with make_runtime() as rt:
+        a = await rt.spawn(Seen, id="a")
+        b = await rt.spawn(Seen, id="b")
+        by_ref = Message("by_ref")
+        await a.tell(by_ref)
+        await b.tell(by_ref)
+        by_address = Message("by_address")
+        await rt.tell("agent:a", by_address)
+        await rt.tell("agent:b", by_address)
+        await rt.settle()
+    assert sorted(seen_log) == [
+        ("by_address", "agent:a", None),
+        ("by_address", "agent:b", None),
+        ("by_ref", "agent:a", None),
+        ("by_ref", "agent:b", None),
+    ]
+    assert by_ref.target is None and by_address.target is None
