@@ -253,101 +253,140 @@ class AgentCell:
     # -- processing --------------------------------------------------------------------------
 
     async def _drain(self) -> None:
-        """Handle queued messages one at a time until the mailbox is empty.
+        """The drain task: handle queued messages one at a time until the mailbox is empty.
 
-        This loop is the per-message fast path: a first-attempt local message costs a
-        popleft, a dedupe lookup, the handler call and an insert into the dedupe window.
+        Steps: take the next item, handle it (`_handle`), honour a stop asked for by the
+        handler; linger once when the mailbox is empty (`_linger`), then end.
         """
         mailbox = self.mailbox
-        runtime = self.runtime
-        journal = runtime.journal
-        lingered = False
         try:
-            if journal is not None and self._seen is None:
-                await self._recall(journal)
+            if self.runtime.journal is not None and self._seen is None:
+                await self._recall(self.runtime.journal)
+            lingered = False
             while self.status is RUNNING:
                 item = mailbox.get_nowait()
-                if item is None:
-                    if lingered:
-                        return
-                    # Stay one loop iteration longer: a sender that is about to send again
-                    # (an ask loop, a chat between agents) then reuses this task instead of
-                    # paying for a new one. An idle agent still holds no task after that.
+                if item is not None:
+                    lingered = False
+                    await self._handle(item)
+                    if self.stop_requested:
+                        self.stop_requested = False
+                        await self.supervisor.child_exited(self)
+                elif lingered:
+                    return
+                else:
                     lingered = True
-                    await asyncio.sleep(0)
-                    continue
-                lingered = False
-                delivery: Delivery | None
-                # The exact type first (the fast path), then subclasses of Message.
-                if type(item) is Message or isinstance(item, Message):
-                    message, delivery = item, None
-                else:
-                    delivery = item
-                    message = delivery.message
-                message_id = message.id
-                seen = self._seen
-                if seen is not None and (message_id in seen or message_id in self._seen_old):  # type: ignore[operator]
-                    await self._duplicate(message, delivery)
-                    continue
-                if delivery is not None and (delivery.claimed_elsewhere or delivery.redelivered):
-                    handled = delivery.claimed_elsewhere or (
-                        journal is not None and await self._handled_elsewhere(journal, message_id)
-                    )
-                    if handled is None:
-                        # The record cannot say: handling it might do it twice, and what
-                        # this node did could not be recorded anyway. It waits in the broker.
-                        runtime.deferred += 1
-                        await delivery.defer(UNREADABLE_RECORD_DELAY)
-                        continue
-                    if handled:
-                        await self._duplicate(message, delivery)
-                        continue
-                instance = self.instance
-                assert instance is not None  # RUNNING implies an instance
-                self.current = message
-                if journal is not None:
-                    self.attempt = delivery.attempt if delivery is not None else 1
-                    runtime.ensure_trace(message)  # every audited message can be found by trace
-                    if "task_id" in message.metadata:
-                        journal.task_running(message, self.id, self.attempt)
-                started = time.perf_counter() if runtime.log_messages else 0.0
-                try:
-                    result = await instance.handle_message(message)
-                    reply = (
-                        None
-                        if result is None
-                        else await runtime.dispatch_result(self, message, result)
-                    )
-                except asyncio.CancelledError:
-                    # Cancelled mid-handler (shutdown timeout): keep it, it was not handled.
-                    mailbox.put_front(item)
-                    raise
-                except Exception as exc:
-                    self._idle()
-                    await self._failed(delivery or LocalDelivery(message, self), exc)
-                else:
-                    self.current = None
-                    if self._idle_waiters:
-                        self._idle()
-                    self._remember(message_id, reply)
-                    runtime.handled += 1
-                    if journal is not None:
-                        await journal.handled(self.id, message, reply, delivery)
-                    elif delivery is not None:
-                        await delivery.ack()
-                    if started:
-                        runtime.log_handled(self, message, time.perf_counter() - started)
-                if self.stop_requested:
-                    self.stop_requested = False
-                    await self.supervisor.child_exited(self)
+                    await self._linger()
         except BaseException as exc:
             if not isinstance(exc, asyncio.CancelledError):
-                runtime.fail(exc)  # a bug in mas, or SystemExit/KeyboardInterrupt from a handler
+                self.runtime.fail(exc)  # a bug in mas, or SystemExit/KeyboardInterrupt
             raise
         finally:
             self._active = False
             task, self._task = self._task, None
-            runtime.drain_done(task)
+            self.runtime.drain_done(task)
+
+    @staticmethod
+    async def _linger() -> None:
+        """Stay one loop iteration longer with an empty mailbox.
+
+        A sender that is about to send again (an ask loop, a chat between agents) then
+        reuses this task instead of paying for a new one; an idle agent still holds no task
+        after that.
+        """
+        await asyncio.sleep(0)
+
+    async def _handle(self, item: Message | Delivery) -> None:
+        """Handle one item taken from the mailbox: skip it if it was handled already, else
+        run the handler, then settle (`_succeeded`) or retry / dead-letter (`_failed`).
+
+        The per-message fast path: a first-attempt local message costs a dedupe lookup, the
+        handler call and an insert into the dedupe window.
+        """
+        delivery: Delivery | None
+        # The exact type first (the fast path), then subclasses of Message.
+        if type(item) is Message or isinstance(item, Message):
+            message, delivery = item, None
+        else:
+            delivery = item
+            message = delivery.message
+        if self._is_duplicate(message.id):
+            await self._duplicate(message, delivery)
+            return
+        if (
+            delivery is not None
+            and (delivery.claimed_elsewhere or delivery.redelivered)
+            and not await self._first_handling(message, delivery)
+        ):
+            return
+        instance = self.instance
+        assert instance is not None  # RUNNING implies an instance
+        runtime = self.runtime
+        self.current = message
+        if runtime.journal is not None:
+            self._record_start(runtime.journal, message, delivery)
+        started = time.perf_counter() if runtime.log_messages else 0.0
+        try:
+            result = await instance.handle_message(message)
+            reply = None if result is None else await runtime.dispatch_result(self, message, result)
+        except asyncio.CancelledError:
+            # Cancelled mid-handler (shutdown timeout): keep it, it was not handled.
+            self.mailbox.put_front(item)
+            raise
+        except Exception as exc:
+            self._idle()
+            await self._failed(delivery or LocalDelivery(message, self), exc)
+        else:
+            await self._succeeded(message, delivery, reply, started)
+
+    def _is_duplicate(self, message_id: str) -> bool:
+        """Whether the dedupe window holds `message_id` (it was handled here already)."""
+        seen = self._seen
+        return seen is not None and (message_id in seen or message_id in self._seen_old)  # type: ignore[operator]
+
+    async def _first_handling(self, message: Message, delivery: Delivery) -> bool:
+        """For a redelivered message, or one another node claimed: whether to handle it here.
+
+        False when it was handled elsewhere (skipped as a duplicate) or the record cannot say
+        (it waits in the broker: handling it might do it twice, and what this node did could
+        not be recorded anyway).
+        """
+        journal = self.runtime.journal
+        handled = delivery.claimed_elsewhere or (
+            journal is not None and await self._handled_elsewhere(journal, message.id)
+        )
+        if handled is None:
+            self.runtime.deferred += 1
+            await delivery.defer(UNREADABLE_RECORD_DELAY)
+            return False
+        if handled:
+            await self._duplicate(message, delivery)
+            return False
+        return True
+
+    def _record_start(self, journal: Journal, message: Message, delivery: Delivery | None) -> None:
+        """Journal that a handler starts: the attempt, the trace, a task's `running` state."""
+        self.attempt = delivery.attempt if delivery is not None else 1
+        self.runtime.ensure_trace(message)  # every audited message can be found by trace
+        if "task_id" in message.metadata:
+            journal.task_running(message, self.id, self.attempt)
+
+    async def _succeeded(
+        self, message: Message, delivery: Delivery | None, reply: Message | None, started: float
+    ) -> None:
+        """Settle a handled message: remember its id (and reply), count it, record or ack it."""
+        runtime = self.runtime
+        self.current = None
+        if self._idle_waiters:
+            self._idle()
+        self._remember(message.id, reply)
+        runtime.handled += 1
+        journal = runtime.journal
+        if journal is not None:
+            await journal.handled(self.id, message, reply, delivery)
+        elif delivery is not None:
+            await delivery.ack()
+        if started:
+            runtime.log_handled(self, message, time.perf_counter() - started)
 
     async def _handled_elsewhere(self, journal: Journal, message_id: str) -> bool | None:
         """A redelivered message another node may have handled (and died before the ack):
