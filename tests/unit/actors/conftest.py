@@ -15,6 +15,7 @@ import pytest
 
 from mas import Runtime, Settings
 from mas.testing import TestRuntime
+from mas.transports.base import Transport
 
 MakeRuntime = Callable[..., Runtime]
 
@@ -31,13 +32,19 @@ def pytest_configure(config: pytest.Config) -> None:
 def make_runtime(request: pytest.FixtureRequest) -> MakeRuntime:
     """A factory of runtimes of the parametrized kind, taking settings as keywords."""
 
-    def make(settings: Settings | None = None, **overrides: Any) -> Runtime:
+    def make(
+        settings: Settings | None = None,
+        *,
+        transport: Transport | None = None,
+        node_id: str | None = None,
+        **overrides: Any,
+    ) -> Runtime:
         if request.param == "test_runtime":
-            return TestRuntime(settings, **overrides)
+            return TestRuntime(settings, transport=transport, node_id=node_id, **overrides)
         if settings is None:
             settings = Settings(**({"log_level": "WARNING"} | overrides))
         elif overrides:
             settings = settings.model_copy(update=overrides)
-        return Runtime(settings)
+        return Runtime(settings, transport=transport, node_id=node_id)
 
     return make
