@@ -312,9 +312,7 @@ class Message:
         the caller's message; payload and metadata are shared, as with `evolve`. Cheap
         enough for the per-message fast path, where `evolve` is not.
         """
-        if type(self) is not Message:
-            return _copy.copy(self)  # a subclass's own slots or attributes come along
-        new: Message = _new_object(Message)
+        new: Message = _new_object(Message)  # subclasses get _copy_subclass instead
         new.type = self.type
         new.payload = self.payload
         new.id = self.id
@@ -326,6 +324,16 @@ class Message:
         new.reply_to = self.reply_to
         new.correlation_id = self.correlation_id
         return new
+
+    def _copy_subclass(self) -> Message:
+        """`copy` for subclasses: their own slots and attributes come along too."""
+        return _copy.copy(self)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # `copy` is on the per-message fast path: Message's own stays free of a type check.
+        super().__init_subclass__(**kwargs)
+        if "copy" not in cls.__dict__:
+            cls.copy = Message._copy_subclass  # type: ignore[method-assign]
 
     def to_dict(self) -> JSONObject:
         """The JSON-ready form (timestamps as ISO 8601 strings)."""
