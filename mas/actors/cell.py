@@ -253,103 +253,101 @@ class AgentCell:
     # -- processing --------------------------------------------------------------------------
 
     async def _drain(self) -> None:
-        """The drain task: handle queued messages one at a time until the mailbox is empty.
+        """The drain task: recall the dedupe window if needed, handle what is queued, end.
 
-        Steps: take the next item, handle it (`_handle`), honour a stop asked for by the
-        handler; linger once when the mailbox is empty (`_linger`), then end.
+        An error that escapes the steps below is a bug in mas (or SystemExit/KeyboardInterrupt
+        from a handler): it fails the runtime.
         """
-        mailbox = self.mailbox
+        runtime = self.runtime
         try:
-            if self.runtime.journal is not None and self._seen is None:
-                await self._recall(self.runtime.journal)
-            lingered = False
-            while self.status is RUNNING:
-                item = mailbox.get_nowait()
-                if item is not None:
-                    lingered = False
-                    await self._handle(item)
-                    if self.stop_requested:
-                        self.stop_requested = False
-                        await self.supervisor.child_exited(self)
-                elif lingered:
-                    return
-                else:
-                    lingered = True
-                    await self._linger()
+            if runtime.journal is not None and self._seen is None:
+                await self._recall(runtime.journal)
+            await self._handle_queued()
         except BaseException as exc:
             if not isinstance(exc, asyncio.CancelledError):
-                self.runtime.fail(exc)  # a bug in mas, or SystemExit/KeyboardInterrupt
+                runtime.fail(exc)
             raise
         finally:
             self._active = False
             task, self._task = self._task, None
-            self.runtime.drain_done(task)
+            runtime.drain_done(task)
 
-    @staticmethod
-    async def _linger() -> None:
-        """Stay one loop iteration longer with an empty mailbox.
+    async def _handle_queued(self) -> None:
+        """Take queued items one at a time and handle each, until the mailbox stays empty.
+
+        Each item: skip it if it was handled already (`_should_handle`), note the start
+        (`_record_start`), run the handler, then settle it (`_succeeded`) or retry or
+        dead-letter it (`_failed`). This loop is the per-message fast path, kept in one frame:
+        a first-attempt local message costs a popleft, a dedupe lookup, the handler call and
+        an insert into the dedupe window.
+        """
+        mailbox = self.mailbox
+        runtime = self.runtime
+        journal = runtime.journal
+        while self.status is RUNNING:
+            item = mailbox.get_nowait()
+            if item is None and (item := await self._linger()) is None:
+                return
+            # A bare Message is a first local attempt (the exact type first: the fast path).
+            if type(item) is Message or isinstance(item, Message):
+                message, delivery = item, None
+            else:
+                message, delivery = item.message, item
+            seen = self._seen
+            duplicate = seen is not None and (message.id in seen or message.id in self._seen_old)  # type: ignore[operator]
+            if (
+                duplicate
+                or (delivery is not None and (delivery.claimed_elsewhere or delivery.redelivered))
+            ) and not await self._should_handle(message, delivery, duplicate):
+                continue
+            instance = self.instance
+            assert instance is not None  # RUNNING implies an instance
+            self.current = message
+            if journal is not None:
+                self._record_start(journal, message, delivery)
+            started = time.perf_counter() if runtime.log_messages else 0.0
+            try:
+                result = await instance.handle_message(message)
+                reply = (
+                    None if result is None else await runtime.dispatch_result(self, message, result)
+                )
+            except asyncio.CancelledError:
+                # Cancelled mid-handler (shutdown timeout): keep it, it was not handled.
+                mailbox.put_front(item)
+                raise
+            except Exception as exc:
+                self._idle()
+                await self._failed(delivery or LocalDelivery(message, self), exc)
+            else:
+                self._succeeded(message, reply)
+                if journal is not None or delivery is not None or started:
+                    await self._settle(journal, message, delivery, reply, started)
+            if self.stop_requested:
+                self.stop_requested = False
+                await self.supervisor.child_exited(self)
+
+    async def _linger(self) -> Message | Delivery | None:
+        """Wait one loop iteration with an empty mailbox; the item that came meanwhile, if any.
 
         A sender that is about to send again (an ask loop, a chat between agents) then
-        reuses this task instead of paying for a new one; an idle agent still holds no task
-        after that.
+        reuses this drain task instead of paying for a new one; an idle agent still holds no
+        task after that.
         """
         await asyncio.sleep(0)
+        return self.mailbox.get_nowait() if self.status is RUNNING else None
 
-    async def _handle(self, item: Message | Delivery) -> None:
-        """Handle one item taken from the mailbox: skip it if it was handled already, else
-        run the handler, then settle (`_succeeded`) or retry / dead-letter (`_failed`).
+    async def _should_handle(
+        self, message: Message, delivery: Delivery | None, duplicate: bool
+    ) -> bool:
+        """For a duplicate, a redelivered message or one another node claimed: handle it here?
 
-        The per-message fast path: a first-attempt local message costs a dedupe lookup, the
-        handler call and an insert into the dedupe window.
+        False for a duplicate or one handled elsewhere (skipped as a duplicate), and when the
+        record cannot say (it waits in the broker: handling it might do it twice, and what
+        this node did could not be recorded anyway).
         """
-        delivery: Delivery | None
-        # The exact type first (the fast path), then subclasses of Message.
-        if type(item) is Message or isinstance(item, Message):
-            message, delivery = item, None
-        else:
-            delivery = item
-            message = delivery.message
-        if self._is_duplicate(message.id):
+        if duplicate or delivery is None:
             await self._duplicate(message, delivery)
-            return
-        if (
-            delivery is not None
-            and (delivery.claimed_elsewhere or delivery.redelivered)
-            and not await self._first_handling(message, delivery)
-        ):
-            return
-        instance = self.instance
-        assert instance is not None  # RUNNING implies an instance
-        runtime = self.runtime
-        self.current = message
-        if runtime.journal is not None:
-            self._record_start(runtime.journal, message, delivery)
-        started = time.perf_counter() if runtime.log_messages else 0.0
-        try:
-            result = await instance.handle_message(message)
-            reply = None if result is None else await runtime.dispatch_result(self, message, result)
-        except asyncio.CancelledError:
-            # Cancelled mid-handler (shutdown timeout): keep it, it was not handled.
-            self.mailbox.put_front(item)
-            raise
-        except Exception as exc:
-            self._idle()
-            await self._failed(delivery or LocalDelivery(message, self), exc)
-        else:
-            await self._succeeded(message, delivery, reply, started)
-
-    def _is_duplicate(self, message_id: str) -> bool:
-        """Whether the dedupe window holds `message_id` (it was handled here already)."""
-        seen = self._seen
-        return seen is not None and (message_id in seen or message_id in self._seen_old)  # type: ignore[operator]
-
-    async def _first_handling(self, message: Message, delivery: Delivery) -> bool:
-        """For a redelivered message, or one another node claimed: whether to handle it here.
-
-        False when it was handled elsewhere (skipped as a duplicate) or the record cannot say
-        (it waits in the broker: handling it might do it twice, and what this node did could
-        not be recorded anyway).
-        """
+            return False
         journal = self.runtime.journal
         handled = delivery.claimed_elsewhere or (
             journal is not None and await self._handled_elsewhere(journal, message.id)
@@ -370,23 +368,30 @@ class AgentCell:
         if "task_id" in message.metadata:
             journal.task_running(message, self.id, self.attempt)
 
-    async def _succeeded(
-        self, message: Message, delivery: Delivery | None, reply: Message | None, started: float
-    ) -> None:
-        """Settle a handled message: remember its id (and reply), count it, record or ack it."""
-        runtime = self.runtime
+    def _succeeded(self, message: Message, reply: Message | None) -> None:
+        """A handler returned: wake whoever waits for that, remember the id (and reply)."""
         self.current = None
         if self._idle_waiters:
             self._idle()
         self._remember(message.id, reply)
-        runtime.handled += 1
-        journal = runtime.journal
+        self.runtime.handled += 1
+
+    async def _settle(
+        self,
+        journal: Journal | None,
+        message: Message,
+        delivery: Delivery | None,
+        reply: Message | None,
+        started: float,
+    ) -> None:
+        """Record the handled message (the journal acks after its commit), or ack it now;
+        log it when messages are logged (`started` is then when its handler started)."""
         if journal is not None:
             await journal.handled(self.id, message, reply, delivery)
         elif delivery is not None:
             await delivery.ack()
         if started:
-            runtime.log_handled(self, message, time.perf_counter() - started)
+            self.runtime.log_handled(self, message, time.perf_counter() - started)
 
     async def _handled_elsewhere(self, journal: Journal, message_id: str) -> bool | None:
         """A redelivered message another node may have handled (and died before the ack):
