@@ -9,6 +9,7 @@ broker clients and SQLAlchemy are imported only when the settings ask for them.
 from __future__ import annotations
 
 from mas.actors.clock import Clock
+from mas.actors.faults import DeliveryFaults
 from mas.actors.journal import Journal
 from mas.actors.system import ActorSystem
 from mas.actors.transport import Transport
@@ -30,6 +31,7 @@ class Runtime(ActorSystem):
         clock: overrides the event loop's clock (the test kit passes a manual one).
         node_id: this runtime's name among the nodes sharing a transport.
         journal: overrides the SQL journal `settings.persist` asks for.
+        faults: drops or duplicates local deliveries (the test kit's `FaultPlan`).
     """
 
     def __init__(
@@ -40,6 +42,7 @@ class Runtime(ActorSystem):
         clock: Clock | None = None,
         node_id: str | None = None,
         journal: Journal | None = None,
+        faults: DeliveryFaults | None = None,
     ) -> None:
         settings = settings if settings is not None else Settings()
         super().__init__(
@@ -48,6 +51,7 @@ class Runtime(ActorSystem):
             clock=clock,
             node_id=node_id,
             journal=journal,
+            faults=faults,
         )
 
     async def _open_journal(self) -> Journal | None:

@@ -173,6 +173,18 @@ class AgentCell:
 
     # -- receiving ---------------------------------------------------------------------------
 
+    def put_now(self, item: Message | Delivery) -> bool:
+        """Queue an item if the agent is running and its mailbox has room; False otherwise.
+
+        The send fast path (`AgentRef.tell`, `put`): no await, no policy. False leaves the
+        decision (wait, refuse, drop the oldest, raise `AgentStopped`) to `put`.
+        """
+        if self.status is RUNNING and self.mailbox.try_put(item):
+            if not self._active:
+                self._activate()
+            return True
+        return False
+
     async def put(self, item: Message | Delivery) -> None:
         """Queue a message (waits when full under `block`); activates the agent if idle.
 
@@ -183,18 +195,15 @@ class AgentCell:
             AgentStopped: the agent has stopped.
             MailboxFull: full, and the policy is `reject`.
         """
+        if self.put_now(item):
+            return
         if self.status is STOPPED:
             raise AgentStopped(self.id)
-        mailbox = self.mailbox
-        items = mailbox._items
-        if items is not None and len(items) < mailbox.capacity:
-            items.append(item)
-        else:
-            dropped = await mailbox.put(item)
-            if dropped is not None:
-                await self.runtime.dead_letter(
-                    self.as_delivery(dropped), "mailbox_overflow", agent_id=self.id
-                )
+        dropped = await self.mailbox.put(item)
+        if dropped is not None:
+            await self.runtime.dead_letter(
+                self.as_delivery(dropped), "mailbox_overflow", agent_id=self.id
+            )
         if not self._active and self.status is RUNNING:
             self._activate()
 
@@ -244,104 +253,145 @@ class AgentCell:
     # -- processing --------------------------------------------------------------------------
 
     async def _drain(self) -> None:
-        """Handle queued messages one at a time until the mailbox is empty.
+        """The drain task: recall the dedupe window if needed, handle what is queued, end.
 
-        This loop is the per-message fast path: a first-attempt local message costs a
-        popleft, a dedupe lookup, the handler call and an insert into the dedupe window.
+        An error that escapes the steps below is a bug in mas (or SystemExit/KeyboardInterrupt
+        from a handler): it fails the runtime.
         """
-        mailbox = self.mailbox
         runtime = self.runtime
-        journal = runtime.journal
-        lingered = False
         try:
-            if journal is not None and self._seen is None:
-                await self._recall(journal)
-            while self.status is RUNNING:
-                items = mailbox._items
-                if not items:
-                    if lingered:
-                        return
-                    # Stay one loop iteration longer: a sender that is about to send again
-                    # (an ask loop, a chat between agents) then reuses this task instead of
-                    # paying for a new one. An idle agent still holds no task after that.
-                    lingered = True
-                    await asyncio.sleep(0)
-                    continue
-                lingered = False
-                item = items.popleft()
-                if mailbox._putters:
-                    mailbox._wake_putter()
-                delivery: Delivery | None
-                # The exact type first (the fast path), then subclasses of Message.
-                if type(item) is Message or isinstance(item, Message):
-                    message, delivery = item, None
-                else:
-                    delivery = item
-                    message = delivery.message
-                message_id = message.id
-                seen = self._seen
-                if seen is not None and (message_id in seen or message_id in self._seen_old):  # type: ignore[operator]
-                    await self._duplicate(message, delivery)
-                    continue
-                if delivery is not None and (delivery.claimed_elsewhere or delivery.redelivered):
-                    handled = delivery.claimed_elsewhere or (
-                        journal is not None and await self._handled_elsewhere(journal, message_id)
-                    )
-                    if handled is None:
-                        # The record cannot say: handling it might do it twice, and what
-                        # this node did could not be recorded anyway. It waits in the broker.
-                        runtime.deferred += 1
-                        await delivery.defer(UNREADABLE_RECORD_DELAY)
-                        continue
-                    if handled:
-                        await self._duplicate(message, delivery)
-                        continue
-                instance = self.instance
-                assert instance is not None  # RUNNING implies an instance
-                self.current = message
-                if journal is not None:
-                    self.attempt = delivery.attempt if delivery is not None else 1
-                    runtime.ensure_trace(message)  # every audited message can be found by trace
-                    if "task_id" in message.metadata:
-                        journal.task_running(message, self.id, self.attempt)
-                started = time.perf_counter() if runtime.log_messages else 0.0
-                try:
-                    result = await instance.handle_message(message)
-                    reply = (
-                        None
-                        if result is None
-                        else await runtime.dispatch_result(self, message, result)
-                    )
-                except asyncio.CancelledError:
-                    # Cancelled mid-handler (shutdown timeout): keep it, it was not handled.
-                    mailbox.put_front(item)
-                    raise
-                except Exception as exc:
-                    self._idle()
-                    await self._failed(delivery or LocalDelivery(message, self), exc)
-                else:
-                    self.current = None
-                    if self._idle_waiters:
-                        self._idle()
-                    self._remember(message_id, reply)
-                    runtime.handled += 1
-                    if journal is not None:
-                        await journal.handled(self.id, message, reply, delivery)
-                    elif delivery is not None:
-                        await delivery.ack()
-                    if started:
-                        runtime.log_handled(self, message, time.perf_counter() - started)
-                if self.stop_requested:
-                    self.stop_requested = False
-                    await self.supervisor.child_exited(self)
+            if runtime.journal is not None and self._seen is None:
+                await self._recall(runtime.journal)
+            await self._handle_queued()
         except BaseException as exc:
             if not isinstance(exc, asyncio.CancelledError):
-                runtime.fail(exc)  # a bug in mas, or SystemExit/KeyboardInterrupt from a handler
+                runtime.fail(exc)
             raise
         finally:
             self._active = False
             task, self._task = self._task, None
             runtime.drain_done(task)
+
+    async def _handle_queued(self) -> None:
+        """Take queued items one at a time and handle each, until the mailbox stays empty.
+
+        Each item: skip it if it was handled already (`_should_handle`), note the start
+        (`_record_start`), run the handler, then settle it (`_succeeded`) or retry or
+        dead-letter it (`_failed`). This loop is the per-message fast path, kept in one frame:
+        a first-attempt local message costs a popleft, a dedupe lookup, the handler call and
+        an insert into the dedupe window.
+        """
+        mailbox = self.mailbox
+        runtime = self.runtime
+        journal = runtime.journal
+        while self.status is RUNNING:
+            item = mailbox.get_nowait()
+            if item is None and (item := await self._linger()) is None:
+                return
+            # A bare Message is a first local attempt (the exact type first: the fast path).
+            if type(item) is Message or isinstance(item, Message):
+                message, delivery = item, None
+            else:
+                message, delivery = item.message, item
+            seen = self._seen
+            duplicate = seen is not None and (message.id in seen or message.id in self._seen_old)  # type: ignore[operator]
+            if (
+                duplicate
+                or (delivery is not None and (delivery.claimed_elsewhere or delivery.redelivered))
+            ) and not await self._should_handle(message, delivery, duplicate):
+                continue
+            instance = self.instance
+            assert instance is not None  # RUNNING implies an instance
+            self.current = message
+            if journal is not None:
+                self._record_start(journal, message, delivery)
+            started = time.perf_counter() if runtime.log_messages else 0.0
+            try:
+                result = await instance.handle_message(message)
+                reply = (
+                    None if result is None else await runtime.dispatch_result(self, message, result)
+                )
+            except asyncio.CancelledError:
+                # Cancelled mid-handler (shutdown timeout): keep it, it was not handled.
+                mailbox.put_front(item)
+                raise
+            except Exception as exc:
+                self._idle()
+                await self._failed(delivery or LocalDelivery(message, self), exc)
+            else:
+                self._succeeded(message, reply)
+                if journal is not None or delivery is not None or started:
+                    await self._settle(journal, message, delivery, reply, started)
+            if self.stop_requested:
+                self.stop_requested = False
+                await self.supervisor.child_exited(self)
+
+    async def _linger(self) -> Message | Delivery | None:
+        """Wait one loop iteration with an empty mailbox; the item that came meanwhile, if any.
+
+        A sender that is about to send again (an ask loop, a chat between agents) then
+        reuses this drain task instead of paying for a new one; an idle agent still holds no
+        task after that.
+        """
+        await asyncio.sleep(0)
+        return self.mailbox.get_nowait() if self.status is RUNNING else None
+
+    async def _should_handle(
+        self, message: Message, delivery: Delivery | None, duplicate: bool
+    ) -> bool:
+        """For a duplicate, a redelivered message or one another node claimed: handle it here?
+
+        False for a duplicate or one handled elsewhere (skipped as a duplicate), and when the
+        record cannot say (it waits in the broker: handling it might do it twice, and what
+        this node did could not be recorded anyway).
+        """
+        if duplicate or delivery is None:
+            await self._duplicate(message, delivery)
+            return False
+        journal = self.runtime.journal
+        handled = delivery.claimed_elsewhere or (
+            journal is not None and await self._handled_elsewhere(journal, message.id)
+        )
+        if handled is None:
+            self.runtime.deferred += 1
+            await delivery.defer(UNREADABLE_RECORD_DELAY)
+            return False
+        if handled:
+            await self._duplicate(message, delivery)
+            return False
+        return True
+
+    def _record_start(self, journal: Journal, message: Message, delivery: Delivery | None) -> None:
+        """Journal that a handler starts: the attempt, the trace, a task's `running` state."""
+        self.attempt = delivery.attempt if delivery is not None else 1
+        self.runtime.ensure_trace(message)  # every audited message can be found by trace
+        if "task_id" in message.metadata:
+            journal.task_running(message, self.id, self.attempt)
+
+    def _succeeded(self, message: Message, reply: Message | None) -> None:
+        """A handler returned: wake whoever waits for that, remember the id (and reply)."""
+        self.current = None
+        if self._idle_waiters:
+            self._idle()
+        self._remember(message.id, reply)
+        self.runtime.handled += 1
+
+    async def _settle(
+        self,
+        journal: Journal | None,
+        message: Message,
+        delivery: Delivery | None,
+        reply: Message | None,
+        started: float,
+    ) -> None:
+        """Record the handled message (the journal acks after its commit), or ack it now;
+        log it when messages are logged (`started` is then when its handler started)."""
+        if journal is not None:
+            await journal.handled(self.id, message, reply, delivery)
+        elif delivery is not None:
+            await delivery.ack()
+        if started:
+            self.runtime.log_handled(self, message, time.perf_counter() - started)
 
     async def _handled_elsewhere(self, journal: Journal, message_id: str) -> bool | None:
         """A redelivered message another node may have handled (and died before the ack):

@@ -35,6 +35,20 @@ class Mailbox(Generic[T]):
     def __len__(self) -> int:
         return len(self._items) if self._items is not None else 0
 
+    def try_put(self, item: T) -> bool:
+        """Enqueue if there is room now; False otherwise (nothing changes).
+
+        The senders' fast path: one length check, no policy, no exception to catch. A caller
+        that gets False takes `put` or `put_nowait`, which apply the overflow policy.
+        """
+        items = self._items
+        if items is None:
+            items = self._items = deque()
+        if len(items) < self.capacity:
+            items.append(item)
+            return True
+        return False
+
     def put_nowait(self, item: T) -> T | None:
         """Enqueue without waiting; returns the item dropped to make room, if any.
 

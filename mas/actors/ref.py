@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mas.actors.status import RUNNING
 from mas.errors import AgentStopped, MasError
 from mas.messages import Message
 
@@ -58,13 +57,9 @@ class AgentRef:
             # The common case, kept short: a local, running agent with room in its mailbox.
             target = message.target
             if target is None or target == self.address:
-                mailbox = cell.mailbox
-                items = mailbox._items
-                if items is not None and len(items) < mailbox.capacity and cell.status is RUNNING:
-                    message.target = self.address
-                    items.append(message)
-                    if not cell._active:
-                        cell._activate()
+                sent = message.copy()  # messages are values: the caller's stays unaddressed
+                sent.target = self.address
+                if cell.put_now(sent):
                     return
         await self._runtime.tell(self, message)
 

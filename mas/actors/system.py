@@ -32,6 +32,7 @@ from mas.actors.backoff import RetryPolicy
 from mas.actors.cell import AgentCell, LocalDelivery
 from mas.actors.clock import Clock, LoopClock
 from mas.actors.deadletters import DeadLetter, DeadLetters
+from mas.actors.faults import DeliveryFaults
 from mas.actors.journal import Journal
 from mas.actors.ref import AgentRef
 from mas.actors.registry import LocalRegistry
@@ -130,6 +131,7 @@ class ActorSystem:
         clock: overrides the event loop's clock (the test kit passes a manual one).
         node_id: this runtime's name among the nodes sharing a transport.
         journal: the persistent record (none: nothing is persisted).
+        faults: drops or duplicates local deliveries (the test kit's `FaultPlan`).
     """
 
     def __init__(
@@ -140,6 +142,7 @@ class ActorSystem:
         clock: Clock | None = None,
         node_id: str | None = None,
         journal: Journal | None = None,
+        faults: DeliveryFaults | None = None,
     ) -> None:
         self.settings = settings
         s = settings
@@ -164,6 +167,7 @@ class ActorSystem:
         self.deferred = 0
         self.tasks_completed = 0
         self._serialize = s.serialize_messages
+        self._faults = faults
         self._defer_delay = s.mailbox.defer_delay
         self._max_bytes = s.message_max_bytes
         self.registry = LocalRegistry()
@@ -174,7 +178,7 @@ class ActorSystem:
         self._state = "new"
         self._accepting = False
         # True while a local tell may skip straight into a mailbox: running, no JSON
-        # round trip, and no subclass hook (the test kit's fault injection) on delivery.
+        # round trip, and no delivery faults to inject.
         self.fast_path = False
         self._failure: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -227,9 +231,7 @@ class ActorSystem:
             unwind.pop_all()
         self._state = "running"
         self._accepting = True
-        self.fast_path = (
-            not self._serialize and type(self)._deliver_local is ActorSystem._deliver_local
-        )
+        self.fast_path = not self._serialize and self._faults is None
         _log.info("runtime_started", node_id=self._node_id, transport=type(self.transport).__name__)
 
     async def _open_journal(self) -> Journal | None:
@@ -560,9 +562,9 @@ class ActorSystem:
             return
         if not isinstance(target, str):
             raise MasError(f"tell needs an address string or an AgentRef, got {target!r}")
-        if message.target != target:
-            message = message if message.target is None else message.evolve()
-            message.target = target
+        # Messages are values: the runtime addresses its own copy, never the caller's.
+        message = message.copy()
+        message.target = target
         try:
             await self._route(message)
         except UnknownAgent as exc:
@@ -595,6 +597,7 @@ class ActorSystem:
             self.check_running()  # raises: never started
         assert loop is not None
         future: asyncio.Future[Message] = loop.create_future()
+        message = message.copy()  # messages are values: the caller's gets no reply_to
         message.reply_to = self.reply_address
         message_id = message.id
         pending = self._pending
@@ -623,15 +626,14 @@ class ActorSystem:
         parse_address(f"topic:{key}")
         if not self._accepting:
             self._check_internal()
+        message = message.copy()  # messages are values: the caller's stays unaddressed
         message.target = f"topic:{key}"
         await self._publish_local(message, key, None)
         await self.transport.send(message)
 
     async def _send_to_ref(self, ref: AgentRef, message: Message) -> None:
-        address = ref.address
-        if message.target != address:
-            message = message if message.target is None else message.evolve()
-            message.target = address
+        message = message.copy()  # messages are values: the caller's stays as it was
+        message.target = ref.address
         cell = ref._cell
         if cell is None or cell.status is STOPPED:
             current = self._cells.get(ref.id)
@@ -644,9 +646,11 @@ class ActorSystem:
             await self._send_remote(message)
 
     async def _deliver_local(self, cell: AgentCell, message: Message) -> None:
+        copies = 1 if self._faults is None else self._faults.copies(message)
         if self._serialize:
             message = Message.from_json(message.to_json(max_bytes=self._max_bytes))
-        await cell.put(message)
+        for _ in range(copies):
+            await cell.put(message)
 
     async def _route(self, message: Message, *, resent: bool = False) -> bool:
         """Deliver `message` to its target; True when an agent of this node took it."""

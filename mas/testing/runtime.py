@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from mas.actors.cell import AgentCell
 from mas.actors.clock import Clock
 from mas.actors.journal import Journal
 from mas.config import Settings
 from mas.errors import ConfigError
-from mas.messages import Message
 from mas.runtime import Runtime
 from mas.testing.clock import ManualClock
 from mas.testing.faults import FaultPlan
@@ -23,6 +21,8 @@ class TestRuntime(Runtime):
 
     `await rt.settle()` returns when nothing is left to happen (jumping the clock over backoff
     delays); `rt.faults` drops or duplicates deliveries; `rt.clock.advance(s)` moves time.
+    Only settings and these two differ from a `Runtime`: the faults reach the production
+    delivery path as its `faults` hook, so tests run the code production runs.
     """
 
     __test__ = False  # not a pytest test class
@@ -35,6 +35,7 @@ class TestRuntime(Runtime):
         clock: Clock | None = None,
         node_id: str | None = None,
         journal: Journal | None = None,
+        faults: FaultPlan | None = None,
         **overrides: Any,
     ) -> None:
         unknown = set(overrides) - set(Settings.model_fields)
@@ -47,6 +48,8 @@ class TestRuntime(Runtime):
             settings = Settings(**(defaults | overrides))
         elif overrides:
             settings = settings.model_copy(update=overrides)
+        if faults is None:
+            faults = FaultPlan()
         self.manual_clock = clock if isinstance(clock, ManualClock) else ManualClock()
         super().__init__(
             settings,
@@ -54,12 +57,6 @@ class TestRuntime(Runtime):
             clock=clock if clock is not None else self.manual_clock,
             node_id=node_id,
             journal=journal,
+            faults=faults,
         )
-        self.faults = FaultPlan()
-
-    async def _deliver_local(self, cell: AgentCell, message: Message) -> None:
-        copies = self.faults.copies(message)
-        if self._serialize:
-            message = Message.from_json(message.to_json(max_bytes=self._max_bytes))
-        for _ in range(copies):
-            await cell.put(message)
+        self.faults = faults

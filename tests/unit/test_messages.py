@@ -522,6 +522,33 @@ def test_evolve_validates_like_the_constructor():
         _full_message().evolve(payload=[1])
 
 
+def test_copy_is_an_equal_message_whose_fields_change_alone():
+    message = _full_message()
+
+    copied = message.copy()
+    copied.target = "agent:other"
+    copied.reply_to = "reply:node-2"
+
+    assert copied is not message
+    assert copied.evolve(target=message.target, reply_to=message.reply_to) == message
+    assert message.target == "type:worker"  # original untouched
+    assert copied.payload is message.payload  # shallow, as evolve: payloads are not copied
+
+
+def test_copy_of_a_subclass_keeps_its_class_and_its_own_attributes():
+    class Tagged(Message):
+        __slots__ = ("tag",)
+
+    message = Tagged("order.created", {"n": 1})
+    message.tag = "blue"
+
+    copied = message.copy()
+
+    assert type(copied) is Tagged
+    assert copied.tag == "blue"
+    assert copied.id == message.id and copied.payload == {"n": 1}
+
+
 # --------------------------------------------------------------------------- TaskResult
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 
@@ -12,11 +13,14 @@ from mas import (
     HandlerResult,
     MailboxFull,
     Message,
+    Runtime,
     TaskResult,
 )
 from mas.testing import ManualClock, Probe, TestRuntime, crashing, eventually
 
 pytestmark = pytest.mark.anyio
+
+MakeRuntime = Callable[..., Runtime]  # the `make_runtime` fixture (conftest.py)
 
 
 class Gate(Agent):
@@ -51,9 +55,11 @@ def fresh_gate() -> type[Gate]:
     return FreshGate
 
 
-async def test_an_idle_agent_holds_no_task_until_a_message_arrives() -> None:
+async def test_an_idle_agent_holds_no_task_until_a_message_arrives(
+    make_runtime: MakeRuntime,
+) -> None:
     probe = Probe()
-    async with TestRuntime() as rt:
+    async with make_runtime() as rt:
         ref = await rt.spawn(probe.agent(), id="idle")
         cell = rt.local_cell("idle")
         assert cell is not None
@@ -66,9 +72,9 @@ async def test_an_idle_agent_holds_no_task_until_a_message_arrives() -> None:
         assert probe.types == ["wake"]
 
 
-async def test_one_agent_handles_one_message_at_a_time_in_order() -> None:
+async def test_one_agent_handles_one_message_at_a_time_in_order(make_runtime: MakeRuntime) -> None:
     gate = fresh_gate()
-    async with TestRuntime() as rt:
+    async with make_runtime() as rt:
         ref = await rt.spawn(gate, id="g")
         for n in range(5):
             await ref.tell(Message("work", {"n": n}))
@@ -79,14 +85,14 @@ async def test_one_agent_handles_one_message_at_a_time_in_order() -> None:
     assert gate.seen == ["0", "1", "2", "3", "4"]
 
 
-async def test_messages_from_one_sender_arrive_in_send_order() -> None:
+async def test_messages_from_one_sender_arrive_in_send_order(make_runtime: MakeRuntime) -> None:
     probe = Probe()
 
     class Sender(Agent):
         async def handle_message(self, message: Message) -> HandlerResult:
             return [Message("seq", {"n": n}, target="agent:sink") for n in range(50)]
 
-    async with TestRuntime() as rt:
+    async with make_runtime() as rt:
         await rt.spawn(probe.agent(), id="sink")
         await rt.spawn(Sender, id="sender")
         await rt.tell("agent:sender", Message("go"))
@@ -95,9 +101,11 @@ async def test_messages_from_one_sender_arrive_in_send_order() -> None:
     assert {m.sender for m in probe.messages} == {"agent:sender"}
 
 
-async def test_a_poison_message_is_retried_then_dead_lettered_with_error_and_attempts() -> None:
+async def test_a_poison_message_is_retried_then_dead_lettered_with_error_and_attempts(
+    make_runtime: MakeRuntime,
+) -> None:
     factory, counters = crashing(0, agent_type="poisoned", on_types=("poison",))
-    async with TestRuntime() as rt:
+    async with make_runtime() as rt:
         ref = await rt.spawn(factory, id="p")
         async with rt.dead_letters.subscribe() as letters:
             await ref.tell(Message("poison", {"id": 1}))
@@ -113,6 +121,7 @@ async def test_a_poison_message_is_retried_then_dead_lettered_with_error_and_att
         assert rt.dead_letters.count == 1
 
 
+@pytest.mark.test_runtime_only
 async def test_retries_wait_an_exponential_backoff_on_the_runtime_clock() -> None:
     clock = ManualClock(autojump=False)
     factory, counters = crashing(2, agent_type="flaky")
@@ -136,9 +145,11 @@ async def test_retries_wait_an_exponential_backoff_on_the_runtime_clock() -> Non
         assert counters["handled"] == 1
 
 
-async def test_ask_raises_handler_error_when_every_attempt_failed() -> None:
+async def test_ask_raises_handler_error_when_every_attempt_failed(
+    make_runtime: MakeRuntime,
+) -> None:
     factory, _ = crashing(99, agent_type="broken")
-    async with TestRuntime() as rt:
+    async with make_runtime() as rt:
         ref = await rt.spawn(factory, id="b")
         with pytest.raises(HandlerError) as caught:
             await ref.ask(Message("q"), timeout=2)
@@ -146,12 +157,14 @@ async def test_ask_raises_handler_error_when_every_attempt_failed() -> None:
         assert caught.value.error_type == "Crash"
 
 
-async def test_wrong_handler_return_type_is_a_type_error_naming_the_agent() -> None:
+async def test_wrong_handler_return_type_is_a_type_error_naming_the_agent(
+    make_runtime: MakeRuntime,
+) -> None:
     class Wrong(Agent):
         async def handle_message(self, message: Message) -> HandlerResult:
             return "not a message"  # type: ignore[return-value]
 
-    async with TestRuntime(retry={"max_attempts": 1}) as rt:
+    async with make_runtime(retry={"max_attempts": 1}) as rt:
         ref = await rt.spawn(Wrong, id="wrong")
         with pytest.raises(HandlerError) as caught:
             await ref.ask(Message("q"), timeout=2)
@@ -162,7 +175,9 @@ async def test_wrong_handler_return_type_is_a_type_error_naming_the_agent() -> N
         assert letter.error_type == "HandlerReturnError"
 
 
-async def test_a_duplicate_message_id_is_handled_once_and_its_reply_resent() -> None:
+async def test_a_duplicate_message_id_is_handled_once_and_its_reply_resent(
+    make_runtime: MakeRuntime,
+) -> None:
     calls = {"n": 0}
 
     class Counter(Agent):
@@ -170,7 +185,7 @@ async def test_a_duplicate_message_id_is_handled_once_and_its_reply_resent() -> 
             calls["n"] += 1
             return message.reply({"n": calls["n"]})
 
-    async with TestRuntime() as rt:
+    async with make_runtime() as rt:
         ref = await rt.spawn(Counter, id="c")
         first = await ref.ask(Message("inc", id="fixed-id"), timeout=1)
         again = await ref.ask(Message("inc", id="fixed-id"), timeout=1)
@@ -179,6 +194,7 @@ async def test_a_duplicate_message_id_is_handled_once_and_its_reply_resent() -> 
         assert rt.duplicates == 1
 
 
+@pytest.mark.test_runtime_only
 async def test_an_injected_duplicate_delivery_is_handled_once() -> None:
     probe = Probe()
     async with TestRuntime() as rt:
@@ -190,9 +206,9 @@ async def test_an_injected_duplicate_delivery_is_handled_once() -> None:
         assert rt.duplicates == 1
 
 
-async def test_reject_policy_raises_mailbox_full_to_the_sender() -> None:
+async def test_reject_policy_raises_mailbox_full_to_the_sender(make_runtime: MakeRuntime) -> None:
     gate = fresh_gate()
-    async with TestRuntime() as rt:
+    async with make_runtime() as rt:
         ref = await rt.spawn(gate, id="r", mailbox_capacity=2, overflow="reject")
         await ref.tell(Message("w", {"n": 0}))
         await asyncio.wait_for(gate.entered.wait(), 1)  # handler busy, mailbox empty
@@ -206,9 +222,11 @@ async def test_reject_policy_raises_mailbox_full_to_the_sender() -> None:
     assert gate.seen == ["0", "1", "2"]
 
 
-async def test_drop_oldest_policy_dead_letters_the_dropped_message() -> None:
+async def test_drop_oldest_policy_dead_letters_the_dropped_message(
+    make_runtime: MakeRuntime,
+) -> None:
     gate = fresh_gate()
-    async with TestRuntime() as rt:
+    async with make_runtime() as rt:
         ref = await rt.spawn(gate, id="d", mailbox_capacity=2, overflow="drop_oldest")
         await ref.tell(Message("w", {"n": 0}))
         await asyncio.wait_for(gate.entered.wait(), 1)
@@ -221,9 +239,11 @@ async def test_drop_oldest_policy_dead_letters_the_dropped_message() -> None:
     assert gate.seen == ["0", "2", "3"]
 
 
-async def test_an_ask_dropped_by_an_overflowing_mailbox_says_so_without_a_made_up_size() -> None:
+async def test_an_ask_dropped_by_an_overflowing_mailbox_says_so_without_a_made_up_size(
+    make_runtime: MakeRuntime,
+) -> None:
     gate = fresh_gate()
-    async with TestRuntime() as rt:
+    async with make_runtime() as rt:
         ref = await rt.spawn(gate, id="d", mailbox_capacity=2, overflow="drop_oldest")
         cell = rt.local_cell("d")
         assert cell is not None
@@ -243,9 +263,9 @@ async def test_an_ask_dropped_by_an_overflowing_mailbox_says_so_without_a_made_u
     assert "overflowed and dropped the message" in str(caught.value)
 
 
-async def test_block_policy_makes_the_sender_wait_for_room() -> None:
+async def test_block_policy_makes_the_sender_wait_for_room(make_runtime: MakeRuntime) -> None:
     gate = fresh_gate()
-    async with TestRuntime() as rt:
+    async with make_runtime() as rt:
         ref = await rt.spawn(gate, id="b", mailbox_capacity=1, overflow="block")
         await ref.tell(Message("w", {"n": 0}))
         await asyncio.wait_for(gate.entered.wait(), 1)
@@ -259,7 +279,9 @@ async def test_block_policy_makes_the_sender_wait_for_room() -> None:
     assert gate.seen == ["0", "1", "2"]
 
 
-async def test_task_result_completes_the_task_and_answers_the_asker() -> None:
+async def test_task_result_completes_the_task_and_answers_the_asker(
+    make_runtime: MakeRuntime,
+) -> None:
     completed: list[TaskResult] = []
 
     class Worker(Agent):
@@ -270,7 +292,7 @@ async def test_task_result_completes_the_task_and_answers_the_asker() -> None:
     async def on_result(result: TaskResult, message: Message) -> None:
         completed.append(result)
 
-    async with TestRuntime() as rt:
+    async with make_runtime() as rt:
         rt.add_task_listener(on_result)
         ref = await rt.spawn(Worker, id="w")
         reply = await ref.ask(Message("add", {"xs": [1, 2]}, metadata={"task_id": "t1"}), timeout=1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 
@@ -24,10 +25,12 @@ from mas import (
     Terminated,
     UnknownAgent,
 )
-from mas.testing import Probe, TestRuntime, eventually
+from mas.testing import Probe, eventually
 from mas.transports.memory import MemoryBroker, MemoryTransport
 
 pytestmark = pytest.mark.anyio
+
+MakeRuntime = Callable[..., Runtime]  # the `make_runtime` fixture (conftest.py)
 
 
 class Echo(Agent):
@@ -70,8 +73,10 @@ async def test_the_quickstart_from_the_design_works_with_defaults() -> None:
     assert reply.sender == "agent:g1"
 
 
-async def test_ask_times_out_with_ask_timeout_which_is_a_timeout_error() -> None:
-    async with TestRuntime() as rt:
+async def test_ask_times_out_with_ask_timeout_which_is_a_timeout_error(
+    make_runtime: MakeRuntime,
+) -> None:
+    async with make_runtime() as rt:
         ref = await rt.spawn(Silent, id="s")
         with pytest.raises(AskTimeout) as caught:
             await ref.ask(Message("q"), timeout=0.05)
@@ -79,8 +84,8 @@ async def test_ask_times_out_with_ask_timeout_which_is_a_timeout_error() -> None
         assert caught.value.address == "agent:s"
 
 
-async def test_ask_to_a_stopped_agent_raises_agent_stopped() -> None:
-    async with TestRuntime() as rt:
+async def test_ask_to_a_stopped_agent_raises_agent_stopped(make_runtime: MakeRuntime) -> None:
+    async with make_runtime() as rt:
         ref = await rt.spawn(Echo, id="e")
         await ref.stop()
         with pytest.raises(AgentStopped):
@@ -89,9 +94,9 @@ async def test_ask_to_a_stopped_agent_raises_agent_stopped() -> None:
             await ref.tell(Message("q"))
 
 
-async def test_a_pending_ask_fails_when_its_agent_stops() -> None:
+async def test_a_pending_ask_fails_when_its_agent_stops(make_runtime: MakeRuntime) -> None:
     Stuck.entered = asyncio.Event()
-    async with TestRuntime(shutdown_timeout=0.05) as rt:
+    async with make_runtime(shutdown_timeout=0.05) as rt:
         stuck = await rt.spawn(Stuck, id="stuck")
         await stuck.tell(Message("block"))
         await asyncio.wait_for(Stuck.entered.wait(), 1)
@@ -102,8 +107,10 @@ async def test_a_pending_ask_fails_when_its_agent_stops() -> None:
             await asyncio.wait_for(pending, 2)
 
 
-async def test_unknown_address_raises_and_is_counted_as_a_dead_letter() -> None:
-    async with TestRuntime() as rt:
+async def test_unknown_address_raises_and_is_counted_as_a_dead_letter(
+    make_runtime: MakeRuntime,
+) -> None:
+    async with make_runtime() as rt:
         with pytest.raises(UnknownAgent) as caught:
             await rt.tell("agent:nobody", Message("hello"))
         assert "spawn it first" in str(caught.value)
@@ -112,8 +119,10 @@ async def test_unknown_address_raises_and_is_counted_as_a_dead_letter() -> None:
         assert rt.dead_letters.by_reason["unknown_address"] == 2
 
 
-async def test_routes_locally_says_whether_this_node_handles_an_address() -> None:
-    async with TestRuntime() as rt:
+async def test_routes_locally_says_whether_this_node_handles_an_address(
+    make_runtime: MakeRuntime,
+) -> None:
+    async with make_runtime() as rt:
         ref = await rt.spawn(Echo, id="e")
         assert rt.routes_locally("agent:e") and rt.routes_locally("type:echo")
         assert not rt.routes_locally("agent:x") and not rt.routes_locally("type:silent")
@@ -122,34 +131,36 @@ async def test_routes_locally_says_whether_this_node_handles_an_address() -> Non
         assert not rt.routes_locally("agent:e") and not rt.routes_locally("type:echo")
 
 
-async def test_bad_addresses_are_rejected_at_the_call_site() -> None:
-    async with TestRuntime() as rt:
+async def test_bad_addresses_are_rejected_at_the_call_site(make_runtime: MakeRuntime) -> None:
+    async with make_runtime() as rt:
         for bad in ("nobody", "agent:", "queue:x", "topic:a.*"):
             with pytest.raises(InvalidAddress):
                 await rt.tell(bad, Message("hello"))
 
 
-async def test_duplicate_agent_id_is_a_typed_error() -> None:
-    async with TestRuntime() as rt:
+async def test_duplicate_agent_id_is_a_typed_error(make_runtime: MakeRuntime) -> None:
+    async with make_runtime() as rt:
         await rt.spawn(Echo, id="same")
         with pytest.raises(DuplicateAgent, match="choose another id"):
             await rt.spawn(Echo, id="same")
 
 
-async def test_a_failing_start_is_raised_from_spawn_and_frees_the_id() -> None:
+async def test_a_failing_start_is_raised_from_spawn_and_frees_the_id(
+    make_runtime: MakeRuntime,
+) -> None:
     class Broken(Agent):
         async def start(self) -> None:
             raise OSError("no database")
 
-    async with TestRuntime() as rt:
+    async with make_runtime() as rt:
         with pytest.raises(AgentStartError, match="no database"):
             await rt.spawn(Broken, id="b")
         assert rt.local_cell("b") is None
         await rt.spawn(Echo, id="b")
 
 
-async def test_spawn_refuses_something_that_is_not_an_agent() -> None:
-    async with TestRuntime() as rt:
+async def test_spawn_refuses_something_that_is_not_an_agent(make_runtime: MakeRuntime) -> None:
+    async with make_runtime() as rt:
         with pytest.raises(ConfigError, match="Agent"):
             await rt.spawn(lambda: object(), id="x")  # type: ignore[arg-type, return-value]
 
@@ -160,30 +171,34 @@ async def test_using_a_runtime_that_is_not_started_is_a_clear_error() -> None:
         await rt.spawn(Echo)
 
 
-async def test_tell_after_shutdown_is_refused() -> None:
-    async with TestRuntime() as rt:
+async def test_tell_after_shutdown_is_refused(make_runtime: MakeRuntime) -> None:
+    async with make_runtime() as rt:
         await rt.spawn(Echo, id="e")
     with pytest.raises(RuntimeNotRunning):
         await rt.tell("agent:e", Message("late"))
 
 
-async def test_non_json_payload_breaks_in_tests_as_it_would_on_the_wire() -> None:
-    async with TestRuntime() as rt:
+async def test_non_json_payload_breaks_in_tests_as_it_would_on_the_wire(
+    make_runtime: MakeRuntime,
+) -> None:
+    async with make_runtime(serialize_messages=True) as rt:  # a plain Runtime's default is off
         ref = await rt.spawn(Echo, id="e")
         with pytest.raises(InvalidMessage, match="JSON"):
             await ref.tell(Message("bad", {"when": object()}))
 
 
-async def test_a_message_over_the_size_cap_is_refused() -> None:
-    async with TestRuntime(message_max_bytes=1024) as rt:
+async def test_a_message_over_the_size_cap_is_refused(make_runtime: MakeRuntime) -> None:
+    async with make_runtime(message_max_bytes=1024, serialize_messages=True) as rt:
         ref = await rt.spawn(Echo, id="e")
         with pytest.raises(MessageTooLarge, match="1024"):
             await ref.tell(Message("big", {"blob": "x" * 2000}))
 
 
-async def test_type_addressing_balances_across_live_agents_of_that_type() -> None:
+async def test_type_addressing_balances_across_live_agents_of_that_type(
+    make_runtime: MakeRuntime,
+) -> None:
     probe = Probe()
-    async with TestRuntime() as rt:
+    async with make_runtime() as rt:
         for n in range(3):
             await rt.spawn(probe.agent("worker"), id=f"w{n}")
         for _ in range(9):
@@ -194,7 +209,9 @@ async def test_type_addressing_balances_across_live_agents_of_that_type() -> Non
     assert len(probe.messages) == 9
 
 
-async def test_topic_publish_reaches_every_matching_subscriber_once() -> None:
+async def test_topic_publish_reaches_every_matching_subscriber_once(
+    make_runtime: MakeRuntime,
+) -> None:
     probe = Probe()
 
     class Audit(Agent):
@@ -205,7 +222,7 @@ async def test_topic_publish_reaches_every_matching_subscriber_once() -> None:
             probe.messages.append(message)
             return None
 
-    async with TestRuntime() as rt:
+    async with make_runtime() as rt:
         await rt.spawn(Audit, id="audit")
         created = await rt.spawn(probe.agent("created"), id="created")
         cell = rt.local_cell(created.id)
@@ -257,9 +274,9 @@ async def test_a_message_subclass_is_handled_and_may_be_returned_like_a_message(
     assert rt.dead_letters.count == 0
 
 
-async def test_death_watch_delivers_terminated() -> None:
+async def test_death_watch_delivers_terminated(make_runtime: MakeRuntime) -> None:
     probe = Probe()
-    async with TestRuntime() as rt:
+    async with make_runtime() as rt:
         watcher = await rt.spawn(probe.agent("watcher"), id="watcher")
         watched = await rt.spawn(Echo, id="watched")
         watched.watch(watcher)
@@ -271,7 +288,9 @@ async def test_death_watch_delivers_terminated() -> None:
         assert notice.reason == "stopped"
 
 
-async def test_trace_id_is_created_and_carried_onto_messages_sent_while_handling() -> None:
+async def test_trace_id_is_created_and_carried_onto_messages_sent_while_handling(
+    make_runtime: MakeRuntime,
+) -> None:
     probe = Probe()
 
     class Relay(Agent):
@@ -279,7 +298,7 @@ async def test_trace_id_is_created_and_carried_onto_messages_sent_while_handling
             await self.ctx.send("agent:sink", Message("via_ctx"))
             return Message("via_return", target="agent:sink")
 
-    async with TestRuntime() as rt:
+    async with make_runtime() as rt:
         await rt.spawn(probe.agent(), id="sink")
         await rt.spawn(Relay, id="relay")
         await rt.tell("agent:relay", Message("start"))
@@ -313,9 +332,11 @@ async def test_shutdown_drains_queued_and_in_flight_messages() -> None:
     assert rt.dead_letters.count == 0
 
 
-async def test_shutdown_timeout_cancels_a_stuck_handler_and_dead_letters_what_is_left() -> None:
+async def test_shutdown_timeout_cancels_a_stuck_handler_and_dead_letters_what_is_left(
+    make_runtime: MakeRuntime,
+) -> None:
     Stuck.entered = asyncio.Event()
-    async with TestRuntime(shutdown_timeout=0.05) as rt:
+    async with make_runtime(shutdown_timeout=0.05) as rt:
         ref = await rt.spawn(Stuck, id="stuck")
         await ref.tell(Message("first"))
         await ref.tell(Message("second"))
@@ -325,7 +346,9 @@ async def test_shutdown_timeout_cancels_a_stuck_handler_and_dead_letters_what_is
     assert letters == [("first", "agent_stopped"), ("second", "agent_stopped")]
 
 
-async def test_shutdown_timeout_is_one_deadline_for_all_agents_not_one_each() -> None:
+async def test_shutdown_timeout_is_one_deadline_for_all_agents_not_one_each(
+    make_runtime: MakeRuntime,
+) -> None:
     # Ten agents stuck in handlers: each stop used to wait its own full timeout after the
     # drain (1 + 10 x 1 s here; 110 s with the default 10 s), past an orchestrator's grace.
     entered: list[str] = []
@@ -336,7 +359,7 @@ async def test_shutdown_timeout_is_one_deadline_for_all_agents_not_one_each() ->
             await asyncio.Event().wait()
             return None
 
-    rt = TestRuntime(shutdown_timeout=1)
+    rt = make_runtime(shutdown_timeout=1)
     await rt.start()
     for n in range(10):
         ref = await rt.spawn(Hung, id=f"hung-{n}")
@@ -352,12 +375,14 @@ async def test_shutdown_timeout_is_one_deadline_for_all_agents_not_one_each() ->
     assert letters == {f"{kind}-{n}" for kind in ("job", "queued") for n in range(10)}
 
 
-async def test_messages_from_another_node_left_at_shutdown_are_dead_letters_not_lost() -> None:
+async def test_messages_from_another_node_left_at_shutdown_are_dead_letters_not_lost(
+    make_runtime: MakeRuntime,
+) -> None:
     # Nobody else consumes the agent's queue: handing them back would drop them.
     Stuck.entered = asyncio.Event()
     broker = MemoryBroker()
-    async with TestRuntime(transport=MemoryTransport(broker), node_id="sender") as sender:
-        async with TestRuntime(
+    async with make_runtime(transport=MemoryTransport(broker), node_id="sender") as sender:
+        async with make_runtime(
             transport=MemoryTransport(broker), node_id="host", shutdown_timeout=0.05
         ) as host:
             await host.spawn(Stuck, id="stuck")
@@ -368,8 +393,10 @@ async def test_messages_from_another_node_left_at_shutdown_are_dead_letters_not_
     assert sorted(letters) == [0, 1, 2]
 
 
-async def test_asks_with_different_timeouts_each_expire_on_their_own_deadline() -> None:
-    async with TestRuntime() as rt:
+async def test_asks_with_different_timeouts_each_expire_on_their_own_deadline(
+    make_runtime: MakeRuntime,
+) -> None:
+    async with make_runtime() as rt:
         ref = await rt.spawn(Silent, id="s")
         patient = asyncio.create_task(ref.ask(Message("long"), timeout=30))
         await asyncio.wait({patient}, timeout=0.01)
@@ -381,14 +408,16 @@ async def test_asks_with_different_timeouts_each_expire_on_their_own_deadline() 
         patient.cancel()
 
 
-async def test_a_task_the_runtime_started_does_not_outlive_it() -> None:
+async def test_a_task_the_runtime_started_does_not_outlive_it(make_runtime: MakeRuntime) -> None:
     # A task group's rule: nothing the runtime started runs after `async with` exits.
-    async with TestRuntime(shutdown_timeout=0.05) as rt:
+    async with make_runtime(shutdown_timeout=0.05) as rt:
         task = rt.start_task(asyncio.Event().wait())
     assert task.cancelled()
 
 
-async def test_an_error_a_task_raises_while_cancelled_at_shutdown_fails_the_runtime() -> None:
+async def test_an_error_a_task_raises_while_cancelled_at_shutdown_fails_the_runtime(
+    make_runtime: MakeRuntime,
+) -> None:
     class CleanupFailed(Exception):
         pass
 
@@ -399,5 +428,81 @@ async def test_an_error_a_task_raises_while_cancelled_at_shutdown_fails_the_runt
             raise CleanupFailed("the cleanup broke")
 
     with pytest.raises(CleanupFailed):
-        async with TestRuntime(shutdown_timeout=0.05) as rt:
+        async with make_runtime(shutdown_timeout=0.05) as rt:
             rt.start_task(stubborn())
+
+
+# -- messages are values: sending never changes the caller's message -------------------------
+
+
+class Seen(Agent):
+    """Echoes, and records the target and reply_to each message arrived with."""
+
+    type = "seen"
+    log: list[tuple[str, str | None, str | None]] = []
+
+    async def handle_message(self, message: Message) -> HandlerResult:
+        Seen.log.append((message.type, message.target, message.reply_to))
+        return message.reply({})
+
+
+@pytest.fixture
+def seen_log() -> list[tuple[str, str | None, str | None]]:
+    Seen.log = []
+    return Seen.log
+
+
+async def test_tell_ask_and_publish_leave_the_callers_message_as_it_was(
+    make_runtime: Callable[..., Runtime], seen_log: list[tuple[str, str | None, str | None]]
+) -> None:
+    class Subscriber(Seen):
+        topics = ("news.*",)
+
+    async with make_runtime() as rt:
+        ref = await rt.spawn(Seen, id="a")
+        await rt.spawn(Subscriber, id="sub")
+        sent = {
+            "ref_tell": Message("ref_tell", {"n": 1}),
+            "tell": Message("tell", {"n": 2}),
+            "ref_ask": Message("ref_ask", {"n": 3}),
+            "ask": Message("ask", {"n": 4}),
+            "publish": Message("publish", {"n": 5}),
+        }
+        before = {name: message.evolve() for name, message in sent.items()}
+        await ref.tell(sent["ref_tell"])
+        await rt.tell("agent:a", sent["tell"])
+        await ref.ask(sent["ref_ask"], timeout=5)
+        await rt.ask("agent:a", sent["ask"], timeout=5)
+        await rt.publish("news.today", sent["publish"])
+        await rt.settle()
+    for name, message in sent.items():
+        assert message == before[name], name
+        assert message.target is None and message.reply_to is None and message.trace_id is None
+    arrived = {kind: (target, reply_to) for kind, target, reply_to in seen_log}
+    assert arrived["ref_tell"] == ("agent:a", None)
+    assert arrived["tell"] == ("agent:a", None)
+    assert arrived["ref_ask"] == ("agent:a", f"reply:{rt.node_id}")
+    assert arrived["ask"] == ("agent:a", f"reply:{rt.node_id}")
+    assert arrived["publish"] == ("topic:news.today", None)
+
+
+async def test_a_message_sent_to_two_agents_arrives_addressed_to_each(
+    make_runtime: Callable[..., Runtime], seen_log: list[tuple[str, str | None, str | None]]
+) -> None:
+    async with make_runtime() as rt:
+        a = await rt.spawn(Seen, id="a")
+        b = await rt.spawn(Seen, id="b")
+        by_ref = Message("by_ref")
+        await a.tell(by_ref)
+        await b.tell(by_ref)
+        by_address = Message("by_address")
+        await rt.tell("agent:a", by_address)
+        await rt.tell("agent:b", by_address)
+        await rt.settle()
+    assert sorted(seen_log) == [
+        ("by_address", "agent:a", None),
+        ("by_address", "agent:b", None),
+        ("by_ref", "agent:a", None),
+        ("by_ref", "agent:b", None),
+    ]
+    assert by_ref.target is None and by_address.target is None

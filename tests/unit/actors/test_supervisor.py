@@ -10,12 +10,15 @@ from mas import (
     Agent,
     HandlerResult,
     Message,
+    Runtime,
     SupervisorEscalation,
 )
 from mas.config import Settings, SupervisorSettings
 from mas.testing import ManualClock, TestRuntime
 
 pytestmark = pytest.mark.anyio
+
+MakeRuntime = Callable[..., Runtime]  # the `make_runtime` fixture (conftest.py)
 
 
 def recorder(name: str, events: list[str]) -> Callable[[], Agent]:
@@ -51,7 +54,7 @@ def no_retry(**supervisor: float) -> Settings:
     )
 
 
-async def spawn_three(rt: TestRuntime, strategy: str, events: list[str]) -> list[str]:
+async def spawn_three(rt: Runtime, strategy: str, events: list[str]) -> list[str]:
     sup = await rt.spawn_supervisor("sup", strategy=strategy)  # type: ignore[arg-type]
     for name in ("a", "b", "c"):
         await sup.spawn(recorder(name, events), id=name)
@@ -59,9 +62,9 @@ async def spawn_three(rt: TestRuntime, strategy: str, events: list[str]) -> list
     return events
 
 
-async def test_one_for_one_restarts_only_the_failed_child() -> None:
+async def test_one_for_one_restarts_only_the_failed_child(make_runtime: MakeRuntime) -> None:
     events: list[str] = []
-    async with TestRuntime(no_retry()) as rt:
+    async with make_runtime(no_retry()) as rt:
         await spawn_three(rt, "one_for_one", events)
         await rt.tell("agent:b", Message("crash"))
         await rt.settle()
@@ -69,27 +72,31 @@ async def test_one_for_one_restarts_only_the_failed_child() -> None:
         assert rt.restarts == 1
 
 
-async def test_one_for_all_restarts_every_child_stopping_in_reverse_order() -> None:
+async def test_one_for_all_restarts_every_child_stopping_in_reverse_order(
+    make_runtime: MakeRuntime,
+) -> None:
     events: list[str] = []
-    async with TestRuntime(no_retry()) as rt:
+    async with make_runtime(no_retry()) as rt:
         await spawn_three(rt, "one_for_all", events)
         await rt.tell("agent:b", Message("crash"))
         await rt.settle()
         assert events == ["stop c", "stop b", "stop a", "start a", "start b", "start c"]
 
 
-async def test_rest_for_one_restarts_the_failed_child_and_those_started_after_it() -> None:
+async def test_rest_for_one_restarts_the_failed_child_and_those_started_after_it(
+    make_runtime: MakeRuntime,
+) -> None:
     events: list[str] = []
-    async with TestRuntime(no_retry()) as rt:
+    async with make_runtime(no_retry()) as rt:
         await spawn_three(rt, "rest_for_one", events)
         await rt.tell("agent:b", Message("crash"))
         await rt.settle()
         assert events == ["stop c", "stop b", "start b", "start c"]
 
 
-async def test_restarted_agent_keeps_its_mailbox_and_ref() -> None:
+async def test_restarted_agent_keeps_its_mailbox_and_ref(make_runtime: MakeRuntime) -> None:
     events: list[str] = []
-    async with TestRuntime(no_retry()) as rt:
+    async with make_runtime(no_retry()) as rt:
         ref = await rt.spawn(recorder("a", events), id="a")
         await ref.tell(Message("crash"))
         await ref.tell(Message("after"))
@@ -98,9 +105,11 @@ async def test_restarted_agent_keeps_its_mailbox_and_ref() -> None:
         assert events[-1] == "handle a after"
 
 
-async def test_temporary_child_is_not_restarted_and_its_queue_is_dead_lettered() -> None:
+async def test_temporary_child_is_not_restarted_and_its_queue_is_dead_lettered(
+    make_runtime: MakeRuntime,
+) -> None:
     events: list[str] = []
-    async with TestRuntime(no_retry()) as rt:
+    async with make_runtime(no_retry()) as rt:
         ref = await rt.spawn(recorder("t", events), id="t", restart="temporary")
         await ref.tell(Message("crash"))
         await rt.settle()
@@ -110,9 +119,11 @@ async def test_temporary_child_is_not_restarted_and_its_queue_is_dead_lettered()
         assert rt.local_cell("t") is None
 
 
-async def test_transient_child_is_restarted_after_a_crash_but_not_after_a_normal_exit() -> None:
+async def test_transient_child_is_restarted_after_a_crash_but_not_after_a_normal_exit(
+    make_runtime: MakeRuntime,
+) -> None:
     events: list[str] = []
-    async with TestRuntime(no_retry()) as rt:
+    async with make_runtime(no_retry()) as rt:
         ref = await rt.spawn(recorder("x", events), id="x", restart="transient")
         await ref.tell(Message("crash"))
         await rt.settle()
@@ -123,9 +134,11 @@ async def test_transient_child_is_restarted_after_a_crash_but_not_after_a_normal
         assert not ref.is_alive
 
 
-async def test_permanent_child_is_restarted_even_after_a_normal_exit() -> None:
+async def test_permanent_child_is_restarted_even_after_a_normal_exit(
+    make_runtime: MakeRuntime,
+) -> None:
     events: list[str] = []
-    async with TestRuntime(no_retry()) as rt:
+    async with make_runtime(no_retry()) as rt:
         ref = await rt.spawn(recorder("p", events), id="p")
         await ref.tell(Message("exit"))
         await rt.settle()
@@ -133,9 +146,9 @@ async def test_permanent_child_is_restarted_even_after_a_normal_exit() -> None:
         assert events.count("start p") == 2
 
 
-async def test_explicit_stop_is_never_undone() -> None:
+async def test_explicit_stop_is_never_undone(make_runtime: MakeRuntime) -> None:
     events: list[str] = []
-    async with TestRuntime(no_retry()) as rt:
+    async with make_runtime(no_retry()) as rt:
         ref = await rt.spawn(recorder("p", events), id="p")
         await ref.stop()
         await rt.settle()
@@ -143,9 +156,11 @@ async def test_explicit_stop_is_never_undone() -> None:
         assert events == ["start p", "stop p"]
 
 
-async def test_intensity_exceeded_escalates_to_the_parent_which_restarts_the_subtree() -> None:
+async def test_intensity_exceeded_escalates_to_the_parent_which_restarts_the_subtree(
+    make_runtime: MakeRuntime,
+) -> None:
     events: list[str] = []
-    async with TestRuntime(no_retry()) as rt:
+    async with make_runtime(no_retry()) as rt:
         sup = await rt.spawn_supervisor("inner", strategy="one_for_one", max_restarts=1, period=60)
         await sup.spawn(recorder("a", events), id="a")
         await sup.spawn(recorder("b", events), id="b")
@@ -163,10 +178,10 @@ async def test_intensity_exceeded_escalates_to_the_parent_which_restarts_the_sub
         assert sup.intensity.recent == 0
 
 
-async def test_root_escalation_is_raised_to_the_embedding_code() -> None:
+async def test_root_escalation_is_raised_to_the_embedding_code(make_runtime: MakeRuntime) -> None:
     events: list[str] = []
     with pytest.raises(SupervisorEscalation) as caught:
-        async with TestRuntime(no_retry(max_restarts=0)) as rt:
+        async with make_runtime(no_retry(max_restarts=0)) as rt:
             await rt.spawn(recorder("a", events), id="a")
             await rt.tell("agent:a", Message("crash"))
             await rt.settle()
@@ -176,9 +191,9 @@ async def test_root_escalation_is_raised_to_the_embedding_code() -> None:
     assert "stop a" in events
 
 
-async def test_agents_stop_in_reverse_start_order_on_shutdown() -> None:
+async def test_agents_stop_in_reverse_start_order_on_shutdown(make_runtime: MakeRuntime) -> None:
     events: list[str] = []
-    async with TestRuntime(no_retry()) as rt:
+    async with make_runtime(no_retry()) as rt:
         for name in ("a", "b"):
             await rt.spawn(recorder(name, events), id=name)
         sup = await rt.spawn_supervisor("late")
@@ -188,6 +203,7 @@ async def test_agents_stop_in_reverse_start_order_on_shutdown() -> None:
     assert events == ["stop d", "stop c", "stop b", "stop a"]
 
 
+@pytest.mark.test_runtime_only
 async def test_consecutive_restarts_back_off_on_the_runtime_clock() -> None:
     events: list[str] = []
     clock = ManualClock(autojump=False)
@@ -209,7 +225,9 @@ async def test_consecutive_restarts_back_off_on_the_runtime_clock() -> None:
         assert events[-2:] == ["start a", "handle a hello"]
 
 
-async def test_a_failing_start_during_restart_counts_towards_the_intensity() -> None:
+async def test_a_failing_start_during_restart_counts_towards_the_intensity(
+    make_runtime: MakeRuntime,
+) -> None:
     starts = {"n": 0}
 
     class BadRestart(Agent):
@@ -222,7 +240,7 @@ async def test_a_failing_start_during_restart_counts_towards_the_intensity() -> 
             raise RuntimeError("boom")
 
     with pytest.raises(SupervisorEscalation):
-        async with TestRuntime(no_retry(max_restarts=3)) as rt:
+        async with make_runtime(no_retry(max_restarts=3)) as rt:
             await rt.spawn(BadRestart, id="bad")
             await rt.tell("agent:bad", Message("go"))
             await rt.settle()

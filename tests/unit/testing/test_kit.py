@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from mas import Agent, HandlerResult, Message
-from mas.testing import ManualClock, Probe, TestRuntime, crashing
+from mas import Agent, HandlerResult, Message, Runtime, Settings
+from mas.testing import FaultPlan, ManualClock, Probe, TestRuntime, crashing
 
 pytestmark = pytest.mark.anyio
 
@@ -47,6 +47,29 @@ async def test_settle_makes_an_hour_of_backoff_take_no_real_time() -> None:
         assert asyncio.get_running_loop().time() - started < 5
         assert rt.manual_clock.time() >= 600 + 1200 + 2400
     assert counters["handled"] == 1
+
+
+async def test_a_fault_plan_given_to_a_plain_runtime_applies_to_ref_tells() -> None:
+    # The hook is the production delivery path's: a plain Runtime honours it too, and a
+    # ref's fast path (which would skip straight into the mailbox) makes way for it.
+    probe = Probe()
+    plan = FaultPlan()
+    async with Runtime(Settings(log_level="WARNING"), faults=plan) as rt:
+        ref = await rt.spawn(probe.agent(), id="p")
+        plan.drop_next("lost")
+        plan.duplicate_next("twice")
+        await ref.tell(Message("lost"))
+        await ref.tell(Message("twice"))
+        await rt.settle()
+        assert rt.duplicates == 1
+    assert probe.types == ["twice"]
+    assert [m.type for m in plan.dropped] == ["lost"]
+
+
+async def test_test_runtime_takes_a_fault_plan() -> None:
+    plan = FaultPlan()
+    async with TestRuntime(faults=plan) as rt:
+        assert rt.faults is plan
 
 
 async def test_fault_plan_drops_the_next_delivery_of_a_type() -> None:
