@@ -87,7 +87,8 @@ def _retry_after(response: httpx.Response) -> float | None:
         return None
 
 
-# A 503 for a task whose record is queued names it in its detail (mas.api.tasks, TaskService._recorded).
+# A 503 for a task whose record is queued names it in its detail
+# (mas.api.tasks, TaskService._recorded).
 _NAMED_TASK = re.compile(r"task '([^']+)'")
 
 
