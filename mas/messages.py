@@ -205,10 +205,11 @@ _new_object = object.__new__
 class Message:
     """One message between agents; `id` is its idempotency key.
 
-    The runtime fills `sender`, `target` and `trace_id` of a handler's result when they are
-    unset. Treat a message as a value: build a new one (`reply`, `evolve`) rather than mutating
-    one that was sent. The runtime does the same: `tell`, `ask` and `publish` address a copy,
-    so the caller's message is never changed by sending it.
+    The runtime fills `sender`, `target` and `trace_id` when they are unset: the first send
+    addresses the message itself (`target`, and `reply_to` for an ask), which costs nothing
+    on the hot path. Once sent, a message is a value: the runtime never changes it again (a
+    later send to another address, or an ask of a message already sent, goes as a copy),
+    and neither should its sender or its handler: build a new one (`reply`, `evolve`).
     """
 
     __slots__ = (
@@ -308,9 +309,9 @@ class Message:
     def copy(self) -> Message:
         """A shallow copy made without the constructor's checks (this message passed them).
 
-        The runtime sends a copy, so that filling in `target` or `reply_to` never changes
-        the caller's message; payload and metadata are shared, as with `evolve`. Cheap
-        enough for the per-message fast path, where `evolve` is not.
+        What the runtime sends when a message already sent must go elsewhere (see
+        `addressed_to`); payload and metadata are shared, as with `evolve`, which validates
+        and so costs several times as much.
         """
         new: Message = _new_object(Message)  # subclasses get _copy_subclass instead
         new.type = self.type
@@ -324,6 +325,21 @@ class Message:
         new.reply_to = self.reply_to
         new.correlation_id = self.correlation_id
         return new
+
+    def addressed_to(self, target: str) -> Message:
+        """This message, addressed to `target`, as a send hands it over.
+
+        Unaddressed (never sent): itself, its `target` filled in. Already addressed to
+        `target`: itself (a second copy of it is a duplicate, the same id). Addressed
+        elsewhere, so sent before and perhaps still queued there: a copy, since a sent
+        message is never changed.
+        """
+        current = self.target
+        if current == target:
+            return self
+        message = self if current is None else self.copy()
+        message.target = target
+        return message
 
     def _copy_subclass(self) -> Message:
         """`copy` for subclasses: their own slots and attributes come along too."""

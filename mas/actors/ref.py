@@ -55,11 +55,11 @@ class AgentRef:
         cell = self._cell
         if cell is not None and self._runtime.fast_path:
             # The common case, kept short: a local, running agent with room in its mailbox.
+            # A first send addresses the message itself (`Message.addressed_to`, inlined).
             target = message.target
             if target is None or target == self.address:
-                sent = message.copy()  # messages are values: the caller's stays unaddressed
-                sent.target = self.address
-                if cell.put_now(sent):
+                message.target = self.address
+                if cell.put_now(message):
                     return
         await self._runtime.tell(self, message)
 

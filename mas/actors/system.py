@@ -562,9 +562,7 @@ class ActorSystem:
             return
         if not isinstance(target, str):
             raise MasError(f"tell needs an address string or an AgentRef, got {target!r}")
-        # Messages are values: the runtime addresses its own copy, never the caller's.
-        message = message.copy()
-        message.target = target
+        message = message.addressed_to(target)
         try:
             await self._route(message)
         except UnknownAgent as exc:
@@ -597,7 +595,11 @@ class ActorSystem:
             self.check_running()  # raises: never started
         assert loop is not None
         future: asyncio.Future[Message] = loop.create_future()
-        message = message.copy()  # messages are values: the caller's gets no reply_to
+        if message.target is not None or message.reply_to is not None:
+            # Sent before (perhaps still queued somewhere): a sent message is never changed,
+            # so this ask sends a copy, which `tell` below addresses.
+            message = message.copy()
+            message.target = None
         message.reply_to = self.reply_address
         message_id = message.id
         pending = self._pending
@@ -626,14 +628,12 @@ class ActorSystem:
         parse_address(f"topic:{key}")
         if not self._accepting:
             self._check_internal()
-        message = message.copy()  # messages are values: the caller's stays unaddressed
-        message.target = f"topic:{key}"
+        message = message.addressed_to(f"topic:{key}")
         await self._publish_local(message, key, None)
         await self.transport.send(message)
 
     async def _send_to_ref(self, ref: AgentRef, message: Message) -> None:
-        message = message.copy()  # messages are values: the caller's stays as it was
-        message.target = ref.address
+        message = message.addressed_to(ref.address)
         cell = ref._cell
         if cell is None or cell.status is STOPPED:
             current = self._cells.get(ref.id)
