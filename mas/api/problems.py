@@ -15,6 +15,7 @@ them where they are raised, so an unmapped one is a bug (a 500, logged).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import structlog
@@ -25,6 +26,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from mas.api.schemas import SUBMISSION_TAGS
 from mas.errors import (
     AgentStartError,
     AgentStopped,
@@ -224,7 +226,7 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [
-            {"field": ".".join(str(p) for p in error.get("loc", ())), "message": error.get("msg")}
+            {"field": _field(error.get("loc", ())), "message": error.get("msg")}
             for error in exc.errors()
         ]
         first = errors[0] if errors else {"field": "?", "message": "invalid request"}
@@ -255,6 +257,15 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         # A bug, or a failure no boundary mapped: still a problem document, never plain text.
         return _internal(request, exc)
+
+
+def _field(loc: Sequence[Any]) -> str:
+    """The path of an invalid field as the client wrote it: `body.priority`, not the tag
+    pydantic puts in for the body shape it chose (`body.task.priority`)."""
+    parts = [str(part) for part in loc]
+    if len(parts) > 2 and parts[0] == "body" and parts[1] in SUBMISSION_TAGS:
+        del parts[1]
+    return ".".join(parts)
 
 
 def _internal(request: Request, exc: BaseException) -> JSONResponse:

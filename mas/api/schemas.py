@@ -8,7 +8,16 @@ from datetime import datetime
 from functools import partial
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    TypeAdapter,
+    model_validator,
+)
 from typing_extensions import TypedDict
 
 from mas.errors import InvalidMessage
@@ -21,13 +30,23 @@ __all__ = [
     "AgentOut",
     "MessageIn",
     "MessageOut",
+    "MessageTaskIn",
     "TaskIn",
     "TaskList",
     "TaskOut",
+    "TaskSubmission",
 ]
 
 ID_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.:@\-]*$"
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.\-]*$"
+# The addresses a task may go to, each part as long as TaskIn allows it (200 characters).
+TARGET_PATTERN = (
+    r"^(agent:[A-Za-z0-9_][A-Za-z0-9_.:@\-]{0,199}"
+    r"|(type|capability):[A-Za-z_][A-Za-z0-9_.\-]{0,199})$"
+)
+SENDER_PATTERN = (
+    r"^(agent:[A-Za-z0-9_][A-Za-z0-9_.:@\-]{0,199}|type:[A-Za-z_][A-Za-z0-9_.\-]{0,199})$"
+)
 TaskStatus = Literal["pending", "running", "succeeded", "failed", "dead_lettered", "cancelled"]
 
 Payload = Annotated[
@@ -85,6 +104,65 @@ class TaskIn(BaseModel):
                 f"(got {', '.join(named) or 'none'})"
             )
         return self
+
+
+class MessageTaskIn(BaseModel):
+    """A task given as a Message (the shape agents exchange): its `target` routes it.
+
+    `target` is `agent:<id>`, `type:<type>` or `capability:<name>`; `id` is the task id (and
+    idempotency key, as a body `id` is), `type` the message type the handler sees, and
+    `trace_id` continues the caller's trace. A Message the handler answers with
+    `message.reply(...)` goes to `sender` when one is given (an agent or type address), as
+    any message's reply does; without `sender` the task's result is what the caller reads.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | None = Field(
+        None, max_length=64, pattern=ID_PATTERN, description="task id, also the idempotency key"
+    )
+    type: str = Field(
+        ..., min_length=1, max_length=200, pattern=NAME_PATTERN, description="message type"
+    )
+    target: str = Field(
+        ..., pattern=TARGET_PATTERN, description="agent:<id>, type:<type> or capability:<name>"
+    )
+    sender: str | None = Field(
+        None, pattern=SENDER_PATTERN, description="where replies go: agent:<id> or type:<type>"
+    )
+    payload: Payload = Field(default_factory=dict)
+    metadata: Metadata = Field(default_factory=dict)
+    trace_id: str | None = Field(
+        None, pattern=r"^[0-9a-f]{32}$", description="32 lowercase hex digits"
+    )
+    created_at: datetime | None = Field(
+        None, description="accepted for the Message shape; the task records its own creation"
+    )
+
+    def as_task(self) -> TaskIn:
+        """The same task in the TaskIn shape (what idempotent repeats are compared by)."""
+        kind, _, name = self.target.partition(":")
+        return TaskIn.model_validate(
+            {kind: name, "message_type": self.type, "payload": self.payload, "id": self.id}
+        )
+
+
+SUBMISSION_TAGS = frozenset({"task", "message"})
+"""The names of `TaskSubmission`'s shapes, which pydantic puts into an error's location."""
+
+
+def _submission_shape(body: Any) -> str:
+    if isinstance(body, MessageTaskIn) or (isinstance(body, dict) and "target" in body):
+        return "message"
+    return "task"
+
+
+TaskSubmission = Annotated[
+    Annotated[TaskIn, Tag("task")] | Annotated[MessageTaskIn, Tag("message")],
+    Discriminator(_submission_shape),
+]
+"""What `POST /tasks/` takes: a body with `target` is a Message, any other a TaskIn. Chosen
+by that key, so a client's mistake is reported against the shape it meant."""
 
 
 class TaskOut(BaseModel):

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import structlog
 
+from mas.api.schemas import MessageTaskIn
 from mas.errors import (
     AgentStopped,
     IdempotencyKeyReused,
@@ -89,7 +90,7 @@ class TaskService:
 
     async def submit(
         self,
-        spec: TaskIn,
+        spec: TaskIn | MessageTaskIn,
         caller: Claims,
         *,
         idempotency_key: str | None = None,
@@ -111,6 +112,14 @@ class TaskService:
             TaskIdTaken: another caller's task has the id.
             IdempotencyKeyReused: the id names a different request.
         """
+        sender: str | None = None
+        metadata: dict[str, Any] = {}
+        if isinstance(spec, MessageTaskIn):
+            # The Message shape: its trace id continues the caller's trace, its sender gets
+            # the handler's replies, its metadata travels with it.
+            trace_id = spec.trace_id or trace_id
+            sender, metadata = spec.sender, spec.metadata
+            spec = spec.as_task()
         key = spec.id or idempotency_key
         task_id = key or new_id()
         target = self._target(spec)
@@ -118,8 +127,9 @@ class TaskService:
             spec.message_type,
             spec.payload,
             id=task_id,
+            sender=sender,
             target=target,
-            metadata={"task_id": task_id},
+            metadata={**metadata, "task_id": task_id},
             trace_id=trace_id,
         )
         message.to_json(max_bytes=self._settings.message_max_bytes)  # before anything is stored

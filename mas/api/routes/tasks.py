@@ -20,7 +20,15 @@ from starlette.background import BackgroundTask
 from mas.api.auth import Claims, admit, require
 from mas.api.direct import direct_route
 from mas.api.problems import AUTH_PROBLEMS, Problem, problems
-from mas.api.schemas import ID_PATTERN, TaskIn, TaskList, TaskOut, TaskStatus
+from mas.api.schemas import (
+    ID_PATTERN,
+    MessageTaskIn,
+    TaskIn,
+    TaskList,
+    TaskOut,
+    TaskStatus,
+    TaskSubmission,
+)
 from mas.api.state import Gateway, gateway
 from mas.persistence.store import TaskRecord
 
@@ -41,6 +49,7 @@ SubmitWait = Annotated[
 _WRITE = frozenset({"tasks:write"})
 _KEY = TypeAdapter(IdempotencyKey)
 _WAIT = TypeAdapter(SubmitWait)
+_SUBMISSION: TypeAdapter[TaskIn | MessageTaskIn] = TypeAdapter(TaskSubmission)
 
 
 async def _submit_arguments(request: Request) -> dict[str, Any] | None:
@@ -53,7 +62,7 @@ async def _submit_arguments(request: Request) -> dict[str, Any] | None:
     if headers.get("content-type") != "application/json":
         return None
     try:
-        spec = TaskIn.model_validate(json.loads(await request.body()))
+        spec = _SUBMISSION.validate_python(json.loads(await request.body()))
         key = headers.get("idempotency-key")
         idempotency_key = None if key is None else _KEY.validate_python(key)
         wait = request.query_params.get("wait")
@@ -71,7 +80,7 @@ async def _submit_arguments(request: Request) -> dict[str, Any] | None:
 
 
 async def submit_task(
-    spec: TaskIn,
+    spec: TaskSubmission,
     request: Request,
     gw: GatewayDep,
     claims: Annotated[Claims, Depends(require(*_WRITE))],
