@@ -122,7 +122,7 @@ class TaskService:
             spec = spec.as_task()
         key = spec.id or idempotency_key
         task_id = key or new_id()
-        target = self._target(spec)
+        target = await self._target(spec)
         message = Message(
             spec.message_type,
             spec.payload,
@@ -349,28 +349,34 @@ class TaskService:
             raise error
         return cast(T, result)
 
-    def _capability_types(self, capability: str) -> Sequence[str]:
-        """Agent types that declare `capability`, among the classes this gateway knows."""
+    async def _capability_types(self, capability: str) -> Sequence[str]:
+        """Agent types that offer `capability`: those this node runs first (no broker trip),
+        else those live anywhere in the cluster, from the agents' registry (each node records
+        its agents' capabilities, and keeps their heartbeat fresh)."""
         local = {cell.agent_type for cell in self._runtime.registry.cells.values()}
-        return sorted(
+        here = sorted(
             name
             for name, cls in self._agent_classes.items()
             if capability in cls.capabilities and name in local
         )
+        if here:
+            return here
+        live = await self._store.live_capabilities(self._settings.heartbeat_ttl)
+        return sorted(name for name, offered in live.items() if capability in offered)
 
-    def _target(self, spec: TaskIn) -> str:
+    async def _target(self, spec: TaskIn) -> str:
         """The address the task goes to: the agent, its type, or a type offering the
         capability.
 
         Raises:
-            UnknownAgent: no running agent offers the capability.
+            UnknownCapability: no live agent offers the capability, here or elsewhere.
         """
         if spec.agent is not None:
             return f"agent:{spec.agent}"
         if spec.type is not None:
             return f"type:{spec.type}"
         assert spec.capability is not None
-        types = self._capability_types(spec.capability)
+        types = await self._capability_types(spec.capability)
         if not types:
             raise UnknownCapability(spec.capability)
         return f"type:{types[0]}"

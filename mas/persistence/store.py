@@ -662,6 +662,30 @@ class Store:
             rows = (await conn.execute(query.limit(limit).offset(offset))).all()
         return [_agent(row) for row in rows]
 
+    async def live_capabilities(self, stale_after: float) -> dict[str, tuple[str, ...]]:
+        """The agent types running anywhere in the cluster, each with the capabilities its
+        agents declare: those running whose node's heartbeat is younger than `stale_after`
+        seconds (as `AgentRecord.live` judges one agent).
+
+        One row per type is read (agents of a type share their class's capabilities), so the
+        answer stays small however many agents run.
+        """
+        fresh_since = datetime.now(UTC) - timedelta(seconds=stale_after)
+        live = (agents.c.status == "running") & (agents.c.last_heartbeat >= fresh_since)
+        first = (
+            select(agents.c.type, func.min(agents.c.id).label("id"))
+            .where(live)
+            .group_by(agents.c.type)
+            .subquery()
+        )
+        query = select(agents.c.type, agents.c.metadata).join(first, agents.c.id == first.c.id)
+        async with self.reading() as conn:
+            rows = (await conn.execute(query)).all()
+        return {
+            row.type: tuple(str(name) for name in (row.metadata or {}).get("capabilities", ()))
+            for row in rows
+        }
+
     # -- messages ----------------------------------------------------------------------------
 
     async def trace(self, trace_id: str) -> list[Message]:

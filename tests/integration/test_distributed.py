@@ -251,3 +251,38 @@ async def test_a_worker_heartbeats_in_redis_while_it_lives(system: System) -> No
     assert 0 < ttl_ms <= 1500  # 3 heartbeat intervals of 0.5 s
     assert worker.terminate() == 0
     assert await system.redis.get(key) is None, "the heartbeat outlived a clean stop"
+
+
+async def test_a_capability_finds_the_type_a_worker_runs_through_the_agents_registry(
+    system: System,
+) -> None:
+    """The gateway runs no agent and knows no class: `capability:` is resolved from what the
+    workers recorded (their agents' types and capabilities, kept live by heartbeats)."""
+    system.worker("agents.echo:EchoAgent")
+    system.api()
+    async with system.client() as client:
+
+        async def echo_is_live() -> bool:
+            listed = await client.get("/agents/", params={"type": "echo"})
+            return any(agent["live"] for agent in listed.json()["items"])
+
+        await eventually(echo_is_live, timeout=30)
+        by_spec = await client.post(
+            "/tasks/", json={"capability": "echo", "payload": {"n": 1}}, params={"wait": 20}
+        )
+        by_message = await client.post(
+            "/tasks/",
+            json={"type": "task", "target": "capability:echo", "payload": {"n": 2}},
+            params={"wait": 20},
+        )
+        unknown = await client.post("/tasks/", json={"capability": "translate"})
+    for done, n in ((by_spec, 1), (by_message, 2)):
+        assert done.status_code == 200, done.text
+        task = done.json()
+        assert (task["target"], task["status"], task["result"]) == (
+            "type:echo",
+            "succeeded",
+            {"n": n},
+        )
+    assert unknown.status_code == 404, unknown.text
+    assert unknown.json()["title"] == "Unknown Capability"

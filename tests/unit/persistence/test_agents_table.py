@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from agents.echo import EchoAgent
+from mas import Agent, HandlerResult, Message
 from mas.persistence import Store
 from mas.testing import Probe, eventually
 from tests.unit.persistence.databases import Database
@@ -104,3 +105,29 @@ def test_an_agent_is_live_only_while_running_with_a_fresh_heartbeat() -> None:
     assert not AgentOut.of(record("running", now - timedelta(seconds=16)), stale_after=15).live
     assert not AgentOut.of(record("stopped", now), stale_after=15).live
     assert not AgentOut.of(record("running", None), stale_after=15).live
+
+
+class Translator(Agent):
+    type = "translator"
+    capabilities = ("translate", "summarize")
+
+    async def handle_message(self, message: Message) -> HandlerResult:
+        return None
+
+
+async def test_live_capabilities_lists_each_running_type_once_with_what_it_offers(
+    db: Database, store: Store
+) -> None:
+    """What the gateway routes `capability:` by, whichever node runs the agents."""
+    async with db.runtime(node_id="node-c") as rt:
+        for n in range(3):
+            await rt.spawn(EchoAgent, id=f"echo-{n}")
+        await rt.spawn(Translator, id="t-1")
+        gone = await rt.spawn(Probe().agent("probe"), id="p")
+        await gone.stop()
+        await rt.settle()
+        live = await store.live_capabilities(stale_after=60)
+        # A heartbeat older than the limit is not live: with no slack, nothing is.
+        stale = await store.live_capabilities(stale_after=0)
+    assert live == {"echo": ("echo",), "translator": ("translate", "summarize")}
+    assert stale == {}
