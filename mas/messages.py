@@ -332,7 +332,8 @@ class Message:
         Unaddressed (never sent): itself, its `target` filled in. Already addressed to
         `target`: itself (a second copy of it is a duplicate, the same id). Addressed
         elsewhere, so sent before and perhaps still queued there: a copy, since a sent
-        message is never changed.
+        message is never changed. The copy keeps `sender`, `reply_to` and
+        `correlation_id`: a forwarded message is answered to whoever asked it first.
         """
         current = self.target
         if current == target:

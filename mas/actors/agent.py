@@ -134,10 +134,21 @@ class AgentContext:
         return bound
 
     def _outgoing(self, message: Message) -> Message:
-        if message.sender is None:
-            message.sender = self._cell.address
+        """`message` with this agent as its sender and the current trace, when unset.
+
+        A message already sent (forwarded, say) may still wait in another agent's mailbox:
+        it is never changed, the fields are filled in on a copy.
+        """
         current = self._cell.current
-        if message.trace_id is None and current is not None:
+        fill_sender = message.sender is None
+        fill_trace = message.trace_id is None and current is not None
+        if not (fill_sender or fill_trace):
+            return message
+        if message.target is not None:
+            message = message.copy()
+        if fill_sender:
+            message.sender = self._cell.address
+        if fill_trace and current is not None:
             message.trace_id = self._cell.runtime.ensure_trace(current)
         return message
 

@@ -547,3 +547,43 @@ async def test_a_message_sent_to_two_agents_arrives_addressed_to_each(
     ]
     # Addressed by the first send; the second went as a copy.
     assert by_ref.target == by_address.target == "agent:a"
+
+
+async def test_forwarding_a_received_message_leaves_the_other_receivers_copy_alone(
+    make_runtime: Callable[..., Runtime],
+) -> None:
+    """Two subscribers get one published message; one forwards it. The other still sees it
+    as published: no sender, so its reply goes nowhere rather than to the forwarder."""
+    forwarded = asyncio.Event()
+    seen: dict[str, str | None] = {}
+
+    class Forwarder(Agent):
+        type = "forwarder"
+        topics = ("news.*",)
+
+        async def handle_message(self, message: Message) -> HandlerResult:
+            await self.ctx.send("agent:inbox", message)
+            forwarded.set()
+            return None
+
+    class Late(Agent):
+        type = "late"
+        topics = ("news.*",)
+
+        async def handle_message(self, message: Message) -> HandlerResult:
+            await forwarded.wait()
+            seen["sender"] = message.sender
+            return None
+
+    probe = Probe()
+    async with make_runtime() as rt:
+        await rt.spawn(probe.agent(), id="inbox")
+        await rt.spawn(Forwarder, id="fwd")
+        await rt.spawn(Late, id="late")
+        published = Message("headline", {"n": 1})
+        await rt.publish("news.today", published)
+        (received,) = await probe.wait_for(1)
+        await rt.settle()
+    assert seen == {"sender": None}
+    assert published.sender is None
+    assert received.sender == "agent:fwd"
