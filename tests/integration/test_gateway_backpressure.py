@@ -31,7 +31,8 @@ __all__ = ["amqp_scope", "amqp_vhost_url"]
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
 SECRET = "b" * 40
-HEADERS = {"Authorization": f"Bearer {mint_token(SECRET, 'tester', sorted(SCOPES), ttl=600)}"}
+# Minted at import, so it must outlive the whole session (a loaded CI run passed 10 minutes).
+HEADERS = {"Authorization": f"Bearer {mint_token(SECRET, 'tester', sorted(SCOPES), ttl=86_400)}"}
 LIMIT = 3
 
 

@@ -28,7 +28,8 @@ from tests.integration.pg_support import PgSchema, admin_connection
 pytestmark = pytest.mark.anyio
 
 SECRET = "t" * 40
-HEADERS = {"Authorization": f"Bearer {mint_token(SECRET, 'tester', sorted(SCOPES), ttl=600)}"}
+# Minted at import, so it must outlive the whole session (a loaded CI run passed 10 minutes).
+HEADERS = {"Authorization": f"Bearer {mint_token(SECRET, 'tester', sorted(SCOPES), ttl=86_400)}"}
 TIMEOUT = 1.0
 
 

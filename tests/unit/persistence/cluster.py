@@ -27,7 +27,8 @@ from tests.unit.persistence.databases import Database
 __all__ = ["HEADERS", "Cluster", "Counting", "Refusing", "cluster"]
 
 SECRET = "o" * 40
-HEADERS = {"Authorization": f"Bearer {mint_token(SECRET, 'tester', sorted(SCOPES), ttl=600)}"}
+# Minted at import, so it must outlive the whole session (a loaded CI run passed 10 minutes).
+HEADERS = {"Authorization": f"Bearer {mint_token(SECRET, 'tester', sorted(SCOPES), ttl=86_400)}"}
 
 
 class Counting(Agent):
