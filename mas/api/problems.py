@@ -263,7 +263,7 @@ def _field(loc: Sequence[Any]) -> str:
     """The path of an invalid field as the client wrote it: `body.priority`, not the tag
     pydantic puts in for the body shape it chose (`body.task.priority`)."""
     parts = [str(part) for part in loc]
-    if len(parts) > 2 and parts[0] == "body" and parts[1] in SUBMISSION_TAGS:
+    if len(parts) >= 2 and parts[0] == "body" and parts[1] in SUBMISSION_TAGS:
         del parts[1]
     return ".".join(parts)
 

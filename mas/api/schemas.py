@@ -44,9 +44,6 @@ TARGET_PATTERN = (
     r"^(agent:[A-Za-z0-9_][A-Za-z0-9_.:@\-]{0,199}"
     r"|(type|capability):[A-Za-z_][A-Za-z0-9_.\-]{0,199})$"
 )
-SENDER_PATTERN = (
-    r"^(agent:[A-Za-z0-9_][A-Za-z0-9_.:@\-]{0,199}|type:[A-Za-z_][A-Za-z0-9_.\-]{0,199})$"
-)
 TaskStatus = Literal["pending", "running", "succeeded", "failed", "dead_lettered", "cancelled"]
 
 Payload = Annotated[
@@ -110,10 +107,12 @@ class MessageTaskIn(BaseModel):
     """A task given as a Message (the shape agents exchange): its `target` routes it.
 
     `target` is `agent:<id>`, `type:<type>` or `capability:<name>`; `id` is the task id (and
-    idempotency key, as a body `id` is), `type` the message type the handler sees, and
-    `trace_id` continues the caller's trace. A Message the handler answers with
-    `message.reply(...)` goes to `sender` when one is given (an agent or type address), as
-    any message's reply does; without `sender` the task's result is what the caller reads.
+    idempotency key, as a body `id` is), `type` the message type the handler sees,
+    `trace_id` continues the caller's trace and `correlation_id` is kept. `sender` is what
+    the client claims, not an identity the gateway checked: it is kept in the metadata
+    (`sender`), never as the message's sender, so no handler trusts it and no reply is sent
+    to it; the task's result is what the caller reads. `reply_to` must be null for the same
+    reason (`Message.to_dict` writes it, so mas's own JSON is taken as it is).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -128,8 +127,12 @@ class MessageTaskIn(BaseModel):
         ..., pattern=TARGET_PATTERN, description="agent:<id>, type:<type> or capability:<name>"
     )
     sender: str | None = Field(
-        None, pattern=SENDER_PATTERN, description="where replies go: agent:<id> or type:<type>"
+        None,
+        max_length=211,
+        description="who the client says sent it; kept in metadata, not trusted",
     )
+    reply_to: None = Field(None, description="must be null: the task's result is the answer")
+    correlation_id: str | None = Field(None, max_length=64, pattern=ID_PATTERN)
     payload: Payload = Field(default_factory=dict)
     metadata: Metadata = Field(default_factory=dict)
     trace_id: str | None = Field(

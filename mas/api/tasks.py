@@ -112,13 +112,15 @@ class TaskService:
             TaskIdTaken: another caller's task has the id.
             IdempotencyKeyReused: the id names a different request.
         """
-        sender: str | None = None
+        correlation_id: str | None = None
         metadata: dict[str, Any] = {}
         if isinstance(spec, MessageTaskIn):
-            # The Message shape: its trace id continues the caller's trace, its sender gets
-            # the handler's replies, its metadata travels with it.
+            # The Message shape: its trace id continues the caller's trace, its metadata
+            # travels with it; the sender it claims is kept there, unchecked, not trusted.
             trace_id = spec.trace_id or trace_id
-            sender, metadata = spec.sender, spec.metadata
+            correlation_id, metadata = spec.correlation_id, spec.metadata
+            if spec.sender is not None:
+                metadata = {**metadata, "sender": spec.sender}
             spec = spec.as_task()
         key = spec.id or idempotency_key
         task_id = key or new_id()
@@ -127,8 +129,8 @@ class TaskService:
             spec.message_type,
             spec.payload,
             id=task_id,
-            sender=sender,
             target=target,
+            correlation_id=correlation_id,
             metadata={**metadata, "task_id": task_id},
             trace_id=trace_id,
         )

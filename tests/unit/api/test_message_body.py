@@ -2,13 +2,14 @@
 
 A client that already speaks mas's Message (another mas, a TaskIQ producer, the original
 design's examples) sends it as it is: its `target` routes it, its `id` is the task id (and
-idempotency key), its `trace_id` continues the caller's trace, its `sender` gets replies.
+idempotency key), its `trace_id` continues the caller's trace. The `sender` it claims is
+kept in its metadata, never trusted as the message's sender.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import pytest
@@ -76,7 +77,8 @@ async def test_every_kind_of_task_address_routes_a_message_body(
         ({"type": "t", "target": "type:echo", "agent": "echo"}, 422, "agent"),
         ({"type": "echo", "trace_id": TRACE}, 422, "trace_id"),
         ({"type": "t", "target": "type:echo", "trace_id": "not-hex"}, 422, "trace_id"),
-        ({"type": "t", "target": "type:echo", "sender": "topic:x"}, 422, "sender"),
+        ({"type": "t", "target": "type:echo", "reply_to": "agent:x"}, 422, "reply_to"),
+        ({"type": "t", "target": "type:echo", "sender": "x" * 300}, 422, "sender"),
         ({"target": "type:echo"}, 422, "type"),
     ],
 )
@@ -100,24 +102,52 @@ async def test_an_unknown_capability_in_a_message_target_is_a_404(
     assert problem(response, 404, "translate")["title"] == "Unknown Capability"
 
 
-class Replier(Agent):
-    """Answers with a reply Message (not a TaskResult): it goes where the message says."""
+class Recorder(Agent):
+    """Keeps what it was sent, and answers with a reply Message (not a TaskResult)."""
 
-    type = "replier"
+    type = "recorder"
+    seen: ClassVar[list[Message]]
 
     async def handle_message(self, message: Message) -> HandlerResult:
+        Recorder.seen.append(message)
         return message.reply({"answer": 42})
 
 
-async def test_the_handlers_reply_goes_to_the_messages_sender(
+async def test_mas_own_message_json_is_taken_as_it_is(
     client: httpx.AsyncClient, token: Any, gw: Gateway
 ) -> None:
-    await gw.runtime.spawn(Replier, id="replier")
+    """`Message.to_dict()` (another mas, a TaskIQ producer) is a valid body; the sender it
+    claims stays in the metadata: the handler is not told it, and no reply goes to it."""
+    Recorder.seen = []
     probe = Probe()
+    await gw.runtime.spawn(Recorder, id="recorder")
     await gw.runtime.spawn(probe.agent(), id="inbox")
-    body = {"type": "ask", "target": "agent:replier", "sender": "agent:inbox", "trace_id": TRACE}
-    response = await submit(client, token, body)
-    assert response.status_code == 202, response.text
-    (reply,) = await probe.wait_for(1)
-    assert reply.correlation_id == response.json()["id"]
-    assert (reply.payload, reply.sender, reply.trace_id) == ({"answer": 42}, "agent:replier", TRACE)
+    sent = Message(
+        "ask",
+        {"q": 1},
+        id="from-another-mas",
+        sender="agent:inbox",
+        target="agent:recorder",
+        correlation_id="upstream-1",
+        trace_id=TRACE,
+    )
+    response = await submit(client, token, sent.to_dict(), wait=5)
+    assert response.status_code in (200, 202), response.text
+    assert response.json()["id"] == "from-another-mas"
+    await gw.runtime.settle()
+    (seen,) = Recorder.seen
+    assert (seen.id, seen.sender, seen.correlation_id, seen.trace_id) == (
+        "from-another-mas",
+        None,
+        "upstream-1",
+        TRACE,
+    )
+    assert seen.metadata["sender"] == "agent:inbox"
+    assert probe.messages == []  # the claimed sender got nothing
+
+
+async def test_a_body_that_is_not_an_object_names_the_body(
+    client: httpx.AsyncClient, token: Any, problem: Callable[..., dict[str, Any]]
+) -> None:
+    response = await submit(client, token, [1])
+    assert problem(response, 422)["errors"][0]["field"] == "body"
