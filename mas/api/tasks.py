@@ -124,7 +124,7 @@ class TaskService:
             spec = spec.as_task()
         key = spec.id or idempotency_key
         task_id = key or new_id()
-        target = await self._target(spec)
+        target = await self._target(spec, key)
         message = Message(
             spec.message_type,
             spec.payload,
@@ -366,9 +366,13 @@ class TaskService:
         live = await self._store.live_capabilities(self._settings.heartbeat_ttl)
         return sorted(name for name, offered in live.items() if capability in offered)
 
-    async def _target(self, spec: TaskIn) -> str:
+    async def _target(self, spec: TaskIn, key: str | None) -> str:
         """The address the task goes to: the agent, its type, or a type offering the
         capability.
+
+        A capability is resolved once: a repeat under the client's id (`key`) goes where
+        the first submission went, whatever the capability resolves to now, or whether
+        anyone offers it now (the repeat gets the task it was, as for any other target).
 
         Raises:
             UnknownCapability: no live agent offers the capability, here or elsewhere.
@@ -378,6 +382,10 @@ class TaskService:
         if spec.type is not None:
             return f"type:{spec.type}"
         assert spec.capability is not None
+        if key is not None:
+            existing = await self._store.get_task(key)
+            if existing is not None and existing.target is not None:
+                return existing.target
         types = await self._capability_types(spec.capability)
         if not types:
             raise UnknownCapability(spec.capability)

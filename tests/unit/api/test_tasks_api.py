@@ -85,6 +85,24 @@ class TestSubmit:
         assert response.json()["target"] == target
         assert (await finished(client, token, response.json()["id"]))["status"] == "succeeded"
 
+    async def test_a_repeated_capability_task_gets_its_task_when_nobody_offers_it_now(
+        self, client: httpx.AsyncClient, token: Any, gw: Gateway
+    ) -> None:
+        """A retry is the same request: it gets the task it was, as for any other target,
+        even once no agent offers the capability any more (it is resolved only once)."""
+        body = {"capability": "echo", "id": "cap-1", "payload": {"n": 1}}
+        first = await client.post("/tasks/", json=body, params={"wait": 5}, headers=token())
+        assert (first.status_code, first.json()["status"]) == (200, "succeeded"), first.text
+        await gw.runtime.stop_agent("echo")
+        await gw.runtime.settle()  # the agents table says echo stopped: nobody offers echo
+        fresh = await submit(client, token, {"capability": "echo"})
+        assert fresh.status_code == 404, fresh.text
+        again = await submit(client, token, body)
+        assert again.status_code == 200, again.text
+        assert (again.json()["id"], again.json()["target"]) == ("cap-1", "type:echo")
+        changed = await submit(client, token, {**body, "payload": {"n": 2}})
+        assert changed.status_code == 422, changed.text
+
     async def test_response_carries_a_trace_id_that_the_task_keeps(
         self, client: httpx.AsyncClient, token: Any
     ) -> None:
