@@ -1,10 +1,11 @@
 """RabbitMQ fixtures shared by the conformance, integration and end-to-end tests.
 
-A test session gets its own vhost `mas-test-<hex>` (made with `rabbitmqctl`, deleted at the end
-with everything in it) when `rabbitmqctl` can reach the broker; otherwise it uses the URL's
-vhost as it is. Every test also gets its own name prefix, and deletes the queues and exchanges
-it declared, so tests never see each other's messages. When RabbitMQ is unreachable the test
-skips — or fails under MAS_REQUIRE_SERVICES=1 (see `require_service` in tests/conftest.py).
+A test session gets its own vhost `mas-test-<hex>` (made with `rabbitmqctl`; at the end its
+queues are deleted one by one, then the empty vhost: see `_delete_vhost`) when `rabbitmqctl`
+can reach the broker; otherwise it uses the URL's vhost as it is. Every test also gets its own
+name prefix, and deletes the queues and exchanges it declared, so tests never see each other's
+messages. When RabbitMQ is unreachable the test skips — or fails under
+MAS_REQUIRE_SERVICES=1 (see `require_service` in tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -48,27 +49,43 @@ AMQP_URL = os.environ.get("MAS_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:567
 EXCHANGES = ("agents.direct", "agents.topic", "agents.delay", "agents.dlx")
 
 
-def _rabbitmqctl(*args: str) -> bool:
+def _rabbitmqctl(*args: str) -> str | None:
+    """`rabbitmqctl`'s output, or None when it failed (or is not for this broker)."""
     if shutil.which("rabbitmqctl") is None or AMQP_URL != "amqp://guest:guest@127.0.0.1:5672/":
-        return False
+        return None
     done = subprocess.run(["rabbitmqctl", *args], capture_output=True, timeout=60, check=False)
-    return done.returncode == 0
+    return done.stdout.decode() if done.returncode == 0 else None
+
+
+def _delete_vhost(vhost: str, url: str) -> None:
+    """Empty the session's vhost queue by queue, then delete it.
+
+    Deleting a vhost that still held quorum queues wedged RabbitMQ 3.10 here (DESIGN §9:
+    every handshake and `rabbitmqctl` call hung after it), so the queues go one by one over
+    AMQP first, as the tests delete their own, and the vhost is deleted empty.
+    """
+    listed = _rabbitmqctl("list_queues", "-p", vhost, "name", "--quiet", "--no-table-headers")
+    queues = [name for name in (listed or "").splitlines() if name.strip()]
+    if queues:
+        asyncio.run(delete_topology(url, "", queues))
+    _rabbitmqctl("delete_vhost", vhost)
 
 
 @pytest.fixture(scope="session")
 def amqp_vhost_url() -> Iterator[str]:
     """The session's broker URL: a private vhost when rabbitmqctl is at hand."""
     vhost = f"mas-test-{uuid.uuid4().hex[:8]}"
-    if not _rabbitmqctl("add_vhost", vhost):
+    if _rabbitmqctl("add_vhost", vhost) is None:
         yield AMQP_URL
         return
+    url = AMQP_URL.rstrip("/") + "/" + quote(vhost, safe="")
     try:
-        if _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"):
-            yield AMQP_URL.rstrip("/") + "/" + quote(vhost, safe="")
+        if _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*") is not None:
+            yield url
         else:
             yield AMQP_URL
     finally:
-        _rabbitmqctl("delete_vhost", vhost)
+        _delete_vhost(vhost, url)
 
 
 @dataclass
