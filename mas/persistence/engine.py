@@ -84,6 +84,7 @@ async def connect(url: str, *, schema: str | None = None, timeout: float = 10.0)
         options["connect_args"] = connect_args
     engine = create_async_engine(parsed, **options)
     if parsed.get_backend_name() == "sqlite":
+        event.listen(engine.sync_engine, "do_connect", _sqlite_connect)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         event.listen(engine.sync_engine, "reset", _sqlite_reset)
     else:
@@ -97,6 +98,13 @@ async def connect(url: str, *, schema: str | None = None, timeout: float = 10.0)
             f"cannot reach the database at {display_url(parsed)}: {error_reason(exc)}"
         ) from exc
     return engine
+
+
+def _sqlite_connect(dialect: Any, _record: Any, cargs: list[Any], cparams: dict[str, Any]) -> Any:
+    """Open SQLite connections that can be stopped twice (see `sqlite_driver`)."""
+    from mas.persistence.sqlite_driver import open_connection
+
+    return dialect.dbapi.connect(*cargs, async_creator_fn=open_connection, **cparams)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
