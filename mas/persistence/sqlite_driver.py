@@ -10,8 +10,8 @@ thread is busy (Ctrl-C during a shutdown, a timeout inside a cancelled scope, a 
 it gives the connection up with a shielded `close()` and, cancelled again, falls back to
 `stop()`. The shielded close then never ends, and `asyncio.run()`, which waits for every
 task at exit, never returns. (Reported as wapiti-scanner/wapiti#802; not fixed in aiosqlite
-0.22.1, the latest release.) Here the second `stop()` is a no-op: the first one's sentinel
-already closes the connection and ends the thread.
+0.22.1, the latest release.) Here a second `stop()` queues nothing and returns the first
+one's answer: that sentinel already closes the connection and ends the thread.
 """
 
 from __future__ import annotations
@@ -31,15 +31,21 @@ class StoppableConnection(aiosqlite.Connection):
     def __init__(self, connector: Any, iter_chunk_size: int) -> None:
         super().__init__(connector, iter_chunk_size)
         self._stop_queued = False
+        self._stopped: asyncio.Future[Any] | None = None
         # As SQLAlchemy's dialect does for the connections it opens: a connection somebody
         # forgot must not keep the process alive at exit.
         self._thread.daemon = True
 
     def stop(self) -> asyncio.Future[Any] | None:
-        if self._stop_queued:
-            return None
-        self._stop_queued = True
-        return super().stop()
+        """Queue the thread's end once; later calls return the first one's answer.
+
+        So a `close()` after `stop()` waits until the thread has closed the connection and
+        answered, and the event loop is not closed under that answer.
+        """
+        if not self._stop_queued:
+            self._stop_queued = True
+            self._stopped = super().stop()
+        return self._stopped
 
 
 def open_connection(

@@ -13,6 +13,7 @@ import asyncio
 import threading
 from pathlib import Path
 
+import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -23,9 +24,14 @@ from mas.testing import eventually
 DEADLINE = 60.0
 
 
-def test_a_write_interrupted_twice_on_a_slow_disk_does_not_hang_the_exit(tmp_path: Path) -> None:
+def test_a_write_interrupted_twice_on_a_slow_disk_does_not_hang_the_exit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     disk = SlowDisk()
     ended = threading.Event()
+    thread_errors: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: thread_errors.append(args.exc_value))
+    before = set(threading.enumerate())
 
     def run() -> None:
         asyncio.run(_interrupted_write(f"sqlite+aiosqlite:///{tmp_path}/mas.db", disk))
@@ -34,6 +40,11 @@ def test_a_write_interrupted_twice_on_a_slow_disk_does_not_hang_the_exit(tmp_pat
     # A thread of its own, so a hang fails this test instead of stopping the whole run.
     threading.Thread(target=run, daemon=True).start()
     assert ended.wait(DEADLINE), "asyncio.run() did not return: closing SQLite hung"
+    # The connection's worker thread answered before the loop closed, and ended.
+    for thread in set(threading.enumerate()) - before:
+        thread.join(DEADLINE)
+        assert not thread.is_alive(), thread
+    assert thread_errors == []
 
 
 class SlowDisk:
