@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 JSONObject = dict[str, Any]
-AddressKind = Literal["agent", "type", "topic", "reply"]
+AddressKind = Literal["agent", "type", "capability", "topic", "reply"]
 
 _MAX_ADDRESS_VALUE = 200
 _ID_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:@\-]*")
@@ -49,12 +49,13 @@ stored task that cannot be written out would break every read that lists it."""
 
 # Built once: `json.dumps` with options builds a new encoder on every call.
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
-_KINDS: tuple[AddressKind, ...] = ("agent", "type", "topic", "reply")
+_KINDS: tuple[AddressKind, ...] = ("agent", "type", "capability", "topic", "reply")
 
 
 @dataclass(frozen=True, slots=True)
 class Address:
-    """A parsed address: `agent:<id>`, `type:<agent_type>`, `topic:<routing.key>`.
+    """A parsed address: `agent:<id>`, `type:<agent_type>`, `capability:<name>` (any agent
+    type that offers it, resolved when sent), `topic:<routing.key>`.
 
     `reply:<node>` is internal: it names the node that waits for the answers to its `ask`s.
     """
@@ -82,8 +83,8 @@ def parse_address(text: str, *, allow_patterns: bool = False) -> Address:
     kind, sep, value = text.partition(":")
     if not sep or kind not in _KINDS:
         raise InvalidAddress(
-            f"{text!r} is not an address: write 'agent:<id>', 'type:<agent_type>' "
-            "or 'topic:<routing.key>'"
+            f"{text!r} is not an address: write 'agent:<id>', 'type:<agent_type>', "
+            "'capability:<name>' or 'topic:<routing.key>'"
         )
     if not value or len(value) > _MAX_ADDRESS_VALUE:
         raise InvalidAddress(
@@ -95,11 +96,11 @@ def parse_address(text: str, *, allow_patterns: bool = False) -> Address:
                 f"{text!r}: an id uses letters, digits and _ . : @ - and starts with a "
                 "letter, digit or _"
             )
-    elif kind == "type":
+    elif kind in ("type", "capability"):
         if not _TYPE_RE.fullmatch(value):
             raise InvalidAddress(
-                f"{text!r}: an agent type uses letters, digits and _ . - and starts with a "
-                "letter or _"
+                f"{text!r}: {'an agent type' if kind == 'type' else 'a capability'} uses "
+                "letters, digits and _ . - and starts with a letter or _"
             )
     else:
         _check_topic(text, value, allow_patterns)

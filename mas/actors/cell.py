@@ -93,6 +93,7 @@ class AgentCell:
         "address",
         "agent_type",
         "attempt",
+        "capabilities",
         "ctx",
         "current",
         "factory",
@@ -120,12 +121,14 @@ class AgentCell:
         mailbox: Mailbox[Message | Delivery],
         retry: RetryPolicy,
         shutdown_timeout: float,
+        capabilities: tuple[str, ...] = (),
     ) -> None:
         self.runtime = runtime
         self.supervisor = supervisor
         self.id = agent_id
         self.address = f"agent:{agent_id}"
         self.agent_type = agent_type
+        self.capabilities = capabilities
         self.factory = factory
         self.restart: Restart = restart
         self.mailbox = mailbox

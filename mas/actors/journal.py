@@ -89,3 +89,10 @@ class Journal(Protocol):
 
     def agent_stopped(self, agent_id: str, agent_type: str, reason: str) -> None:
         """An agent stopped for good on this node."""
+
+    async def live_capabilities(self) -> dict[str, tuple[str, ...]]:
+        """The agent types running anywhere in the cluster, each with its capabilities.
+
+        Read for `capability:` addresses no local agent serves. Raises a `MasError` when
+        the record cannot be read now.
+        """

@@ -70,6 +70,14 @@ class LocalRegistry:
         """Whether a live local agent of the type exists (`pick` would find one)."""
         return any(not cell.stopped for cell in self._by_type.get(agent_type, {}).values())
 
+    def types_offering(self, capability: str) -> list[str]:
+        """The types of the live local agents that offer `capability`, sorted."""
+        return sorted(
+            agent_type
+            for agent_type, cells in self._by_type.items()
+            if any(capability in cell.capabilities and not cell.stopped for cell in cells.values())
+        )
+
     def pick(self, agent_type: str) -> AgentCell | None:
         """Round-robin over the live local agents of a type."""
         rotation = self._rotation.get(agent_type)

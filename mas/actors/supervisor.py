@@ -187,6 +187,7 @@ class Supervisor:
             Mailbox(agent_id, capacity, overflow),
             retry,
             settings.shutdown_timeout if spec.shutdown is None else spec.shutdown,
+            cls.capabilities,
         )
         runtime.register(cell)  # raises DuplicateAgent before start() runs
         try:

@@ -28,7 +28,7 @@ import anyio
 import structlog
 
 from mas.actors.agent import Agent
-from mas.actors.backoff import RetryPolicy
+from mas.actors.backoff import RetryPolicy, backoff_delay
 from mas.actors.cell import AgentCell, LocalDelivery
 from mas.actors.clock import Clock, LoopClock
 from mas.actors.deadletters import DeadLetter, DeadLetters
@@ -57,6 +57,7 @@ from mas.errors import (
     MasError,
     RuntimeNotRunning,
     UnknownAgent,
+    UnknownCapability,
 )
 from mas.messages import Address, Message, TaskError, TaskResult, parse_address
 from mas.observability.logging import level_number
@@ -68,6 +69,11 @@ _log = structlog.get_logger("mas.runtime")
 # Seconds the runtime's own tasks get after the deadline (cancelled handlers unwinding,
 # death-watch notices), so a shutdown that used its whole budget still ends cleanly.
 _CLOSE_GRACE = 0.5
+
+# An ask to a capability nobody offers yet looks again after 20 ms, 40 ms, ... at most every
+# 2 s, until its timeout: a provider that is starting (or whose node restarts) is found.
+_PROVIDER_WAIT_BASE = 0.02
+_PROVIDER_WAIT_MAX = 2.0
 
 TaskListener = Callable[[TaskResult, Message], Awaitable[None]]
 
@@ -572,10 +578,9 @@ class ActorSystem:
     def _refused(self, message: Message, exc: UnknownAgent) -> None:
         """A send nobody serves, raised to its caller: counted as a dead letter here, and kept
         nowhere else (the caller holds the message and was told)."""
+        reason = "no_capable_agent" if isinstance(exc, UnknownCapability) else "unknown_address"
         self.dead_letters.record(
-            DeadLetter(
-                message, "unknown_address", error_type="UnknownAgent", error_message=str(exc)
-            )
+            DeadLetter(message, reason, error_type=type(exc).__name__, error_message=str(exc))
         )
 
     def _check_internal(self) -> None:
@@ -594,6 +599,8 @@ class ActorSystem:
         if loop is None:
             self.check_running()  # raises: never started
         assert loop is not None
+        if type(target) is str and target.startswith("capability:"):
+            timeout -= await self._wait_for_provider(target[11:], timeout)
         future: asyncio.Future[Message] = loop.create_future()
         if message.target is not None or message.reply_to is not None:
             # Sent before (perhaps still queued somewhere): a sent message is never changed,
@@ -621,6 +628,39 @@ class ActorSystem:
         if reply.type == ERROR_REPLY:
             raise error_from_reply(reply)
         return reply
+
+    async def capability_types(self, capability: str) -> list[str]:
+        """The agent types that offer `capability`, sorted: those this node runs, else those
+        live anywhere in the cluster (from the journal's agent records; none without one).
+
+        Raises:
+            MasError: the record cannot be read now.
+        """
+        here = self.registry.types_offering(capability)
+        if here or self.journal is None:
+            return here
+        live = await self.journal.live_capabilities()
+        return sorted(name for name, offered in live.items() if capability in offered)
+
+    async def _wait_for_provider(self, capability: str, timeout: float) -> float:
+        """Wait (backing off) until some agent offers `capability`; the seconds it took.
+
+        Raises:
+            UnknownCapability: nobody offered it within `timeout` seconds
+                (`no_capable_agent`).
+        """
+        clock = self.clock
+        started = clock.time()
+        attempt = 0
+        while not await self.capability_types(capability):
+            left = timeout - (clock.time() - started)
+            if left <= 0:
+                raise UnknownCapability(capability)
+            attempt += 1
+            await self.tasks.sleep(
+                min(left, backoff_delay(attempt, _PROVIDER_WAIT_BASE, _PROVIDER_WAIT_MAX, 0.1))
+            )
+        return clock.time() - started
 
     async def publish(self, topic: str, message: Message) -> None:
         """Send to every agent subscribed to a matching pattern, on every node."""
@@ -668,6 +708,14 @@ class ActorSystem:
             if cell is not None:
                 await self._deliver_local(cell, message)
                 return True
+        elif kind == "capability":
+            types = await self.capability_types(address.value)
+            if not types:
+                raise UnknownCapability(address.value)
+            # Resolved at the send: the agent gets a copy addressed to the type chosen.
+            routed = message.copy()
+            routed.target = f"type:{types[0]}"
+            return await self._route(routed, resent=resent)
         elif kind == "reply":
             if address.value == self._node_id:
                 self._resolve_reply(message)
@@ -782,11 +830,13 @@ class ActorSystem:
             if count == 0:
                 await delivery.ack()
             return
-        cell = (
-            self._cells.get(address.value)
-            if address.kind == "agent"
-            else self.registry.pick(address.value)
-        )
+        if address.kind == "agent":
+            cell = self._cells.get(address.value)
+        elif address.kind == "capability":  # resolved by senders; from an older one, locally
+            types = self.registry.types_offering(address.value)
+            cell = self.registry.pick(types[0]) if types else None
+        else:
+            cell = self.registry.pick(address.value)
         if cell is None:
             await self.dead_letter(delivery, "unknown_address")
             return

@@ -113,6 +113,35 @@ class TaskOwner:
         if not self.busy:
             self._schedule_autojump()
 
+    async def sleep(self, delay: float) -> None:
+        """Sleep `delay` seconds of the clock as an owned timer: a test clock jumps over it
+        when nothing else runs, and `settle()` counts it (as it counts a retry's backoff)."""
+        assert self._loop is not None
+        woken: asyncio.Future[None] = self._loop.create_future()
+
+        def wake() -> None:
+            if self._timers.pop(timer, None) is not None and not self._timers:
+                self._no_timers.set()
+            if not woken.done():
+                woken.set_result(None)
+
+        async def woken_early() -> None:  # `flush_timers` at shutdown: wake up now
+            if not woken.done():
+                woken.set_result(None)
+
+        timer = self.clock.call_later(delay, wake)
+        self._timers[timer] = woken_early
+        self._no_timers.clear()
+        if not self.busy:
+            self._schedule_autojump()
+        try:
+            await woken
+        finally:
+            if self._timers.pop(timer, None) is not None:
+                timer.cancel()
+                if not self._timers:
+                    self._no_timers.set()
+
     def _schedule_autojump(self) -> None:
         """With an autojumping test clock, skip dead time whenever nothing else runs."""
         if self._autojump_scheduled or not getattr(self.clock, "autojump", False):

@@ -44,9 +44,7 @@ class Gateway:
     def __post_init__(self) -> None:
         api = self.settings.api
         self.backlogs = Backlogs(self.runtime.transport, limit=api.max_queue_depth)
-        self.tasks = TaskService(
-            self.settings, self.runtime, self.journal, self.backlogs, self.agent_classes
-        )
+        self.tasks = TaskService(self.settings, self.runtime, self.journal, self.backlogs)
         self.streams = TaskStreams(
             self.store, max_per_caller=api.max_streams_per_caller, interval=api.stream_poll_interval
         )

@@ -9,7 +9,7 @@ mas errors, never HTTP exceptions: `mas.api.problems` maps them to statuses in o
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Coroutine, Mapping, Sequence
+from collections.abc import AsyncGenerator, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import structlog
@@ -33,7 +33,6 @@ from mas.messages import Message, TaskError, TaskResult, new_id
 from mas.persistence.store import TaskRecord
 
 if TYPE_CHECKING:
-    from mas.actors.agent import Agent
     from mas.api.auth import Claims
     from mas.api.backlogs import Backlogs
     from mas.api.schemas import TaskIn
@@ -66,8 +65,8 @@ def _visible(caller: Claims, task: TaskRecord) -> bool:
 
 
 class TaskService:
-    """The task use cases of one gateway, over its runtime, journal (and its store), the
-    broker's backlogs and the agent classes it knows (for capabilities).
+    """The task use cases of one gateway, over its runtime, journal (and its store) and the
+    broker's backlogs.
 
     Waits are in seconds as given (the HTTP layer applies `MAS_API__MAX_WAIT`); 0 is none.
     Writes a caller waits for are bounded by `MAS_API__WRITE_TIMEOUT`.
@@ -79,14 +78,12 @@ class TaskService:
         runtime: Runtime,
         journal: StoreJournal,
         backlogs: Backlogs,
-        agent_classes: Mapping[str, type[Agent]],
     ) -> None:
         self._settings = settings
         self._runtime = runtime
         self._journal = journal
         self._store = journal.store
         self._backlogs = backlogs
-        self._agent_classes = agent_classes
 
     async def submit(
         self,
@@ -351,21 +348,6 @@ class TaskService:
             raise error
         return cast(T, result)
 
-    async def _capability_types(self, capability: str) -> Sequence[str]:
-        """Agent types that offer `capability`: those this node runs first (no broker trip),
-        else those live anywhere in the cluster, from the agents' registry (each node records
-        its agents' capabilities, and keeps their heartbeat fresh)."""
-        local = {cell.agent_type for cell in self._runtime.registry.cells.values()}
-        here = sorted(
-            name
-            for name, cls in self._agent_classes.items()
-            if capability in cls.capabilities and name in local
-        )
-        if here:
-            return here
-        live = await self._store.live_capabilities(self._settings.heartbeat_ttl)
-        return sorted(name for name, offered in live.items() if capability in offered)
-
     async def _target(self, spec: TaskIn, key: str | None) -> str:
         """The address the task goes to: the agent, its type, or a type offering the
         capability.
@@ -386,7 +368,9 @@ class TaskService:
             existing = await self._store.get_task(key)
             if existing is not None and existing.target is not None:
                 return existing.target
-        types = await self._capability_types(spec.capability)
+        # Those this node runs first (no broker trip), else those live anywhere in the
+        # cluster, from the agents' records (each node keeps its agents' heartbeats fresh).
+        types = await self._runtime.capability_types(spec.capability)
         if not types:
             raise UnknownCapability(spec.capability)
         return f"type:{types[0]}"

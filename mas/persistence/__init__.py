@@ -43,4 +43,5 @@ async def open_journal(settings: Settings) -> StoreJournal:
         outbox_sweep_interval=settings.outbox.sweep_interval,
         # Past the longest a retry or deferral keeps a message away from its queue.
         retire_after=settings.heartbeat_ttl + settings.retry.max_delay + 5.0,
+        agents_stale_after=settings.heartbeat_ttl,
     )

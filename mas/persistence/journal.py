@@ -341,6 +341,7 @@ class StoreJournal:
         outbox_lease: float = 10.0,
         outbox_sweep_interval: float = 1.0,
         retire_after: float | None = None,
+        agents_stale_after: float | None = None,
     ) -> None:
         self.store = store
         self.owns_store = owns_store
@@ -357,6 +358,10 @@ class StoreJournal:
         self.heartbeat_interval = heartbeat_interval
         self.retire_after = retire_after
         """Seconds after which an agent gone for good gives up its queue (None: never)."""
+        self.agents_stale_after = (
+            agents_stale_after if agents_stale_after is not None else 3 * heartbeat_interval
+        )
+        """Seconds after its last heartbeat that an agent no longer counts as live."""
         self._heartbeats: asyncio.Task[None] | None = None
         self._relaying: asyncio.Task[None] | None = None
         self._audit_all = audit == "all"
@@ -709,6 +714,9 @@ class StoreJournal:
 
     def agent_stopped(self, agent_id: str, agent_type: str, reason: str) -> None:
         self._agent(agent_id, agent_type, "stopped", {"stop_reason": reason})
+
+    async def live_capabilities(self) -> dict[str, tuple[str, ...]]:
+        return await self.store.live_capabilities(self.agents_stale_after)
 
     def _agent(self, agent_id: str, agent_type: str, status: str, meta: dict[str, Any]) -> None:
         now = datetime.now(UTC)

@@ -66,3 +66,6 @@ class MemoryJournal:
 
     def agent_stopped(self, agent_id: str, agent_type: str, reason: str) -> None:
         self.agents[agent_id] = "stopped"
+
+    async def live_capabilities(self) -> dict[str, tuple[str, ...]]:
+        return {}  # one process: the runtime knows its own agents

@@ -155,7 +155,7 @@ async def test_the_service_runs_on_a_plain_runtime_without_the_http_app(
         journal = runtime.journal
         assert isinstance(journal, StoreJournal)
         backlogs = Backlogs(runtime.transport, limit=settings.api.max_queue_depth)
-        tasks = TaskService(settings, runtime, journal, backlogs, {"echo": EchoAgent})
+        tasks = TaskService(settings, runtime, journal, backlogs)
         spec = TaskIn.model_validate({"capability": "echo", "payload": {"n": 1}})
         task, created = await tasks.submit(spec, ALICE, wait=5)
         assert created
