@@ -648,6 +648,7 @@ class ActorSystem:
         Raises:
             UnknownCapability: nobody offered it within `timeout` seconds
                 (`no_capable_agent`).
+            RuntimeNotRunning: the runtime stopped meanwhile.
         """
         clock = self.clock
         started = clock.time()
@@ -660,6 +661,8 @@ class ActorSystem:
             await self.tasks.sleep(
                 min(left, backoff_delay(attempt, _PROVIDER_WAIT_BASE, _PROVIDER_WAIT_MAX, 0.1))
             )
+            if not self._accepting:
+                self._check_internal()  # the runtime stopped meanwhile (it woke us)
         return clock.time() - started
 
     async def publish(self, topic: str, message: Message) -> None:

@@ -14,7 +14,15 @@ from typing import ClassVar
 
 import pytest
 
-from mas import Agent, InvalidAddress, Message, UnknownCapability
+from mas import (
+    Agent,
+    InvalidAddress,
+    Message,
+    Runtime,
+    RuntimeNotRunning,
+    Settings,
+    UnknownCapability,
+)
 from mas.messages import parse_address
 from mas.testing import ManualClock, TestRuntime, eventually
 from tests.unit.actors.conftest import MakeRuntime
@@ -119,3 +127,15 @@ def test_a_capability_address_names_a_capability() -> None:
     assert parse_address("capability:research.deep").kind == "capability"
     with pytest.raises(InvalidAddress, match="a capability uses letters"):
         parse_address("capability:9 lives")
+
+
+async def test_an_ask_waiting_for_a_provider_ends_when_the_runtime_stops() -> None:
+    # The loop's clock: a test clock would jump straight to the ask's timeout.
+    runtime = Runtime(Settings(log_level="WARNING"))
+    async with runtime:
+        asking = asyncio.create_task(
+            runtime.ask("capability:research", Message("study", {}), timeout=600)
+        )
+        await eventually(lambda: runtime.tasks.timers > 0)  # it looked, and backs off
+    with pytest.raises(RuntimeNotRunning):
+        await asyncio.wait_for(asking, 30)
