@@ -599,8 +599,11 @@ class ActorSystem:
         if loop is None:
             self.check_running()  # raises: never started
         assert loop is not None
+        asked = target
         if type(target) is str and target.startswith("capability:"):
-            timeout -= await self._wait_for_provider(target[11:], timeout)
+            # Resolved once, here: the ask goes to the type found, without a second lookup.
+            agent_type, waited = await self._wait_for_provider(target[11:], timeout)
+            target, timeout = f"type:{agent_type}", timeout - waited
         future: asyncio.Future[Message] = loop.create_future()
         if message.target is not None or message.reply_to is not None:
             # Sent before (perhaps still queued somewhere): a sent message is never changed,
@@ -620,7 +623,7 @@ class ActorSystem:
                 await self.tell(target, message)
             reply = await future
         except AskExpired:
-            name = target.address if isinstance(target, AgentRef) else target
+            name = asked.address if isinstance(asked, AgentRef) else asked
             raise AskTimeout(name, timeout) from None
         finally:
             if pending.get(message_id) is future:
@@ -642,8 +645,9 @@ class ActorSystem:
         live = await self.journal.live_capabilities()
         return sorted(name for name, offered in live.items() if capability in offered)
 
-    async def _wait_for_provider(self, capability: str, timeout: float) -> float:
-        """Wait (backing off) until some agent offers `capability`; the seconds it took.
+    async def _wait_for_provider(self, capability: str, timeout: float) -> tuple[str, float]:
+        """Wait (backing off) until some agent offers `capability`: the type that does (the
+        first in order, as `_route` picks) and the seconds it took.
 
         Raises:
             UnknownCapability: nobody offered it within `timeout` seconds
@@ -653,7 +657,7 @@ class ActorSystem:
         clock = self.clock
         started = clock.time()
         attempt = 0
-        while not await self.capability_types(capability):
+        while not (types := await self.capability_types(capability)):
             left = timeout - (clock.time() - started)
             if left <= 0:
                 raise UnknownCapability(capability)
@@ -663,7 +667,7 @@ class ActorSystem:
             )
             if not self._accepting:
                 self._check_internal()  # the runtime stopped meanwhile (it woke us)
-        return clock.time() - started
+        return types[0], clock.time() - started
 
     async def publish(self, topic: str, message: Message) -> None:
         """Send to every agent subscribed to a matching pattern, on every node."""
