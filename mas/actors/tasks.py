@@ -97,8 +97,9 @@ class TaskOwner:
         if self._timers:
             self._schedule_autojump()
 
-    def call_later(self, delay: float, job: Callable[[], Awaitable[None]]) -> None:
-        """Run `job()` as an owned task after `delay` seconds of the clock."""
+    def call_later(self, delay: float, job: Callable[[], Awaitable[None]]) -> Timer:
+        """Run `job()` as an owned task after `delay` seconds of the clock (`cancel_timer`
+        takes it back)."""
 
         def fire() -> None:
             if self._timers.pop(timer, None) is None:
@@ -112,35 +113,31 @@ class TaskOwner:
         self._no_timers.clear()
         if not self.busy:
             self._schedule_autojump()
+        return timer
+
+    def cancel_timer(self, timer: Timer) -> None:
+        """Take back a `call_later` job that has not run yet (nothing when it has)."""
+        if self._timers.pop(timer, None) is not None:
+            timer.cancel()
+            if not self._timers:
+                self._no_timers.set()
 
     async def sleep(self, delay: float) -> None:
         """Sleep `delay` seconds of the clock as an owned timer: a test clock jumps over it
-        when nothing else runs, and `settle()` counts it (as it counts a retry's backoff)."""
+        when nothing else runs, `settle()` counts it (as it counts a retry's backoff), and
+        a shutdown (`flush_timers`) wakes it early."""
         assert self._loop is not None
         woken: asyncio.Future[None] = self._loop.create_future()
 
-        def wake() -> None:
-            if self._timers.pop(timer, None) is not None and not self._timers:
-                self._no_timers.set()
+        async def wake() -> None:
             if not woken.done():
                 woken.set_result(None)
 
-        async def woken_early() -> None:  # `flush_timers` at shutdown: wake up now
-            if not woken.done():
-                woken.set_result(None)
-
-        timer = self.clock.call_later(delay, wake)
-        self._timers[timer] = woken_early
-        self._no_timers.clear()
-        if not self.busy:
-            self._schedule_autojump()
+        timer = self.call_later(delay, wake)
         try:
             await woken
         finally:
-            if self._timers.pop(timer, None) is not None:
-                timer.cancel()
-                if not self._timers:
-                    self._no_timers.set()
+            self.cancel_timer(timer)
 
     def _schedule_autojump(self) -> None:
         """With an autojumping test clock, skip dead time whenever nothing else runs."""
