@@ -84,7 +84,6 @@ class AgentCell:
     """Owns one agent's mailbox, instance and lifecycle state."""
 
     __slots__ = (
-        "_active",
         "_idle_waiters",
         "_seen",
         "_seen_old",
@@ -93,6 +92,7 @@ class AgentCell:
         "address",
         "agent_type",
         "attempt",
+        "busy",
         "capabilities",
         "ctx",
         "current",
@@ -141,7 +141,7 @@ class AgentCell:
         self.attempt = 0
         self.stop_requested = False
         self.topics: list[str] | None = None
-        self._active = False
+        self.busy = False  # a drain task exists (set by `activate` and the drain task only)
         self._task: asyncio.Task[None] | None = None
         self._seen: dict[str, Message | None] | None = None
         self._seen_old: dict[str, Message | None] | None = None
@@ -164,29 +164,12 @@ class AgentCell:
         mailbox = self.mailbox
         return len(mailbox) < mailbox.capacity or mailbox.overflow == "drop_oldest"
 
-    @property
-    def busy(self) -> bool:
-        """A drain task exists (it is handling, or about to handle, a message)."""
-        return self._active
-
     def add_watcher(self, address: str) -> None:
         if self._watchers is None:
             self._watchers = set()
         self._watchers.add(address)
 
     # -- receiving ---------------------------------------------------------------------------
-
-    def put_now(self, item: Message | Delivery) -> bool:
-        """Queue an item if the agent is running and its mailbox has room; False otherwise.
-
-        The send fast path (`AgentRef.tell`, `put`): no await, no policy. False leaves the
-        decision (wait, refuse, drop the oldest, raise `AgentStopped`) to `put`.
-        """
-        if self.status is RUNNING and self.mailbox.try_put(item):
-            if not self._active:
-                self._activate()
-            return True
-        return False
 
     async def put(self, item: Message | Delivery) -> None:
         """Queue a message (waits when full under `block`); activates the agent if idle.
@@ -198,7 +181,10 @@ class AgentCell:
             AgentStopped: the agent has stopped.
             MailboxFull: full, and the policy is `reject`.
         """
-        if self.put_now(item):
+        # The fast path (`AgentRef.tell` has the same three lines): running, and room now.
+        if self.status is RUNNING and self.mailbox.try_put(item):
+            if not self.busy:
+                self.activate()
             return
         if self.status is STOPPED:
             raise AgentStopped(self.id)
@@ -207,8 +193,8 @@ class AgentCell:
             await self.runtime.dead_letter(
                 self.as_delivery(dropped), "mailbox_overflow", agent_id=self.id
             )
-        if not self._active and self.status is RUNNING:
-            self._activate()
+        if not self.busy and self.status is RUNNING:
+            self.activate()
 
     async def offer(self, delivery: Delivery) -> bool:
         """Queue a delivery without ever waiting; False when the mailbox is full.
@@ -231,8 +217,8 @@ class AgentCell:
             await self.runtime.dead_letter(
                 self.as_delivery(dropped), "mailbox_overflow", agent_id=self.id
             )
-        if not self._active and self.status is RUNNING:
-            self._activate()
+        if not self.busy and self.status is RUNNING:
+            self.activate()
         return True
 
     def as_delivery(self, item: Message | Delivery) -> Delivery:
@@ -246,11 +232,13 @@ class AgentCell:
             await self.runtime.dead_letter(delivery, "agent_stopped", agent_id=self.id)
             return
         self.mailbox.put_force(delivery)
-        if not self._active and self.status is RUNNING:
-            self._activate()
+        if not self.busy and self.status is RUNNING:
+            self.activate()
 
-    def _activate(self) -> None:
-        self._active = True
+    def activate(self) -> None:
+        """Start the drain task for what is queued. Callers check first that the agent is
+        running and not `busy` (the send fast path does, without a call)."""
+        self.busy = True
         self._task = self.runtime.start_drain(self._drain())
 
     # -- processing --------------------------------------------------------------------------
@@ -271,7 +259,7 @@ class AgentCell:
                 runtime.fail(exc)
             raise
         finally:
-            self._active = False
+            self.busy = False
             task, self._task = self._task, None
             runtime.drain_done(task)
 
@@ -279,10 +267,10 @@ class AgentCell:
         """Take queued items one at a time and handle each, until the mailbox stays empty.
 
         Each item: skip it if it was handled already (`_should_handle`), note the start
-        (`_record_start`), run the handler, then settle it (`_succeeded`) or retry or
-        dead-letter it (`_failed`). This loop is the per-message fast path, kept in one frame:
-        a first-attempt local message costs a popleft, a dedupe lookup, the handler call and
-        an insert into the dedupe window.
+        (`_record_start`), run the handler, then remember its id and settle it (`_settle`)
+        or retry or dead-letter it (`_failed`). This loop is the per-message fast path, kept
+        in one frame: a first-attempt local message costs a popleft, a dedupe lookup, the
+        handler call and an insert into the dedupe window.
         """
         mailbox = self.mailbox
         runtime = self.runtime
@@ -322,7 +310,13 @@ class AgentCell:
                 self._idle()
                 await self._failed(delivery or LocalDelivery(message, self), exc)
             else:
-                self._succeeded(message, reply)
+                # Succeeded (inlined: a call costs a tenth of this path): wake whoever waits
+                # for that, remember the id (and reply).
+                self.current = None
+                if self._idle_waiters:
+                    self._idle()
+                self._remember(message.id, reply)
+                runtime.handled += 1
                 if journal is not None or delivery is not None or started:
                     await self._settle(journal, message, delivery, reply, started)
             if self.stop_requested:
@@ -370,14 +364,6 @@ class AgentCell:
         self.runtime.ensure_trace(message)  # every audited message can be found by trace
         if "task_id" in message.metadata:
             journal.task_running(message, self.id, self.attempt)
-
-    def _succeeded(self, message: Message, reply: Message | None) -> None:
-        """A handler returned: wake whoever waits for that, remember the id (and reply)."""
-        self.current = None
-        if self._idle_waiters:
-            self._idle()
-        self._remember(message.id, reply)
-        self.runtime.handled += 1
 
     async def _settle(
         self,
@@ -567,8 +553,8 @@ class AgentCell:
         if self.instance is None:
             await self.start_instance()
         self.status = RUNNING
-        if not self._active and len(self.mailbox):
-            self._activate()
+        if not self.busy and len(self.mailbox):
+            self.activate()
 
     async def terminate(self, reason: str) -> None:
         """Stop for good: finish the handler, `stop()`, dead-letter what is queued, notify."""
@@ -605,6 +591,6 @@ class AgentCell:
             "type": self.agent_type,
             "status": self.status,
             "mailbox": len(self.mailbox),
-            "busy": self._active,
+            "busy": self.busy,
             "supervisor": self.supervisor.id,
         }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from mas.actors.status import RUNNING
 from mas.errors import AgentStopped, MasError
 from mas.messages import Message
 
@@ -59,7 +60,9 @@ class AgentRef:
             target = message.target
             if target is None or target == self.address:
                 message.target = self.address
-                if cell.put_now(message):
+                if cell.status is RUNNING and cell.mailbox.try_put(message):
+                    if not cell.busy:
+                        cell.activate()
                     return
         await self._runtime.tell(self, message)
 
