@@ -125,6 +125,20 @@ class _TopicDelivery(LocalDelivery):
         return False  # every other node got its own copy
 
 
+class _RecoveredDelivery(LocalDelivery):
+    """A message the outbox sends again (its node may have died with it half-handled),
+    handed to an agent of this node: redelivered, as the broker marks a message it sends
+    again, so the handler's node checks the record before handling it (another node may
+    have handled it, or recorded some of its durable steps)."""
+
+    __slots__ = ()
+
+    redelivered = True
+
+    def next_attempt(self) -> _RecoveredDelivery:
+        return _RecoveredDelivery(self.message, self.cell, self.attempt + 1)
+
+
 class ActorSystem:
     """Hosts agents, routes messages, supervises, and drains on shutdown.
 
@@ -705,15 +719,17 @@ class ActorSystem:
         assert target is not None
         address = _parse(target)
         kind = address.kind
-        if kind == "agent":
-            cell = self._cells.get(address.value)
+        if kind == "agent" or kind == "type":
+            cell = (
+                self._cells.get(address.value)
+                if kind == "agent"
+                else self.registry.pick(address.value)
+            )
             if cell is not None:
-                await self._deliver_local(cell, message)
-                return True
-        elif kind == "type":
-            cell = self.registry.pick(address.value)
-            if cell is not None:
-                await self._deliver_local(cell, message)
+                if resent:
+                    await cell.put(_RecoveredDelivery(message, cell))
+                else:
+                    await self._deliver_local(cell, message)
                 return True
         elif kind == "capability":
             types = await self.capability_types(address.value)
