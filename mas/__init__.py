@@ -9,6 +9,7 @@ from mas.actors.deadletters import DeadLetter, DeadLetters, DeadLetterSubscripti
 from mas.actors.journal import Journal
 from mas.actors.ref import AgentRef
 from mas.actors.supervisor import ChildSpec, Restart, Strategy, Supervisor
+from mas.actors.workflow import StepRecord
 from mas.config import Settings
 from mas.errors import (
     AgentStartError,
@@ -30,6 +31,7 @@ from mas.errors import (
     RuntimeNotRunning,
     SchemaOutdated,
     ServiceUnavailable,
+    StepResultNotJSON,
     StoreTimeout,
     StoreUnavailable,
     SupervisorEscalation,
@@ -40,6 +42,7 @@ from mas.errors import (
     UnknownCapability,
     UnknownTask,
     UsageError,
+    WorkflowDiverged,
 )
 from mas.messages import Address, Message, TaskError, TaskResult, parse_address, topic_matches
 from mas.runtime import Runtime
@@ -81,6 +84,8 @@ __all__ = [
     "SchemaOutdated",
     "ServiceUnavailable",
     "Settings",
+    "StepRecord",
+    "StepResultNotJSON",
     "StoreTimeout",
     "StoreUnavailable",
     "Strategy",
@@ -96,6 +101,7 @@ __all__ = [
     "UnknownCapability",
     "UnknownTask",
     "UsageError",
+    "WorkflowDiverged",
     "__version__",
     "parse_address",
     "topic_matches",

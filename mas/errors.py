@@ -270,6 +270,38 @@ class HandlerReturnError(UsageError, TypeError):
     """
 
 
+class StepResultNotJSON(UsageError, TypeError):
+    """A durable step returned (or an ask was answered with) something JSON cannot hold.
+
+    Usage: a step's result is recorded so that a re-run can return it without running the
+    step again; what cannot be recorded cannot be replayed.
+    """
+
+    def __init__(self, name: str, error: Exception) -> None:
+        super().__init__(f"step {name!r} returned a value that is not JSON: {error}")
+        self.name = name
+
+
+class WorkflowDiverged(UsageError):
+    """A re-run of a handler took another path than the run it replays.
+
+    Usage: the handler's durable steps must come in the same order with the same names on
+    every run of one message (no randomness, clock or I/O deciding which step comes next
+    outside a step). Mixing one run's recorded results into another path would be silently
+    wrong, so the message is dead-lettered at once (a retry would diverge again).
+    """
+
+    def __init__(self, message_id: str, seq: int, recorded: str, requested: str) -> None:
+        super().__init__(
+            f"step {seq} of message {message_id!r} was recorded as {recorded!r}, but this run "
+            f"asks for {requested!r}: the handler's steps changed between runs"
+        )
+        self.message_id = message_id
+        self.seq = seq
+        self.recorded = recorded
+        self.requested = requested
+
+
 class AgentStartError(DeliveryError):
     """An agent's `start()` raised, so it could not be spawned or restarted.
 

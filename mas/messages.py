@@ -30,6 +30,7 @@ __all__ = [
     "TaskResult",
     "body_id",
     "check_depth",
+    "derived_id",
     "parse_address",
     "topic_matches",
 ]
@@ -198,6 +199,16 @@ def body_id(body: bytes) -> str:
     """
     n = int.from_bytes(hashlib.sha256(body).digest()[:16], "big")
     return str(uuid.UUID(int=(n & _V8_CLEAR) | _V8_SET))
+
+
+def derived_id(parent: str, seq: int) -> str:
+    """The id of the `seq`-th message a handler sends while handling `parent` (a message id,
+    qualified by whose handling it is when several agents handle that id).
+
+    Deterministic, so a re-run of the handler (a retry, a redelivery, a failover) sends the
+    same ids again and the receivers' deduplication drops the copies of what arrived before.
+    """
+    return body_id(f"{parent}#{seq}".encode())
 
 
 _new_object = object.__new__

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import re
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import structlog
 
 from mas.actors.mailbox import Overflow
+from mas.actors.workflow import StepKind, WorkflowRun, as_json, marked_rerun
 from mas.errors import ConfigError
 from mas.messages import Message, TaskResult
 
@@ -19,6 +23,7 @@ if TYPE_CHECKING:
 __all__ = ["Agent", "AgentContext", "HandlerResult", "Terminated"]
 
 HandlerResult = Message | TaskResult | list[Message] | None
+T = TypeVar("T")
 
 _TYPE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
 
@@ -152,13 +157,125 @@ class AgentContext:
             message.trace_id = self._cell.runtime.ensure_trace(current)
         return message
 
-    async def send(self, target: str | AgentRef, message: Message) -> None:
-        """Fire-and-forget to an address or ref (raises `UnknownAgent` when nobody answers)."""
-        await self._system.tell(target, self._outgoing(message))
+    def send(self, target: str | AgentRef, message: Message) -> Coroutine[Any, Any, None]:
+        """Fire-and-forget to an address or ref (raises `UnknownAgent` when nobody answers).
 
-    async def ask(self, target: str | AgentRef, message: Message, timeout: float) -> Message:
-        """Request/reply from inside a handler; raises `AskTimeout` or the remote error."""
-        return await self._system.ask(target, self._outgoing(message), timeout=timeout)
+        Inside a handler this is a durable step: the message gets an id derived from the
+        handled message's and the step's number, so a re-run of the handler sends it with
+        the same id (receivers drop the copy) or, once recorded, not at all.
+        """
+        run = self._cell.workflow_run()
+        if run is None:
+            return self._system.tell(target, self._outgoing(message))
+        return self._durable_send(run, run.take_seq(), target, message)
+
+    async def _durable_send(
+        self, run: WorkflowRun, seq: int, target: str | AgentRef, message: Message
+    ) -> None:
+        name = _address_of(target)
+        if await run.recorded(self._cell.runtime.journal, seq, name, "send") is not None:
+            return
+        await self._system.tell(target, self._child(run, seq, message))
+        self._finished(run, seq, name, "send", None)
+
+    def ask(
+        self, target: str | AgentRef, message: Message, timeout: float
+    ) -> Coroutine[Any, Any, Message]:
+        """Request/reply from inside a handler; raises `AskTimeout` or the remote error.
+
+        A durable step inside a handler: the reply is recorded, and a re-run of the handler
+        gets it back at once instead of asking again (the question keeps its derived id, so
+        a re-run that asks before the reply was recorded is answered from the receiver's
+        record rather than handled twice).
+        """
+        run = self._cell.workflow_run()
+        if run is None:
+            return self._system.ask(target, self._outgoing(message), timeout=timeout)
+        return self._durable_ask(run, run.take_seq(), target, message, timeout)
+
+    async def _durable_ask(
+        self, run: WorkflowRun, seq: int, target: str | AgentRef, message: Message, timeout: float
+    ) -> Message:
+        name = _address_of(target)
+        record = await run.recorded(self._cell.runtime.journal, seq, name, "ask")
+        if record is not None:
+            return Message.from_dict(record.result)
+        reply = await self._system.ask(target, self._child(run, seq, message), timeout=timeout)
+        self._finished(run, seq, name, "ask", reply.to_dict())
+        return reply
+
+    def step(
+        self, name: str, fn: Callable[..., Awaitable[T] | T], /, *args: Any, **kwargs: Any
+    ) -> Coroutine[Any, Any, T]:
+        """Run `fn(*args, **kwargs)` (awaited if it returns an awaitable) once per message.
+
+        Its result is recorded (it must be JSON; the value returned is the JSON form, as a
+        re-run gets it), and a re-run of the handler for the same message (a retry, a
+        redelivery, another node after a crash) gets the recorded result without calling
+        `fn`. A step that raised is not recorded: it runs again. Steps are numbered in the
+        order they are called, so which steps a handler takes must depend only on the
+        message and earlier steps' results (else `WorkflowDiverged`). Outside a handler
+        `fn` just runs.
+
+        Raises:
+            StepResultNotJSON: `fn` returned something JSON cannot hold.
+            WorkflowDiverged: the record holds another step under this one's number.
+        """
+        run = self._cell.workflow_run()
+        return self._step(run, run.take_seq() if run is not None else -1, name, fn, args, kwargs)
+
+    async def _step(
+        self,
+        run: WorkflowRun | None,
+        seq: int,
+        name: str,
+        fn: Callable[..., Awaitable[T] | T],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> T:
+        if run is not None:
+            record = await run.recorded(self._cell.runtime.journal, seq, name, "step")
+            if record is not None:
+                return record.result  # type: ignore[no-any-return]
+        result = fn(*args, **kwargs)
+        if inspect.isawaitable(result):
+            result = await result
+        if run is None:
+            return result
+        recorded: T = self._finished(run, seq, name, "step", as_json(name, result))
+        return recorded
+
+    async def gather(self, *steps: Awaitable[T]) -> list[T]:
+        """Await durable steps concurrently (fan-out/fan-in); their results in order.
+
+        The steps were numbered when they were called, so a re-run numbers them alike
+        whichever finishes first. When one fails the others are cancelled and its error is
+        raised: those that finished are recorded and are not redone by a re-run.
+        """
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(_awaited(step)) for step in steps]
+        return [task.result() for task in tasks]
+
+    def _child(self, run: WorkflowRun, seq: int, message: Message) -> Message:
+        """`message` as step `seq` sends it: with the id every run gives it."""
+        child_id = run.child_id(seq)
+        if run.sends_again:
+            # Perhaps sent by the run before, and handled in part: its handler reads its own
+            # steps' record before it runs them.
+            message = marked_rerun(message)
+            message.id = child_id
+        elif message.id != child_id:
+            if message.target is not None:
+                message = message.copy()  # sent before: never changed
+            message.id = child_id
+        return self._outgoing(message)
+
+    def _finished(self, run: WorkflowRun, seq: int, name: str, kind: StepKind, result: Any) -> Any:
+        record = run.finished(seq, name, kind, result)
+        journal = self._cell.runtime.journal
+        if journal is not None:
+            journal.step_finished(self._cell.id, run.message_id, run.handler, record)
+        return result
 
     async def publish(self, topic: str, message: Message) -> None:
         """Send to every subscriber of `topic` (a concrete key such as `orders.created`)."""
@@ -179,3 +296,11 @@ class AgentContext:
     def stop(self) -> None:
         """Stop this agent once the current message is handled (a normal exit)."""
         self._cell.stop_requested = True
+
+
+async def _awaited(step: Awaitable[T]) -> T:
+    return await step
+
+
+def _address_of(target: str | AgentRef) -> str:
+    return target if isinstance(target, str) else target.address

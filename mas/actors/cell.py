@@ -21,7 +21,15 @@ from mas.actors.deadletters import DeadLetter
 from mas.actors.mailbox import Mailbox
 from mas.actors.ref import AgentRef
 from mas.actors.status import RUNNING, STOPPED, SUSPENDED
-from mas.errors import AgentStartError, AgentStopped, ConfigError, MailboxFull, MasError
+from mas.actors.workflow import RERUN_KEY, WorkflowRun
+from mas.errors import (
+    AgentStartError,
+    AgentStopped,
+    ConfigError,
+    MailboxFull,
+    MasError,
+    WorkflowDiverged,
+)
 from mas.messages import Message
 
 if TYPE_CHECKING:
@@ -85,6 +93,7 @@ class AgentCell:
 
     __slots__ = (
         "_idle_waiters",
+        "_runs",
         "_seen",
         "_seen_old",
         "_task",
@@ -100,6 +109,7 @@ class AgentCell:
         "id",
         "instance",
         "mailbox",
+        "rerun",
         "restart",
         "retry",
         "runtime",
@@ -140,6 +150,8 @@ class AgentCell:
         self.current: Message | None = None
         self.attempt = 0
         self.stop_requested = False
+        self.rerun = False
+        """The message being handled may have been handled before (set with a journal only)."""
         self.topics: list[str] | None = None
         self.busy = False  # a drain task exists (set by `activate` and the drain task only)
         self._task: asyncio.Task[None] | None = None
@@ -147,6 +159,8 @@ class AgentCell:
         self._seen_old: dict[str, Message | None] | None = None
         self._watchers: set[str] | None = None
         self._idle_waiters: list[asyncio.Future[None]] | None = None
+        self._runs: dict[str, WorkflowRun] | None = None
+        """Durable steps of messages handled with `ctx.step`/`ask`/`send` and not settled."""
 
     def __repr__(self) -> str:
         return f"AgentCell({self.id!r}, {self.status})"
@@ -305,6 +319,7 @@ class AgentCell:
             except asyncio.CancelledError:
                 # Cancelled mid-handler (shutdown timeout): keep it, it was not handled.
                 mailbox.put_front(item)
+                self._run_ended(message, settled=False)
                 raise
             except Exception as exc:
                 self._idle()
@@ -317,11 +332,42 @@ class AgentCell:
                     self._idle()
                 self._remember(message.id, reply)
                 runtime.handled += 1
+                if self._runs:
+                    self._run_ended(message, settled=True)
                 if journal is not None or delivery is not None or started:
                     await self._settle(journal, message, delivery, reply, started)
             if self.stop_requested:
                 self.stop_requested = False
                 await self.supervisor.child_exited(self)
+
+    def workflow_run(self) -> WorkflowRun | None:
+        """The durable steps of the message being handled (None outside a handler)."""
+        current = self.current
+        if current is None:
+            return None
+        runs = self._runs
+        if runs is None:
+            runs = self._runs = {}
+        run = runs.get(current.id)
+        if run is None:
+            target = current.target
+            handler = target if target is not None and not target.startswith("topic:") else None
+            rerun = self.rerun and self.runtime.journal is not None
+            run = runs[current.id] = WorkflowRun(current.id, handler or self.address, rerun=rerun)
+        return run
+
+    def _run_ended(self, message: Message, *, settled: bool) -> bool:
+        """A handler run ended: forget its steps once the message is settled, else number
+        the next run's steps from the first again. True when the message had steps."""
+        runs = self._runs
+        run = runs.get(message.id) if runs else None
+        if run is None:
+            return False
+        if settled and runs is not None:
+            del runs[message.id]
+        else:
+            run.begin_attempt()
+        return True
 
     async def _linger(self) -> Message | Delivery | None:
         """Wait one loop iteration with an empty mailbox; the item that came meanwhile, if any.
@@ -361,6 +407,10 @@ class AgentCell:
     def _record_start(self, journal: Journal, message: Message, delivery: Delivery | None) -> None:
         """Journal that a handler starts: the attempt, the trace, a task's `running` state."""
         self.attempt = delivery.attempt if delivery is not None else 1
+        self.rerun = (
+            delivery is not None
+            and (delivery.redelivered or delivery.claimed_elsewhere or delivery.attempt > 1)
+        ) or RERUN_KEY in message.metadata
         self.runtime.ensure_trace(message)  # every audited message can be found by trace
         if "task_id" in message.metadata:
             journal.task_running(message, self.id, self.attempt)
@@ -473,11 +523,21 @@ class AgentCell:
             error_type=type(exc).__name__,
             error=str(exc),
         )
-        if attempt < self.retry.max_attempts:
+        if attempt < self.retry.max_attempts and not isinstance(exc, WorkflowDiverged):
+            if self._run_ended(message, settled=False) and runtime.journal is not None:
+                # Its finished steps reach the record before the delivery goes back: a
+                # retry on another node must not redo them.
+                try:
+                    await runtime.journal.flush()
+                except MasError as error:
+                    # The retry still comes: a step it cannot read back runs again.
+                    _log.warning("workflow_steps_not_recorded", agent_id=self.id, error=str(error))
             await delivery.retry(self.retry.delay(attempt))
         else:
+            self._run_ended(message, settled=True)
+            reason = "workflow_diverged" if isinstance(exc, WorkflowDiverged) else "max_attempts"
             await runtime.dead_letter(
-                delivery, "max_attempts", agent_id=self.id, error=exc, attempts=attempt
+                delivery, reason, agent_id=self.id, error=exc, attempts=attempt
             )
         await self.supervisor.child_failed(self, exc)
 

@@ -30,7 +30,9 @@ class DeadLetter:
 
     `reason` is one of: `max_attempts` (the handler failed on every attempt),
     `mailbox_overflow` (dropped by a `drop_oldest` mailbox), `unknown_address`,
-    `agent_stopped` (still queued when its agent stopped), `invalid_message` (undecodable).
+    `agent_stopped` (still queued when its agent stopped), `invalid_message` (undecodable),
+    `no_capable_agent` (no live agent offers the capability it was sent to),
+    `workflow_diverged` (a re-run of its handler took another path than the recorded one).
     """
 
     message: Message

@@ -15,6 +15,7 @@ from mas.messages import Message, TaskResult
 if TYPE_CHECKING:
     from mas.actors.deadletters import DeadLetter
     from mas.actors.transport import Delivery
+    from mas.actors.workflow import StepRecord
 
 __all__ = ["Journal", "JournalNode"]
 
@@ -73,6 +74,18 @@ class Journal(Protocol):
 
         Asked only for a message the broker delivers again, which another node may have
         handled before it died without acknowledging.
+        """
+
+    def step_finished(
+        self, agent_id: str, message_id: str, handler: str, record: StepRecord
+    ) -> None:
+        """A durable step of `handler`'s handling of `message_id` finished (see
+        `mas.actors.workflow`). Committed no later than the message's `handled` record."""
+
+    async def recorded_steps(self, message_id: str, handler: str) -> list[StepRecord]:
+        """The durable steps recorded for `handler`'s handling of `message_id`, by number.
+
+        Raises a `MasError` when the record cannot be read now.
         """
 
     def task_running(self, message: Message, agent_id: str, attempt: int) -> None:

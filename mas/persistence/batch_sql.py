@@ -20,7 +20,7 @@ from sqlalchemy import JSON, DateTime, Table, and_, bindparam, delete, func, or_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 
-from mas.persistence.models import agents, messages, outbox, processed, tasks
+from mas.persistence.models import agents, messages, outbox, processed, tasks, workflow_steps
 
 if TYPE_CHECKING:
     from sqlalchemy.sql.dml import UpdateBase
@@ -171,6 +171,8 @@ class BatchStatements:
             "outbox": (insert(outbox).on_conflict_do_nothing(), outbox),
             "agents": (upsert_agents, agents),
             "messages": (insert(messages).on_conflict_do_nothing(), messages),
+            # A step two nodes both finished (one took the message over): the first stays.
+            "steps": (insert(workflow_steps).on_conflict_do_nothing(), workflow_steps),
             "processed": (insert(processed).on_conflict_do_nothing(), processed),
             "running": (upsert_running, tasks),
             "finished": (finish, tasks),

@@ -23,6 +23,7 @@ import structlog
 from mas.actors.deadletters import DeadLetter
 from mas.actors.journal import JournalNode
 from mas.actors.transport import Delivery
+from mas.actors.workflow import StepRecord
 from mas.errors import MasError, StoreUnavailable, TransportError
 from mas.messages import Message, TaskError, TaskResult
 from mas.persistence.engine import refused_data
@@ -258,6 +259,7 @@ def _sanitized(batch: Batch) -> Batch:
         outbox={key: clean([row])[0] for key, row in batch.outbox.items()},
         agents=clean(batch.agents),
         messages=clean(batch.messages),
+        steps=clean(batch.steps),
         processed=clean(batch.processed),
         running=clean(batch.running),
         finished=clean(batch.finished),
@@ -268,6 +270,7 @@ def _sanitized(batch: Batch) -> Batch:
         list(result.outbox.values()),
         result.agents,
         result.messages,
+        result.steps,
         result.processed,
         result.running,
     ):
@@ -647,6 +650,27 @@ class StoreJournal:
                         watch.started,
                     )
                 )
+
+    def step_finished(
+        self, agent_id: str, message_id: str, handler: str, record: StepRecord
+    ) -> None:
+        # Always written, whatever `audit` says: it is what a re-run needs, not an audit.
+        self.writer.pending.steps.append(
+            {
+                "message_id": message_id,
+                "handler": handler,
+                "seq": record.seq,
+                "agent_id": agent_id,
+                "name": record.name,
+                "kind": record.kind,
+                "result": record.result,
+                "finished_at": datetime.now(UTC),
+            }
+        )
+        self.writer.wake()
+
+    async def recorded_steps(self, message_id: str, handler: str) -> list[StepRecord]:
+        return await self.store.workflow_steps(message_id, handler)
 
     def task_running(self, message: Message, agent_id: str, attempt: int) -> None:
         task_id = message.task_id

@@ -1,4 +1,5 @@
-"""Tables: agents, tasks, the message audit, processed message ids (idempotency), the outbox.
+"""Tables: agents, tasks, the message audit, processed message ids (idempotency), the outbox,
+and the durable steps of workflow handlers.
 
 One model serves SQLite and PostgreSQL: JSON columns become JSONB on PostgreSQL. Agent ids are
 strings (`agent:<id>` allows any id a user picks), task and message ids are the UUID strings
@@ -21,11 +22,13 @@ __all__ = [
     "OutboxRow",
     "ProcessedMessageRow",
     "TaskRow",
+    "WorkflowStepRow",
     "agents",
     "messages",
     "outbox",
     "processed",
     "tasks",
+    "workflow_steps",
 ]
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
@@ -151,9 +154,30 @@ class OutboxRow(Base):
     created_at: Mapped[datetime] = mapped_column(Timestamp)
 
 
+class WorkflowStepRow(Base):
+    """A finished durable step (`ctx.step`, `ask`, `send`) of one handling of a message.
+
+    `handler` is whose handling it is (the message's target, or the subscriber's address
+    for a topic message); `seq` numbers the handler's steps in the order it calls them. A
+    re-run of the handler reads these back instead of doing the steps again.
+    """
+
+    __tablename__ = "workflow_steps"
+
+    message_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    handler: Mapped[str] = mapped_column(String(210), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    agent_id: Mapped[str] = mapped_column(String(200))
+    name: Mapped[str] = mapped_column(String(300))
+    kind: Mapped[str] = mapped_column(String(16))
+    result: Mapped[Any] = mapped_column(JSONType, nullable=True)
+    finished_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
 # The tables for Core statements (the store's queries, the journal's batches).
 agents: Table = AgentRow.__table__  # type: ignore[assignment]
 tasks: Table = TaskRow.__table__  # type: ignore[assignment]
 messages: Table = MessageRow.__table__  # type: ignore[assignment]
 processed: Table = ProcessedMessageRow.__table__  # type: ignore[assignment]
 outbox: Table = OutboxRow.__table__  # type: ignore[assignment]
+workflow_steps: Table = WorkflowStepRow.__table__  # type: ignore[assignment]

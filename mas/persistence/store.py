@@ -23,13 +23,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from mas.actors.workflow import StepRecord
 from mas.errors import InvalidMessage, SchemaOutdated, StoreTimeout, StoreUnavailable
 from mas.messages import Message
 from mas.observability.outages import Outage
 from mas.persistence import schema as migrations
 from mas.persistence.batch_sql import BatchStatements
 from mas.persistence.engine import connect, display_url, error_reason, refused_data
-from mas.persistence.models import agents, messages, outbox, processed, tasks
+from mas.persistence.models import agents, messages, outbox, processed, tasks, workflow_steps
 
 __all__ = ["AgentRecord", "Batch", "Store", "TaskRecord"]
 
@@ -124,6 +125,7 @@ class Batch:
     outbox: dict[str, dict[str, Any]] = field(default_factory=dict)
     agents: list[dict[str, Any]] = field(default_factory=list)
     messages: list[dict[str, Any]] = field(default_factory=list)
+    steps: list[dict[str, Any]] = field(default_factory=list)
     processed: list[dict[str, Any]] = field(default_factory=list)
     running: list[dict[str, Any]] = field(default_factory=list)
     finished: list[dict[str, Any]] = field(default_factory=list)
@@ -135,6 +137,7 @@ class Batch:
             + len(self.outbox)
             + len(self.agents)
             + len(self.messages)
+            + len(self.steps)
             + len(self.processed)
             + len(self.running)
             + len(self.finished)
@@ -146,6 +149,7 @@ class Batch:
         self.outbox.update(other.outbox)
         self.agents.extend(other.agents)
         self.messages.extend(other.messages)
+        self.steps.extend(other.steps)
         self.processed.extend(other.processed)
         self.running.extend(other.running)
         self.finished.extend(other.finished)
@@ -771,6 +775,22 @@ class Store:
                 if row is not None:
                     return True, Message.from_dict(row[0]) if row[0] else None
         return False, None
+
+    async def workflow_steps(self, message_id: str, handler: str) -> list[StepRecord]:
+        """The durable steps recorded for `handler`'s handling of `message_id`, by number."""
+        query = (
+            select(
+                workflow_steps.c.seq,
+                workflow_steps.c.name,
+                workflow_steps.c.kind,
+                workflow_steps.c.result,
+            )
+            .where(workflow_steps.c.message_id == message_id, workflow_steps.c.handler == handler)
+            .order_by(workflow_steps.c.seq)
+        )
+        async with self.reading() as conn:
+            rows = (await conn.execute(query)).all()
+        return [StepRecord(row[0], row[1], row[2], row[3]) for row in rows]
 
     def check_storable(self, value: Any, what: str) -> None:
         """PostgreSQL refuses NUL characters in text and JSON: say so before it does."""

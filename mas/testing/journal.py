@@ -5,6 +5,7 @@ from __future__ import annotations
 from mas.actors.deadletters import DeadLetter
 from mas.actors.journal import JournalNode
 from mas.actors.transport import Delivery
+from mas.actors.workflow import StepRecord
 from mas.messages import Message, TaskResult
 
 __all__ = ["MemoryJournal"]
@@ -19,6 +20,7 @@ class MemoryJournal:
         self.tasks: dict[str, str] = {}
         self.results: dict[str, TaskResult] = {}
         self.agents: dict[str, str] = {}
+        self.steps: dict[tuple[str, str], list[StepRecord]] = {}
 
     async def open(self, node: JournalNode) -> None:
         return None
@@ -48,6 +50,14 @@ class MemoryJournal:
 
     async def handled_elsewhere(self, message_id: str) -> tuple[bool, Message | None]:
         return any(message_id in ids for ids in self.processed.values()), None
+
+    def step_finished(
+        self, agent_id: str, message_id: str, handler: str, record: StepRecord
+    ) -> None:
+        self.steps.setdefault((message_id, handler), []).append(record)
+
+    async def recorded_steps(self, message_id: str, handler: str) -> list[StepRecord]:
+        return sorted(self.steps.get((message_id, handler), []))
 
     def task_running(self, message: Message, agent_id: str, attempt: int) -> None:
         if message.task_id is not None:

@@ -25,10 +25,11 @@ from tests.integration.pg_support import PgSchema, admin_connection
 from tests.process_support import MasProcess, clean_environment
 from tests.redis_support import REDIS_URL, delete_keys, reachable_redis
 
-__all__ = ["SECRET", "SLOW_ECHO", "System", "effects", "rows", "system"]
+__all__ = ["SECRET", "SLOW_ECHO", "STEP_PIPELINE", "System", "effects", "rows", "system"]
 
 SECRET = "d" * 40
 SLOW_ECHO = "tests.integration.work_agents:SlowEcho"
+STEP_PIPELINE = "tests.integration.work_agents:StepPipeline"
 
 
 class System:
@@ -59,8 +60,10 @@ class System:
         scope.extra_queues |= {
             f"{scope.prefix}agent_type.echo",
             f"{scope.prefix}agent_type.slow_echo",
+            f"{scope.prefix}agent_type.step_pipeline",
             f"{scope.prefix}agent_type.mas.spawner.echo",
             f"{scope.prefix}agent_type.mas.spawner.slow_echo",
+            f"{scope.prefix}agent_type.mas.spawner.step_pipeline",
             f"{scope.prefix}agent.echo-special",
             f"{scope.prefix}agent.echo-extra",
             f"{scope.prefix}agent.se-gone",

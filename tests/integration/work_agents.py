@@ -26,3 +26,28 @@ class SlowEcho(Agent):
                 sink.write(f"{message.id}\n")
         assert message.task_id is not None
         return TaskResult.succeeded(message.task_id, dict(message.payload))
+
+
+def _step_effect(message_id: str, step: int) -> int:
+    """A durable step's side effect: `<message id>:<step>` appended to the effects file."""
+    effects = os.environ.get("MAS_TEST_EFFECTS")
+    if effects:
+        with Path(effects).open("a") as sink:
+            sink.write(f"{message_id}:{step}\n")
+    return step * 10
+
+
+class StepPipeline(Agent):
+    """Five durable steps (`ctx.step`), `payload.delay` seconds of I/O after each; completes
+    the task with the steps' results. Each step's effect goes to the effects file, so a
+    step done twice (by a killed worker and its successor) shows there."""
+
+    type = "step_pipeline"
+
+    async def handle_message(self, message: Message) -> HandlerResult:
+        results = []
+        for step in range(1, 6):
+            results.append(await self.ctx.step(f"step {step}", _step_effect, message.id, step))
+            await asyncio.sleep(float(message.payload.get("delay", 0)))
+        assert message.task_id is not None
+        return TaskResult.succeeded(message.task_id, {"steps": results})

@@ -30,6 +30,7 @@ from mas.errors import (
     RuntimeNotRunning,
     SchemaOutdated,
     ServiceUnavailable,
+    StepResultNotJSON,
     StoreTimeout,
     StoreUnavailable,
     SupervisorEscalation,
@@ -40,6 +41,7 @@ from mas.errors import (
     UnknownCapability,
     UnknownTask,
     UsageError,
+    WorkflowDiverged,
 )
 from mas.persistence import Store
 from mas.transports.amqp import probe
@@ -72,6 +74,7 @@ def test_the_error_module_defines_the_expected_classes():
         "RuntimeNotRunning",
         "SchemaOutdated",
         "ServiceUnavailable",
+        "StepResultNotJSON",
         "StoreUnavailable",
         "StoreTimeout",
         "SupervisorEscalation",
@@ -82,6 +85,7 @@ def test_the_error_module_defines_the_expected_classes():
         "UnknownCapability",
         "UnknownTask",
         "UsageError",
+        "WorkflowDiverged",
     }
 
 
@@ -106,6 +110,8 @@ LAYER_OF: dict[type[MasError], type[MasError] | None] = {
     TaskIdTaken: UsageError,
     IdempotencyKeyReused: UsageError,
     TaskFinished: UsageError,
+    StepResultNotJSON: UsageError,
+    WorkflowDiverged: UsageError,
     UnknownAgent: DeliveryError,
     UnknownCapability: DeliveryError,
     MailboxFull: DeliveryError,

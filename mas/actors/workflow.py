@@ -1,0 +1,162 @@
+"""Durable steps: what a handler did while handling one message, so a re-run does not redo it.
+
+A handler's `ctx.step`, `ctx.ask` and `ctx.send` are numbered in the order the handler calls
+them (the number is taken when called, not when awaited, so `ctx.gather` numbers the same on
+every run). Each finished one is recorded under (message id, number): in the cell's memory
+while the message may be retried here, and in the journal (with its group commit, before the
+delivery is acknowledged) so another node, or this one after a restart, finds it. A re-run
+of the handler for the same message returns the recorded result of every finished step at
+once and runs only the rest; a message a re-run sends gets the id the first run gave it
+(`derived_id`), so receivers that saw it already drop the copy. A re-run whose steps differ
+from the record (another name, kind or order) raises `WorkflowDiverged` instead of mixing
+two paths' results.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+
+from mas.errors import StepResultNotJSON, WorkflowDiverged
+from mas.messages import Message, derived_id
+
+if TYPE_CHECKING:
+    from mas.actors.journal import Journal
+
+__all__ = ["RERUN_KEY", "StepKind", "StepRecord", "WorkflowRun", "marked_rerun"]
+
+RERUN_KEY = "mas.rerun"
+"""Metadata of a message that may have been handled (in part) before: sent again by a re-run
+of a handler, or by the outbox after a crash. Its handler then reads its steps' record; a
+first run, which can have none, does not pay for that read."""
+
+StepKind = Literal["step", "ask", "send"]
+
+# Built once: `json.dumps` with options builds a new encoder on every call.
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
+_SAME_IN_JSON = (str, int, bool)
+
+
+class StepRecord(NamedTuple):
+    """One finished durable step of a handler run: its number, name, kind and JSON result."""
+
+    seq: int
+    name: str
+    kind: StepKind
+    result: Any
+
+
+def as_json(name: str, value: Any) -> Any:
+    """`value` as it will read back from the record (tuples become lists, and so on).
+
+    The first run gets the same value a replay will, so the handler cannot behave
+    differently on a re-run because of it.
+
+    Raises:
+        StepResultNotJSON: JSON cannot hold `value`.
+    """
+    if value is None or type(value) in _SAME_IN_JSON:
+        return value  # reads back as itself: no round trip
+    try:
+        return json.loads(_encode(value))
+    except (TypeError, ValueError) as exc:
+        raise StepResultNotJSON(name, exc) from None
+
+
+class WorkflowRun:
+    """The durable steps of one message's handling, across the attempts this node makes.
+
+    `handler` says whose handling it is: the message's own target (`agent:`, `type:`), which
+    any agent that takes the message over after a failure shares, or for a topic message,
+    which every subscriber handles under one id, the subscribing agent's address.
+    """
+
+    __slots__ = ("_loading", "attempts", "handler", "message_id", "next_seq", "records", "rerun")
+
+    def __init__(self, message_id: str, handler: str, *, rerun: bool) -> None:
+        self.message_id = message_id
+        self.handler = handler
+        self.rerun = rerun
+        """The message may have been handled before elsewhere: read the record first."""
+        self.attempts = 1
+        self.next_seq = 0
+        self.records: dict[int, StepRecord] = {}
+        self._loading: asyncio.Future[None] | None = None
+
+    def begin_attempt(self) -> None:
+        """A new run of the handler starts numbering its steps from the first again."""
+        self.attempts += 1
+        self.next_seq = 0
+
+    @property
+    def sends_again(self) -> bool:
+        """What this run sends may have been sent before (by an earlier run)."""
+        return self.rerun or self.attempts > 1
+
+    def child_id(self, seq: int) -> str:
+        """The id of the message step `seq` sends: the same on every run."""
+        return derived_id(f"{self.message_id}/{self.handler}", seq)
+
+    def take_seq(self) -> int:
+        seq = self.next_seq
+        self.next_seq = seq + 1
+        return seq
+
+    async def recorded(
+        self, journal: Journal | None, seq: int, name: str, kind: StepKind
+    ) -> StepRecord | None:
+        """The record of step `seq` if it finished before (checked against `name`/`kind`).
+
+        The journal is read once per message on this node, on the first step, and only when
+        the message may have been handled before (`rerun`): a first run has no record.
+
+        Raises:
+            WorkflowDiverged: the record holds another step under `seq`.
+            ServiceUnavailable: the journal cannot be read now (so nobody can tell whether
+                the step ran: the handler fails and is retried).
+        """
+        if (
+            journal is not None
+            and self.rerun
+            and (self._loading is None or not self._loading.done())
+        ):
+            await self._load(journal)
+        record = self.records.get(seq)
+        if record is None:
+            return None
+        if record.name != name or record.kind != kind:
+            raise WorkflowDiverged(
+                self.message_id, seq, f"{record.kind} {record.name}", f"{kind} {name}"
+            )
+        return record
+
+    async def _load(self, journal: Journal) -> None:
+        while (loading := self._loading) is not None:
+            if loading.done():
+                return  # read (a failed read leaves `_loading` None)
+            # Another step of this run (a gather) is reading the record: wait for that read.
+            await asyncio.wait([loading])
+        loading = self._loading = asyncio.get_running_loop().create_future()
+        try:
+            records = await journal.recorded_steps(self.message_id, self.handler)
+        except BaseException:
+            self._loading = None  # whoever waited reads again itself, as does the next step
+            loading.set_result(None)
+            raise
+        for record in records:
+            self.records.setdefault(record.seq, record)
+        loading.set_result(None)
+
+    def finished(self, seq: int, name: str, kind: StepKind, result: Any) -> StepRecord:
+        record = self.records[seq] = StepRecord(seq, name, kind, result)
+        return record
+
+
+def marked_rerun(message: Message) -> Message:
+    """A copy of `message` that says it may have been handled before (`RERUN_KEY`)."""
+    marked = message.copy()
+    marked.metadata = {**message.metadata, RERUN_KEY: True}
+    return marked
