@@ -24,7 +24,11 @@ def run(name: str) -> str:
 
 
 def test_every_example_has_a_test() -> None:
-    assert sorted(p.name for p in EXAMPLES.glob("*.py")) == ["quickstart.py", "supervision.py"]
+    assert sorted(p.name for p in EXAMPLES.glob("*.py")) == [
+        "quickstart.py",
+        "supervision.py",
+        "workflow.py",
+    ]
 
 
 def test_quickstart_prints_the_greeting() -> None:
@@ -36,3 +40,13 @@ def test_supervision_example_restarts_the_rest_of_the_pipeline(line: str) -> Non
     out = run("supervision.py")
     assert line in out
     assert "dead letter: max_attempts after 2 attempts" in out
+
+
+def test_workflow_example_resumes_without_redoing_finished_steps() -> None:
+    out = run("workflow.py").splitlines()
+    assert out == [
+        "notes on tides",
+        "notes on moons",
+        "notes on orbits",
+        "split 1 time(s), 3 research call(s)",  # the crash cost no second call
+    ]
