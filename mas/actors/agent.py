@@ -252,8 +252,13 @@ class AgentContext:
         whichever finishes first. When one fails the others are cancelled and its error is
         raised: those that finished are recorded and are not redone by a re-run.
         """
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(_awaited(step)) for step in steps]
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(_awaited(step)) for step in steps]
+        except ExceptionGroup as failed:
+            # The step's own error (an AskTimeout, a HandlerError...), as a plain await
+            # raises it; the group, with any other failure, stays attached as the cause.
+            raise failed.exceptions[0] from failed
         return [task.result() for task in tasks]
 
     def _child(self, run: WorkflowRun, seq: int, message: Message) -> Message:

@@ -253,3 +253,47 @@ async def test_a_step_that_raised_runs_again_on_the_rerun(make_runtime: MakeRunt
         reply = await rt.ask("agent:flaky", Message("go"), timeout=10)
     assert reply.payload == {"done": "ok", "attempt": 2}
     assert effects == {"once": 1, "call": 2}
+
+
+async def test_a_gather_that_fails_cancels_the_rest_and_a_rerun_keeps_what_finished(
+    make_runtime: MakeRuntime,
+) -> None:
+    class Picky(Agent):
+        """Fails topic "bad" the first time it is asked (no retry: the asker gets the error)."""
+
+        type = "picky"
+        max_attempts = 1
+
+        async def handle_message(self, message: Message) -> Message:
+            topic = message.payload["topic"]
+            effects[f"asked {topic}"] += 1
+            if topic == "bad" and effects["asked bad"] == 1:
+                raise ValueError("not now")
+            return message.reply({"topic": topic})
+
+    class FanOut(Agent):
+        type = "fan_out"
+
+        async def handle_message(self, message: Message) -> Message:
+            ctx = self.ctx
+            try:
+                replies = await ctx.gather(
+                    *[
+                        ctx.ask("agent:picky", Message("q", {"topic": t}), timeout=5)
+                        for t in ("good", "bad")
+                    ]
+                )
+            except HandlerError:  # the asked agent's error, as a single ask raises it
+                effects["gather raised HandlerError"] += 1
+                raise
+            return message.reply({"topics": [r.payload["topic"] for r in replies]})
+
+    settings = {"retry": {"max_attempts": 2, "base_delay": 0.0, "jitter": 0.0}}
+    async with make_runtime(**settings) as rt:
+        await rt.spawn(Picky, id="picky")
+        await rt.spawn(FanOut, id="fan_out")
+        reply = await rt.ask("agent:fan_out", Message("go"), timeout=10)
+    assert reply.payload == {"topics": ["good", "bad"]}  # in the order asked
+    # "good" finished before "bad" failed the gather: the re-run did not ask it again.
+    assert effects == {"asked good": 1, "asked bad": 2, "gather raised HandlerError": 1}
+    assert rt.dead_letters.by_reason["max_attempts"] == 1  # picky's failure, not fan_out's
