@@ -74,14 +74,30 @@ def _exactly_one(*names: str) -> dict[str, Any]:
     }
 
 
+def _destinations() -> dict[str, Any]:
+    """JSON schema of `TaskIn._one_destination`: exactly one of agent, type, capability, or
+    a capability with a type to fall back on."""
+    schema = _exactly_one("agent", "type", "capability")
+    schema["oneOf"].append(
+        {
+            "required": ["capability", "type"],
+            "properties": {
+                "agent": {"type": "null"},
+                "type": {"type": "string"},
+                "capability": {"type": "string"},
+            },
+        }
+    )
+    return schema
+
+
 class TaskIn(BaseModel):
-    """A task for one agent (`agent`), any agent of a type (`type`), or of a capability."""
+    """A task for one agent (`agent`), any agent of a type (`type`), or of a capability
+    (`capability`, with `type` as the fallback when no live agent offers it)."""
 
     # The rule `_one_destination` enforces, stated in the schema too (a client generated
     # from the OpenAPI document knows it).
-    model_config = ConfigDict(
-        extra="forbid", json_schema_extra=_exactly_one("agent", "type", "capability")
-    )
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_destinations())
 
     agent: str | None = Field(None, max_length=200, pattern=ID_PATTERN, description="agent id")
     type: str | None = Field(None, max_length=200, pattern=NAME_PATTERN, description="agent type")
@@ -95,10 +111,10 @@ class TaskIn(BaseModel):
     @model_validator(mode="after")
     def _one_destination(self) -> TaskIn:
         named = [n for n in ("agent", "type", "capability") if getattr(self, n) is not None]
-        if len(named) != 1:
+        if len(named) != 1 and named != ["type", "capability"]:
             raise ValueError(
-                "name exactly one of 'agent', 'type' or 'capability' "
-                f"(got {', '.join(named) or 'none'})"
+                "name exactly one of 'agent', 'type' or 'capability', or a 'capability' "
+                f"with a 'type' to fall back on (got {', '.join(named) or 'none'})"
             )
         return self
 

@@ -350,20 +350,21 @@ class TaskService:
 
     async def _target(self, spec: TaskIn, key: str | None) -> str:
         """The address the task goes to: the agent, its type, or a type offering the
-        capability.
+        capability (else the type given with it, when one is).
 
         A capability is resolved once: a repeat under the client's id (`key`) goes where
         the first submission went, whatever the capability resolves to now, or whether
         anyone offers it now (the repeat gets the task it was, as for any other target).
 
         Raises:
-            UnknownCapability: no live agent offers the capability, here or elsewhere.
+            UnknownCapability: no live agent offers the capability, here or elsewhere, and
+                no type to fall back on was given.
         """
         if spec.agent is not None:
             return f"agent:{spec.agent}"
-        if spec.type is not None:
+        if spec.capability is None:
+            assert spec.type is not None
             return f"type:{spec.type}"
-        assert spec.capability is not None
         if key is not None:
             existing = await self._store.get_task(key)
             if existing is not None and existing.target is not None:
@@ -371,9 +372,12 @@ class TaskService:
         # Those this node runs first (no broker trip), else those live anywhere in the
         # cluster, from the agents' records (each node keeps its agents' heartbeats fresh).
         types = await self._runtime.capability_types(spec.capability)
-        if not types:
-            raise UnknownCapability(spec.capability)
-        return f"type:{types[0]}"
+        if types:
+            return f"type:{types[0]}"
+        if spec.type is not None:
+            # The design's routing policy: capability first, then the task's type.
+            return f"type:{spec.type}"
+        raise UnknownCapability(spec.capability)
 
     async def _create_new(
         self, spec: TaskIn, message: Message, subject: str, *, local: bool

@@ -130,10 +130,22 @@ async def test_a_wait_under_a_millisecond_is_no_wait(
 
 async def test_the_one_destination_rule_is_in_the_schema(document: Document) -> None:
     schema = document["components"]["schemas"]["TaskIn"]
-    valid = [{"type": "echo"}, {"agent": "echo", "type": None}, {"capability": "echo"}]
-    invalid = [{}, {"type": "echo", "agent": "echo"}, {"agent": None}, {"payload": {}}]
-    assert [jsonschema_rs.is_valid(schema, body) for body in valid] == [True] * 3
-    assert [jsonschema_rs.is_valid(schema, body) for body in invalid] == [False] * 4
+    valid = [
+        {"type": "echo"},
+        {"agent": "echo", "type": None},
+        {"capability": "echo"},
+        {"capability": "echo", "type": "echo"},  # the type is the fallback
+    ]
+    invalid = [
+        {},
+        {"type": "echo", "agent": "echo"},
+        {"agent": None},
+        {"payload": {}},
+        {"capability": "echo", "agent": "echo"},
+        {"capability": "echo", "type": "echo", "agent": "echo"},
+    ]
+    assert [jsonschema_rs.is_valid(schema, body) for body in valid] == [True] * len(valid)
+    assert [jsonschema_rs.is_valid(schema, body) for body in invalid] == [False] * len(invalid)
 
 
 async def test_bodies_the_schema_refuses_are_422(

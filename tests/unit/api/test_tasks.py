@@ -87,6 +87,20 @@ async def test_a_capability_nobody_offers_is_an_unknown_agent(gw: Gateway) -> No
     assert await gw.tasks.list(OPS) == []
 
 
+async def test_a_capability_nobody_offers_falls_back_to_the_type_given_with_it(
+    gw: Gateway,
+) -> None:
+    spec = TaskIn.model_validate({"capability": "telepathy", "type": "echo", "payload": {"n": 1}})
+    task, _ = await gw.tasks.submit(spec, ALICE, wait=5)
+    assert (task.target, task.status, task.result) == ("type:echo", "succeeded", {"n": 1})
+
+
+async def test_a_capability_someone_offers_wins_over_the_fallback_type(gw: Gateway) -> None:
+    spec = TaskIn.model_validate({"capability": "echo", "type": "trouble"})
+    task, _ = await gw.tasks.submit(spec, ALICE, wait=5)
+    assert task.target == "type:echo"
+
+
 async def test_another_callers_task_is_as_unknown_as_none(gw: Gateway) -> None:
     task, _ = await gw.tasks.submit(echo(), ALICE, wait=5)
     for call in (

@@ -75,6 +75,7 @@ class TestSubmit:
             ({"agent": "echo"}, "agent:echo"),
             ({"capability": "echo"}, "type:echo"),
             ({"capability": "trouble", "message_type": "count"}, "type:trouble"),
+            ({"capability": "telepathy", "type": "echo"}, "type:echo"),  # the fallback
         ],
     )
     async def test_agent_and_capability_route_too(
@@ -151,7 +152,7 @@ class TestSubmitRefusals:
         [
             ({"payload": {}}, "got none"),
             ({"agent": "echo", "type": "echo"}, "got agent, type"),
-            ({"type": "echo", "capability": "echo"}, "got type, capability"),
+            ({"agent": "echo", "capability": "echo"}, "got agent, capability"),
         ],
     )
     async def test_exactly_one_destination_is_required(
