@@ -156,7 +156,7 @@ class IdempotencyKeyReused(UsageError, ValueError):
 
 
 class TaskFinished(UsageError):
-    """A task that has already ended cannot be cancelled (or changed).
+    """A task that has already ended cannot be cancelled, signalled (or changed).
 
     Usage: the request no longer applies to the task's state.
     """
@@ -229,6 +229,20 @@ class AskTimeout(DeliveryError, TimeoutError):
     def __init__(self, address: str, timeout: float) -> None:
         super().__init__(f"no reply from {address!r} within {timeout}s")
         self.address = address
+        self.timeout = timeout
+
+
+class SignalTimeout(DeliveryError, TimeoutError):
+    """No signal of that name reached the task within the `ctx.signal` timeout.
+
+    Delivery: the answer a workflow waits for (a person's approval, another system's
+    callback) did not come in time; mas and its services work.
+    """
+
+    def __init__(self, task_id: str, name: str, timeout: float) -> None:
+        super().__init__(f"no signal {name!r} for task {task_id!r} within {timeout}s")
+        self.task_id = task_id
+        self.name = name
         self.timeout = timeout
 
 

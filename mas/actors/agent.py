@@ -12,11 +12,12 @@ import structlog
 
 from mas.actors.mailbox import Overflow
 from mas.actors.workflow import StepKind, WorkflowRun, as_json, marked_rerun
-from mas.errors import ConfigError
+from mas.errors import ConfigError, SignalTimeout, UsageError
 from mas.messages import Message, TaskResult
 
 if TYPE_CHECKING:
     from mas.actors.cell import AgentCell
+    from mas.actors.journal import Journal
     from mas.actors.ref import AgentRef
     from mas.actors.system import ActorSystem
 
@@ -24,6 +25,10 @@ __all__ = ["Agent", "AgentContext", "HandlerResult", "Terminated"]
 
 HandlerResult = Message | TaskResult | list[Message] | None
 T = TypeVar("T")
+
+_SIGNAL_POLL_FIRST = 0.05
+_SIGNAL_POLL_MAX = 1.0
+"""Seconds between reads of the record while a handler waits for a signal (doubling)."""
 
 _TYPE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
 
@@ -244,6 +249,57 @@ class AgentContext:
             return result
         recorded: T = self._finished(run, seq, name, "step", as_json(name, result))
         return recorded
+
+    def signal(self, name: str, timeout: float) -> Coroutine[Any, Any, Any]:
+        """Wait for signal `name` sent to the task being handled; its JSON payload.
+
+        Signals come from outside mas's agents: `POST /tasks/{id}/signals/{name}` (a person
+        approves, another system calls back), and are kept in the record, so one sent before
+        the wait begins is found at once. A durable step: a re-run gets the signal from its
+        record. The handler holds its agent while it waits (for now: waits that free the
+        agent are the next part of the workflow work), so keep `timeout` to what a handler
+        may take. Needs persistence (`MAS_PERSIST`) and a message that belongs to a task.
+
+        Raises:
+            SignalTimeout: no such signal within `timeout` seconds.
+            MasError: the record cannot be read now (the handler fails and is retried).
+        """
+        cell = self._cell
+        current, journal = cell.current, cell.runtime.journal
+        task_id = current.task_id if current is not None else None
+        run = cell.workflow_run()
+        if run is None or task_id is None or journal is None:
+            raise UsageError(
+                "ctx.signal waits inside a handler of a task's message, with persistence on "
+                "(MAS_PERSIST): signals are kept in the task's record"
+            )
+        return self._signal(run, run.take_seq(), journal, task_id, name, timeout)
+
+    async def _signal(
+        self,
+        run: WorkflowRun,
+        seq: int,
+        journal: Journal,
+        task_id: str,
+        name: str,
+        timeout: float,
+    ) -> Any:
+        record = await run.recorded(journal, seq, name, "signal")
+        if record is not None:
+            return record.result
+        clock = self._system.clock
+        deadline = clock.time() + timeout
+        delay = _SIGNAL_POLL_FIRST
+        while True:
+            found, payload = await journal.read_signal(task_id, name)
+            if found:
+                return self._finished(run, seq, name, "signal", payload)
+            remaining = deadline - clock.time()
+            if remaining <= 0:
+                raise SignalTimeout(task_id, name, timeout)
+            # The record is polled, backing off (a signal may come from any gateway).
+            await self._system.tasks.sleep(min(delay, remaining))
+            delay = min(delay * 2, _SIGNAL_POLL_MAX)
 
     async def gather(self, *steps: Awaitable[T]) -> list[T]:
         """Await durable steps concurrently (fan-out/fan-in); their results in order.

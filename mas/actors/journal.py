@@ -8,7 +8,7 @@ only once the record is committed: nothing is acknowledged that was not recorded
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from mas.messages import Message, TaskResult
 
@@ -84,6 +84,12 @@ class Journal(Protocol):
 
     async def recorded_steps(self, message_id: str, handler: str) -> list[StepRecord]:
         """The durable steps recorded for `handler`'s handling of `message_id`, by number.
+
+        Raises a `MasError` when the record cannot be read now.
+        """
+
+    async def read_signal(self, task_id: str, name: str) -> tuple[bool, Any]:
+        """(True, payload) once signal `name` was sent to the task, else (False, None).
 
         Raises a `MasError` when the record cannot be read now.
         """

@@ -31,7 +31,7 @@ RERUN_KEY = "mas.rerun"
 of a handler, or by the outbox after a crash. Its handler then reads its steps' record; a
 first run, which can have none, does not pay for that read."""
 
-StepKind = Literal["step", "ask", "send"]
+StepKind = Literal["step", "ask", "send", "signal"]
 
 # Built once: `json.dumps` with options builds a new encoder on every call.
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode

@@ -283,6 +283,16 @@ class AgentIn(BaseModel):
     id: str | None = Field(None, max_length=200, pattern=ID_PATTERN)
 
 
+class SignalOut(BaseModel):
+    """What `POST /tasks/{id}/signals/{name}` did: the first signal of a name is stored
+    (`stored`); a repeat of the name changes nothing (`stored` false)."""
+
+    task_id: str
+    name: str
+    stored: bool
+    task_status: TaskStatus
+
+
 class AgentOut(BaseModel):
     id: str
     type: str

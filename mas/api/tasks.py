@@ -221,6 +221,24 @@ class TaskService:
         self._journal.task_cancelled(task)
         return task
 
+    async def signal(
+        self, task_id: str, name: str, payload: Any, caller: Claims
+    ) -> tuple[TaskRecord, bool]:
+        """Keep signal `name` for one of the caller's tasks that has not ended; returns the
+        task and whether this signal was stored (False: the name was signalled before).
+
+        Raises:
+            UnknownTask: no such task, or another caller's.
+            TaskFinished: the task has already ended.
+        """
+        await self.get(task_id, caller)
+        task, stored = await self._store.send_signal(task_id, name, payload, caller.subject)
+        if task is None:
+            raise UnknownTask(task_id)
+        if task.done:
+            raise TaskFinished(task_id, task.status)
+        return task, stored
+
     async def changes(
         self, task: TaskRecord, stream: TaskStream, timeout: float
     ) -> AsyncGenerator[TaskRecord, None]:

@@ -672,6 +672,9 @@ class StoreJournal:
     async def recorded_steps(self, message_id: str, handler: str) -> list[StepRecord]:
         return await self.store.workflow_steps(message_id, handler)
 
+    async def read_signal(self, task_id: str, name: str) -> tuple[bool, Any]:
+        return await self.store.signal(task_id, name)
+
     def task_running(self, message: Message, agent_id: str, attempt: int) -> None:
         task_id = message.task_id
         if task_id is None:

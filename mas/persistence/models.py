@@ -22,11 +22,13 @@ __all__ = [
     "OutboxRow",
     "ProcessedMessageRow",
     "TaskRow",
+    "TaskSignalRow",
     "WorkflowStepRow",
     "agents",
     "messages",
     "outbox",
     "processed",
+    "task_signals",
     "tasks",
     "workflow_steps",
 ]
@@ -174,6 +176,20 @@ class WorkflowStepRow(Base):
     finished_at: Mapped[datetime] = mapped_column(Timestamp)
 
 
+class TaskSignalRow(Base):
+    """A signal sent to a task (`POST /tasks/{id}/signals/{name}`), kept for the workflow
+    that waits for it (`ctx.signal(name)`), whether it waits already or later. The first
+    signal of a name counts; a repeat changes nothing."""
+
+    __tablename__ = "task_signals"
+
+    task_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    payload: Mapped[Any] = mapped_column(JSONType, nullable=True)
+    sent_by: Mapped[str | None] = mapped_column(String(200))
+    sent_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
 # The tables for Core statements (the store's queries, the journal's batches).
 agents: Table = AgentRow.__table__  # type: ignore[assignment]
 tasks: Table = TaskRow.__table__  # type: ignore[assignment]
@@ -181,3 +197,4 @@ messages: Table = MessageRow.__table__  # type: ignore[assignment]
 processed: Table = ProcessedMessageRow.__table__  # type: ignore[assignment]
 outbox: Table = OutboxRow.__table__  # type: ignore[assignment]
 workflow_steps: Table = WorkflowStepRow.__table__  # type: ignore[assignment]
+task_signals: Table = TaskSignalRow.__table__  # type: ignore[assignment]

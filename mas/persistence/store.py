@@ -30,7 +30,15 @@ from mas.observability.outages import Outage
 from mas.persistence import schema as migrations
 from mas.persistence.batch_sql import BatchStatements
 from mas.persistence.engine import connect, display_url, error_reason, refused_data
-from mas.persistence.models import agents, messages, outbox, processed, tasks, workflow_steps
+from mas.persistence.models import (
+    agents,
+    messages,
+    outbox,
+    processed,
+    task_signals,
+    tasks,
+    workflow_steps,
+)
 
 __all__ = ["AgentRecord", "Batch", "Store", "TaskRecord"]
 
@@ -553,6 +561,49 @@ class Store:
             if cancelled.rowcount:
                 await conn.execute(delete(outbox).where(outbox.c.id == task_id))
         return await self.get_task(task_id)
+
+    # -- signals -----------------------------------------------------------------------------
+
+    async def send_signal(
+        self, task_id: str, name: str, payload: Any, sent_by: str | None
+    ) -> tuple[TaskRecord | None, bool]:
+        """Keep signal `name` for a task that has not ended; returns (the task as it is,
+        whether this signal was stored). An unknown task is None; a task that ended, or
+        a name already signalled, stores nothing (the first signal of a name counts).
+
+        Raises:
+            InvalidMessage: the payload cannot be stored (NUL characters on PostgreSQL).
+            StoreUnavailable: the database cannot be reached or refused the write.
+        """
+        self.check_storable(payload, "signal payload")
+        task = await self.get_task(task_id)
+        if task is None or task.done:
+            return task, False
+        row = {
+            "task_id": task_id,
+            "name": name,
+            "payload": payload,
+            "sent_by": sent_by,
+            "sent_at": datetime.now(UTC),
+        }
+        async with self.writing() as conn:
+            result = await conn.execute(
+                self._insert(task_signals)
+                .on_conflict_do_nothing()
+                .returning(task_signals.c.task_id),
+                [row],
+            )
+            stored = result.first() is not None
+        return task, stored
+
+    async def signal(self, task_id: str, name: str) -> tuple[bool, Any]:
+        """(True, its payload) once signal `name` was sent to the task, else (False, None)."""
+        query = select(task_signals.c.payload).where(
+            task_signals.c.task_id == task_id, task_signals.c.name == name
+        )
+        async with self.reading() as conn:
+            row = (await conn.execute(query)).first()
+        return (False, None) if row is None else (True, row[0])
 
     # -- the outbox (see mas.persistence.outbox) ---------------------------------------------
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from mas.actors.deadletters import DeadLetter
 from mas.actors.journal import JournalNode
 from mas.actors.transport import Delivery
@@ -21,6 +23,8 @@ class MemoryJournal:
         self.results: dict[str, TaskResult] = {}
         self.agents: dict[str, str] = {}
         self.steps: dict[tuple[str, str], list[StepRecord]] = {}
+        self.signals: dict[tuple[str, str], Any] = {}
+        """Signals by (task id, name): a test sends one by setting it here."""
 
     async def open(self, node: JournalNode) -> None:
         return None
@@ -58,6 +62,10 @@ class MemoryJournal:
 
     async def recorded_steps(self, message_id: str, handler: str) -> list[StepRecord]:
         return sorted(self.steps.get((message_id, handler), []))
+
+    async def read_signal(self, task_id: str, name: str) -> tuple[bool, Any]:
+        key = (task_id, name)
+        return (True, self.signals[key]) if key in self.signals else (False, None)
 
     def task_running(self, message: Message, agent_id: str, attempt: int) -> None:
         if message.task_id is not None:

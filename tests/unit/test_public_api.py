@@ -44,6 +44,7 @@ EXPORTED = [
     "SchemaOutdated",
     "ServiceUnavailable",
     "Settings",
+    "SignalTimeout",
     "StepRecord",
     "StepResultNotJSON",
     "StoreTimeout",

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
+from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 from pydantic import TypeAdapter
 from starlette.background import BackgroundTask
@@ -22,7 +22,10 @@ from mas.api.direct import direct_route
 from mas.api.problems import AUTH_PROBLEMS, Problem, problems
 from mas.api.schemas import (
     ID_PATTERN,
+    NAME_PATTERN,
     MessageTaskIn,
+    Payload,
+    SignalOut,
     TaskIn,
     TaskList,
     TaskOut,
@@ -275,3 +278,23 @@ async def cancel_task(
 ) -> Response:
     """Cancel one of the caller's tasks that has not finished (409 if it already has)."""
     return _task_response(await gw.tasks.cancel(task_id, claims))
+
+
+@router.post(
+    "/{task_id}/signals/{name}",
+    response_model=SignalOut,
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=problems(*AUTH_PROBLEMS, 404, 409, 413, 422),
+)
+async def signal_task(
+    task_id: str,
+    name: Annotated[str, Path(max_length=200, pattern=NAME_PATTERN)],
+    payload: Annotated[Payload, Body()],
+    gw: GatewayDep,
+    claims: Annotated[Claims, Depends(require("tasks:write"))],
+) -> SignalOut:
+    """Send signal `name` (the JSON body is its payload) to one of the caller's tasks that
+    has not ended, for the workflow that waits for it (`ctx.signal(name)`), now or later.
+    The first signal of a name counts (`stored`); 409 once the task has ended."""
+    task, stored = await gw.tasks.signal(task_id, name, payload, claims)
+    return SignalOut(task_id=task.id, name=name, stored=stored, task_status=task.status)
