@@ -25,11 +25,21 @@ from tests.integration.pg_support import PgSchema, admin_connection
 from tests.process_support import MasProcess, clean_environment
 from tests.redis_support import REDIS_URL, delete_keys, reachable_redis
 
-__all__ = ["SECRET", "SLOW_ECHO", "STEP_PIPELINE", "System", "effects", "rows", "system"]
+__all__ = [
+    "SECRET",
+    "SIGNAL_WAITER",
+    "SLOW_ECHO",
+    "STEP_PIPELINE",
+    "System",
+    "effects",
+    "rows",
+    "system",
+]
 
 SECRET = "d" * 40
 SLOW_ECHO = "tests.integration.work_agents:SlowEcho"
 STEP_PIPELINE = "tests.integration.work_agents:StepPipeline"
+SIGNAL_WAITER = "tests.integration.work_agents:SignalWaiter"
 
 
 class System:
@@ -61,9 +71,11 @@ class System:
             f"{scope.prefix}agent_type.echo",
             f"{scope.prefix}agent_type.slow_echo",
             f"{scope.prefix}agent_type.step_pipeline",
+            f"{scope.prefix}agent_type.signal_waiter",
             f"{scope.prefix}agent_type.mas.spawner.echo",
             f"{scope.prefix}agent_type.mas.spawner.slow_echo",
             f"{scope.prefix}agent_type.mas.spawner.step_pipeline",
+            f"{scope.prefix}agent_type.mas.spawner.signal_waiter",
             f"{scope.prefix}agent.echo-special",
             f"{scope.prefix}agent.echo-extra",
             f"{scope.prefix}agent.se-gone",

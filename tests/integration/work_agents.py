@@ -51,3 +51,16 @@ class StepPipeline(Agent):
             await asyncio.sleep(float(message.payload.get("delay", 0)))
         assert message.task_id is not None
         return TaskResult.succeeded(message.task_id, {"steps": results})
+
+
+class SignalWaiter(Agent):
+    """Waits (up to `payload.timeout` seconds) for the task's signal "approve"; completes
+    the task with it."""
+
+    type = "signal_waiter"
+
+    async def handle_message(self, message: Message) -> HandlerResult:
+        timeout = float(message.payload.get("timeout", 60))
+        decision = await self.ctx.signal("approve", timeout=timeout)
+        assert message.task_id is not None
+        return TaskResult.succeeded(message.task_id, {"decision": decision})
