@@ -26,7 +26,7 @@ from mas.config import ApiSettings, AuthSettings, Settings
 schemathesis = pytest.importorskip("schemathesis")
 
 SECRET = "f" * 40
-TOKEN = mint_token(SECRET, "fuzzer", sorted(SCOPES), ttl=3600)
+TOKEN = mint_token(SECRET, "fuzzer", sorted(SCOPES), ttl=86_400)  # minted at import
 
 
 DATA_DIR = Path(tempfile.mkdtemp(prefix="mas-fuzz-"))
