@@ -258,7 +258,8 @@ class AgentContext:
         the wait begins is found at once. A durable step: a re-run gets the signal from its
         record. The handler holds its agent while it waits (for now: waits that free the
         agent are the next part of the workflow work), so keep `timeout` to what a handler
-        may take. Needs persistence (`MAS_PERSIST`) and a message that belongs to a task.
+        may take; a shutdown waits for it up to its own timeout, as for any handler. Needs
+        persistence (`MAS_PERSIST`) and a message that belongs to a task.
 
         Raises:
             SignalTimeout: no such signal within `timeout` seconds.

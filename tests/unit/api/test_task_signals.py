@@ -70,6 +70,14 @@ async def _finished(client: httpx.AsyncClient, task_id: str) -> dict[str, Any]:
     return task
 
 
+async def _finish(client: httpx.AsyncClient, task_id: str, approver: type[Approver]) -> None:
+    """Let a task waiting at the gate end (a handler left waiting holds up the shutdown)."""
+    assert (await _signal(client, task_id, {"ok": True})).status_code == 202
+    assert approver.gate is not None
+    approver.gate.set()
+    assert (await _finished(client, task_id))["status"] == "succeeded"
+
+
 async def test_a_waiting_workflow_gets_the_signal_and_finishes(
     client: httpx.AsyncClient, approver: type[Approver]
 ) -> None:
@@ -141,7 +149,7 @@ async def test_another_callers_task_cannot_be_signalled(
     task_id = await _start(client)  # created by "tester"
     mallory = {"Authorization": f"Bearer {mint_token(SECRET, 'mallory', ['tasks:write'], 600)}"}
     problem(await _signal(client, task_id, {"ok": True}, **mallory), 404, task_id)
-    approver.gate.set()
+    await _finish(client, task_id, approver)
 
 
 async def test_bad_signal_names_and_bodies_are_422(
@@ -151,7 +159,7 @@ async def test_bad_signal_names_and_bodies_are_422(
     task_id = await _start(client)
     problem(await _signal(client, task_id, {}, name="-bad"), 422)
     problem(await _signal(client, task_id, [1, 2]), 422)  # the payload is a JSON object
-    approver.gate.set()
+    await _finish(client, task_id, approver)
 
 
 async def test_signalling_needs_the_write_scope(
@@ -160,4 +168,4 @@ async def test_signalling_needs_the_write_scope(
     approver.gate = asyncio.Event()
     task_id = await _start(client)
     problem(await _signal(client, task_id, {}, **auth("tasks:read")), 403)
-    approver.gate.set()
+    await _finish(client, task_id, approver)
