@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import structlog
 
+from mas.actors.backoff import backoff_delay
 from mas.actors.mailbox import Overflow
 from mas.actors.workflow import StepKind, WorkflowRun, as_json, marked_rerun
 from mas.errors import ConfigError, SignalTimeout, UsageError
@@ -290,7 +291,7 @@ class AgentContext:
             return record.result
         clock = self._system.clock
         deadline = clock.time() + timeout
-        delay = _SIGNAL_POLL_FIRST
+        attempt = 0
         while True:
             found, payload = await journal.read_signal(task_id, name)
             if found:
@@ -299,8 +300,9 @@ class AgentContext:
             if remaining <= 0:
                 raise SignalTimeout(task_id, name, timeout)
             # The record is polled, backing off (a signal may come from any gateway).
+            attempt += 1
+            delay = backoff_delay(attempt, _SIGNAL_POLL_FIRST, _SIGNAL_POLL_MAX, 0.1)
             await self._system.tasks.sleep(min(delay, remaining))
-            delay = min(delay * 2, _SIGNAL_POLL_MAX)
 
     async def gather(self, *steps: Awaitable[T]) -> list[T]:
         """Await durable steps concurrently (fan-out/fan-in); their results in order.

@@ -352,8 +352,9 @@ class AgentCell:
         if run is None:
             target = current.target
             handler = target if target is not None and not target.startswith("topic:") else None
-            rerun = self.rerun and self.runtime.journal is not None
-            run = runs[current.id] = WorkflowRun(current.id, handler or self.address, rerun=rerun)
+            run = runs[current.id] = WorkflowRun(
+                current.id, handler or self.address, rerun=self.rerun
+            )
         return run
 
     def _run_ended(self, message: Message, *, settled: bool) -> bool:
