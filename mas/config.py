@@ -183,6 +183,18 @@ class OutboxSettings(BaseModel):
     )
 
 
+class WorkflowSettings(BaseModel):
+    """Durable workflows inside handlers (`ctx.step`, `ctx.sleep`, `ctx.signal`)."""
+
+    park_after: float = Field(
+        5.0,
+        ge=0,
+        description="seconds: a durable wait (ctx.sleep, ctx.signal) longer than this parks "
+        "its handler (the agent takes other messages, the delivery is acknowledged) and the "
+        "message is handled again when the wait ends; a shorter one waits in the handler",
+    )
+
+
 class Settings(BaseSettings):
     """Everything configurable; `MAS_TRANSPORT` alone switches one-process to distributed."""
 
@@ -230,6 +242,7 @@ class Settings(BaseSettings):
         False, description="record agents, tasks and messages in MAS_DATABASE_URL"
     )
     outbox: OutboxSettings = OutboxSettings()
+    workflow: WorkflowSettings = WorkflowSettings()
     audit: Literal["all", "tasks", "off"] = Field(
         "all", description="which messages the audit records (when persisting)"
     )

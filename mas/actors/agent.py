@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import inspect
 import re
+import time
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
 import structlog
 
 from mas.actors.backoff import backoff_delay
 from mas.actors.mailbox import Overflow
-from mas.actors.workflow import StepKind, WorkflowRun, as_json, marked_rerun
+from mas.actors.workflow import Parked, StepKind, Wait, WorkflowRun, as_json, marked_rerun
 from mas.errors import ConfigError, SignalTimeout, UsageError
 from mas.messages import Message, TaskResult
 
@@ -251,19 +253,44 @@ class AgentContext:
         recorded: T = self._finished(run, seq, name, "step", as_json(name, result))
         return recorded
 
-    def signal(self, name: str, timeout: float) -> Coroutine[Any, Any, Any]:
+    def sleep(self, delay: float | timedelta) -> Coroutine[Any, Any, None]:
+        """Wait `delay` (seconds or a timedelta): inside a handler, a durable timer.
+
+        When the wait ends is recorded as it begins, so a re-run of the handler (a retry,
+        another node after a crash) waits only for what is left. A wait longer than
+        `MAS_WORKFLOW__PARK_AFTER` parks the handler: it gives up its agent and its
+        delivery, and the message is handled again when the time comes, by whichever node
+        takes it, every finished step answered from its record (see `mas.actors.workflow`).
+        Outside a handler it is a plain sleep on the runtime's clock.
+        """
+        seconds = _seconds(delay)
+        run = self._cell.workflow_run()
+        if run is None:
+            return self._system.tasks.sleep(seconds)
+        return self._sleep(run, run.take_seq(), seconds)
+
+    async def _sleep(self, run: WorkflowRun, seq: int, seconds: float) -> None:
+        until = await self._wait_began(run, seq, "sleep", "sleep", seconds)
+        remaining = until - time.time()
+        if remaining <= 0:
+            return
+        if run.parkable and remaining > self._park_after():
+            raise Parked([Wait(until)])
+        await self._system.tasks.sleep(remaining)
+
+    def signal(self, name: str, timeout: float | timedelta) -> Coroutine[Any, Any, Any]:
         """Wait for signal `name` sent to the task being handled; its JSON payload.
 
         Signals come from outside mas's agents: `POST /tasks/{id}/signals/{name}` (a person
         approves, another system calls back), and are kept in the record, so one sent before
-        the wait begins is found at once. A durable step: a re-run gets the signal from its
-        record. The handler holds its agent while it waits (for now: waits that free the
-        agent are the next part of the workflow work), so keep `timeout` to what a handler
-        may take; a shutdown waits for it up to its own timeout, as for any handler. Needs
-        persistence (`MAS_PERSIST`) and a message that belongs to a task.
+        the wait begins is found at once. A durable wait like `sleep`: its deadline is
+        recorded as it begins, a signal sent after it does not count, and a wait longer than
+        `MAS_WORKFLOW__PARK_AFTER` parks the handler until the signal comes (the gateway
+        that takes the signal wakes it) or the deadline passes. Needs persistence
+        (`MAS_PERSIST`) and a message that belongs to a task.
 
         Raises:
-            SignalTimeout: no such signal within `timeout` seconds.
+            SignalTimeout: no such signal within `timeout`.
             MasError: the record cannot be read now (the handler fails and is retried).
         """
         cell = self._cell
@@ -275,7 +302,7 @@ class AgentContext:
                 "ctx.signal waits inside a handler of a task's message, with persistence on "
                 "(MAS_PERSIST): signals are kept in the task's record"
             )
-        return self._signal(run, run.take_seq(), journal, task_id, name, timeout)
+        return self._signal(run, run.take_seq(), journal, task_id, name, _seconds(timeout))
 
     async def _signal(
         self,
@@ -286,23 +313,37 @@ class AgentContext:
         name: str,
         timeout: float,
     ) -> Any:
-        record = await run.recorded(journal, seq, name, "signal")
-        if record is not None:
-            return record.result
-        clock = self._system.clock
-        deadline = clock.time() + timeout
+        until = await self._wait_began(run, seq, name, "signal", timeout)
+        park_after = self._park_after()
         attempt = 0
         while True:
-            found, payload = await journal.read_signal(task_id, name)
+            found, payload = await journal.read_signal(task_id, name, until)
             if found:
-                return self._finished(run, seq, name, "signal", payload)
-            remaining = deadline - clock.time()
+                return payload
+            remaining = until - time.time()
             if remaining <= 0:
                 raise SignalTimeout(task_id, name, timeout)
-            # The record is polled, backing off (a signal may come from any gateway).
+            if run.parkable and remaining > park_after:
+                raise Parked([Wait(until, task_id, name)])
+            # A short wait (or a topic subscriber's, which cannot park) polls the record,
+            # backing off (a signal may come from any gateway).
             attempt += 1
             delay = backoff_delay(attempt, _SIGNAL_POLL_FIRST, _SIGNAL_POLL_MAX, 0.1)
             await self._system.tasks.sleep(min(delay, remaining))
+
+    async def _wait_began(
+        self, run: WorkflowRun, seq: int, name: str, kind: StepKind, seconds: float
+    ) -> float:
+        """When durable wait `seq` ends (epoch seconds): recorded as it first began."""
+        record = await run.recorded(self._cell.runtime.journal, seq, name, kind)
+        if record is not None:
+            return float(record.result["until"])
+        until = time.time() + seconds
+        self._finished(run, seq, name, kind, {"until": until})
+        return until
+
+    def _park_after(self) -> float:
+        return self._cell.runtime.settings.workflow.park_after
 
     async def gather(self, *steps: Awaitable[T]) -> list[T]:
         """Await durable steps concurrently (fan-out/fan-in); their results in order.
@@ -311,14 +352,19 @@ class AgentContext:
         whichever finishes first. When one fails the others are cancelled and its error is
         raised: those that finished are recorded and are not redone by a re-run.
         """
+        waits: list[Wait] = []
         try:
             async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(_awaited(step)) for step in steps]
+                tasks = [group.create_task(_awaited(step, waits)) for step in steps]
         except ExceptionGroup as failed:
             # The step's own error (an AskTimeout, a HandlerError...), as a plain await
             # raises it; the group, with any other failure, stays attached as the cause.
             raise failed.exceptions[0] from failed
-        return [task.result() for task in tasks]
+        if waits:
+            # Steps that would park did not stop the others: those have finished (and are
+            # recorded), and the handler parks until the first of the waits ends.
+            raise Parked(waits)
+        return [cast(T, task.result()) for task in tasks]  # none parked: each has its result
 
     def _child(self, run: WorkflowRun, seq: int, message: Message) -> Message:
         """`message` as step `seq` sends it: with the id every run gives it."""
@@ -362,8 +408,19 @@ class AgentContext:
         self._cell.stop_requested = True
 
 
-async def _awaited(step: Awaitable[T]) -> T:
-    return await step
+async def _awaited(step: Awaitable[T], waits: list[Wait]) -> T | None:
+    try:
+        return await step
+    except Parked as parked:
+        waits.extend(parked.waits)
+        return None
+
+
+def _seconds(delay: float | timedelta) -> float:
+    seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
+    if not seconds >= 0:  # also NaN
+        raise UsageError(f"a wait takes a duration of 0 seconds or more, not {delay!r}")
+    return seconds
 
 
 def _address_of(target: str | AgentRef) -> str:

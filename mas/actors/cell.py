@@ -21,7 +21,7 @@ from mas.actors.deadletters import DeadLetter
 from mas.actors.mailbox import Mailbox
 from mas.actors.ref import AgentRef
 from mas.actors.status import RUNNING, STOPPED, SUSPENDED
-from mas.actors.workflow import RERUN_KEY, WorkflowRun
+from mas.actors.workflow import RERUN_KEY, Parked, WorkflowRun
 from mas.errors import (
     AgentStartError,
     AgentStopped,
@@ -321,6 +321,8 @@ class AgentCell:
                 mailbox.put_front(item)
                 self._run_ended(message, settled=False)
                 raise
+            except Parked as parked:
+                await self._park(message, delivery, parked)
             except Exception as exc:
                 self._idle()
                 await self._failed(delivery or LocalDelivery(message, self), exc)
@@ -353,9 +355,36 @@ class AgentCell:
             target = current.target
             handler = target if target is not None and not target.startswith("topic:") else None
             run = runs[current.id] = WorkflowRun(
-                current.id, handler or self.address, rerun=self.rerun
+                current.id,
+                handler or self.address,
+                rerun=self.rerun,
+                parkable=handler is not None and self.runtime.journal is not None,
             )
         return run
+
+    async def _park(self, message: Message, delivery: Delivery | None, parked: Parked) -> None:
+        """The handler gave up its agent in a long durable wait: the journal keeps what
+        wakes the message again (and acknowledges the delivery once it has), and the agent
+        takes its next message. The message is not remembered as handled: it comes back."""
+        self._idle()
+        self._run_ended(message, settled=True)
+        journal = self.runtime.journal
+        assert journal is not None  # only a run with a journal parks (`WorkflowRun.parkable`)
+        try:
+            await journal.parked(self.id, message, delivery, parked.waits)
+        except MasError as exc:
+            # Nothing says what would wake it: it is handled again after a retry's delay,
+            # and its steps' record lets that run go straight back to the wait.
+            await self._failed(delivery or LocalDelivery(message, self), exc)
+            return
+        self.runtime.parked += 1
+        _log.debug(
+            "workflow_parked",
+            agent_id=self.id,
+            message_id=message.id,
+            until=min(wait.until for wait in parked.waits),
+            signals=[wait.signal for wait in parked.waits if wait.signal is not None],
+        )
 
     def _run_ended(self, message: Message, *, settled: bool) -> bool:
         """A handler run ended: forget its steps once the message is settled, else number

@@ -47,6 +47,7 @@ class AgentHost(Protocol):
     restarts: int
     duplicates: int
     deferred: int
+    parked: int
 
     @property
     def system(self) -> ActorSystem:

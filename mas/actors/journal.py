@@ -15,7 +15,7 @@ from mas.messages import Message, TaskResult
 if TYPE_CHECKING:
     from mas.actors.deadletters import DeadLetter
     from mas.actors.transport import Delivery
-    from mas.actors.workflow import StepRecord
+    from mas.actors.workflow import StepRecord, Wait
 
 __all__ = ["Journal", "JournalNode"]
 
@@ -88,10 +88,23 @@ class Journal(Protocol):
         Raises a `MasError` when the record cannot be read now.
         """
 
-    async def read_signal(self, task_id: str, name: str) -> tuple[bool, Any]:
-        """(True, payload) once signal `name` was sent to the task, else (False, None).
+    async def read_signal(self, task_id: str, name: str, until: float) -> tuple[bool, Any]:
+        """(True, payload) once signal `name` was sent to the task no later than `until`
+        (epoch seconds: a wait's deadline), else (False, None).
 
         Raises a `MasError` when the record cannot be read now.
+        """
+
+    async def parked(
+        self, agent_id: str, message: Message, delivery: Delivery | None, waits: list[Wait]
+    ) -> None:
+        """A handler of `message` parked in durable waits: keep what wakes it, then settle.
+
+        Once the record holds the steps so far and a wake-up (the message, sent again to its
+        target when the first wait ends, or at once when one of the awaited signals is
+        sent), `delivery` is acknowledged. The message is not recorded as handled.
+
+        Raises a `MasError` when the wake-up cannot be recorded (nothing is acknowledged).
         """
 
     def task_running(self, message: Message, agent_id: str, attempt: int) -> None:

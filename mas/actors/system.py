@@ -185,6 +185,8 @@ class ActorSystem:
         # Deliveries handed back to wait in the broker: their mailbox was full, or the record
         # could not say whether a redelivered one was handled already.
         self.deferred = 0
+        # Handlers that gave up their agent in a long durable wait (`ctx.sleep`, `ctx.signal`).
+        self.parked = 0
         self.tasks_completed = 0
         self._serialize = s.serialize_messages
         self._faults = faults
@@ -555,6 +557,7 @@ class ActorSystem:
             "failures": self.failures,
             "restarts": self.restarts,
             "duplicates": self.duplicates,
+            "parked": self.parked,
             "dead_letters": self.dead_letters.count,
             "tasks_completed": self.tasks_completed,
             "in_queue": sum(len(cell.mailbox) for cell in self._cells.values()),

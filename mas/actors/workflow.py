@@ -24,14 +24,30 @@ from mas.messages import Message, derived_id
 if TYPE_CHECKING:
     from mas.actors.journal import Journal
 
-__all__ = ["RERUN_KEY", "StepKind", "StepRecord", "WorkflowRun", "marked_rerun"]
+__all__ = [
+    "RERUN_KEY",
+    "WAKE_KEY",
+    "Parked",
+    "StepKind",
+    "StepRecord",
+    "Wait",
+    "WorkflowRun",
+    "dedupe_key",
+    "marked_rerun",
+    "marked_woken",
+]
 
 RERUN_KEY = "mas.rerun"
 """Metadata of a message that may have been handled (in part) before: sent again by a re-run
 of a handler, or by the outbox after a crash. Its handler then reads its steps' record; a
 first run, which can have none, does not pay for that read."""
 
-StepKind = Literal["step", "ask", "send", "signal"]
+WAKE_KEY = "mas.wake"
+"""Metadata of a parked handler's wake-up: a token new on every park. The wake-up is the
+message again, under its own id; a cluster-wide dedupe claim on that id alone would take it
+for a copy of the handling that parked (`dedupe_key`)."""
+
+StepKind = Literal["step", "ask", "send", "signal", "sleep"]
 
 # Built once: `json.dumps` with options builds a new encoder on every call.
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
@@ -47,6 +63,28 @@ class StepRecord(NamedTuple):
     name: str
     kind: StepKind
     result: Any
+
+
+class Wait(NamedTuple):
+    """What a parked handler waits for: a time (epoch seconds), and perhaps a task's signal
+    that wakes it earlier."""
+
+    until: float
+    task_id: str | None = None
+    signal: str | None = None
+
+
+class Parked(BaseException):
+    """Raised out of a handler whose durable wait is long: the handler gives up its agent.
+
+    The cell catches it, records what wakes the message again (`Journal.parked`) and
+    acknowledges the delivery. A `BaseException`, like `CancelledError`, so that a handler's
+    `except Exception` does not swallow it: a handler must let it pass.
+    """
+
+    def __init__(self, waits: list[Wait]) -> None:
+        super().__init__(waits)
+        self.waits = waits
 
 
 def as_json(name: str, value: Any) -> Any:
@@ -74,13 +112,26 @@ class WorkflowRun:
     which every subscriber handles under one id, the subscribing agent's address.
     """
 
-    __slots__ = ("_loading", "attempts", "handler", "message_id", "next_seq", "records", "rerun")
+    __slots__ = (
+        "_loading",
+        "attempts",
+        "handler",
+        "message_id",
+        "next_seq",
+        "parkable",
+        "records",
+        "rerun",
+    )
 
-    def __init__(self, message_id: str, handler: str, *, rerun: bool) -> None:
+    def __init__(self, message_id: str, handler: str, *, rerun: bool, parkable: bool) -> None:
         self.message_id = message_id
         self.handler = handler
         self.rerun = rerun
         """The message may have been handled before elsewhere: read the record first."""
+        self.parkable = parkable
+        """A long wait may park the handler: the message goes to its own target again when
+        the wait ends (not a topic message, whose subscribers share its id; and there is a
+        journal to keep the wait in)."""
         self.attempts = 1
         self.next_seq = 0
         self.records: dict[int, StepRecord] = {}
@@ -160,3 +211,18 @@ def marked_rerun(message: Message) -> Message:
     marked = message.copy()
     marked.metadata = {**message.metadata, RERUN_KEY: True}
     return marked
+
+
+def marked_woken(message: Message, token: str) -> Message:
+    """`message` as a parked handler's wake-up (`WAKE_KEY`): a re-run, under a new token."""
+    marked = message.copy()
+    marked.metadata = {**message.metadata, RERUN_KEY: True, WAKE_KEY: token}
+    return marked
+
+
+def dedupe_key(message: Message) -> str:
+    """What tells copies of one delivery of `message` apart from another: its id, and for a
+    wake-up its token (the copies of one wake-up are duplicates; the wake-up is not a copy
+    of the handling that parked, nor of an earlier wake-up)."""
+    token = message.metadata.get(WAKE_KEY)
+    return message.id if token is None else f"{message.id}~{token}"

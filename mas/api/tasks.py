@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, Coroutine, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import structlog
@@ -232,7 +233,17 @@ class TaskService:
             TaskFinished: the task has already ended.
         """
         await self.get(task_id, caller)
-        task, stored = await self._store.send_signal(task_id, name, payload, caller.subject)
+        journal = self._journal
+        task, stored, woken = await self._store.send_signal(
+            task_id,
+            name,
+            payload,
+            caller.subject,
+            owner=journal.node_id,
+            lease_until=datetime.now(UTC) + timedelta(seconds=journal.relay.lease),
+        )
+        if woken:
+            journal.wake(woken)  # the handlers parked waiting for it: pushed, not polled
         if task is None:
             raise UnknownTask(task_id)
         if task.done:

@@ -176,7 +176,12 @@ class BatchStatements:
             "processed": (insert(processed).on_conflict_do_nothing(), processed),
             "running": (upsert_running, tasks),
             "finished": (finish, tasks),
-            "sent": (delete(outbox).where(outbox.c.id == bindparam("id")), outbox),
+            "sent": (
+                delete(outbox)
+                .where(outbox.c.id == bindparam("id"))
+                .where(outbox.c.owner == bindparam("owner")),
+                outbox,
+            ),
         }
 
     def for_batch(self, batch: Batch) -> list[tuple[str, list[tuple[Any, ...]]]]:

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import secrets
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -23,7 +24,7 @@ import structlog
 from mas.actors.deadletters import DeadLetter
 from mas.actors.journal import JournalNode
 from mas.actors.transport import Delivery
-from mas.actors.workflow import StepRecord
+from mas.actors.workflow import StepRecord, Wait, marked_woken
 from mas.errors import MasError, StoreUnavailable, TransportError
 from mas.messages import Message, TaskError, TaskResult
 from mas.persistence.engine import refused_data
@@ -502,11 +503,11 @@ class StoreJournal:
     def discard(self, message_id: str) -> None:
         """`message_id` must not be sent after all (its task failed when it was submitted)."""
         if self.relay.discard(message_id) or self.relay.settled(message_id):
-            self.writer.pending.sent_one(message_id)
+            self.writer.pending.sent_one(message_id, self.node_id)
             self.writer.wake()
 
     def _sent(self, message_id: str) -> None:
-        self.writer.pending.sent_one(message_id)
+        self.writer.pending.sent_one(message_id, self.node_id)
         self.writer.wake()
 
     def _undeliverable(self, message: Message, error: MasError) -> None:
@@ -549,7 +550,7 @@ class StoreJournal:
         if delivery is not None:
             writer.settle.append(delivery)
         if self.relay.held and self.relay.settled(message.id):
-            pending.sent_one(message.id)
+            pending.sent_one(message.id, self.node_id)
         writer.wake()
         if writer.full:
             await writer.wait_for_room()
@@ -672,8 +673,37 @@ class StoreJournal:
     async def recorded_steps(self, message_id: str, handler: str) -> list[StepRecord]:
         return await self.store.workflow_steps(message_id, handler)
 
-    async def read_signal(self, task_id: str, name: str) -> tuple[bool, Any]:
-        return await self.store.signal(task_id, name)
+    async def read_signal(self, task_id: str, name: str, until: float) -> tuple[bool, Any]:
+        return await self.store.signal(task_id, name, datetime.fromtimestamp(until, UTC))
+
+    async def parked(
+        self, agent_id: str, message: Message, delivery: Delivery | None, waits: list[Wait]
+    ) -> None:
+        """Commit the steps so far, then the wake-up (`Store.park`), then settle `delivery`.
+
+        The wake-up is the message itself, marked as a re-run, in its outbox row: due when
+        the first wait ends, for whichever node's relay sweeps first (or at once, when a
+        gateway takes one of the awaited signals: `wake`).
+        """
+        await self.writer.flush()
+        wake = self.outbox_row(marked_woken(message, secrets.token_hex(8)))
+        wake["available_at"] = datetime.fromtimestamp(min(wait.until for wait in waits), UTC)
+        signals = [
+            (wait.task_id, wait.signal, datetime.fromtimestamp(wait.until, UTC))
+            for wait in waits
+            if wait.task_id is not None and wait.signal is not None
+        ]
+        await self.store.park(wake, signals)
+        if self.relay.held:
+            # The message's row was this node's (a task's first send, or a wake-up): the
+            # wake-up took it over, so the relay neither renews nor deletes it any more.
+            self.relay.settled(message.id)
+        if delivery is not None:
+            await delivery.ack()
+
+    def wake(self, claimed: list[tuple[str, dict[str, Any]]]) -> None:
+        """Send these wake-ups of parked handlers, which this node claimed, now."""
+        self.relay.take_claimed(claimed)
 
     def task_running(self, message: Message, agent_id: str, attempt: int) -> None:
         task_id = message.task_id
@@ -714,7 +744,7 @@ class StoreJournal:
 
     def task_dead_lettered(self, letter: DeadLetter) -> None:
         if self.relay.held and self.relay.settled(letter.message.id):
-            self.writer.pending.sent_one(letter.message.id)
+            self.writer.pending.sent_one(letter.message.id, self.node_id)
             self.writer.wake()
         task_id = letter.message.task_id
         if task_id is None:

@@ -31,6 +31,7 @@ __all__ = [
     "task_signals",
     "tasks",
     "workflow_steps",
+    "workflow_waits",
 ]
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
@@ -190,6 +191,22 @@ class TaskSignalRow(Base):
     sent_at: Mapped[datetime] = mapped_column(Timestamp)
 
 
+class WorkflowWaitRow(Base):
+    """A parked handler (`mas.actors.workflow.Parked`) waiting for a task's signal.
+
+    Its wake-up is the message's outbox row (`available_at` = the wait's deadline); the
+    transaction that stores the signal (`Store.send_signal`) deletes these rows and makes
+    that outbox row due at once. A row left by a wait that timed out only costs a wake-up
+    that finds nothing to do.
+    """
+
+    __tablename__ = "workflow_waits"
+
+    task_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    message_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+
 # The tables for Core statements (the store's queries, the journal's batches).
 agents: Table = AgentRow.__table__  # type: ignore[assignment]
 tasks: Table = TaskRow.__table__  # type: ignore[assignment]
@@ -197,4 +214,5 @@ messages: Table = MessageRow.__table__  # type: ignore[assignment]
 processed: Table = ProcessedMessageRow.__table__  # type: ignore[assignment]
 outbox: Table = OutboxRow.__table__  # type: ignore[assignment]
 workflow_steps: Table = WorkflowStepRow.__table__  # type: ignore[assignment]
+workflow_waits: Table = WorkflowWaitRow.__table__  # type: ignore[assignment]
 task_signals: Table = TaskSignalRow.__table__  # type: ignore[assignment]

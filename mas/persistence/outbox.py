@@ -23,7 +23,7 @@ import asyncio
 from collections import deque
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 import structlog
@@ -295,7 +295,9 @@ class OutboxRelay:
     async def _sweep_forever(self) -> None:
         while True:
             await anyio.sleep(self.sweep_interval)
-            await self.sweep()
+            # A full claim may have left more due (many timers ending at once): go on.
+            while await self.sweep() == self.claim_batch:
+                pass
 
     async def sweep(self) -> int:
         """Renew this relay's leases, and claim rows whose lease ran out; returns how many
@@ -319,6 +321,12 @@ class OutboxRelay:
             # The store logs the database's outage, once; this is one of its consequences.
             _log.debug("outbox_sweep_failed", error_type=type(exc).__name__, error=str(exc))
             return 0
+        self.take_claimed(claimed)
+        return len(claimed)
+
+    def take_claimed(self, claimed: list[tuple[str, dict[str, Any]]]) -> None:
+        """Send again these rows (message id, message), which this node claimed: their
+        lease ran out, or they are parked handlers' wake-ups that came due."""
         for message_id, data in claimed:
             if message_id in self._entries:
                 continue  # ours already: its lease lapsed while the database was away
@@ -332,4 +340,3 @@ class OutboxRelay:
             _log.info("outbox_message_resent", message_id=message_id, target=message.target)
             entry = self._entries[message_id] = _Entry(message, "queued", resent=True)
             self._enqueue(entry)
-        return len(claimed)

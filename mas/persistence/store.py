@@ -38,6 +38,7 @@ from mas.persistence.models import (
     task_signals,
     tasks,
     workflow_steps,
+    workflow_waits,
 )
 
 __all__ = ["AgentRecord", "Batch", "Store", "TaskRecord"]
@@ -163,11 +164,13 @@ class Batch:
         self.finished.extend(other.finished)
         self.sent.extend(other.sent)
 
-    def sent_one(self, message_id: str) -> None:
+    def sent_one(self, message_id: str, owner: str | None) -> None:
         """The outbox row of `message_id` is no longer needed: drop it from this batch if it
-        is still here (nothing to write), else delete it with this batch."""
+        is still here (nothing to write), else delete it with this batch — if `owner` still
+        holds it: a row another node claimed since, or a parked handler's wake-up that took
+        the message's row over (`Store.park`), is not this node's to delete."""
         if self.outbox.pop(message_id, None) is None:
-            self.sent.append({"id": message_id})
+            self.sent.append({"id": message_id, "owner": owner})
 
 
 def message_row(
@@ -565,11 +568,24 @@ class Store:
     # -- signals -----------------------------------------------------------------------------
 
     async def send_signal(
-        self, task_id: str, name: str, payload: Any, sent_by: str | None
-    ) -> tuple[TaskRecord | None, bool]:
+        self,
+        task_id: str,
+        name: str,
+        payload: Any,
+        sent_by: str | None,
+        *,
+        owner: str | None = None,
+        lease_until: datetime | None = None,
+    ) -> tuple[TaskRecord | None, bool, list[tuple[str, dict[str, Any]]]]:
         """Keep signal `name` for a task that has not ended; returns (the task as it is,
-        whether this signal was stored). An unknown task is None; a task that ended, or
-        a name already signalled, stores nothing (the first signal of a name counts).
+        whether this signal was stored, the wake-ups it claimed). An unknown task is None; a
+        task that ended, or a name already signalled, stores nothing (the first signal of
+        a name counts).
+
+        In the same transaction, handlers parked waiting for this signal (`park`) are woken:
+        their wake-ups (outbox rows) become `owner`'s until `lease_until`, to be sent now
+        (message id, message pairs). Without an owner they are only made due, for any
+        node's relay to send.
 
         Raises:
             InvalidMessage: the payload cannot be stored (NUL characters on PostgreSQL).
@@ -578,32 +594,108 @@ class Store:
         self.check_storable(payload, "signal payload")
         task = await self.get_task(task_id)
         if task is None or task.done:
-            return task, False
-        row = {
-            "task_id": task_id,
-            "name": name,
-            "payload": payload,
-            "sent_by": sent_by,
-            "sent_at": datetime.now(UTC),
-        }
+            return task, False, []
+        now = datetime.now(UTC)
+        row = {"task_id": task_id, "name": name, "payload": payload, "sent_by": sent_by}
+        woken: list[tuple[str, dict[str, Any]]] = []
         async with self.writing() as conn:
+            await self._lock_tasks(conn, [task_id])
             result = await conn.execute(
                 self._insert(task_signals)
                 .on_conflict_do_nothing()
                 .returning(task_signals.c.task_id),
-                [row],
+                [{**row, "sent_at": now}],
             )
             stored = result.first() is not None
-        return task, stored
+            if stored:
+                waiting = await conn.execute(
+                    delete(workflow_waits)
+                    .where(workflow_waits.c.task_id == task_id, workflow_waits.c.name == name)
+                    .returning(workflow_waits.c.message_id)
+                )
+                ids = [message_id for (message_id,) in waiting]
+                if ids:
+                    # Only a wake-up no relay has claimed: a claimed one is being sent.
+                    wake = (
+                        update(outbox)
+                        .where(outbox.c.id.in_(ids), outbox.c.owner.is_(None))
+                        .values(owner=owner, available_at=lease_until or now)
+                        .returning(outbox.c.id, outbox.c.message)
+                    )
+                    woken = [(row[0], row[1]) for row in await conn.execute(wake)]
+        return task, stored, woken if owner is not None else []
 
-    async def signal(self, task_id: str, name: str) -> tuple[bool, Any]:
-        """(True, its payload) once signal `name` was sent to the task, else (False, None)."""
+    async def signal(self, task_id: str, name: str, until: datetime) -> tuple[bool, Any]:
+        """(True, its payload) once signal `name` was sent to the task no later than
+        `until`, else (False, None)."""
         query = select(task_signals.c.payload).where(
-            task_signals.c.task_id == task_id, task_signals.c.name == name
+            task_signals.c.task_id == task_id,
+            task_signals.c.name == name,
+            task_signals.c.sent_at <= until,
         )
         async with self.reading() as conn:
             row = (await conn.execute(query)).first()
         return (False, None) if row is None else (True, row[0])
+
+    async def park(
+        self,
+        wake: dict[str, Any],
+        waits: list[tuple[str, str, datetime]],
+    ) -> bool:
+        """Keep a parked handler's wake-up: its message as the outbox row `wake` (due at the
+        first wait's end, held by no node, replacing any row of that message), and a row per
+        awaited signal ((task id, name, deadline)). Returns True when one of those signals
+        had been sent already: the wake-up is then due at once.
+
+        One transaction, which locks the tasks first as `send_signal` does: a signal sent
+        meanwhile is either committed before (and read here) or finds the wait rows.
+
+        Raises:
+            StoreUnavailable: the database cannot be reached or refused the write.
+        """
+        message_id = wake["id"]
+        async with self.writing() as conn:
+            await self._lock_tasks(conn, sorted({task_id for task_id, _, _ in waits}))
+            signalled = False
+            if waits:
+                await conn.execute(
+                    self._insert(workflow_waits).on_conflict_do_nothing(),
+                    [
+                        {"task_id": task_id, "name": name, "message_id": message_id}
+                        for task_id, name, _ in waits
+                    ],
+                )
+                for task_id, name, until in waits:
+                    sent = select(task_signals.c.task_id).where(
+                        task_signals.c.task_id == task_id,
+                        task_signals.c.name == name,
+                        task_signals.c.sent_at <= until,
+                    )
+                    if (await conn.execute(sent)).first() is not None:
+                        signalled = True
+                        break
+            if signalled:
+                wake = {**wake, "available_at": datetime.now(UTC)}
+            stmt = self._insert(outbox)
+            await conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=[outbox.c.id],
+                    set_={
+                        "message": stmt.excluded.message,
+                        "owner": None,
+                        "available_at": stmt.excluded.available_at,
+                        "attempts": 0,
+                    },
+                ),
+                [{**wake, "owner": None}],
+            )
+        return signalled
+
+    async def _lock_tasks(self, conn: AsyncConnection, task_ids: list[str]) -> None:
+        """Lock these tasks' rows until the transaction ends (PostgreSQL; SQLite has one
+        writer at a time, taken by the transaction's first write)."""
+        if task_ids and self.dialect == "postgresql":
+            await conn.execute(select(tasks.c.id).where(tasks.c.id.in_(task_ids)).with_for_update())
 
     # -- the outbox (see mas.persistence.outbox) ---------------------------------------------
 

@@ -7,7 +7,7 @@ from typing import Any
 from mas.actors.deadletters import DeadLetter
 from mas.actors.journal import JournalNode
 from mas.actors.transport import Delivery
-from mas.actors.workflow import StepRecord
+from mas.actors.workflow import StepRecord, Wait
 from mas.messages import Message, TaskResult
 
 __all__ = ["MemoryJournal"]
@@ -25,6 +25,8 @@ class MemoryJournal:
         self.steps: dict[tuple[str, str], list[StepRecord]] = {}
         self.signals: dict[tuple[str, str], Any] = {}
         """Signals by (task id, name): a test sends one by setting it here."""
+        self.parked_messages: dict[str, tuple[Message, list[Wait]]] = {}
+        """Messages whose handler parked, with what it waits for (nothing wakes them)."""
 
     async def open(self, node: JournalNode) -> None:
         return None
@@ -63,9 +65,16 @@ class MemoryJournal:
     async def recorded_steps(self, message_id: str, handler: str) -> list[StepRecord]:
         return sorted(self.steps.get((message_id, handler), []))
 
-    async def read_signal(self, task_id: str, name: str) -> tuple[bool, Any]:
+    async def read_signal(self, task_id: str, name: str, until: float) -> tuple[bool, Any]:
         key = (task_id, name)
         return (True, self.signals[key]) if key in self.signals else (False, None)
+
+    async def parked(
+        self, agent_id: str, message: Message, delivery: Delivery | None, waits: list[Wait]
+    ) -> None:
+        self.parked_messages[message.id] = (message, waits)
+        if delivery is not None:
+            await delivery.ack()
 
     def task_running(self, message: Message, agent_id: str, attempt: int) -> None:
         if message.task_id is not None:
