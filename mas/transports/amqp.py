@@ -62,6 +62,7 @@ from aio_pika.exceptions import (
 )
 from aiormq.exceptions import ChannelInvalidStateError
 
+from mas.actors.workflow import dedupe_key
 from mas.config import AmqpSettings, masked_url
 from mas.errors import (
     InvalidMessage,
@@ -811,10 +812,11 @@ class AmqpTransport:
         A later copy of it (published twice, or under another routing key: the id alone is
         the key) is a duplicate: the first consumer's copy is handled, or comes back flagged
         `redelivered` if that consumer dies first. When Redis cannot answer, the runtime asks
-        the database's record instead.
+        the database's record instead. A parked handler's wake-up is claimed under its own
+        token (`dedupe_key`): it is the message again, not a copy of the handling that parked.
         """
         assert self._claims is not None
-        claim = await self._claims.claim(delivery.message.id, ttl=self._dedupe_ttl)
+        claim = await self._claims.claim(dedupe_key(delivery.message), ttl=self._dedupe_ttl)
         if claim.duplicate:
             delivery.claimed_elsewhere = True
         elif claim.unknown:

@@ -31,6 +31,7 @@ __all__ = [
     "SLOW_ECHO",
     "STEP_PIPELINE",
     "System",
+    "TIMED_PIPELINE",
     "effects",
     "rows",
     "system",
@@ -40,6 +41,7 @@ SECRET = "d" * 40
 SLOW_ECHO = "tests.integration.work_agents:SlowEcho"
 STEP_PIPELINE = "tests.integration.work_agents:StepPipeline"
 SIGNAL_WAITER = "tests.integration.work_agents:SignalWaiter"
+TIMED_PIPELINE = "tests.integration.work_agents:TimedPipeline"
 
 
 class System:
@@ -72,10 +74,12 @@ class System:
             f"{scope.prefix}agent_type.slow_echo",
             f"{scope.prefix}agent_type.step_pipeline",
             f"{scope.prefix}agent_type.signal_waiter",
+            f"{scope.prefix}agent_type.timed_pipeline",
             f"{scope.prefix}agent_type.mas.spawner.echo",
             f"{scope.prefix}agent_type.mas.spawner.slow_echo",
             f"{scope.prefix}agent_type.mas.spawner.step_pipeline",
             f"{scope.prefix}agent_type.mas.spawner.signal_waiter",
+            f"{scope.prefix}agent_type.mas.spawner.timed_pipeline",
             f"{scope.prefix}agent.echo-special",
             f"{scope.prefix}agent.echo-extra",
             f"{scope.prefix}agent.se-gone",

@@ -2,7 +2,10 @@
 RabbitMQ and PostgreSQL. A worker killed with SIGKILL in the middle of a 5-step workflow:
 the broker gives its message to another worker, which reads the finished steps from the
 record and does only the rest, and the task's result equals an uninterrupted run's. A
-signal sent to a task while no worker runs reaches the workflow once one starts.
+signal sent to a task while no worker runs reaches the workflow once one starts. A handler
+in a long wait parks (its worker free, its delivery acknowledged): the timer fires after
+every process was killed and new ones started, and a signal is pushed to the parked
+handler by the gateway that takes it.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from tests.amqp_support import amqp_scope, amqp_vhost_url
 from tests.integration.system_support import (
     SIGNAL_WAITER,
     STEP_PIPELINE,
+    TIMED_PIPELINE,
     System,
     effects,
     rows,
@@ -85,3 +89,59 @@ async def test_a_signal_sent_while_no_worker_runs_reaches_the_workflow_later(
         done = await client.get(f"/tasks/{task_id}", params={"wait": 60})
     assert done.json()["status"] == "succeeded", done.text
     assert done.json()["result"] == {"decision": {"by": "ada"}}
+
+
+PARK_QUICKLY = {"MAS_WORKFLOW__PARK_AFTER": "0.2"}
+
+
+async def _parked(system: System, task_id: str) -> bool:
+    """The task's handler parked: its wake-up (the message's outbox row) is held by no node."""
+    found = await rows(system.pg, f"SELECT owner FROM outbox WHERE id = '{task_id}'")
+    return len(found) == 1 and found[0]["owner"] is None
+
+
+async def test_a_parked_timer_fires_after_every_process_was_killed(system: System) -> None:
+    system.env |= PARK_QUICKLY
+    first_effects, second_effects = system.tmp / "first.effects", system.tmp / "second.effects"
+    worker = system.worker(TIMED_PIPELINE, effects=str(first_effects))
+    api = system.api()
+    async with system.client() as client:
+        created = await client.post(
+            "/tasks/", json={"type": "timed_pipeline", "payload": {"sleep": 4.0}}
+        )
+        assert created.status_code == 202, created.text
+        task_id = created.json()["id"]
+        await eventually(lambda: _parked(system, task_id), timeout=60)
+    worker.kill()
+    api.kill()
+
+    system.worker(TIMED_PIPELINE, effects=str(second_effects))
+    system.api()
+    async with system.client() as client:
+        done = await client.get(f"/tasks/{task_id}", params={"wait": 60})
+    assert done.json()["status"] == "succeeded", done.text
+    assert done.json()["result"] == {"steps": [10, 20]}
+    assert effects(first_effects) == [f"{task_id}:1"]
+    assert effects(second_effects) == [f"{task_id}:2"]  # step 1 was not done again
+
+
+async def test_a_signal_is_pushed_to_a_parked_handler_on_another_process(
+    system: System,
+) -> None:
+    # Relays sweep for due wake-ups once a minute: only the gateway's push is quick.
+    system.env |= PARK_QUICKLY | {"MAS_OUTBOX__SWEEP_INTERVAL": "60"}
+    system.worker(SIGNAL_WAITER)
+    system.api()
+    async with system.client() as client:
+        created = await client.post(
+            "/tasks/", json={"type": "signal_waiter", "payload": {"timeout": 3600}}
+        )
+        assert created.status_code == 202, created.text
+        task_id = created.json()["id"]
+        await eventually(lambda: _parked(system, task_id), timeout=60)
+        sent = await client.post(f"/tasks/{task_id}/signals/approve", json={"by": "ada"})
+        assert sent.status_code == 202, sent.text
+        done = await client.get(f"/tasks/{task_id}", params={"wait": 30})
+    assert done.json()["status"] == "succeeded", done.text
+    assert done.json()["result"] == {"decision": {"by": "ada"}}
+    assert await rows(system.pg, "SELECT * FROM workflow_waits") == []

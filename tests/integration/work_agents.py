@@ -64,3 +64,18 @@ class SignalWaiter(Agent):
         decision = await self.ctx.signal("approve", timeout=timeout)
         assert message.task_id is not None
         return TaskResult.succeeded(message.task_id, {"decision": decision})
+
+
+class TimedPipeline(Agent):
+    """Step 1, a durable `ctx.sleep` of `payload.sleep` seconds, step 2; completes the task
+    with both steps' results (effects as `StepPipeline`'s)."""
+
+    type = "timed_pipeline"
+
+    async def handle_message(self, message: Message) -> HandlerResult:
+        ctx = self.ctx
+        first = await ctx.step("step 1", _step_effect, message.id, 1)
+        await ctx.sleep(float(message.payload["sleep"]))
+        second = await ctx.step("step 2", _step_effect, message.id, 2)
+        assert message.task_id is not None
+        return TaskResult.succeeded(message.task_id, {"steps": [first, second]})
