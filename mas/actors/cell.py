@@ -92,6 +92,7 @@ class AgentCell:
     """Owns one agent's mailbox, instance and lifecycle state."""
 
     __slots__ = (
+        "_cancelling",
         "_idle_waiters",
         "_runs",
         "_seen",
@@ -159,6 +160,8 @@ class AgentCell:
         self._seen_old: dict[str, Message | None] | None = None
         self._watchers: set[str] | None = None
         self._idle_waiters: list[asyncio.Future[None]] | None = None
+        self._cancelling: str | None = None
+        """The id of the message whose handler `cancel_handler` cancelled."""
         self._runs: dict[str, WorkflowRun] | None = None
         """Durable steps of messages handled with `ctx.step`/`ask`/`send` and not settled."""
 
@@ -317,13 +320,21 @@ class AgentCell:
                     None if result is None else await runtime.dispatch_result(self, message, result)
                 )
             except asyncio.CancelledError:
+                if self._cancelling == message.id and self._cancel_taken():
+                    # Its task was cancelled (`cancel_handler`): the message is done with.
+                    await self._handler_cancelled(journal, message, delivery)
+                    continue
                 # Cancelled mid-handler (shutdown timeout): keep it, it was not handled.
                 mailbox.put_front(item)
                 self._run_ended(message, settled=False)
                 raise
             except Parked as parked:
+                if self._cancelling is not None:
+                    self._cancel_taken()
                 await self._park(message, delivery, parked)
             except Exception as exc:
+                if self._cancelling is not None:
+                    self._cancel_taken()  # the handler turned the cancellation into an error
                 self._idle()
                 await self._failed(delivery or LocalDelivery(message, self), exc)
             else:
@@ -332,6 +343,8 @@ class AgentCell:
                 self.current = None
                 if self._idle_waiters:
                     self._idle()
+                if self._cancelling is not None:
+                    self._cancel_taken()  # the handler swallowed the cancellation
                 self._remember(message.id, reply)
                 runtime.handled += 1
                 if self._runs:
@@ -341,6 +354,44 @@ class AgentCell:
             if self.stop_requested:
                 self.stop_requested = False
                 await self.supervisor.child_exited(self)
+
+    def cancel_handler(self, task_id: str) -> bool:
+        """Cancel the handler running for task `task_id`, if this agent runs one (its task
+        was cancelled): it sees `CancelledError` at its next await, and the message is
+        settled without a retry. True when a handler was cancelled (or is being)."""
+        current, task = self.current, self._task
+        if current is None or current.task_id != task_id or task is None or task.done():
+            return False
+        if self._cancelling != current.id:
+            self._cancelling = current.id
+            task.cancel()
+        return True
+
+    def _cancel_taken(self) -> bool:
+        """Forget the cancellation `cancel_handler` asked for; False when another one (a
+        shutdown's) is pending too."""
+        self._cancelling = None
+        task = asyncio.current_task()
+        return task is None or task.uncancel() == 0
+
+    async def _handler_cancelled(
+        self, journal: Journal | None, message: Message, delivery: Delivery | None
+    ) -> None:
+        """The handler of a cancelled task ended by the cancellation: the message is
+        recorded as handled (a redelivery does not run it again) and settled; the task's
+        record already says `cancelled`."""
+        self._idle()
+        self._run_ended(message, settled=True)
+        self._remember(message.id, None)
+        self.runtime.cancelled += 1
+        _log.info(
+            "handler_cancelled",
+            agent_id=self.id,
+            message_id=message.id,
+            task_id=message.task_id,
+            trace_id=message.trace_id,
+        )
+        await self._settle(journal, message, delivery, None, 0.0)
 
     def workflow_run(self) -> WorkflowRun | None:
         """The durable steps of the message being handled (None outside a handler)."""

@@ -48,6 +48,7 @@ class AgentHost(Protocol):
     duplicates: int
     deferred: int
     parked: int
+    cancelled: int
 
     @property
     def system(self) -> ActorSystem:

@@ -37,6 +37,12 @@ class JournalNode(Protocol):
     def fail(self, error: BaseException) -> None:
         """A task of the journal crashed: fail the runtime (never lose the error)."""
 
+    def handling_tasks(self) -> set[str]:
+        """The tasks whose messages this node's agents are handling now."""
+
+    def cancel_task_handlers(self, task_id: str) -> int:
+        """Cancel this node's handlers of task `task_id` (cancelled elsewhere); how many."""
+
     async def retire_agent(self, agent_id: str) -> bool:
         """An agent the record shows gone for good: remove its queue (True when it has
         none any more; False while someone still consumes it)."""

@@ -187,6 +187,8 @@ class ActorSystem:
         self.deferred = 0
         # Handlers that gave up their agent in a long durable wait (`ctx.sleep`, `ctx.signal`).
         self.parked = 0
+        # Handlers cancelled because their task was (`cancel_task_handlers`).
+        self.cancelled = 0
         self.tasks_completed = 0
         self._serialize = s.serialize_messages
         self._faults = faults
@@ -549,6 +551,21 @@ class ActorSystem:
             return
         await cell.supervisor.stop_child(cell)
 
+    def cancel_task_handlers(self, task_id: str) -> int:
+        """Cancel the handlers running here for task `task_id` (it was cancelled); how many.
+
+        Each sees `CancelledError` at its next await; its message is settled, not retried.
+        """
+        return sum(cell.cancel_handler(task_id) for cell in list(self._cells.values()))
+
+    def handling_tasks(self) -> set[str]:
+        """The tasks whose messages this node's agents are handling now."""
+        return {
+            task_id
+            for cell in self._cells.values()
+            if cell.current is not None and (task_id := cell.current.task_id) is not None
+        }
+
     def stats(self) -> dict[str, Any]:
         """Counters for metrics and the demo summary."""
         return {
@@ -558,6 +575,7 @@ class ActorSystem:
             "restarts": self.restarts,
             "duplicates": self.duplicates,
             "parked": self.parked,
+            "cancelled": self.cancelled,
             "dead_letters": self.dead_letters.count,
             "tasks_completed": self.tasks_completed,
             "in_queue": sum(len(cell.mailbox) for cell in self._cells.values()),

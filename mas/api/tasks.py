@@ -220,6 +220,8 @@ class TaskService:
         if task.status != "cancelled":
             raise TaskFinished(task_id, task.status)
         self._journal.task_cancelled(task)
+        # Its handler, if it runs here; other nodes cancel theirs within a heartbeat.
+        self._runtime.cancel_task_handlers(task_id)
         return task
 
     async def signal(

@@ -383,8 +383,9 @@ class StoreJournal:
         self._relaying = _owned(self.relay.run(node), node, "mas-outbox-relay")
 
     async def _beat(self, node: JournalNode) -> None:
-        """Keep `agents.last_heartbeat` of this node's running agents fresh (liveness), and
-        retire agents gone for good (see `retire_gone`)."""
+        """Keep `agents.last_heartbeat` of this node's running agents fresh (liveness),
+        cancel handlers of cancelled tasks (`cancel_cancelled`) and retire agents gone for
+        good (`retire_gone`)."""
         node_id = node.node_id
         while True:
             await asyncio.sleep(self.heartbeat_interval)
@@ -395,8 +396,22 @@ class StoreJournal:
                 # The store logs the outage itself, once.
                 _log.debug("heartbeat_failed", node_id=node_id, error=str(exc))
                 continue
+            await self.cancel_cancelled(node)
             if self.retire_after is not None:
                 await self.retire_gone(node)
+
+    async def cancel_cancelled(self, node: JournalNode) -> int:
+        """Cancel this node's handlers of tasks that were cancelled (by any gateway);
+        returns how many. A gateway cancels its own node's at once; other nodes find out
+        here, within a heartbeat."""
+        handling = node.handling_tasks()
+        if not handling:
+            return 0
+        try:
+            cancelled = await self.store.cancelled_among(handling)
+        except StoreUnavailable:
+            return 0  # the store logs its outage; the next beat asks again
+        return sum(node.cancel_task_handlers(task_id) for task_id in cancelled)
 
     async def retire_gone(self, node: JournalNode) -> int:
         """Remove the queues of agents gone for good; returns how many were retired.

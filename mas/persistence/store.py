@@ -565,6 +565,14 @@ class Store:
                 await conn.execute(delete(outbox).where(outbox.c.id == task_id))
         return await self.get_task(task_id)
 
+    async def cancelled_among(self, task_ids: Iterable[str]) -> list[str]:
+        """Which of these tasks are cancelled."""
+        query = select(tasks.c.id).where(
+            tasks.c.id.in_(list(task_ids)), tasks.c.status == "cancelled"
+        )
+        async with self.reading() as conn:
+            return [row[0] for row in await conn.execute(query)]
+
     # -- signals -----------------------------------------------------------------------------
 
     async def send_signal(

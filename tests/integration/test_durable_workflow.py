@@ -5,7 +5,7 @@ record and does only the rest, and the task's result equals an uninterrupted run
 signal sent to a task while no worker runs reaches the workflow once one starts. A handler
 in a long wait parks (its worker free, its delivery acknowledged): the timer fires after
 every process was killed and new ones started, and a signal is pushed to the parked
-handler by the gateway that takes it.
+handler by the gateway that takes it. Cancelling a task cancels its handler on the worker.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from mas.testing import eventually
 from tests.amqp_support import amqp_scope, amqp_vhost_url
 from tests.integration.system_support import (
     SIGNAL_WAITER,
+    SLOW_ECHO,
     STEP_PIPELINE,
     TIMED_PIPELINE,
     System,
@@ -145,3 +146,28 @@ async def test_a_signal_is_pushed_to_a_parked_handler_on_another_process(
     assert done.json()["status"] == "succeeded", done.text
     assert done.json()["result"] == {"decision": {"by": "ada"}}
     assert await rows(system.pg, "SELECT * FROM workflow_waits") == []
+
+
+async def test_cancelling_a_task_cancels_its_handler_on_the_worker(system: System) -> None:
+    worker_effects = system.tmp / "worker.effects"
+    system.worker(SLOW_ECHO, effects=str(worker_effects))  # one agent: one message at a time
+    system.api()
+    async with system.client() as client:
+        slow = await client.post("/tasks/", json={"type": "slow_echo", "payload": {"delay": 600}})
+        task_id = slow.json()["id"]
+
+        async def running() -> bool:
+            task = await client.get(f"/tasks/{task_id}")
+            return bool(task.json()["status"] == "running")
+
+        await eventually(running, timeout=60)
+        cancelled = await client.post(f"/tasks/{task_id}/cancel")
+        assert cancelled.json()["status"] == "cancelled", cancelled.text
+        # The worker's only agent is free again: the cancellation ended the 600 s handler.
+        quick = await client.post(
+            "/tasks/", json={"type": "slow_echo", "payload": {"delay": 0}}, params={"wait": 60}
+        )
+        assert quick.json()["status"] == "succeeded", quick.text
+        after = await client.get(f"/tasks/{task_id}")
+    assert after.json()["status"] == "cancelled"
+    assert effects(worker_effects) == [quick.json()["id"]]  # the cancelled one never finished

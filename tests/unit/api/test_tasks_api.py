@@ -11,9 +11,10 @@ import anyio
 import httpx
 import pytest
 
-from mas import Agent, HandlerResult, Message
+from mas import Agent, HandlerResult, Message, TaskResult
 from mas.api.state import Gateway
 from mas.config import ApiSettings
+from mas.testing import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -654,7 +655,7 @@ class TestNewTasks:
 
 
 class TestCancel:
-    async def test_running_task_can_be_cancelled_and_stays_cancelled(
+    async def test_cancelling_a_running_task_cancels_its_handler(
         self, client: httpx.AsyncClient, token: Any, gw: Gateway, trouble: Any
     ) -> None:
         response = await submit(client, token, {"agent": "trouble", "message_type": "slow"})
@@ -664,13 +665,45 @@ class TestCancel:
         assert cancelled.status_code == 200, cancelled.text
         assert cancelled.json()["status"] == "cancelled"
         assert cancelled.json()["finished_at"] is not None
-        # Cancelling is bookkeeping: the handler already running finishes, and its
-        # result does not overwrite the cancellation.
-        trouble.release.set()
-        await gw.runtime.settle()
+        # The handler got CancelledError at its await (nobody released it): the agent takes
+        # the next task, and the cancelled message is not retried.
+        nxt = await submit(client, token, {"agent": "trouble", "message_type": "count"})
+        assert (await finished(client, token, nxt.json()["id"]))["status"] == "succeeded"
+        assert gw.runtime.stats()["cancelled"] == 1
+        assert trouble.calls["slow"] == 1
         again = await client.get(f"/tasks/{task_id}", headers=token())
         assert again.json()["status"] == "cancelled"
         assert again.json()["result"] is None
+
+    async def test_a_handler_that_swallows_the_cancellation_leaves_the_task_cancelled(
+        self, client: httpx.AsyncClient, token: Any, gw: Gateway
+    ) -> None:
+        class Stubborn(Agent):
+            type = "stubborn"
+            started: ClassVar[asyncio.Event] = asyncio.Event()
+            cancelled_seen: ClassVar[int] = 0
+
+            async def handle_message(self, message: Message) -> HandlerResult:
+                type(self).started.set()
+                try:
+                    await asyncio.Event().wait()
+                except asyncio.CancelledError:
+                    type(self).cancelled_seen += 1  # and carries on regardless
+                assert message.task_id is not None
+                return TaskResult.succeeded(message.task_id, {"finished": True})
+
+        await gw.runtime.spawn(Stubborn, id="stubborn")
+        task_id = (await submit(client, token, {"agent": "stubborn"})).json()["id"]
+        await Stubborn.started.wait()
+        assert (await client.post(f"/tasks/{task_id}/cancel", headers=token())).status_code == 200
+        await eventually(lambda: Stubborn.cancelled_seen == 1)
+        # The runtime goes on (its own later awaits are not cancelled) and the task's
+        # record keeps the cancellation.
+        echoed = await submit(client, token, {"type": "echo", "payload": {"after": 1}})
+        assert (await finished(client, token, echoed.json()["id"]))["status"] == "succeeded"
+        assert (await client.get(f"/tasks/{task_id}", headers=token())).json()["status"] == (
+            "cancelled"
+        )
 
     async def test_pending_task_can_be_cancelled(
         self, client: httpx.AsyncClient, token: Any, gw: Gateway, trouble: Any

@@ -77,9 +77,13 @@ class Cluster:
             **overrides,
         )
 
-    async def worker(self, node_id: str = "worker") -> Runtime:
+    async def worker(self, node_id: str = "worker", **overrides: Any) -> Runtime:
         runtime = await self.stack.enter_async_context(
-            Runtime(self.settings(), transport=MemoryTransport(self.broker), node_id=node_id)
+            Runtime(
+                self.settings(**overrides),
+                transport=MemoryTransport(self.broker),
+                node_id=node_id,
+            )
         )
         await runtime.spawn(Counting, id=f"counting-{node_id}")
         return runtime
