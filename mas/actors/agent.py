@@ -14,7 +14,17 @@ import structlog
 
 from mas.actors.backoff import backoff_delay
 from mas.actors.mailbox import Overflow
-from mas.actors.workflow import Parked, StepKind, Wait, WorkflowRun, as_json, marked_rerun
+from mas.actors.workflow import (
+    CREATED_BY_KEY,
+    PARENT_KEY,
+    Parked,
+    StepKind,
+    Wait,
+    WorkflowRun,
+    as_json,
+    marked_rerun,
+    task_of,
+)
 from mas.errors import ConfigError, SignalTimeout, UsageError
 from mas.messages import Message, TaskResult
 
@@ -183,7 +193,7 @@ class AgentContext:
         name = _address_of(target)
         if await run.recorded(self._cell.runtime.journal, seq, name, "send") is not None:
             return
-        await self._system.tell(target, self._child(run, seq, message))
+        await self._system.tell(target, await self._child(run, seq, message))
         self._finished(run, seq, name, "send", None)
 
     def ask(
@@ -208,7 +218,8 @@ class AgentContext:
         record = await run.recorded(self._cell.runtime.journal, seq, name, "ask")
         if record is not None:
             return Message.from_dict(record.result)
-        reply = await self._system.ask(target, self._child(run, seq, message), timeout=timeout)
+        child = await self._child(run, seq, message)
+        reply = await self._system.ask(target, child, timeout=timeout)
         self._finished(run, seq, name, "ask", reply.to_dict())
         return reply
 
@@ -366,8 +377,10 @@ class AgentContext:
             raise Parked(waits)
         return [cast(T, task.result()) for task in tasks]  # none parked: each has its result
 
-    def _child(self, run: WorkflowRun, seq: int, message: Message) -> Message:
-        """`message` as step `seq` sends it: with the id every run gives it."""
+    async def _child(self, run: WorkflowRun, seq: int, message: Message) -> Message:
+        """`message` as step `seq` sends it: with the id every run gives it, and, when the
+        handled message is a task's, as a child task of that task (recorded before it goes).
+        """
         child_id = run.child_id(seq)
         if run.sends_again:
             # Perhaps sent by the run before, and handled in part: its handler reads its own
@@ -378,7 +391,18 @@ class AgentContext:
             if message.target is not None:
                 message = message.copy()  # sent before: never changed
             message.id = child_id
-        return self._outgoing(message)
+        message = self._outgoing(message)
+        journal = self._cell.runtime.journal
+        current = self._cell.current
+        parent = task_of(current) if current is not None and journal is not None else None
+        if parent is not None and journal is not None and current is not None:
+            inherited = {PARENT_KEY: parent}
+            if CREATED_BY_KEY in current.metadata:
+                inherited[CREATED_BY_KEY] = current.metadata[CREATED_BY_KEY]
+            message.metadata = {**message.metadata, **inherited}
+            journal.child_task(parent, message)
+            await journal.flush()  # its start (on any node) finds it recorded
+        return message
 
     def _finished(self, run: WorkflowRun, seq: int, name: str, kind: StepKind, result: Any) -> Any:
         record = run.finished(seq, name, kind, result)

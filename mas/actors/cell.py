@@ -21,7 +21,7 @@ from mas.actors.deadletters import DeadLetter
 from mas.actors.mailbox import Mailbox
 from mas.actors.ref import AgentRef
 from mas.actors.status import RUNNING, STOPPED, SUSPENDED
-from mas.actors.workflow import RERUN_KEY, Parked, WorkflowRun
+from mas.actors.workflow import PARENT_KEY, RERUN_KEY, Parked, WorkflowRun, task_of
 from mas.errors import (
     AgentStartError,
     AgentStopped,
@@ -360,7 +360,7 @@ class AgentCell:
         was cancelled): it sees `CancelledError` at its next await, and the message is
         settled without a retry. True when a handler was cancelled (or is being)."""
         current, task = self.current, self._task
-        if current is None or current.task_id != task_id or task is None or task.done():
+        if current is None or task_of(current) != task_id or task is None or task.done():
             return False
         if self._cancelling != current.id:
             self._cancelling = current.id
@@ -493,7 +493,8 @@ class AgentCell:
             and (delivery.redelivered or delivery.claimed_elsewhere or delivery.attempt > 1)
         ) or RERUN_KEY in message.metadata
         self.runtime.ensure_trace(message)  # every audited message can be found by trace
-        if "task_id" in message.metadata:
+        metadata = message.metadata
+        if "task_id" in metadata or PARENT_KEY in metadata:
             journal.task_running(message, self.id, self.attempt)
 
     async def _settle(

@@ -113,6 +113,11 @@ class Journal(Protocol):
         Raises a `MasError` when the wake-up cannot be recorded (nothing is acknowledged).
         """
 
+    def child_task(self, parent_id: str, message: Message) -> None:
+        """A workflow step of task `parent_id` sends `message` (marked `PARENT_KEY`): record
+        it as a task of its own (its id the message's), child of `parent_id`. The caller
+        flushes before the message goes, so that its start finds the record."""
+
     def task_running(self, message: Message, agent_id: str, attempt: int) -> None:
         """A message that belongs to a task is being handled."""
 

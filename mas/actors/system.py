@@ -48,6 +48,7 @@ from mas.actors.status import STOPPED
 from mas.actors.supervisor import Restart, Strategy, Supervisor
 from mas.actors.tasks import TaskOwner
 from mas.actors.transport import Delivery, Transport
+from mas.actors.workflow import task_of
 from mas.config import Settings
 from mas.errors import (
     AgentStopped,
@@ -563,7 +564,7 @@ class ActorSystem:
         return {
             task_id
             for cell in self._cells.values()
-            if cell.current is not None and (task_id := cell.current.task_id) is not None
+            if cell.current is not None and (task_id := task_of(cell.current)) is not None
         }
 
     def stats(self) -> dict[str, Any]:

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from mas.actors.journal import Journal
 
 __all__ = [
+    "CREATED_BY_KEY",
+    "PARENT_KEY",
     "RERUN_KEY",
     "WAKE_KEY",
     "Parked",
@@ -35,6 +37,7 @@ __all__ = [
     "dedupe_key",
     "marked_rerun",
     "marked_woken",
+    "task_of",
 ]
 
 RERUN_KEY = "mas.rerun"
@@ -46,6 +49,14 @@ WAKE_KEY = "mas.wake"
 """Metadata of a parked handler's wake-up: a token new on every park. The wake-up is the
 message again, under its own id; a cluster-wide dedupe claim on that id alone would take it
 for a copy of the handling that parked (`dedupe_key`)."""
+
+PARENT_KEY = "mas.parent"
+"""Metadata of a message a workflow step of a task sent: the task (the child's parent).
+The message is itself a task then (`task_id`: its own id), recorded with `parent_id`."""
+
+CREATED_BY_KEY = "mas.created_by"
+"""Metadata of a task's message: who created the task (the gateway sets it), so that the
+tasks its workflow starts belong to the same caller."""
 
 StepKind = Literal["step", "ask", "send", "signal", "sleep"]
 
@@ -226,3 +237,12 @@ def dedupe_key(message: Message) -> str:
     of the handling that parked, nor of an earlier wake-up)."""
     token = message.metadata.get(WAKE_KEY)
     return message.id if token is None else f"{message.id}~{token}"
+
+
+def task_of(message: Message) -> str | None:
+    """The task `message` is the work of: its `task_id`, or, for a message a task's workflow
+    step sent (a child task, `PARENT_KEY`), its own id."""
+    task_id = message.task_id
+    if task_id is None and PARENT_KEY in message.metadata:
+        return message.id
+    return task_id

@@ -31,10 +31,12 @@ __all__ = [
     "MessageIn",
     "MessageOut",
     "MessageTaskIn",
+    "StepOut",
     "TaskIn",
     "TaskList",
     "TaskOut",
     "TaskSubmission",
+    "TaskTreeOut",
 ]
 
 ID_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.:@\-]*$"
@@ -198,6 +200,9 @@ class TaskOut(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    parent_id: str | None = Field(
+        None, description="the task whose workflow started this one (a child task)"
+    )
 
     @classmethod
     def of(cls, task: TaskRecord) -> TaskOut:
@@ -272,6 +277,25 @@ _TASK_LIST_JSON: TypeAdapter[dict[str, Any]] = TypeAdapter(
         },
     )
 )
+
+
+class StepOut(BaseModel):
+    """A finished durable step of the task's handler (`ctx.step`, `ask`, `send`, a wait)."""
+
+    seq: int = Field(description="its number in the handler's run, from 0")
+    name: str = Field(description="the step's name, or the address an ask/send went to")
+    kind: Literal["step", "ask", "send", "signal", "sleep"]
+    handler: str = Field(description="whose handling: the task's target, or a subscriber")
+    agent_id: str = Field(description="the agent that ran it")
+    finished_at: datetime = Field(description="when it finished (a wait: when it began)")
+
+
+class TaskTreeOut(BaseModel):
+    """A task with its workflow: the steps its handler finished and the tasks it started."""
+
+    task: TaskOut
+    steps: list[StepOut]
+    children: list[TaskOut] = Field(description="child tasks, oldest first (at most 500)")
 
 
 class AgentIn(BaseModel):

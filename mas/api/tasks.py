@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import structlog
 
+from mas.actors.workflow import CREATED_BY_KEY
 from mas.api.schemas import MessageTaskIn
 from mas.errors import (
     AgentStopped,
@@ -54,6 +55,10 @@ T = TypeVar("T")
 
 ADMIN = "tasks:admin"
 """The scope that sees (and may cancel) every caller's tasks; others see their own only."""
+
+_TREE_CHILDREN = 500
+"""Child tasks `GET /tasks/{id}/tree` shows (the newest, listed oldest first); the rest are
+paged through `GET /tasks/?parent=`."""
 
 
 def owner_filter(caller: Claims) -> str | None:
@@ -129,7 +134,7 @@ class TaskService:
             id=task_id,
             target=target,
             correlation_id=correlation_id,
-            metadata={**metadata, "task_id": task_id},
+            metadata={**metadata, "task_id": task_id, CREATED_BY_KEY: caller.subject},
             trace_id=trace_id,
         )
         message.to_json(max_bytes=self._settings.message_max_bytes)  # before anything is stored
@@ -193,17 +198,40 @@ class TaskService:
         *,
         status: str | None = None,
         task_type: str | None = None,
+        parent_id: str | None = None,
         limit: int = 50,
         offset: int = 0,
     ) -> Sequence[TaskRecord]:
-        """The caller's tasks (everyone's with `tasks:admin`), newest first."""
+        """The caller's tasks (everyone's with `tasks:admin`), newest first; with
+        `parent_id`, the tasks that task's workflow started.
+
+        Raises:
+            UnknownTask: `parent_id` names no task of the caller's.
+        """
+        if parent_id is not None:
+            await self.get(parent_id, caller)
         return await self._store.list_tasks(
             status=status,
             task_type=task_type,
             created_by=owner_filter(caller),
+            parent_id=parent_id,
             limit=limit,
             offset=offset,
         )
+
+    async def tree(
+        self, task_id: str, caller: Claims
+    ) -> tuple[TaskRecord, Sequence[dict[str, Any]], Sequence[TaskRecord]]:
+        """One of the caller's tasks, the durable steps its handler finished, and the
+        tasks its workflow started (oldest first).
+
+        Raises:
+            UnknownTask: no such task, or another caller's.
+        """
+        task = await self.get(task_id, caller)
+        steps = await self._store.task_steps(task_id)
+        children = await self._store.list_tasks(parent_id=task_id, limit=_TREE_CHILDREN)
+        return task, steps, list(reversed(children))
 
     async def cancel(self, task_id: str, caller: Claims) -> TaskRecord:
         """Cancel one of the caller's tasks that has not ended; returns it cancelled.

@@ -165,6 +165,18 @@ class BatchStatements:
                 finished_at=bindparam("finished_at"),
             )
         )
+        # A child task whose handler returned no TaskResult: done, unless it ended already
+        # (its handler's own TaskResult, a cancel, a dead letter).
+        complete = (
+            update(tasks)
+            .where(tasks.c.id == bindparam("task_id"))
+            .where(or_(tasks.c.status == "pending", tasks.c.status == "running"))
+            .values(
+                status="succeeded",
+                result=bindparam("result"),
+                finished_at=bindparam("finished_at"),
+            )
+        )
         # Batch kinds in the order they are applied (Batch's field order), with their table.
         self._kinds: dict[str, tuple[UpdateBase, Table]] = {
             "created": (insert(tasks).on_conflict_do_nothing(), tasks),
@@ -176,6 +188,7 @@ class BatchStatements:
             "processed": (insert(processed).on_conflict_do_nothing(), processed),
             "running": (upsert_running, tasks),
             "finished": (finish, tasks),
+            "completed": (complete, tasks),
             "sent": (
                 delete(outbox)
                 .where(outbox.c.id == bindparam("id"))

@@ -24,7 +24,14 @@ import structlog
 from mas.actors.deadletters import DeadLetter
 from mas.actors.journal import JournalNode
 from mas.actors.transport import Delivery
-from mas.actors.workflow import StepRecord, Wait, marked_woken
+from mas.actors.workflow import (
+    CREATED_BY_KEY,
+    PARENT_KEY,
+    StepRecord,
+    Wait,
+    marked_woken,
+    task_of,
+)
 from mas.errors import MasError, StoreUnavailable, TransportError
 from mas.messages import Message, TaskError, TaskResult
 from mas.persistence.engine import refused_data
@@ -264,6 +271,7 @@ def _sanitized(batch: Batch) -> Batch:
         processed=clean(batch.processed),
         running=clean(batch.running),
         finished=clean(batch.finished),
+        completed=clean(batch.completed),
         sent=batch.sent,
     )
     for rows in (
@@ -279,7 +287,7 @@ def _sanitized(batch: Batch) -> Batch:
             for key, value in row.items():
                 if key.endswith("_at") or key == "last_heartbeat":
                     row[key] = datetime.fromisoformat(value) if value else None
-    for row in result.finished:
+    for row in (*result.finished, *result.completed):
         row["finished_at"] = datetime.fromisoformat(row["finished_at"])
     return result
 
@@ -562,6 +570,16 @@ class StoreJournal:
                     "processed_at": datetime.now(UTC),
                 }
             )
+        if PARENT_KEY in message.metadata:
+            # A child task (its id is the message's): handled is done, unless it ended
+            # otherwise (its handler returned a TaskResult, it was cancelled).
+            pending.completed.append(
+                {
+                    "task_id": message.id,
+                    "result": reply.payload if reply is not None else None,
+                    "finished_at": datetime.now(UTC),
+                }
+            )
         if delivery is not None:
             writer.settle.append(delivery)
         if self.relay.held and self.relay.settled(message.id):
@@ -646,6 +664,8 @@ class StoreJournal:
                 listener(row["id"], "running")
             for row in batch.finished:
                 listener(row["task_id"], row["status"])
+            for row in batch.completed:
+                listener(row["task_id"], "succeeded")
         watches = self._watches
         if not watches:
             return
@@ -720,8 +740,22 @@ class StoreJournal:
         """Send these wake-ups of parked handlers, which this node claimed, now."""
         self.relay.take_claimed(claimed)
 
+    def child_task(self, parent_id: str, message: Message) -> None:
+        created_by = message.metadata.get(CREATED_BY_KEY)
+        child = TaskRecord.new(
+            message.id,
+            message.type,
+            message.payload,
+            target=message.target,
+            created_by=created_by if isinstance(created_by, str) else None,
+            trace_id=message.trace_id,
+            parent_id=parent_id,
+        )
+        self.writer.pending.created.append(child.row())
+        self.writer.wake()
+
     def task_running(self, message: Message, agent_id: str, attempt: int) -> None:
-        task_id = message.task_id
+        task_id = task_of(message)
         if task_id is None:
             return
         now = datetime.now(UTC)
@@ -761,7 +795,7 @@ class StoreJournal:
         if self.relay.held and self.relay.settled(letter.message.id):
             self.writer.pending.sent_one(letter.message.id, self.node_id)
             self.writer.wake()
-        task_id = letter.message.task_id
+        task_id = task_of(letter.message)
         if task_id is None:
             return
         self.writer.pending.finished.append(

@@ -62,6 +62,7 @@ class TaskRecord:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    parent_id: str | None = None
 
     @property
     def done(self) -> bool:
@@ -77,6 +78,7 @@ class TaskRecord:
         target: str | None = None,
         created_by: str | None = None,
         trace_id: str | None = None,
+        parent_id: str | None = None,
     ) -> TaskRecord:
         """A task as it is created: pending, no attempts yet."""
         return cls(
@@ -93,6 +95,7 @@ class TaskRecord:
             created_at=datetime.now(UTC),
             started_at=None,
             finished_at=None,
+            parent_id=parent_id,
         )
 
     def row(self) -> dict[str, Any]:
@@ -138,6 +141,8 @@ class Batch:
     processed: list[dict[str, Any]] = field(default_factory=list)
     running: list[dict[str, Any]] = field(default_factory=list)
     finished: list[dict[str, Any]] = field(default_factory=list)
+    completed: list[dict[str, Any]] = field(default_factory=list)
+    """Child tasks whose handler ended without a TaskResult: succeeded, unless already ended."""
     sent: list[dict[str, Any]] = field(default_factory=list)
 
     def __len__(self) -> int:
@@ -150,6 +155,7 @@ class Batch:
             + len(self.processed)
             + len(self.running)
             + len(self.finished)
+            + len(self.completed)
             + len(self.sent)
         )
 
@@ -162,6 +168,7 @@ class Batch:
         self.processed.extend(other.processed)
         self.running.extend(other.running)
         self.finished.extend(other.finished)
+        self.completed.extend(other.completed)
         self.sent.extend(other.sent)
 
     def sent_one(self, message_id: str, owner: str | None) -> None:
@@ -476,11 +483,14 @@ class Store:
         status: str | None = None,
         task_type: str | None = None,
         created_by: str | None = None,
+        parent_id: str | None = None,
         limit: int = 50,
         offset: int = 0,
     ) -> list[TaskRecord]:
-        """Tasks, newest first; filtered by status, type and creator when given."""
+        """Tasks, newest first; filtered by status, type, creator and parent when given."""
         query = select(tasks).order_by(tasks.c.created_at.desc(), tasks.c.id)
+        if parent_id is not None:
+            query = query.where(tasks.c.parent_id == parent_id)
         if status is not None:
             query = query.where(tasks.c.status == status)
         if task_type is not None:
@@ -554,16 +564,53 @@ class Store:
         Its message is taken out of the outbox in the same transaction: if it was not sent
         yet, it never will be.
         """
+        now = datetime.now(UTC)
         async with self.writing() as conn:
             cancelled = await conn.execute(
                 update(tasks)
                 .where(tasks.c.id == task_id)
                 .where(tasks.c.status.in_(("pending", "running")))
-                .values(status="cancelled", finished_at=datetime.now(UTC))
+                .values(status="cancelled", finished_at=now)
             )
             if cancelled.rowcount:
                 await conn.execute(delete(outbox).where(outbox.c.id == task_id))
+                await self._cancel_descendants(conn, [task_id], now)
         return await self.get_task(task_id)
+
+    async def _cancel_descendants(
+        self, conn: AsyncConnection, parents: list[str], now: datetime
+    ) -> None:
+        """Cancel the unfinished tasks these tasks' workflows started, and theirs (the
+        handlers find out as a cancelled task's do), and drop their unsent messages."""
+        while parents:
+            children = await conn.execute(
+                update(tasks)
+                .where(tasks.c.parent_id.in_(parents))
+                .where(tasks.c.status.in_(("pending", "running")))
+                .values(status="cancelled", finished_at=now)
+                .returning(tasks.c.id)
+            )
+            parents = [row[0] for row in children]
+            if parents:
+                await conn.execute(delete(outbox).where(outbox.c.id.in_(parents)))
+
+    async def task_steps(self, task_id: str) -> list[dict[str, Any]]:
+        """The durable steps recorded for the task's message, in order (every handler's)."""
+        query = (
+            select(
+                workflow_steps.c.seq,
+                workflow_steps.c.name,
+                workflow_steps.c.kind,
+                workflow_steps.c.handler,
+                workflow_steps.c.agent_id,
+                workflow_steps.c.finished_at,
+            )
+            .where(workflow_steps.c.message_id == task_id)
+            .order_by(workflow_steps.c.handler, workflow_steps.c.seq)
+        )
+        async with self.reading() as conn:
+            rows = (await conn.execute(query)).all()
+        return [{**row._asdict(), "finished_at": _aware(row.finished_at)} for row in rows]
 
     async def cancelled_among(self, task_ids: Iterable[str]) -> list[str]:
         """Which of these tasks are cancelled."""
@@ -975,6 +1022,7 @@ def _task(row: Any) -> TaskRecord:
         created_at=created_at,
         started_at=_aware(row.started_at),
         finished_at=_aware(row.finished_at),
+        parent_id=row.parent_id,
     )
 
 
@@ -994,6 +1042,7 @@ def _task_from_sqlite(values: Any) -> TaskRecord:
         created_at,
         started_at,
         finished_at,
+        parent_id,
     ) = values
     return TaskRecord(
         id=id_,
@@ -1009,6 +1058,7 @@ def _task_from_sqlite(values: Any) -> TaskRecord:
         created_at=_sqlite_time(created_at),
         started_at=None if started_at is None else _sqlite_time(started_at),
         finished_at=None if finished_at is None else _sqlite_time(finished_at),
+        parent_id=parent_id,
     )
 
 

@@ -7,7 +7,7 @@ from typing import Any
 from mas.actors.deadletters import DeadLetter
 from mas.actors.journal import JournalNode
 from mas.actors.transport import Delivery
-from mas.actors.workflow import StepRecord, Wait
+from mas.actors.workflow import StepRecord, Wait, task_of
 from mas.messages import Message, TaskResult
 
 __all__ = ["MemoryJournal"]
@@ -25,6 +25,8 @@ class MemoryJournal:
         self.steps: dict[tuple[str, str], list[StepRecord]] = {}
         self.signals: dict[tuple[str, str], Any] = {}
         """Signals by (task id, name): a test sends one by setting it here."""
+        self.parents: dict[str, str] = {}
+        """Child tasks' parents, by child task id."""
         self.parked_messages: dict[str, tuple[Message, list[Wait]]] = {}
         """Messages whose handler parked, with what it waits for (nothing wakes them)."""
 
@@ -76,9 +78,14 @@ class MemoryJournal:
         if delivery is not None:
             await delivery.ack()
 
+    def child_task(self, parent_id: str, message: Message) -> None:
+        self.tasks[message.id] = "pending"
+        self.parents[message.id] = parent_id
+
     def task_running(self, message: Message, agent_id: str, attempt: int) -> None:
-        if message.task_id is not None:
-            self.tasks[message.task_id] = "running"
+        task_id = task_of(message)
+        if task_id is not None:
+            self.tasks[task_id] = "running"
 
     def task_finished(self, result: TaskResult, message: Message, attempt: int) -> None:
         self.tasks[result.task_id] = result.status

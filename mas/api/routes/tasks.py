@@ -26,11 +26,13 @@ from mas.api.schemas import (
     MessageTaskIn,
     Payload,
     SignalOut,
+    StepOut,
     TaskIn,
     TaskList,
     TaskOut,
     TaskStatus,
     TaskSubmission,
+    TaskTreeOut,
 )
 from mas.api.state import Gateway, gateway
 from mas.persistence.store import TaskRecord
@@ -132,17 +134,24 @@ def _task_response(
     return Response(TaskOut.json_of(task), status_code, headers, media_type="application/json")
 
 
-@router.get("/", response_model=TaskList, responses=problems(*AUTH_PROBLEMS, 422))
+@router.get("/", response_model=TaskList, responses=problems(*AUTH_PROBLEMS, 404, 422))
 async def list_tasks(
     gw: GatewayDep,
     claims: Annotated[Claims, Depends(require("tasks:read"))],
     status_: Annotated[TaskStatus | None, Query(alias="status")] = None,
     type_: Annotated[str | None, Query(alias="type", max_length=200)] = None,
+    parent: Annotated[
+        str | None,
+        Query(max_length=64, description="only the tasks this task's workflow started"),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> Response:
-    """The caller's tasks (everyone's with `tasks:admin`), newest first, by status and type."""
-    tasks = await gw.tasks.list(claims, status=status_, task_type=type_, limit=limit, offset=offset)
+    """The caller's tasks (everyone's with `tasks:admin`), newest first, by status, type
+    and parent task (404 when the parent is not one of the caller's tasks)."""
+    tasks = await gw.tasks.list(
+        claims, status=status_, task_type=type_, parent_id=parent, limit=limit, offset=offset
+    )
     return Response(TaskList.json_of(tasks, limit, offset), media_type="application/json")
 
 
@@ -194,6 +203,25 @@ router.add_api_route(
     responses=problems(*AUTH_PROBLEMS, 404, 422),
     route_class_override=direct_route(_get_arguments),
 )
+
+
+@router.get(
+    "/{task_id}/tree", response_model=TaskTreeOut, responses=problems(*AUTH_PROBLEMS, 404, 422)
+)
+async def get_task_tree(
+    task_id: str,
+    gw: GatewayDep,
+    claims: Annotated[Claims, Depends(require(*_READ))],
+) -> TaskTreeOut:
+    """One of the caller's tasks with its workflow: the durable steps its handler finished
+    (each with its kind and when), and the tasks it started (each with status and timings;
+    the 500 newest, all through `GET /tasks/?parent=`)."""
+    task, steps, children = await gw.tasks.tree(task_id, claims)
+    return TaskTreeOut(
+        task=TaskOut.of(task),
+        steps=[StepOut(**step) for step in steps],
+        children=[TaskOut.of(child) for child in children],
+    )
 
 
 _STATUS_EVENT = {
