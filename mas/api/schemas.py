@@ -46,7 +46,12 @@ TARGET_PATTERN = (
     r"^(agent:[A-Za-z0-9_][A-Za-z0-9_.:@\-]{0,199}"
     r"|(type|capability):[A-Za-z_][A-Za-z0-9_.\-]{0,199})$"
 )
-TaskStatus = Literal["pending", "running", "succeeded", "failed", "dead_lettered", "cancelled"]
+MAX_DEADLINE = 366 * 24 * 3600.0
+"""The furthest a task's deadline may be (seconds): a year and a day."""
+
+TaskStatus = Literal[
+    "pending", "running", "succeeded", "failed", "dead_lettered", "cancelled", "timed_out"
+]
 
 Payload = Annotated[
     dict[str, Any],
@@ -108,6 +113,13 @@ class TaskIn(BaseModel):
     payload: Payload = Field(default_factory=dict)
     id: str | None = Field(
         None, max_length=64, pattern=ID_PATTERN, description="task id, also the idempotency key"
+    )
+    deadline: float | None = Field(
+        None,
+        gt=0,
+        le=MAX_DEADLINE,
+        description="seconds from now: past it, the task (and the tasks its workflow "
+        "started) ends timed_out and its handlers are cancelled",
     )
 
     @model_validator(mode="after")
@@ -202,6 +214,9 @@ class TaskOut(BaseModel):
     finished_at: datetime | None
     parent_id: str | None = Field(
         None, description="the task whose workflow started this one (a child task)"
+    )
+    deadline: datetime | None = Field(
+        None, description="past it, the task and its children end timed_out"
     )
 
     @classmethod

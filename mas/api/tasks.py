@@ -462,6 +462,7 @@ class TaskService:
             target=message.target,
             created_by=subject,
             trace_id=message.trace_id,
+            deadline=_deadline(spec),
         )
         journal = self._journal
         journal.task_created(task)
@@ -506,6 +507,7 @@ class TaskService:
                 target=message.target,
                 created_by=subject,
                 trace_id=message.trace_id,
+                deadline=_deadline(spec),
                 send=journal.outbox_row(message),
             ),
             message.id,
@@ -605,3 +607,10 @@ async def _outcome(write: Coroutine[Any, Any, T]) -> tuple[T | None, Exception |
         return await write, None
     except Exception as exc:
         return None, exc
+
+
+def _deadline(spec: TaskIn) -> datetime | None:
+    """When the task times out: `spec.deadline` seconds from now."""
+    if spec.deadline is None:
+        return None
+    return datetime.now(UTC) + timedelta(seconds=spec.deadline)

@@ -156,7 +156,13 @@ class BatchStatements:
         finish = (
             update(tasks)
             .where(tasks.c.id == bindparam("task_id"))
-            .where(and_(tasks.c.status != "succeeded", tasks.c.status != "cancelled"))
+            .where(
+                and_(
+                    tasks.c.status != "succeeded",
+                    tasks.c.status != "cancelled",
+                    tasks.c.status != "timed_out",
+                )
+            )
             .values(
                 status=bindparam("status"),
                 result=bindparam("result"),

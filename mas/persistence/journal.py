@@ -404,9 +404,24 @@ class StoreJournal:
                 # The store logs the outage itself, once.
                 _log.debug("heartbeat_failed", node_id=node_id, error=str(exc))
                 continue
+            await self.time_out_due(node)
             await self.cancel_cancelled(node)
             if self.retire_after is not None:
                 await self.retire_gone(node)
+
+    async def time_out_due(self, node: JournalNode) -> list[str]:
+        """End `timed_out` the tasks whose deadline passed (any node's heartbeat does it;
+        each task ends once), and cancel their handlers on this node; the ended ids."""
+        try:
+            ended = await self.store.time_out_due(datetime.now(UTC))
+        except StoreUnavailable:
+            return []  # the store logs its outage; the next beat tries again
+        for task_id in ended:
+            _log.info("task_timed_out", task_id=task_id)
+            node.cancel_task_handlers(task_id)
+            for listener in self.status_listeners:
+                listener(task_id, "timed_out")
+        return ended
 
     async def cancel_cancelled(self, node: JournalNode) -> int:
         """Cancel this node's handlers of tasks that were cancelled (by any gateway);

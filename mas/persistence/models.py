@@ -82,12 +82,15 @@ class TaskRow(Base):
     finished_at: Mapped[datetime | None] = mapped_column(Timestamp)
     parent_id: Mapped[str | None] = mapped_column(String(64))
     """The task whose workflow started this one (`ctx.ask`/`ctx.send` in its handler)."""
+    deadline: Mapped[datetime | None] = mapped_column(Timestamp)
+    """Past it, the task (and what its workflow started) ends `timed_out`."""
 
     __table_args__ = (
         Index("ix_tasks_status_created_at", "status", "created_at"),
         # A caller lists its own tasks (the gateway's ownership rule).
         Index("ix_tasks_created_by_created_at", "created_by", "created_at"),
         Index("ix_tasks_parent_id_created_at", "parent_id", "created_at"),
+        Index("ix_tasks_deadline", "deadline"),
     )
 
 

@@ -44,7 +44,7 @@ from mas.persistence.models import (
 __all__ = ["AgentRecord", "Batch", "Store", "TaskRecord"]
 
 
-FINAL_STATUSES = ("succeeded", "failed", "dead_lettered", "cancelled")
+FINAL_STATUSES = ("succeeded", "failed", "dead_lettered", "cancelled", "timed_out")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +63,7 @@ class TaskRecord:
     started_at: datetime | None
     finished_at: datetime | None
     parent_id: str | None = None
+    deadline: datetime | None = None
 
     @property
     def done(self) -> bool:
@@ -79,6 +80,7 @@ class TaskRecord:
         created_by: str | None = None,
         trace_id: str | None = None,
         parent_id: str | None = None,
+        deadline: datetime | None = None,
     ) -> TaskRecord:
         """A task as it is created: pending, no attempts yet."""
         return cls(
@@ -96,6 +98,7 @@ class TaskRecord:
             started_at=None,
             finished_at=None,
             parent_id=parent_id,
+            deadline=deadline,
         )
 
     def row(self) -> dict[str, Any]:
@@ -425,6 +428,7 @@ class Store:
         target: str | None = None,
         created_by: str | None = None,
         trace_id: str | None = None,
+        deadline: datetime | None = None,
         send: dict[str, Any] | None = None,
     ) -> tuple[TaskRecord, bool]:
         """Create a pending task; returns (task, created). An existing id returns the task.
@@ -439,7 +443,13 @@ class Store:
         """
         self.check_storable(payload, "payload")
         record = TaskRecord.new(
-            task_id, task_type, payload, target=target, created_by=created_by, trace_id=trace_id
+            task_id,
+            task_type,
+            payload,
+            target=target,
+            created_by=created_by,
+            trace_id=trace_id,
+            deadline=deadline,
         )
         async with self.writing() as conn:
             result = await conn.execute(
@@ -574,25 +584,59 @@ class Store:
             )
             if cancelled.rowcount:
                 await conn.execute(delete(outbox).where(outbox.c.id == task_id))
-                await self._cancel_descendants(conn, [task_id], now)
+                await self._end_descendants(conn, [task_id], {"status": "cancelled"}, now)
         return await self.get_task(task_id)
 
-    async def _cancel_descendants(
-        self, conn: AsyncConnection, parents: list[str], now: datetime
-    ) -> None:
-        """Cancel the unfinished tasks these tasks' workflows started, and theirs (the
-        handlers find out as a cancelled task's do), and drop their unsent messages."""
+    async def time_out_due(self, now: datetime, *, limit: int = 500) -> list[str]:
+        """End `timed_out` the unfinished tasks whose deadline has passed, with what their
+        workflows started, and drop their unsent messages (a parked handler's wake-up
+        among them); returns the tasks' ids (descendants included). Any node may run it:
+        a task ends once.
+
+        Raises:
+            StoreUnavailable: the database cannot be reached or refused the write.
+        """
+        due = (
+            select(tasks.c.id)
+            .where(tasks.c.deadline <= now, tasks.c.status.in_(("pending", "running")))
+            .limit(limit)
+        )
+        if self.dialect == "postgresql":
+            due = due.with_for_update(skip_locked=True)
+        async with self.writing() as conn:
+            ended = await conn.execute(
+                update(tasks)
+                .where(tasks.c.id.in_(due.scalar_subquery()))
+                .values(**_timed_out(now), finished_at=now)
+                .returning(tasks.c.id)
+            )
+            ids = [row[0] for row in ended]
+            if not ids:
+                return []
+            await conn.execute(delete(outbox).where(outbox.c.id.in_(ids)))
+            ids += await self._end_descendants(conn, ids, _timed_out(now), now)
+        return ids
+
+    async def _end_descendants(
+        self, conn: AsyncConnection, parents: list[str], values: dict[str, Any], now: datetime
+    ) -> list[str]:
+        """End (cancelled, timed out) the unfinished tasks these tasks' workflows started,
+        and theirs (their handlers find out as a cancelled task's do), and drop their
+        unsent messages; returns their ids."""
+        ended: list[str] = []
         while parents:
             children = await conn.execute(
                 update(tasks)
                 .where(tasks.c.parent_id.in_(parents))
                 .where(tasks.c.status.in_(("pending", "running")))
-                .values(status="cancelled", finished_at=now)
+                .values(**values, finished_at=now)
                 .returning(tasks.c.id)
             )
             parents = [row[0] for row in children]
             if parents:
                 await conn.execute(delete(outbox).where(outbox.c.id.in_(parents)))
+                ended += parents
+        return ended
 
     async def task_steps(self, task_id: str) -> list[dict[str, Any]]:
         """The durable steps recorded for the task's message, in order (every handler's)."""
@@ -613,9 +657,9 @@ class Store:
         return [{**row._asdict(), "finished_at": _aware(row.finished_at)} for row in rows]
 
     async def cancelled_among(self, task_ids: Iterable[str]) -> list[str]:
-        """Which of these tasks are cancelled."""
+        """Which of these tasks were cancelled or timed out (their work is not wanted)."""
         query = select(tasks.c.id).where(
-            tasks.c.id.in_(list(task_ids)), tasks.c.status == "cancelled"
+            tasks.c.id.in_(list(task_ids)), tasks.c.status.in_(("cancelled", "timed_out"))
         )
         async with self.reading() as conn:
             return [row[0] for row in await conn.execute(query)]
@@ -1005,6 +1049,17 @@ def _aware(value: datetime | None) -> datetime | None:
     return value
 
 
+def _timed_out(now: datetime) -> dict[str, Any]:
+    return {
+        "status": "timed_out",
+        "error": {
+            "type": "DeadlineExceeded",
+            "message": f"the task's deadline passed (ended {now.isoformat()})",
+            "retryable": False,
+        },
+    }
+
+
 def _task(row: Any) -> TaskRecord:
     created_at = _aware(row.created_at)
     assert created_at is not None
@@ -1023,6 +1078,7 @@ def _task(row: Any) -> TaskRecord:
         started_at=_aware(row.started_at),
         finished_at=_aware(row.finished_at),
         parent_id=row.parent_id,
+        deadline=_aware(row.deadline),
     )
 
 
@@ -1043,6 +1099,7 @@ def _task_from_sqlite(values: Any) -> TaskRecord:
         started_at,
         finished_at,
         parent_id,
+        deadline,
     ) = values
     return TaskRecord(
         id=id_,
@@ -1059,6 +1116,7 @@ def _task_from_sqlite(values: Any) -> TaskRecord:
         started_at=None if started_at is None else _sqlite_time(started_at),
         finished_at=None if finished_at is None else _sqlite_time(finished_at),
         parent_id=parent_id,
+        deadline=None if deadline is None else _sqlite_time(deadline),
     )
 
 

@@ -207,3 +207,30 @@ async def test_a_task_read_by_id_is_the_task_the_list_shows(db: Database, store:
     assert listed["t-new"].started_at is None
     assert all(task.created_at.tzinfo is not None for task in listed.values())
     assert await store.get_task("t-missing") is None
+
+
+async def test_a_task_past_its_deadline_times_out_once_with_its_descendants(
+    store: Store,
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from mas.persistence import Batch
+    from mas.persistence.store import TaskRecord
+
+    now = datetime.now(UTC)
+    await store.create_task("late", "plan", {}, deadline=now - timedelta(seconds=1))
+    await store.create_task("in-time", "plan", {}, deadline=now + timedelta(hours=1))
+    child = TaskRecord.new("late-child", "q", {}, parent_id="late")
+    grandchild = TaskRecord.new("late-grandchild", "q", {}, parent_id="late-child")
+    await store.apply(Batch(created=[child.row(), grandchild.row()]))
+
+    ended = await store.time_out_due(now)
+    assert sorted(ended) == ["late", "late-child", "late-grandchild"]
+    for task_id in ended:
+        task = await store.get_task(task_id)
+        assert task is not None and task.status == "timed_out", task
+        assert task.error is not None and task.error["type"] == "DeadlineExceeded"
+    in_time = await store.get_task("in-time")
+    assert in_time is not None and in_time.status == "pending"
+    assert await store.time_out_due(now) == []  # ended once
+    assert sorted(await store.cancelled_among(["late", "in-time"])) == ["late"]
