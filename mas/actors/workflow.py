@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CREATED_BY_KEY",
+    "DEADLINE_KEY",
     "PARENT_KEY",
     "RERUN_KEY",
     "WAKE_KEY",
@@ -57,6 +58,9 @@ The message is itself a task then (`task_id`: its own id), recorded with `parent
 CREATED_BY_KEY = "mas.created_by"
 """Metadata of a task's message: who created the task (the gateway sets it), so that the
 tasks its workflow starts belong to the same caller."""
+
+DEADLINE_KEY = "mas.deadline"
+"""Metadata of a task's message: its deadline (epoch seconds), when the task has one."""
 
 StepKind = Literal["step", "ask", "send", "signal", "sleep"]
 

@@ -9,13 +9,14 @@ mas errors, never HTTP exceptions: `mas.api.problems` maps them to statuses in o
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncGenerator, Coroutine, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import structlog
 
-from mas.actors.workflow import CREATED_BY_KEY
+from mas.actors.workflow import CREATED_BY_KEY, DEADLINE_KEY
 from mas.api.schemas import MessageTaskIn
 from mas.errors import (
     AgentStopped,
@@ -128,13 +129,16 @@ class TaskService:
         key = spec.id or idempotency_key
         task_id = key or new_id()
         target = await self._target(spec, key)
+        metadata = {**metadata, "task_id": task_id, CREATED_BY_KEY: caller.subject}
+        if spec.deadline is not None:
+            metadata[DEADLINE_KEY] = time.time() + spec.deadline
         message = Message(
             spec.message_type,
             spec.payload,
             id=task_id,
             target=target,
             correlation_id=correlation_id,
-            metadata={**metadata, "task_id": task_id, CREATED_BY_KEY: caller.subject},
+            metadata=metadata,
             trace_id=trace_id,
         )
         message.to_json(max_bytes=self._settings.message_max_bytes)  # before anything is stored
@@ -362,6 +366,8 @@ class TaskService:
             self._runtime.check_room(target)
             return
         self._check_sending()
+        if target.startswith("capability:"):
+            return  # nobody offers it yet: no queue to look at (see `_target`)
         await self._check_agent(target)
         await self._backlogs.check(target)
 
@@ -434,8 +440,12 @@ class TaskService:
         if types:
             return f"type:{types[0]}"
         if spec.type is not None:
-            # The design's routing policy: capability first, then the task's type.
+            # The design's routing policy: capability first, then the task's type, ...
             return f"type:{spec.type}"
+        if spec.deadline is not None:
+            # ... then waiting, backing off, until the deadline (`OutboxRelay`: its message
+            # is sent again later while nobody offers the capability).
+            return f"capability:{spec.capability}"
         raise UnknownCapability(spec.capability)
 
     async def _create_new(
@@ -462,7 +472,7 @@ class TaskService:
             target=message.target,
             created_by=subject,
             trace_id=message.trace_id,
-            deadline=_deadline(spec),
+            deadline=_deadline(message),
         )
         journal = self._journal
         journal.task_created(task)
@@ -507,7 +517,7 @@ class TaskService:
                 target=message.target,
                 created_by=subject,
                 trace_id=message.trace_id,
-                deadline=_deadline(spec),
+                deadline=_deadline(message),
                 send=journal.outbox_row(message),
             ),
             message.id,
@@ -609,8 +619,7 @@ async def _outcome(write: Coroutine[Any, Any, T]) -> tuple[T | None, Exception |
         return None, exc
 
 
-def _deadline(spec: TaskIn) -> datetime | None:
-    """When the task times out: `spec.deadline` seconds from now."""
-    if spec.deadline is None:
-        return None
-    return datetime.now(UTC) + timedelta(seconds=spec.deadline)
+def _deadline(message: Message) -> datetime | None:
+    """When the task of `message` times out (`DEADLINE_KEY`), if it has a deadline."""
+    deadline = message.metadata.get(DEADLINE_KEY)
+    return None if deadline is None else datetime.fromtimestamp(deadline, UTC)

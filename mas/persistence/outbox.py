@@ -20,6 +20,7 @@ While this relay holds rows (a long handler, a broker outage), it renews their l
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import anyio
 import structlog
 
+from mas.actors.workflow import DEADLINE_KEY
 from mas.errors import (
     AgentStopped,
     InvalidMessage,
@@ -36,6 +38,7 @@ from mas.errors import (
     RuntimeNotRunning,
     StoreUnavailable,
     TransportError,
+    UnknownCapability,
 )
 from mas.messages import Message
 
@@ -246,6 +249,16 @@ class OutboxRelay:
             local = await self._node.hand_over(message, resent=entry.resent)
         except _TRANSIENT as exc:
             self._failed(entry, exc)
+        except UnknownCapability as exc:
+            delay = provider_retry_delay(message)
+            if delay is None:  # no deadline, or too close to it: the task fails now
+                self._entries.pop(message.id, None)
+                self._on_undeliverable(message, exc)
+                entry.resolve(exc)
+            else:
+                self._entries.pop(message.id, None)
+                entry.resolve(None)
+                await self._later(message, delay)
         except MasError as exc:  # no such address, too large, not a valid message
             self._entries.pop(message.id, None)
             self._on_undeliverable(message, exc)
@@ -266,6 +279,20 @@ class OutboxRelay:
             self._limiter.release()
             if not self._sending and not self._queue:
                 self._quiet.set()
+
+    async def _later(self, message: Message, delay: float) -> None:
+        """Send `message` again in `delay` seconds, from any node: its row is due then,
+        held by no node (a task waiting for an agent that offers its capability)."""
+        assert self._node is not None
+        until = datetime.now(UTC) + timedelta(seconds=delay)
+        try:
+            with anyio.fail_after(max(self.lease / 2, 1.0)):
+                await self.store.delay_outbox(message.id, self._node.node_id, until)
+        except (StoreUnavailable, TimeoutError) as exc:
+            # Its lease runs out instead, and any relay sends it again then.
+            _log.debug("outbox_delay_failed", message_id=message.id, error=str(exc))
+            return
+        _log.debug("outbox_message_delayed", message_id=message.id, target=message.target)
 
     def _failed(self, entry: _Entry, error: BaseException) -> None:
         if not self.failing:
@@ -340,3 +367,27 @@ class OutboxRelay:
             _log.info("outbox_message_resent", message_id=message_id, target=message.target)
             entry = self._entries[message_id] = _Entry(message, "queued", resent=True)
             self._enqueue(entry)
+
+
+_PROVIDER_RETRY_FIRST = 0.1
+_PROVIDER_RETRY_MAX = 30.0
+_PROVIDER_LAST_TRY = 0.05
+"""Seconds before a task's deadline that its last look for a capable agent happens."""
+
+
+def provider_retry_delay(message: Message) -> float | None:
+    """Seconds until `message`, to a capability nobody offers, is sent again; None when it
+    has no deadline (`DEADLINE_KEY`) or its deadline is too close: it fails now.
+
+    The wait grows with the time already waited (half of it: about x1.5 a try), from
+    0.1 s to at most 30 s, and the last try comes just before the deadline.
+    """
+    deadline = message.metadata.get(DEADLINE_KEY)
+    if not isinstance(deadline, int | float):
+        return None
+    now = time.time()
+    left = deadline - now - _PROVIDER_LAST_TRY
+    if left <= 0:
+        return None
+    waited = now - message.created_at.timestamp()
+    return min(max(waited / 2, _PROVIDER_RETRY_FIRST), _PROVIDER_RETRY_MAX, left)

@@ -840,6 +840,21 @@ class Store:
             )
         return int(result.rowcount or 0)
 
+    async def delay_outbox(self, message_id: str, owner: str, until: datetime) -> bool:
+        """Make `owner`'s row of `message_id` due again at `until`, for any node's relay;
+        False when `owner` no longer holds it.
+
+        Raises:
+            StoreUnavailable: the database cannot be reached or refused the update.
+        """
+        async with self.writing() as conn:
+            result = await conn.execute(
+                update(outbox)
+                .where(outbox.c.id == message_id, outbox.c.owner == owner)
+                .values(owner=None, available_at=until)
+            )
+        return bool(result.rowcount)
+
     async def outbox_ids(self) -> list[str]:
         """The message ids in the outbox (not yet on their way), for status pages and tests."""
         async with self.reading() as conn:

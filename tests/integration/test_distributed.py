@@ -286,3 +286,21 @@ async def test_a_capability_finds_the_type_a_worker_runs_through_the_agents_regi
         )
     assert unknown.status_code == 404, unknown.text
     assert unknown.json()["title"] == "Unknown Capability"
+
+
+async def test_a_task_with_a_deadline_waits_for_a_worker_that_offers_its_capability(
+    system: System,
+) -> None:
+    """Nobody offers `echo` when the task comes: it waits (its message sent again, backing
+    off, by any node's relay) until a worker that offers it starts, within its deadline."""
+    system.api()
+    async with system.client() as client:
+        created = await client.post(
+            "/tasks/", json={"capability": "echo", "payload": {"n": 3}, "deadline": 120}
+        )
+        assert created.status_code == 202, created.text
+        assert created.json()["target"] == "capability:echo"
+        system.worker("agents.echo:EchoAgent")
+        done = await client.get(f"/tasks/{created.json()['id']}", params={"wait": 60})
+    assert done.json()["status"] == "succeeded", done.text
+    assert done.json()["result"] == {"n": 3}
