@@ -199,13 +199,20 @@ class AgentContext:
     def ask(
         self, target: str | AgentRef, message: Message, timeout: float
     ) -> Coroutine[Any, Any, Message]:
-        """Request/reply from inside a handler; raises `AskTimeout` or the remote error.
+        """Request/reply from inside a handler; raises `AskTimeout` or the remote error
+        (`UsageError` at once for an ask to this agent itself).
 
         A durable step inside a handler: the reply is recorded, and a re-run of the handler
         gets it back at once instead of asking again (the question keeps its derived id, so
         a re-run that asks before the reply was recorded is answered from the receiver's
         record rather than handled twice).
         """
+        if _address_of(target) == self._cell.address:
+            raise UsageError(
+                f"agent {self._cell.id!r} asked itself: it handles one message at a time, "
+                "so the question would wait behind the handler asking it until the ask timed "
+                "out (send to itself, or ask another agent)"
+            )
         run = self._cell.workflow_run()
         if run is None:
             return self._system.ask(target, self._outgoing(message), timeout=timeout)

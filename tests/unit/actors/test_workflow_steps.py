@@ -297,3 +297,22 @@ async def test_a_gather_that_fails_cancels_the_rest_and_a_rerun_keeps_what_finis
     # "good" finished before "bad" failed the gather: the re-run did not ask it again.
     assert effects == {"asked good": 1, "asked bad": 2, "gather raised HandlerError": 1}
     assert rt.dead_letters.by_reason["max_attempts"] == 1  # picky's failure, not fan_out's
+
+
+async def test_an_agent_that_asks_itself_fails_at_once_naming_the_mistake(
+    make_runtime: MakeRuntime,
+) -> None:
+    """It handles one message at a time: its own question would wait behind the handler
+    asking it until the ask timed out."""
+
+    class Narcissus(Agent):
+        type = "narcissus"
+        max_attempts = 1
+
+        async def handle_message(self, message: Message) -> Message:
+            return await self.ctx.ask(self.ctx.self_ref, Message("q"), timeout=30)
+
+    async with make_runtime() as rt:
+        await rt.spawn(Narcissus, id="narcissus")
+        with pytest.raises(HandlerError, match="asked itself"):
+            await rt.ask("agent:narcissus", Message("go"), timeout=10)
