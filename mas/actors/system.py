@@ -966,13 +966,14 @@ class ActorSystem:
         if is_reply and self.journal is not None:
             self.journal.replied(out)
         try:
-            if not await self._send_on(out, cell.id):
-                return None
+            await self._send_on(out, cell.id)  # a dead letter when nobody took it
         except AgentStopped as exc:
             await self.lost(
                 DeadLetter(out, "agent_stopped", agent_id=exc.agent_id, error_type="AgentStopped")
             )
-            return None
+        # A reply is kept (remembered, recorded) even when its asker was gone: the question
+        # asked again, from wherever it comes now (a re-run of the asking workflow on another
+        # node), is answered from it rather than left to time out.
         return out if is_reply else None
 
     def add_task_listener(self, listener: TaskListener) -> None:

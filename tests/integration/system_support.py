@@ -26,6 +26,8 @@ from tests.process_support import MasProcess, clean_environment
 from tests.redis_support import REDIS_URL, delete_keys, reachable_redis
 
 __all__ = [
+    "EFFECT_ECHO",
+    "FAN_OUT",
     "SECRET",
     "SIGNAL_WAITER",
     "SLOW_ECHO",
@@ -42,6 +44,8 @@ SLOW_ECHO = "tests.integration.work_agents:SlowEcho"
 STEP_PIPELINE = "tests.integration.work_agents:StepPipeline"
 SIGNAL_WAITER = "tests.integration.work_agents:SignalWaiter"
 TIMED_PIPELINE = "tests.integration.work_agents:TimedPipeline"
+EFFECT_ECHO = "tests.integration.work_agents:EffectEcho"
+FAN_OUT = "tests.integration.work_agents:FanOut"
 
 
 class System:
@@ -75,11 +79,15 @@ class System:
             f"{scope.prefix}agent_type.step_pipeline",
             f"{scope.prefix}agent_type.signal_waiter",
             f"{scope.prefix}agent_type.timed_pipeline",
+            f"{scope.prefix}agent_type.effect_echo",
+            f"{scope.prefix}agent_type.fan_out",
             f"{scope.prefix}agent_type.mas.spawner.echo",
             f"{scope.prefix}agent_type.mas.spawner.slow_echo",
             f"{scope.prefix}agent_type.mas.spawner.step_pipeline",
             f"{scope.prefix}agent_type.mas.spawner.signal_waiter",
             f"{scope.prefix}agent_type.mas.spawner.timed_pipeline",
+            f"{scope.prefix}agent_type.mas.spawner.effect_echo",
+            f"{scope.prefix}agent_type.mas.spawner.fan_out",
             f"{scope.prefix}agent.echo-special",
             f"{scope.prefix}agent.echo-extra",
             f"{scope.prefix}agent.se-gone",

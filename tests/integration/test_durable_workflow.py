@@ -6,6 +6,8 @@ signal sent to a task while no worker runs reaches the workflow once one starts.
 in a long wait parks (its worker free, its delivery acknowledged): the timer fires after
 every process was killed and new ones started, and a signal is pushed to the parked
 handler by the gateway that takes it. Cancelling a task cancels its handler on the worker.
+A worker killed in the middle of a fan-out: its successor asks again only what was not
+answered, and no child is handled twice.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import pytest
 from mas.testing import eventually
 from tests.amqp_support import amqp_scope, amqp_vhost_url
 from tests.integration.system_support import (
+    EFFECT_ECHO,
+    FAN_OUT,
     SIGNAL_WAITER,
     SLOW_ECHO,
     STEP_PIPELINE,
@@ -171,3 +175,44 @@ async def test_cancelling_a_task_cancels_its_handler_on_the_worker(system: Syste
         after = await client.get(f"/tasks/{task_id}")
     assert after.json()["status"] == "cancelled"
     assert effects(worker_effects) == [quick.json()["id"]]  # the cancelled one never finished
+
+
+@pytest.mark.parametrize("child_workers", [1, 2])
+async def test_a_worker_killed_mid_fan_out_has_no_child_handled_twice(
+    system: System, child_workers: int
+) -> None:
+    """The children answered after the parent's worker died went to its node: they are
+    kept (recorded with the child), and the re-run, asking again, is answered from them
+    without the child being handled again; with one child worker and with two."""
+    children_effects = [system.tmp / f"children-{i}.effects" for i in range(child_workers)]
+    for path in children_effects:
+        system.worker(EFFECT_ECHO, effects=str(path))  # one child at a time each
+    first = system.worker(FAN_OUT)
+    system.api()
+    n = 20
+    async with system.client() as client:
+        created = await client.post(
+            "/tasks/", json={"type": "fan_out", "payload": {"n": n, "delay": 0.5}}
+        )
+        assert created.status_code == 202, created.text
+        task_id = created.json()["id"]
+
+        async def some_answers_recorded() -> bool:
+            found = await rows(
+                system.pg, f"SELECT seq FROM workflow_steps WHERE message_id = '{task_id}'"
+            )
+            return len(found) >= 5
+
+        await eventually(some_answers_recorded, timeout=60)
+        first.kill()
+        system.worker(FAN_OUT)
+        done = await client.get(f"/tasks/{task_id}", params={"wait": 60})
+        tree = await client.get(f"/tasks/{task_id}/tree")
+
+    assert done.json()["status"] == "succeeded", done.text
+    assert done.json()["result"] == {"sum": sum(range(n)), "answers": n}  # as uninterrupted
+    handled = [child for path in children_effects for child in effects(path)]
+    assert len(handled) == n and len(set(handled)) == n, handled  # each child once
+    children = tree.json()["children"]
+    assert len(children) == n
+    assert {child["status"] for child in children} == {"succeeded"}

@@ -79,3 +79,37 @@ class TimedPipeline(Agent):
         second = await ctx.step("step 2", _step_effect, message.id, 2)
         assert message.task_id is not None
         return TaskResult.succeeded(message.task_id, {"steps": [first, second]})
+
+
+class EffectEcho(Agent):
+    """Awaits `payload.delay` seconds, appends the message id to the effects file, replies
+    with the payload: a child of a fan-out whose every handling shows in the file."""
+
+    type = "effect_echo"
+
+    async def handle_message(self, message: Message) -> HandlerResult:
+        await asyncio.sleep(float(message.payload.get("delay", 0)))
+        effects = os.environ.get("MAS_TEST_EFFECTS")
+        if effects:
+            with Path(effects).open("a") as sink:  # noqa: ASYNC230 - a tiny local append
+                sink.write(f"{message.id}\n")
+        return message.reply(dict(message.payload))
+
+
+class FanOut(Agent):
+    """Asks `effect_echo` `payload.n` questions at once (`ctx.gather` of `ctx.ask`), and
+    completes the task with the sum of the answers."""
+
+    type = "fan_out"
+
+    async def handle_message(self, message: Message) -> HandlerResult:
+        ctx, delay = self.ctx, message.payload.get("delay", 0)
+        replies = await ctx.gather(
+            *[
+                ctx.ask("type:effect_echo", Message("q", {"i": i, "delay": delay}), timeout=120)
+                for i in range(int(message.payload["n"]))
+            ]
+        )
+        assert message.task_id is not None
+        total = sum(int(reply.payload["i"]) for reply in replies)
+        return TaskResult.succeeded(message.task_id, {"sum": total, "answers": len(replies)})
