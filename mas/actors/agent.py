@@ -14,6 +14,7 @@ import structlog
 
 from mas.actors.backoff import backoff_delay
 from mas.actors.mailbox import Overflow
+from mas.actors.replies import ERROR_REPLY, error_from_reply
 from mas.actors.workflow import (
     CREATED_BY_KEY,
     PARENT_KEY,
@@ -25,7 +26,7 @@ from mas.actors.workflow import (
     marked_rerun,
     task_of,
 )
-from mas.errors import ConfigError, SignalTimeout, UsageError
+from mas.errors import ConfigError, MasError, SignalTimeout, UsageError
 from mas.messages import Message, TaskResult
 
 if TYPE_CHECKING:
@@ -38,6 +39,10 @@ __all__ = ["Agent", "AgentContext", "HandlerResult", "Terminated"]
 
 HandlerResult = Message | TaskResult | list[Message] | None
 T = TypeVar("T")
+
+_RECORD_POLL_FIRST = 0.2
+_RECORD_POLL_MAX = 2.0
+"""Seconds between looks for a receiver's recorded answer to a re-sent ask (doubling)."""
 
 _SIGNAL_POLL_FIRST = 0.05
 _SIGNAL_POLL_MAX = 1.0
@@ -226,9 +231,46 @@ class AgentContext:
         if record is not None:
             return Message.from_dict(record.result)
         child = await self._child(run, seq, message)
-        reply = await self._system.ask(target, child, timeout=timeout)
+        journal = self._cell.runtime.journal
+        if run.sends_again and journal is not None:
+            reply = await self._ask_again(target, child, timeout, journal)
+        else:
+            reply = await self._system.ask(target, child, timeout=timeout)
         self._finished(run, seq, name, "ask", reply.to_dict())
         return reply
+
+    async def _ask_again(
+        self, target: str | AgentRef, child: Message, timeout: float, journal: Journal
+    ) -> Message:
+        """Ask `child` again for a re-run: the earlier run may have asked it already.
+
+        The receiver may be handling the earlier copy right now (this copy is then skipped
+        as a duplicate) and answer it to the earlier run's node, perhaps gone: so while
+        waiting for the reply, look for the receiver's record of its answer too (backing
+        off), and take whichever comes first.
+        """
+        ask = asyncio.ensure_future(self._system.ask(target, child, timeout=timeout))
+        try:
+            attempt = 0
+            while not ask.done():
+                attempt += 1
+                delay = backoff_delay(attempt, _RECORD_POLL_FIRST, _RECORD_POLL_MAX, 0.1)
+                await asyncio.wait([ask], timeout=delay)
+                if ask.done():
+                    break
+                try:
+                    found, recorded = await journal.handled_elsewhere(child.id)
+                except MasError:
+                    continue  # the record cannot say now: the reply may still come
+                if found and recorded is not None:
+                    if recorded.type == ERROR_REPLY:
+                        raise error_from_reply(recorded)
+                    return recorded
+            return ask.result()
+        finally:
+            if not ask.done():
+                ask.cancel()
+                await asyncio.wait([ask])
 
     def step(
         self, name: str, fn: Callable[..., Awaitable[T] | T], /, *args: Any, **kwargs: Any

@@ -25,6 +25,8 @@ class MemoryJournal:
         self.steps: dict[tuple[str, str], list[StepRecord]] = {}
         self.signals: dict[tuple[str, str], Any] = {}
         """Signals by (task id, name): a test sends one by setting it here."""
+        self.replies: dict[str, Message] = {}
+        """The reply each handled message got, by message id (the idempotency record's)."""
         self.parents: dict[str, str] = {}
         """Child tasks' parents, by child task id."""
         self.parked_messages: dict[str, tuple[Message, list[Wait]]] = {}
@@ -44,6 +46,8 @@ class MemoryJournal:
     ) -> None:
         self.messages.append(message)
         self.processed.setdefault(agent_id, []).append(message.id)
+        if reply is not None:
+            self.replies[message.id] = reply
         if delivery is not None:
             await delivery.ack()
 
@@ -54,10 +58,14 @@ class MemoryJournal:
         self.messages.append(reply)
 
     async def recall(self, agent_id: str, limit: int) -> list[tuple[str, Message | None]]:
-        return [(message_id, None) for message_id in self.processed.get(agent_id, [])[-limit:]]
+        return [
+            (message_id, self.replies.get(message_id))
+            for message_id in self.processed.get(agent_id, [])[-limit:]
+        ]
 
     async def handled_elsewhere(self, message_id: str) -> tuple[bool, Message | None]:
-        return any(message_id in ids for ids in self.processed.values()), None
+        found = any(message_id in ids for ids in self.processed.values())
+        return found, self.replies.get(message_id) if found else None
 
     def step_finished(
         self, agent_id: str, message_id: str, handler: str, record: StepRecord

@@ -316,3 +316,36 @@ async def test_an_agent_that_asks_itself_fails_at_once_naming_the_mistake(
         await rt.spawn(Narcissus, id="narcissus")
         with pytest.raises(HandlerError, match="asked itself"):
             await rt.ask("agent:narcissus", Message("go"), timeout=10)
+
+
+async def test_a_rerun_takes_an_answer_it_asks_again_for_from_the_record() -> None:
+    """Across nodes, a re-run's question may be skipped as a copy of one another consumer is
+    answering — to the earlier run's node, perhaps gone. The re-run then finds the answer in
+    the receiver's record instead of waiting out its ask."""
+    from mas.actors.workflow import RERUN_KEY
+    from mas.testing import TestRuntime
+    from mas.testing.journal import MemoryJournal
+
+    class Mute(Agent):
+        type = "mute"
+
+        async def handle_message(self, message: Message) -> None:
+            return None  # this copy gets no answer
+
+    class Asker(Agent):
+        type = "asker"
+
+        async def handle_message(self, message: Message) -> Message:
+            answer = await self.ctx.ask("agent:mute", Message("q"), timeout=5)
+            return message.reply(answer.payload)
+
+    journal = MemoryJournal()
+    request = Message("go", target="agent:asker", metadata={RERUN_KEY: True})
+    question_id = derived_id(f"{request.id}/agent:asker", 0)
+    journal.processed["mute-elsewhere"] = [question_id]  # answered by another node's agent
+    journal.replies[question_id] = Message("q.reply", {"answer": 42})
+    async with TestRuntime(journal=journal) as rt:
+        await rt.spawn(Mute, id="mute")
+        await rt.spawn(Asker, id="asker")
+        reply = await rt.ask("agent:asker", request, timeout=10)
+    assert reply.payload == {"answer": 42}
