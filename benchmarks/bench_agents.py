@@ -16,7 +16,16 @@ import time
 
 from mas import Agent, Message
 
-__all__ = ["COLLECTOR", "BenchEcho", "IoPair", "IoSolo", "NoIoPair", "NoIoSolo"]
+__all__ = [
+    "COLLECTOR",
+    "BenchChild",
+    "BenchEcho",
+    "BenchFanOut",
+    "IoPair",
+    "IoSolo",
+    "NoIoPair",
+    "NoIoSolo",
+]
 
 COLLECTOR = "agent:bench-collector"
 REPORT_EVERY = 0.2  # s; the report carries the last handled time, so this only delays detection
@@ -88,3 +97,38 @@ class BenchEcho(Agent):
 
     async def handle_message(self, message: Message) -> Message:
         return message.reply(message.payload)
+
+
+class BenchChild(BenchEcho):
+    """A fan-out's child: answers with its payload (hosted by worker 2 only, so that the
+    fan-out on worker 1 asks over the broker)."""
+
+    type = "bench_child"
+
+
+class BenchFanOut(Agent):
+    """Asks `bench_child` `payload.n` questions at once and answers once all answered:
+    as durable steps (`ctx.gather(ctx.ask ...)`) or as plain concurrent asks
+    (`asyncio.gather(runtime.ask ...)`), as `payload.durable` says."""
+
+    type = "bench_fanout"
+
+    async def handle_message(self, message: Message) -> Message:
+        ctx, n = self.ctx, int(message.payload["n"])
+        if message.payload["durable"]:
+            replies = await ctx.gather(
+                *[
+                    ctx.ask("type:bench_child", Message("bench.child", {"i": i}), timeout=300)
+                    for i in range(n)
+                ]
+            )
+        else:
+            replies = await asyncio.gather(
+                *[
+                    ctx.runtime.ask(
+                        "type:bench_child", Message("bench.child", {"i": i}), timeout=300
+                    )
+                    for i in range(n)
+                ]
+            )
+        return message.reply({"answers": len(replies)})

@@ -12,6 +12,9 @@ Scenarios (full sizes; `--quick` uses about a tenth and 2 repetitions instead of
            mas_1_worker, mas_2_workers
     ask    1.5k sequential cross-process request/reply round trips:
            mas_ask, raw_aio_pika_rpc
+    fanout one workflow on worker 1 asks 1k children, served by worker 2, at once:
+           mas_fanout_durable (ctx.gather of ctx.ask), mas_fanout_plain (asyncio.gather of
+           runtime.ask); the workers run without persistence
 
 Every contender publishes the same ~200-byte JSON payload, persistent, with publisher confirms,
 concurrently in chunks of `WINDOW` (asyncio.gather), and acknowledges after handling. Throughput
@@ -66,8 +69,8 @@ PREFETCH = 256  # unacknowledged deliveries per consumer, for every contender (m
 INSTANCES = 16  # agents of each type in each mas worker
 PUBLISH_TIMEOUT = 10.0
 MAS_EXCHANGES = ("agents.direct", "agents.topic", "agents.delay", "agents.dlx")
-W1_AGENTS = ("IoSolo", "IoPair", "NoIoSolo", "NoIoPair", "BenchEcho")
-W2_AGENTS = ("IoPair", "NoIoPair")
+W1_AGENTS = ("IoSolo", "IoPair", "NoIoSolo", "NoIoPair", "BenchEcho", "BenchFanOut")
+W2_AGENTS = ("IoPair", "NoIoPair", "BenchChild")
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,7 @@ class Sizes:
     noio: int = 10_000
     io: int = 3_000
     ask: int = 1_500
+    fanout: int = 1_000
 
 
 @dataclass
@@ -462,9 +466,20 @@ def _io_seconds() -> float:
 def _known_queues(prefix: str) -> set[str]:
     names = {"raw.work", "raw.rpc", "taskiq", "taskiq.dead_letter", "agents.dead_letter"}
     names.add("agent.bench-collector")
-    from bench_agents import BenchEcho, IoPair, IoSolo, NoIoPair, NoIoSolo
+    from bench_agents import (
+        BenchChild,
+        BenchEcho,
+        BenchFanOut,
+        IoPair,
+        IoSolo,
+        NoIoPair,
+        NoIoSolo,
+    )
 
-    hosted = {"w1": (IoSolo, IoPair, NoIoSolo, NoIoPair, BenchEcho), "w2": (IoPair, NoIoPair)}
+    hosted = {
+        "w1": (IoSolo, IoPair, NoIoSolo, NoIoPair, BenchEcho, BenchFanOut),
+        "w2": (IoPair, NoIoPair, BenchChild),
+    }
     for node, classes in hosted.items():
         for cls in classes:
             names.add(f"agent_type.{cls.type}")
@@ -534,8 +549,23 @@ def _result(contender: Contender) -> dict[str, Any]:
     return result
 
 
+async def fanout_trial(rt: Runtime, n: int, *, durable: bool) -> dict[str, Any]:
+    """One message to a fan-out agent on worker 1, which asks `n` children on worker 2 at
+    once (over the broker: worker 1 hosts none, so none is routed locally); timed until
+    its answer, once all children answered."""
+    gc.collect()
+    start = time.perf_counter()
+    reply = await rt.ask(
+        "type:bench_fanout", Message("bench.fanout", {"n": n, "durable": durable}), timeout=300
+    )
+    seconds = time.perf_counter() - start
+    if reply.payload["answers"] != n:
+        raise RuntimeError(f"fan-out: {reply.payload['answers']}/{n} answers")
+    return {"seconds": seconds}
+
+
 async def run_all(args: argparse.Namespace) -> dict[str, Any]:
-    sizes = Sizes(noio=2_000, io=600, ask=300) if args.quick else Sizes()
+    sizes = Sizes(noio=2_000, io=600, ask=300, fanout=200) if args.quick else Sizes()
     reps = args.reps or (2 if args.quick else 3)
     prefix = f"bench{uuid.uuid4().hex[:8]}."
     report: dict[str, Any] = {"meta": _meta(args, sizes, reps, prefix)}
@@ -601,6 +631,18 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
                 Contender("mas_ask", sizes.ask, lambda: mas_ask_trial(rt, sizes.ask)),
                 Contender("raw_aio_pika_rpc", sizes.ask, lambda: raw_rpc_trial(prefix, sizes.ask)),
             ]
+            fanout = [
+                Contender(
+                    "mas_fanout_durable",
+                    sizes.fanout,
+                    lambda: fanout_trial(rt, sizes.fanout, durable=True),
+                ),
+                Contender(
+                    "mas_fanout_plain",
+                    sizes.fanout,
+                    lambda: fanout_trial(rt, sizes.fanout, durable=False),
+                ),
+            ]
             scenarios = {
                 "noio": (noio, "messages through a quorum queue, handler returns at once"),
                 "io": (
@@ -609,6 +651,11 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
                     f"{_io_seconds() * 1000:g} ms each",
                 ),
                 "ask": (ask, "sequential cross-process request/reply round trips"),
+                "fanout": (
+                    fanout,
+                    "one workflow on worker 1 asks N children on worker 2 at once: "
+                    "durable steps vs plain concurrent asks",
+                ),
             }
             report["scenarios"] = {}
             for name, (contenders, description) in scenarios.items():
@@ -648,12 +695,15 @@ def ratios_and_targets(
         "mas_ask_p99_vs_raw_rpc_p99": ask["mas_ask"]["p99_us"] / ask["raw_aio_pika_rpc"]["p99_us"],
         "mas_2_workers_vs_mas_1_worker_io": io["mas_2_workers"]["per_s"]
         / io["mas_1_worker"]["per_s"],
+        "mas_fanout_durable_vs_plain": scenarios["fanout"]["results"]["mas_fanout_durable"]["per_s"]
+        / scenarios["fanout"]["results"]["mas_fanout_plain"]["per_s"],
     }
     checks = [
         ("mas_1_worker (no-I/O) / bare_taskiq", "mas_1_worker_noio_vs_bare_taskiq", 1.0, ">="),
         ("mas_1_worker (no-I/O) / raw_aio_pika", "mas_1_worker_noio_vs_raw_aio_pika", 0.7, ">="),
         ("mas ask p50 / raw rpc p50", "mas_ask_p50_vs_raw_rpc_p50", 1.5, "<="),
         ("mas_2_workers / mas_1_worker (I/O)", "mas_2_workers_vs_mas_1_worker_io", 1.6, ">="),
+        ("fan-out durable / plain", "mas_fanout_durable_vs_plain", 0.5, ">="),
     ]
     targets = []
     for label, key, limit, op in checks:

@@ -35,6 +35,7 @@ from mas import Agent, MasError, Message, Runtime, Settings
 from mas.config import WorkflowSettings
 from mas.persistence import Store
 from mas.persistence.engine import connect
+from mas.testing import eventually
 
 RESULTS = Path(__file__).parent / "results" / "parking.json"
 TIMEOUT = 600.0
@@ -86,12 +87,12 @@ async def measure(settings: Settings, mode: str, n: int) -> dict[str, Any]:
         await asyncio.wait_for(Sleeper.all_waiting.wait(), TIMEOUT)
         if parked:
             # Every handler reached its sleep; wait until every one has parked.
-            while runtime.stats()["parked"] < n:
-                await asyncio.sleep(0.05)
+            await eventually(lambda: runtime.stats()["parked"] >= n, timeout=TIMEOUT)
         elapsed = time.perf_counter() - start
         heap = _heap() - heap_before
         tasks = len(asyncio.all_tasks()) - tasks_before
-        result = {
+        # Held handlers are cancelled by the shutdown, after its timeout.
+        return {
             "n": n,
             "agents": agents,
             "seconds": elapsed,
@@ -99,7 +100,6 @@ async def measure(settings: Settings, mode: str, n: int) -> dict[str, Any]:
             "heap_bytes_per_wait": heap / n,
             "tasks_per_wait": tasks / n,
         }
-        return result  # held handlers are cancelled by the shutdown, after its timeout
 
 
 async def bench(name: str, settings: Settings, n: int) -> dict[str, Any]:
