@@ -388,7 +388,7 @@ class AgentCell:
             "handler_cancelled",
             agent_id=self.id,
             message_id=message.id,
-            task_id=message.task_id,
+            task_id=task_of(message),
             trace_id=message.trace_id,
         )
         await self._settle(journal, message, delivery, None, 0.0)

@@ -20,20 +20,22 @@ class SlowEcho(Agent):
 
     async def handle_message(self, message: Message) -> HandlerResult:
         await asyncio.sleep(float(message.payload.get("delay", 0)))
-        effects = os.environ.get("MAS_TEST_EFFECTS")
-        if effects:
-            with Path(effects).open("a") as sink:  # noqa: ASYNC230 - a tiny local append
-                sink.write(f"{message.id}\n")
+        _effect(message.id)
         assert message.task_id is not None
         return TaskResult.succeeded(message.task_id, dict(message.payload))
 
 
-def _step_effect(message_id: str, step: int) -> int:
-    """A durable step's side effect: `<message id>:<step>` appended to the effects file."""
+def _effect(line: str) -> None:
+    """Append `line` to this worker's effects file (`MAS_TEST_EFFECTS`), if it has one."""
     effects = os.environ.get("MAS_TEST_EFFECTS")
     if effects:
         with Path(effects).open("a") as sink:
-            sink.write(f"{message_id}:{step}\n")
+            sink.write(f"{line}\n")
+
+
+def _step_effect(message_id: str, step: int) -> int:
+    """A durable step's side effect: `<message id>:<step>` appended to the effects file."""
+    _effect(f"{message_id}:{step}")
     return step * 10
 
 
@@ -89,10 +91,7 @@ class EffectEcho(Agent):
 
     async def handle_message(self, message: Message) -> HandlerResult:
         await asyncio.sleep(float(message.payload.get("delay", 0)))
-        effects = os.environ.get("MAS_TEST_EFFECTS")
-        if effects:
-            with Path(effects).open("a") as sink:  # noqa: ASYNC230 - a tiny local append
-                sink.write(f"{message.id}\n")
+        _effect(message.id)
         return message.reply(dict(message.payload))
 
 
