@@ -183,6 +183,17 @@ class BatchStatements:
                 finished_at=bindparam("finished_at"),
             )
         )
+        stmt = insert(outbox)
+        # A parked handler's wake-up takes its message's row over, whoever held it.
+        wake = stmt.on_conflict_do_update(
+            index_elements=[outbox.c.id],
+            set_={
+                "message": stmt.excluded.message,
+                "owner": None,
+                "available_at": stmt.excluded.available_at,
+                "attempts": 0,
+            },
+        )
         # Batch kinds in the order they are applied (Batch's field order), with their table.
         self._kinds: dict[str, tuple[UpdateBase, Table]] = {
             "created": (insert(tasks).on_conflict_do_nothing(), tasks),
@@ -201,6 +212,7 @@ class BatchStatements:
                 .where(outbox.c.owner == bindparam("owner")),
                 outbox,
             ),
+            "wakes": (wake, outbox),
         }
 
     def for_batch(self, batch: Batch) -> list[tuple[str, list[tuple[Any, ...]]]]:
@@ -210,7 +222,8 @@ class BatchStatements:
             kept = getattr(batch, kind)
             if not kept:
                 continue
-            rows: list[dict[str, Any]] = list(kept.values()) if kind == "outbox" else kept
+            keyed = kind in ("outbox", "wakes")
+            rows: list[dict[str, Any]] = list(kept.values()) if keyed else kept
             if kind == "agents":  # one statement may not upsert the same key twice
                 rows = list({row["id"]: row for row in rows}.values())
             elif kind == "running":

@@ -190,6 +190,9 @@ class BatchWriter:
                     await delivery.ack()
                 if self.on_commit is not None:
                     self.on_commit(batch)
+                # Not kept until the next batch comes: after a burst, it may be the size
+                # of the backlog (parked handlers' wake-ups and steps, say).
+                del batch, settle
                 self._committed = number
                 self._progress.set()
                 self._progress = asyncio.Event()
@@ -273,10 +276,12 @@ def _sanitized(batch: Batch) -> Batch:
         finished=clean(batch.finished),
         completed=clean(batch.completed),
         sent=batch.sent,
+        wakes={key: clean([row])[0] for key, row in batch.wakes.items()},
     )
     for rows in (
         result.created,
         list(result.outbox.values()),
+        list(result.wakes.values()),
         result.agents,
         result.messages,
         result.steps,
@@ -729,20 +734,26 @@ class StoreJournal:
     async def parked(
         self, agent_id: str, message: Message, delivery: Delivery | None, waits: list[Wait]
     ) -> None:
-        """Commit the steps so far, then the wake-up (`Store.park`), then settle `delivery`.
+        """Commit the steps so far and the wake-up, then settle `delivery`.
 
         The wake-up is the message itself, marked as a re-run, in its outbox row: due when
         the first wait ends, for whichever node's relay sweeps first (or at once, when a
         gateway takes one of the awaited signals: `wake`).
         """
-        await self.writer.flush()
         wake = self.outbox_row(marked_woken(message, secrets.token_hex(8)))
+        wake["owner"] = None
         wake["available_at"] = datetime.fromtimestamp(min(wait.until for wait in waits), UTC)
         signals = [
             (wait.task_id, wait.signal, datetime.fromtimestamp(wait.until, UTC))
             for wait in waits
             if wait.task_id is not None and wait.signal is not None
         ]
+        if not signals:
+            # Timers only: nothing to lock against, so the wake-up goes with the group
+            # commit, in the batch that holds the steps so far (`Batch.wakes`).
+            await self._park_with_batch(message, delivery, wake)
+            return
+        await self.writer.flush()
         await self.store.park(wake, signals)
         if self.relay.held:
             # The message's row was this node's (a task's first send, or a wake-up): the
@@ -750,6 +761,19 @@ class StoreJournal:
             self.relay.settled(message.id)
         if delivery is not None:
             await delivery.ack()
+
+    async def _park_with_batch(
+        self, message: Message, delivery: Delivery | None, wake: dict[str, Any]
+    ) -> None:
+        writer = self.writer
+        writer.pending.wakes[message.id] = wake
+        if self.relay.held:
+            self.relay.settled(message.id)  # the wake-up takes the message's row over
+        if delivery is not None:
+            writer.settle.append(delivery)  # acknowledged once the batch committed
+        writer.wake()
+        if writer.full:
+            await writer.wait_for_room()
 
     def wake(self, claimed: list[tuple[str, dict[str, Any]]]) -> None:
         """Send these wake-ups of parked handlers, which this node claimed, now."""

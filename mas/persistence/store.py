@@ -147,6 +147,9 @@ class Batch:
     completed: list[dict[str, Any]] = field(default_factory=list)
     """Child tasks whose handler ended without a TaskResult: succeeded, unless already ended."""
     sent: list[dict[str, Any]] = field(default_factory=list)
+    wakes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Parked handlers' wake-ups (outbox rows, keyed by message id) that replace any row of
+    their message: applied last, after the deletes of rows sent."""
 
     def __len__(self) -> int:
         return (
@@ -160,6 +163,7 @@ class Batch:
             + len(self.finished)
             + len(self.completed)
             + len(self.sent)
+            + len(self.wakes)
         )
 
     def extend(self, other: Batch) -> None:
@@ -173,6 +177,7 @@ class Batch:
         self.finished.extend(other.finished)
         self.completed.extend(other.completed)
         self.sent.extend(other.sent)
+        self.wakes.update(other.wakes)
 
     def sent_one(self, message_id: str, owner: str | None) -> None:
         """The outbox row of `message_id` is no longer needed: drop it from this batch if it

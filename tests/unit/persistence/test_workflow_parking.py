@@ -129,6 +129,28 @@ async def test_a_wake_up_outlives_a_late_delete_by_the_rows_earlier_owner(
         await store.close()
 
 
+async def test_a_wake_up_in_the_batch_that_deletes_its_messages_row_stays(
+    db: Database,
+) -> None:
+    """A timer's wake-up goes with the group commit; the batch may also delete the row the
+    message was sent from (this node's): the delete comes first, the wake-up stays."""
+    store = await db.open_store(migrate=True)
+    try:
+        message = Message("nap", {}, target="type:sleeper")
+        now = datetime.now(UTC)
+        row = _wake_row(message, now)
+        await store.apply(Batch(outbox={message.id: {**row, "owner": "worker"}}))
+        later = now + timedelta(hours=1)
+        batch = Batch(wakes={message.id: {**row, "available_at": later}})
+        batch.sent_one(message.id, "worker")
+        await store.apply(batch)
+        wake = await _wake_at(store, message.id)
+        assert wake is not None and wake[0] is None
+        assert abs((_aware(wake[1]) - later).total_seconds()) < 0.001  # the wake-up's time
+    finally:
+        await store.close()
+
+
 async def _task(store: Store) -> str:
     task_id = f"task-{datetime.now(UTC).timestamp()}"
     await store.create_task(task_id, "approver", {})
