@@ -88,6 +88,9 @@ async def measure(settings: Settings, mode: str, n: int) -> dict[str, Any]:
         if parked:
             # Every handler reached its sleep; wait until every one has parked.
             await eventually(lambda: runtime.stats()["parked"] >= n, timeout=TIMEOUT)
+        journal = runtime.journal
+        assert journal is not None
+        await journal.flush()  # a timer's park is done once committed (with the batch)
         elapsed = time.perf_counter() - start
         heap = _heap() - heap_before
         tasks = len(asyncio.all_tasks()) - tasks_before
