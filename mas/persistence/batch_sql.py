@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
     from mas.persistence.store import Batch
 
-__all__ = ["BatchStatements", "DriverStatement", "encoder_for"]
+__all__ = ["BatchStatements", "DriverStatement", "encoder_for", "wake_upsert"]
 
 
 Encoder = Callable[[Any], Any]
@@ -183,17 +183,6 @@ class BatchStatements:
                 finished_at=bindparam("finished_at"),
             )
         )
-        stmt = insert(outbox)
-        # A parked handler's wake-up takes its message's row over, whoever held it.
-        wake = stmt.on_conflict_do_update(
-            index_elements=[outbox.c.id],
-            set_={
-                "message": stmt.excluded.message,
-                "owner": None,
-                "available_at": stmt.excluded.available_at,
-                "attempts": 0,
-            },
-        )
         # Batch kinds in the order they are applied (Batch's field order), with their table.
         self._kinds: dict[str, tuple[UpdateBase, Table]] = {
             "created": (insert(tasks).on_conflict_do_nothing(), tasks),
@@ -212,7 +201,7 @@ class BatchStatements:
                 .where(outbox.c.owner == bindparam("owner")),
                 outbox,
             ),
-            "wakes": (wake, outbox),
+            "wakes": (wake_upsert(insert), outbox),
         }
 
     def for_batch(self, batch: Batch) -> list[tuple[str, list[tuple[Any, ...]]]]:
@@ -255,6 +244,21 @@ class BatchStatements:
                 params.append((name, None, compiled.params[name]))
         statement = self._cache[(kind, keys)] = DriverStatement(compiled.string, tuple(params))
         return statement
+
+
+def wake_upsert(insert: Callable[[Table], Any]) -> Any:
+    """The insert of a parked handler's wake-up: it takes its message's outbox row over,
+    whoever held it (`insert` is the dialect's, with ON CONFLICT)."""
+    stmt = insert(outbox)
+    return stmt.on_conflict_do_update(
+        index_elements=[outbox.c.id],
+        set_={
+            "message": stmt.excluded.message,
+            "owner": None,
+            "available_at": stmt.excluded.available_at,
+            "attempts": 0,
+        },
+    )
 
 
 def _latest_starts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -250,13 +250,12 @@ class OutboxRelay:
         except _TRANSIENT as exc:
             self._failed(entry, exc)
         except UnknownCapability as exc:
+            self._entries.pop(message.id, None)
             delay = provider_retry_delay(message)
             if delay is None:  # no deadline, or too close to it: the task fails now
-                self._entries.pop(message.id, None)
                 self._on_undeliverable(message, exc)
                 entry.resolve(exc)
             else:
-                self._entries.pop(message.id, None)
                 entry.resolve(None)
                 await self._later(message, delay)
         except MasError as exc:  # no such address, too large, not a valid message

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, or_, select, text, update
+from sqlalchemy import Select, bindparam, delete, func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -28,7 +28,7 @@ from mas.errors import InvalidMessage, SchemaOutdated, StoreTimeout, StoreUnavai
 from mas.messages import Message
 from mas.observability.outages import Outage
 from mas.persistence import schema as migrations
-from mas.persistence.batch_sql import BatchStatements
+from mas.persistence.batch_sql import BatchStatements, wake_upsert
 from mas.persistence.engine import connect, display_url, error_reason, refused_data
 from mas.persistence.models import (
     agents,
@@ -732,13 +732,8 @@ class Store:
     async def signal(self, task_id: str, name: str, until: datetime) -> tuple[bool, Any]:
         """(True, its payload) once signal `name` was sent to the task no later than
         `until`, else (False, None)."""
-        query = select(task_signals.c.payload).where(
-            task_signals.c.task_id == task_id,
-            task_signals.c.name == name,
-            task_signals.c.sent_at <= until,
-        )
         async with self.reading() as conn:
-            row = (await conn.execute(query)).first()
+            row = (await conn.execute(_signal_sent(task_id, name, until))).first()
         return (False, None) if row is None else (True, row[0])
 
     async def park(
@@ -770,29 +765,12 @@ class Store:
                     ],
                 )
                 for task_id, name, until in waits:
-                    sent = select(task_signals.c.task_id).where(
-                        task_signals.c.task_id == task_id,
-                        task_signals.c.name == name,
-                        task_signals.c.sent_at <= until,
-                    )
-                    if (await conn.execute(sent)).first() is not None:
+                    if (await conn.execute(_signal_sent(task_id, name, until))).first():
                         signalled = True
                         break
             if signalled:
                 wake = {**wake, "available_at": datetime.now(UTC)}
-            stmt = self._insert(outbox)
-            await conn.execute(
-                stmt.on_conflict_do_update(
-                    index_elements=[outbox.c.id],
-                    set_={
-                        "message": stmt.excluded.message,
-                        "owner": None,
-                        "available_at": stmt.excluded.available_at,
-                        "attempts": 0,
-                    },
-                ),
-                [{**wake, "owner": None}],
-            )
+            await conn.execute(wake_upsert(self._insert), [{**wake, "owner": None}])
         return signalled
 
     async def _lock_tasks(self, conn: AsyncConnection, task_ids: list[str]) -> None:
@@ -1067,6 +1045,15 @@ def _aware(value: datetime | None) -> datetime | None:
     if value is not None and value.tzinfo is None:
         return value.replace(tzinfo=UTC)  # SQLite hands back naive timestamps (stored as UTC)
     return value
+
+
+def _signal_sent(task_id: str, name: str, until: datetime) -> Select[Any]:
+    """The payload of signal `name` to the task, if it was sent no later than `until`."""
+    return select(task_signals.c.payload).where(
+        task_signals.c.task_id == task_id,
+        task_signals.c.name == name,
+        task_signals.c.sent_at <= until,
+    )
 
 
 def _timed_out(now: datetime) -> dict[str, Any]:
