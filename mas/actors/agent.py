@@ -355,7 +355,7 @@ class AgentContext:
         """
         cell = self._cell
         current, journal = cell.current, cell.runtime.journal
-        task_id = current.task_id if current is not None else None
+        task_id = task_of(current) if current is not None else None
         run = cell.workflow_run()
         if run is None or task_id is None or journal is None:
             raise UsageError(
@@ -441,10 +441,8 @@ class AgentContext:
                 message = message.copy()  # sent before: never changed
             message.id = child_id
         message = self._outgoing(message)
-        journal = self._cell.runtime.journal
-        current = self._cell.current
-        parent = task_of(current) if current is not None and journal is not None else None
-        if parent is not None and journal is not None and current is not None:
+        journal, current = self._cell.runtime.journal, self._cell.current
+        if journal is not None and current is not None and (parent := task_of(current)):
             inherited = {PARENT_KEY: parent}
             if CREATED_BY_KEY in current.metadata:
                 inherited[CREATED_BY_KEY] = current.metadata[CREATED_BY_KEY]

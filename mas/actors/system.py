@@ -1062,7 +1062,7 @@ class ActorSystem:
         if self.journal is not None:
             self.journal.task_dead_lettered(letter)
         await delivery.dead_letter(letter)
-        task_id = message.task_id
+        task_id = task_of(message)
         if task_id is not None and self._task_listeners:
             failed = TaskResult.failed(
                 task_id,

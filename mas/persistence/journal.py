@@ -561,7 +561,7 @@ class StoreJournal:
             error_type=type(error).__name__,
             error=str(error),
         )
-        task_id = message.task_id
+        task_id = task_of(message)
         if task_id is not None:
             result = TaskResult.failed(task_id, TaskError(type(error).__name__, str(error)))
             self.task_finished(result, message, 0)

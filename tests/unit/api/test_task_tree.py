@@ -65,10 +65,20 @@ class Stuck(Agent):
         return None
 
 
+class Gate(Agent):
+    """Answers once the signal "open" comes to the task it works on (a child task here)."""
+
+    type = "gate"
+
+    async def handle_message(self, message: Message) -> Message:
+        decision = await self.ctx.signal("open", timeout=30)
+        return message.reply({"decision": decision})
+
+
 @pytest.fixture
 async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     Recorder.notes, Stuck.cancelled = [], 0
-    agents = [EchoAgent, Planner, Recorder, Stuck]
+    agents = [EchoAgent, Planner, Recorder, Stuck, Gate]
     app = create_app(
         make_settings(tmp_path, heartbeat_interval=0.1), start_agents=agents, agent_classes=agents
     )
@@ -76,8 +86,13 @@ async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-async def _run(client: httpx.AsyncClient, via: str = "type:echo", wait: float = 20) -> Any:
-    body = {"type": "planner", "payload": {"topics": ["a", "b"], "via": via}}
+async def _run(
+    client: httpx.AsyncClient,
+    via: str = "type:echo",
+    wait: float = 20,
+    topics: tuple[str, ...] | list[str] = ("a", "b"),
+) -> Any:
+    body = {"type": "planner", "payload": {"topics": list(topics), "via": via}}
     created = await client.post("/tasks/", json=body, params={"wait": wait}, headers=auth())
     assert created.status_code in (200, 202), created.text
     return created.json()
@@ -147,3 +162,22 @@ async def test_cancelling_a_task_cancels_its_running_children(client: httpx.Asyn
     assert {c["status"] for c in await children()} == {"cancelled"}
     # The child's handler, on the agent it ran on, was cancelled too.
     await eventually(lambda: Stuck.cancelled == 1, timeout=20)
+
+
+async def test_a_child_task_waits_for_a_signal_sent_to_it(client: httpx.AsyncClient) -> None:
+    task = await _run(client, via="agent:gate", wait=0, topics=["a"])
+    running: list[str] = []
+
+    async def child_runs() -> bool:
+        listed = await client.get("/tasks/", params={"parent": task["id"]}, headers=auth())
+        running[:] = [c["id"] for c in listed.json()["items"] if c["status"] == "running"]
+        return bool(running)
+
+    await eventually(child_runs, timeout=20)
+    sent = await client.post(
+        f"/tasks/{running[0]}/signals/open", json={"by": "ada"}, headers=auth()
+    )
+    assert sent.status_code == 202, sent.text
+    done = await client.get(f"/tasks/{task['id']}", params={"wait": 20}, headers=auth())
+    assert done.json()["status"] == "succeeded", done.text
+    assert done.json()["result"] == [{"decision": {"by": "ada"}}]
