@@ -21,15 +21,12 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import text
+from bench_db import PgUnreachable, migrated_pg_schema
 
-from mas import Agent, MasError, Message, Runtime, Settings
-from mas.persistence import Store
-from mas.persistence.engine import connect
+from mas import Agent, Message, Runtime, Settings
 
 RESULTS = Path(__file__).parent / "results" / "workflow.json"
 TIMEOUT = 60.0
@@ -126,22 +123,12 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         sqlite = Settings(**base, persist=True, database_url=f"sqlite+aiosqlite:///{tmp}/b.db")
         report["backends"]["sqlite"] = await bench("sqlite", sqlite, n, reps)
-    schema = f"mas_bench_{uuid.uuid4().hex[:8]}"
     try:
-        engine = await connect(args.pg_url)
-    except MasError as exc:
+        async with migrated_pg_schema(args.pg_url) as schema:
+            pg = Settings(**base, persist=True, database_url=args.pg_url, database_schema=schema)
+            report["backends"]["postgresql"] = await bench("postgresql", pg, n, reps)
+    except PgUnreachable as exc:
         report["backends"]["postgresql"] = {"skipped": str(exc)}
-        return report
-    try:
-        async with engine.begin() as conn:
-            await conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-        await (await Store.open(args.pg_url, schema=schema, migrate=True)).close()
-        pg = Settings(**base, persist=True, database_url=args.pg_url, database_schema=schema)
-        report["backends"]["postgresql"] = await bench("postgresql", pg, n, reps)
-    finally:
-        async with engine.begin() as conn:
-            await conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        await engine.dispose()
     return report
 
 
