@@ -18,6 +18,7 @@ from mas.actors.replies import ERROR_REPLY, error_from_reply
 from mas.actors.workflow import (
     CREATED_BY_KEY,
     PARENT_KEY,
+    WAKES_KEY,
     Parked,
     StepKind,
     Wait,
@@ -26,7 +27,7 @@ from mas.actors.workflow import (
     marked_rerun,
     task_of,
 )
-from mas.errors import ConfigError, MasError, SignalTimeout, UsageError
+from mas.errors import AskTimeout, ConfigError, MasError, SignalTimeout, UsageError
 from mas.messages import Message, TaskResult
 
 if TYPE_CHECKING:
@@ -210,7 +211,10 @@ class AgentContext:
         A durable step inside a handler: the reply is recorded, and a re-run of the handler
         gets it back at once instead of asking again (the question keeps its derived id, so
         a re-run that asks before the reply was recorded is answered from the receiver's
-        record rather than handled twice).
+        record rather than handled twice). An ask whose timeout is longer than
+        `MAS_WORKFLOW__PARK_AFTER` parks the handler when no answer came by then, as a long
+        `sleep` does: the commit recording the answer wakes it (on any node), or the
+        timeout does, counted from the first ask.
         """
         if _address_of(target) == self._cell.address:
             raise UsageError(
@@ -227,15 +231,41 @@ class AgentContext:
         self, run: WorkflowRun, seq: int, target: str | AgentRef, message: Message, timeout: float
     ) -> Message:
         name = _address_of(target)
-        record = await run.recorded(self._cell.runtime.journal, seq, name, "ask")
+        journal = self._cell.runtime.journal
+        record = await run.recorded(journal, seq, name, "ask")
         if record is not None:
             return Message.from_dict(record.result)
-        child = await self._child(run, seq, message)
-        journal = self._cell.runtime.journal
-        if run.sends_again and journal is not None:
-            reply = await self._ask_again(target, child, timeout, journal)
+        park_after = self._park_after()
+        until = run.parked_asks.get(seq)
+        if until is None:
+            until = time.time() + timeout
+            left = timeout
         else:
-            reply = await self._system.ask(target, child, timeout=timeout)
+            # This run is the wake-up of a handler that parked on this ask: the answer the
+            # receiver recorded meanwhile, or the time the ask has left.
+            answer = run.answers.get(seq)
+            if answer is not None:
+                if answer.type == ERROR_REPLY:
+                    raise error_from_reply(answer)
+                self._finished(run, seq, name, "ask", answer.to_dict())
+                return answer
+            left = until - time.time()
+            if left <= 0:
+                raise AskTimeout(name, timeout)
+            if run.parkable and left > park_after:
+                # Asked already (the outbox or the broker holds the question): wait again
+                # without asking again.
+                raise Parked([Wait(until, ask=seq, asked=run.child_id(seq))])
+        parks = run.parkable and journal is not None and left > park_after
+        child = await self._child(run, seq, message, wakes=parks)
+        if run.sends_again and journal is not None:
+            asking = self._ask_again(target, child, left, journal)
+        else:
+            asking = self._system.ask(target, child, timeout=left)
+        if parks:
+            reply = await _reply_or_park(asking, park_after, Wait(until, ask=seq, asked=child.id))
+        else:
+            reply = await asking
         self._finished(run, seq, name, "ask", reply.to_dict())
         return reply
 
@@ -426,9 +456,12 @@ class AgentContext:
             raise Parked(waits)
         return [cast(T, task.result()) for task in tasks]  # none parked: each has its result
 
-    async def _child(self, run: WorkflowRun, seq: int, message: Message) -> Message:
+    async def _child(
+        self, run: WorkflowRun, seq: int, message: Message, *, wakes: bool = False
+    ) -> Message:
         """`message` as step `seq` sends it: with the id every run gives it, and, when the
         handled message is a task's, as a child task of that task (recorded before it goes).
+        `wakes`: a long ask, whose answer wakes this handler if it parked (`WAKES_KEY`).
         """
         child_id = run.child_id(seq)
         if run.sends_again:
@@ -441,6 +474,8 @@ class AgentContext:
                 message = message.copy()  # sent before: never changed
             message.id = child_id
         message = self._outgoing(message)
+        if wakes:
+            message.metadata = {**message.metadata, WAKES_KEY: run.message_id}
         journal, current = self._cell.runtime.journal, self._cell.current
         if journal is not None and current is not None and (parent := task_of(current)):
             inherited = {PARENT_KEY: parent}
@@ -477,6 +512,21 @@ class AgentContext:
     def stop(self) -> None:
         """Stop this agent once the current message is handled (a normal exit)."""
         self._cell.stop_requested = True
+
+
+async def _reply_or_park(asking: Awaitable[Message], park_after: float, wait: Wait) -> Message:
+    """The reply, if it comes within `park_after` seconds; else park on `wait` (the question
+    stays asked: its answer, when recorded, wakes the handler)."""
+    ask = asyncio.ensure_future(asking)
+    try:
+        await asyncio.wait([ask], timeout=park_after)
+        if not ask.done():
+            raise Parked([wait])
+        return ask.result()
+    finally:
+        if not ask.done():
+            ask.cancel()
+            await asyncio.wait([ask])
 
 
 async def _awaited(step: Awaitable[T], waits: list[Wait]) -> T | None:

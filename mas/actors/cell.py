@@ -21,7 +21,14 @@ from mas.actors.deadletters import DeadLetter
 from mas.actors.mailbox import Mailbox
 from mas.actors.ref import AgentRef
 from mas.actors.status import RUNNING, STOPPED, SUSPENDED
-from mas.actors.workflow import PARENT_KEY, RERUN_KEY, Parked, WorkflowRun, task_of
+from mas.actors.workflow import (
+    PARENT_KEY,
+    RERUN_KEY,
+    Parked,
+    WorkflowRun,
+    parked_asks,
+    task_of,
+)
 from mas.errors import (
     AgentStartError,
     AgentStopped,
@@ -410,6 +417,7 @@ class AgentCell:
                 handler or self.address,
                 rerun=self.rerun,
                 parkable=handler is not None and self.runtime.journal is not None,
+                parked_asks=parked_asks(current),
             )
         return run
 
@@ -435,6 +443,7 @@ class AgentCell:
             message_id=message.id,
             until=min(wait.until for wait in parked.waits),
             signals=[wait.signal for wait in parked.waits if wait.signal is not None],
+            asks=sum(wait.ask is not None for wait in parked.waits),
         )
 
     def _run_ended(self, message: Message, *, settled: bool) -> bool:

@@ -82,6 +82,13 @@ class Journal(Protocol):
         handled before it died without acknowledging.
         """
 
+    async def recorded_replies(self, message_ids: list[str]) -> dict[str, Message]:
+        """The replies recorded for those of these messages that were answered, by id (the
+        asks a parked handler waited for).
+
+        Raises a `MasError` when the record cannot be read now.
+        """
+
     def step_finished(
         self, agent_id: str, message_id: str, handler: str, record: StepRecord
     ) -> None:
@@ -108,7 +115,8 @@ class Journal(Protocol):
 
         Once the record holds the steps so far and a wake-up (the message, sent again to its
         target when the first wait ends, or at once when one of the awaited signals is
-        sent), `delivery` is acknowledged. The message is not recorded as handled.
+        sent or asks answered), `delivery` is acknowledged. The message is not recorded as
+        handled.
 
         Raises a `MasError` when the wake-up cannot be recorded (nothing is acknowledged).
         """

@@ -25,10 +25,12 @@ if TYPE_CHECKING:
     from mas.actors.journal import Journal
 
 __all__ = [
+    "ASKS_KEY",
     "CREATED_BY_KEY",
     "DEADLINE_KEY",
     "PARENT_KEY",
     "RERUN_KEY",
+    "WAKES_KEY",
     "WAKE_KEY",
     "Parked",
     "StepKind",
@@ -38,6 +40,7 @@ __all__ = [
     "dedupe_key",
     "marked_rerun",
     "marked_woken",
+    "parked_asks",
     "task_of",
 ]
 
@@ -50,6 +53,16 @@ WAKE_KEY = "mas.wake"
 """Metadata of a parked handler's wake-up: a token new on every park. The wake-up is the
 message again, under its own id; a cluster-wide dedupe claim on that id alone would take it
 for a copy of the handling that parked (`dedupe_key`)."""
+
+ASKS_KEY = "mas.asks"
+"""Metadata of a parked handler's wake-up: the asks it parked on, by step number (a string,
+as JSON keys are), each with when it times out (epoch seconds). A re-run answers them from
+their receivers' records, or parks again for the time they have left."""
+
+WAKES_KEY = "mas.wakes"
+"""Metadata of a long ask, whose asker may park while it waits: the asking handler's message
+id. The commit that records its reply wakes that handler (its wake-up, the message's outbox
+row, is sent at once)."""
 
 PARENT_KEY = "mas.parent"
 """Metadata of a message a workflow step of a task sent: the task (the child's parent).
@@ -81,12 +94,15 @@ class StepRecord(NamedTuple):
 
 
 class Wait(NamedTuple):
-    """What a parked handler waits for: a time (epoch seconds), and perhaps a task's signal
-    that wakes it earlier."""
+    """What a parked handler waits for: a time (epoch seconds), and perhaps what wakes it
+    earlier: a task's signal, or the reply to its ask `ask` (a step number), whose message
+    is `asked`."""
 
     until: float
     task_id: str | None = None
     signal: str | None = None
+    ask: int | None = None
+    asked: str | None = None
 
 
 class Parked(BaseException):
@@ -129,16 +145,26 @@ class WorkflowRun:
 
     __slots__ = (
         "_loading",
+        "answers",
         "attempts",
         "handler",
         "message_id",
         "next_seq",
         "parkable",
+        "parked_asks",
         "records",
         "rerun",
     )
 
-    def __init__(self, message_id: str, handler: str, *, rerun: bool, parkable: bool) -> None:
+    def __init__(
+        self,
+        message_id: str,
+        handler: str,
+        *,
+        rerun: bool,
+        parkable: bool,
+        parked_asks: dict[int, float] | None = None,
+    ) -> None:
         self.message_id = message_id
         self.handler = handler
         self.rerun = rerun
@@ -147,6 +173,11 @@ class WorkflowRun:
         """A long wait may park the handler: the message goes to its own target again when
         the wait ends (not a topic message, whose subscribers share its id; and there is a
         journal to keep the wait in)."""
+        self.parked_asks = parked_asks or {}
+        """Asks an earlier run parked on (this run is their wake-up), by step number: when
+        each times out. Their replies are read with the record (`answers`)."""
+        self.answers: dict[int, Message] = {}
+        """Replies the receivers recorded for `parked_asks`, by step number."""
         self.attempts = 1
         self.next_seq = 0
         self.records: dict[int, StepRecord] = {}
@@ -177,7 +208,8 @@ class WorkflowRun:
         """The record of step `seq` if it finished before (checked against `name`/`kind`).
 
         The journal is read once per message on this node, on the first step, and only when
-        the message may have been handled before (`rerun`): a first run has no record.
+        the message may have been handled before (`rerun`): a first run has no record. The
+        replies to the asks an earlier run parked on are read with it (`answers`).
 
         Raises:
             WorkflowDiverged: the record holds another step under `seq`.
@@ -214,6 +246,18 @@ class WorkflowRun:
             raise
         for record in records:
             self.records.setdefault(record.seq, record)
+        unanswered = {
+            self.child_id(seq): seq for seq in self.parked_asks if seq not in self.records
+        }
+        if unanswered:
+            try:
+                replies = await journal.recorded_replies(list(unanswered))
+            except BaseException:
+                self._loading = None
+                loading.set_result(None)
+                raise
+            for asked, reply in replies.items():
+                self.answers[unanswered[asked]] = reply
         loading.set_result(None)
 
     def finished(self, seq: int, name: str, kind: StepKind, result: Any) -> StepRecord:
@@ -228,11 +272,30 @@ def marked_rerun(message: Message) -> Message:
     return marked
 
 
-def marked_woken(message: Message, token: str) -> Message:
-    """`message` as a parked handler's wake-up (`WAKE_KEY`): a re-run, under a new token."""
+def marked_woken(message: Message, token: str, waits: list[Wait]) -> Message:
+    """`message` as a parked handler's wake-up (`WAKE_KEY`): a re-run, under a new token,
+    with the asks among `waits` added to those it parked on before (`ASKS_KEY`)."""
     marked = message.copy()
-    marked.metadata = {**message.metadata, RERUN_KEY: True, WAKE_KEY: token}
+    metadata = {**message.metadata, RERUN_KEY: True, WAKE_KEY: token}
+    asks = {wait.ask: wait.until for wait in waits if wait.ask is not None}
+    if asks:
+        asks = {**parked_asks(message), **asks}
+        metadata[ASKS_KEY] = {str(seq): until for seq, until in asks.items()}
+    marked.metadata = metadata
     return marked
+
+
+def parked_asks(message: Message) -> dict[int, float]:
+    """The asks a wake-up's handler parked on (`ASKS_KEY`): step number to when it times
+    out. Anything malformed (metadata comes over the wire) is left out."""
+    asks = message.metadata.get(ASKS_KEY)
+    if not isinstance(asks, dict):
+        return {}
+    return {
+        int(seq): float(until)
+        for seq, until in asks.items()
+        if isinstance(seq, str) and seq.isdigit() and isinstance(until, int | float)
+    }
 
 
 def dedupe_key(message: Message) -> str:

@@ -27,6 +27,7 @@ from mas.actors.transport import Delivery
 from mas.actors.workflow import (
     CREATED_BY_KEY,
     PARENT_KEY,
+    WAKES_KEY,
     StepRecord,
     Wait,
     marked_woken,
@@ -590,6 +591,11 @@ class StoreJournal:
                     "processed_at": datetime.now(UTC),
                 }
             )
+        asker = message.metadata.get(WAKES_KEY)
+        if isinstance(asker, str) and reply is not None:
+            # A long ask: its asker may have parked. Once the reply is committed, its
+            # wake-up goes (`_committed`).
+            pending.answered.append(asker)
         if PARENT_KEY in message.metadata:
             # A child task (its id is the message's): handled is done, unless it ended
             # otherwise (its handler returned a TaskResult, it was cancelled).
@@ -679,6 +685,8 @@ class StoreJournal:
     def _committed(self, batch: Batch) -> None:
         if batch.outbox:
             self.relay.committed(batch.outbox)
+        if batch.answered:
+            self.relay.wake_parked(batch.answered)
         for listener in self.status_listeners:
             for row in batch.running:
                 listener(row["id"], "running")
@@ -728,6 +736,9 @@ class StoreJournal:
     async def recorded_steps(self, message_id: str, handler: str) -> list[StepRecord]:
         return await self.store.workflow_steps(message_id, handler)
 
+    async def recorded_replies(self, message_ids: list[str]) -> dict[str, Message]:
+        return await self.store.replies_among(message_ids)
+
     async def read_signal(self, task_id: str, name: str, until: float) -> tuple[bool, Any]:
         return await self.store.signal(task_id, name, datetime.fromtimestamp(until, UTC))
 
@@ -737,10 +748,11 @@ class StoreJournal:
         """Commit the steps so far and the wake-up, then settle `delivery`.
 
         The wake-up is the message itself, marked as a re-run, in its outbox row: due when
-        the first wait ends, for whichever node's relay sweeps first (or at once, when a
-        gateway takes one of the awaited signals: `wake`).
+        the first wait ends, for whichever node's relay sweeps first, or sent at once when
+        a gateway takes one of the awaited signals (`wake`) or a commit records an answer
+        to one of the awaited asks (`Batch.answered`).
         """
-        wake = self.outbox_row(marked_woken(message, secrets.token_hex(8)))
+        wake = self.outbox_row(marked_woken(message, secrets.token_hex(8), waits))
         wake["owner"] = None
         wake["available_at"] = datetime.fromtimestamp(min(wait.until for wait in waits), UTC)
         signals = [
@@ -748,19 +760,38 @@ class StoreJournal:
             for wait in waits
             if wait.task_id is not None and wait.signal is not None
         ]
-        if not signals:
-            # Timers only: nothing to lock against, so the wake-up goes with the group
-            # commit, in the batch that holds the steps so far (`Batch.wakes`).
+        asked = [wait.asked for wait in waits if wait.asked is not None]
+        if signals:
+            await self.writer.flush()
+            await self.store.park(wake, signals)
+            if self.relay.held:
+                # The message's row was this node's (a task's first send, or a wake-up):
+                # the wake-up took it over, so the relay neither renews nor deletes it.
+                self.relay.settled(message.id)
+            if delivery is not None:
+                await delivery.ack()
+        else:
+            # Nothing to lock against: the wake-up goes with the group commit, in the batch
+            # that holds the steps so far (`Batch.wakes`).
             await self._park_with_batch(message, delivery, wake)
+            if asked:
+                await self.writer.flush()
+        if asked:
+            await self._wake_if_answered(message.id, asked)
+
+    async def _wake_if_answered(self, message_id: str, asked: list[str]) -> None:
+        """After the park's commit: wake the handler at once if an ask it waits for was
+        answered meanwhile. The receiver's commit wakes it only if it came after the park's
+        (its update finds the wake-up); this read, after the park's commit, sees any answer
+        committed before: between the two, no answer goes unnoticed."""
+        try:
+            answered = await self.store.replies_among(asked)
+        except StoreUnavailable as exc:
+            # It wakes when its first wait ends, and finds the answer then.
+            _log.debug("parked_ask_check_failed", message_id=message_id, error=str(exc))
             return
-        await self.writer.flush()
-        await self.store.park(wake, signals)
-        if self.relay.held:
-            # The message's row was this node's (a task's first send, or a wake-up): the
-            # wake-up took it over, so the relay neither renews nor deletes it any more.
-            self.relay.settled(message.id)
-        if delivery is not None:
-            await delivery.ack()
+        if answered:
+            self.relay.wake_parked([message_id])
 
     async def _park_with_batch(
         self, message: Message, delivery: Delivery | None, wake: dict[str, Any]

@@ -123,6 +123,8 @@ class OutboxRelay:
         self._quiet = asyncio.Event()
         self._quiet.set()
         self._renewed_at = 0.0
+        self._to_wake: set[str] = set()
+        self._waking = asyncio.Event()
         self.failing = False
         """The last hand-over failed because the broker (or agent) could not take it."""
         self.resent = 0
@@ -181,6 +183,13 @@ class OutboxRelay:
         entry.resolve(None)
         return True
 
+    def wake_parked(self, message_ids: Iterable[str]) -> None:
+        """Send the wake-ups of these parked handlers now: a commit recorded an answer to an
+        ask they wait for. A handler not parked (or whose wake-up another relay claimed) is
+        left alone."""
+        self._to_wake.update(message_ids)
+        self._waking.set()
+
     @property
     def held(self) -> int:
         """Messages this relay is responsible for (not yet on their way)."""
@@ -199,6 +208,7 @@ class OutboxRelay:
         self._node = node
         async with anyio.create_task_group() as group:
             group.start_soon(self._sweep_forever)
+            group.start_soon(self._wake_parked_forever)
             while True:
                 entry = await self._next()
                 await self._limiter.acquire()
@@ -315,6 +325,30 @@ class OutboxRelay:
             self._delay = min(self._delay * 2, self.retry_max)
         self._wake.set()
         entry.resolve(error)
+
+    async def _wake_parked_forever(self) -> None:
+        """Claim and send the wake-ups `wake_parked` asked for, all that came meanwhile in
+        one update; while the database is away, keep them and try again (backing off)."""
+        node = self._node
+        assert node is not None
+        delay = 0.05
+        while True:
+            await self._waking.wait()
+            self._waking.clear()
+            ids, self._to_wake = self._to_wake, set()
+            until = datetime.now(UTC) + timedelta(seconds=self.lease)
+            try:
+                with anyio.fail_after(max(self.lease / 2, 1.0)):
+                    claimed = await self.store.wake_parked(list(ids), node.node_id, until)
+            except (StoreUnavailable, TimeoutError) as exc:
+                _log.debug("outbox_wake_failed", handlers=len(ids), error=str(exc))
+                self._to_wake |= ids
+                await anyio.sleep(delay)
+                delay = min(delay * 2, self.retry_max)
+                self._waking.set()
+                continue
+            delay = 0.05
+            self.take_claimed(claimed)
 
     # -- recovery ----------------------------------------------------------------------------
 

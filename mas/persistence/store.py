@@ -150,6 +150,9 @@ class Batch:
     wakes: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Parked handlers' wake-ups (outbox rows, keyed by message id) that replace any row of
     their message: applied last, after the deletes of rows sent."""
+    answered: list[str] = field(default_factory=list)
+    """Parked handlers (their message ids) whose asks this batch answered: no row; their
+    wake-ups are sent once it is committed (`OutboxRelay.wake_parked`)."""
 
     def __len__(self) -> int:
         return (
@@ -164,6 +167,7 @@ class Batch:
             + len(self.completed)
             + len(self.sent)
             + len(self.wakes)
+            + len(self.answered)
         )
 
     def extend(self, other: Batch) -> None:
@@ -178,6 +182,7 @@ class Batch:
         self.completed.extend(other.completed)
         self.sent.extend(other.sent)
         self.wakes.update(other.wakes)
+        self.answered.extend(other.answered)
 
     def sent_one(self, message_id: str, owner: str | None) -> None:
         """The outbox row of `message_id` is no longer needed: drop it from this batch if it
@@ -384,6 +389,8 @@ class Store:
         if batch.outbox:
             self._stamp_outbox(batch.outbox.values())
         statements = self._batch_sql.for_batch(batch)
+        if not statements:
+            return  # nothing to write (`Batch.answered` alone)
         if self.dialect == "sqlite":
             await self._apply_sqlite(statements)
         else:
@@ -838,6 +845,29 @@ class Store:
             )
         return bool(result.rowcount)
 
+    async def wake_parked(
+        self, message_ids: list[str], owner: str, lease_until: datetime
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """Claim the wake-ups (outbox rows held by no node) of these parked handlers for
+        `owner` until `lease_until`, to be sent now: (message id, message) pairs. A message
+        with no such row (not parked, or its wake-up already claimed) is left alone.
+
+        Raises:
+            StoreUnavailable: the database cannot be reached or refused the update.
+        """
+        claimed: list[tuple[str, dict[str, Any]]] = []
+        ids = sorted(set(message_ids))
+        async with self.writing() as conn:
+            for start in range(0, len(ids), 500):
+                wake = (
+                    update(outbox)
+                    .where(outbox.c.id.in_(ids[start : start + 500]), outbox.c.owner.is_(None))
+                    .values(owner=owner, available_at=lease_until)
+                    .returning(outbox.c.id, outbox.c.message)
+                )
+                claimed.extend((row[0], row[1]) for row in await conn.execute(wake))
+        return claimed
+
     async def outbox_ids(self) -> list[str]:
         """The message ids in the outbox (not yet on their way), for status pages and tests."""
         async with self.reading() as conn:
@@ -1015,6 +1045,29 @@ class Store:
                 if row is not None:
                     return True, Message.from_dict(row[0]) if row[0] else None
         return False, None
+
+    async def replies_among(self, message_ids: list[str]) -> dict[str, Message]:
+        """The replies stored for those of these messages an agent answered, by id (one
+        query per table and 500 ids): what the asks a parked handler waited for got."""
+        replies: dict[str, Message] = {}
+        async with self.reading() as conn:
+            for start in range(0, len(message_ids), 500):
+                chunk = message_ids[start : start + 500]
+                queries = (
+                    select(messages.c.id, messages.c.reply).where(
+                        messages.c.id.in_(chunk),
+                        messages.c.handled_by.is_not(None),
+                        messages.c.reply.is_not(None),
+                    ),
+                    select(processed.c.message_id, processed.c.reply).where(
+                        processed.c.message_id.in_(chunk), processed.c.reply.is_not(None)
+                    ),
+                )
+                for query in queries:
+                    for message_id, reply in (await conn.execute(query)).all():
+                        if reply and message_id not in replies:
+                            replies[message_id] = Message.from_dict(reply)
+        return replies
 
     async def workflow_steps(self, message_id: str, handler: str) -> list[StepRecord]:
         """The durable steps recorded for `handler`'s handling of `message_id`, by number."""

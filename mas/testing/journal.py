@@ -67,6 +67,10 @@ class MemoryJournal:
         found = any(message_id in ids for ids in self.processed.values())
         return found, self.replies.get(message_id) if found else None
 
+    async def recorded_replies(self, message_ids: list[str]) -> dict[str, Message]:
+        replies = self.replies
+        return {key: replies[key] for key in message_ids if key in replies}
+
     def step_finished(
         self, agent_id: str, message_id: str, handler: str, record: StepRecord
     ) -> None:

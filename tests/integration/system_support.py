@@ -28,6 +28,7 @@ from tests.redis_support import REDIS_URL, delete_keys, reachable_redis
 __all__ = [
     "EFFECT_ECHO",
     "FAN_OUT",
+    "LONG_ASK",
     "SECRET",
     "SIGNAL_WAITER",
     "SLOW_ECHO",
@@ -46,6 +47,7 @@ SIGNAL_WAITER = "tests.integration.work_agents:SignalWaiter"
 TIMED_PIPELINE = "tests.integration.work_agents:TimedPipeline"
 EFFECT_ECHO = "tests.integration.work_agents:EffectEcho"
 FAN_OUT = "tests.integration.work_agents:FanOut"
+LONG_ASK = "tests.integration.work_agents:LongAsk"
 
 
 class System:

@@ -4,10 +4,11 @@ the broker gives its message to another worker, which reads the finished steps f
 record and does only the rest, and the task's result equals an uninterrupted run's. A
 signal sent to a task while no worker runs reaches the workflow once one starts. A handler
 in a long wait parks (its worker free, its delivery acknowledged): the timer fires after
-every process was killed and new ones started, and a signal is pushed to the parked
-handler by the gateway that takes it. Cancelling a task cancels its handler on the worker.
-A worker killed in the middle of a fan-out: its successor asks again only what was not
-answered, and no child is handled twice.
+every process was killed and new ones started, a signal is pushed to the parked handler by
+the gateway that takes it, and a long ask's answer wakes its handler, on another worker
+when the asker's was killed meanwhile. Cancelling a task cancels its handler on the
+worker. A worker killed in the middle of a fan-out: its successor asks again only what was
+not answered, and no child is handled twice.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from tests.amqp_support import amqp_scope, amqp_vhost_url
 from tests.integration.system_support import (
     EFFECT_ECHO,
     FAN_OUT,
+    LONG_ASK,
     SIGNAL_WAITER,
     SLOW_ECHO,
     STEP_PIPELINE,
@@ -150,6 +152,31 @@ async def test_a_signal_is_pushed_to_a_parked_handler_on_another_process(
     assert done.json()["status"] == "succeeded", done.text
     assert done.json()["result"] == {"decision": {"by": "ada"}}
     assert await rows(system.pg, "SELECT * FROM workflow_waits") == []
+
+
+async def test_a_long_asks_answer_wakes_its_handler_after_the_askers_worker_died(
+    system: System,
+) -> None:
+    # Relays sweep for due wake-ups once a minute: only the answer's push is quick.
+    system.env |= PARK_QUICKLY | {"MAS_OUTBOX__SWEEP_INTERVAL": "60"}
+    first_effects, second_effects = system.tmp / "first.effects", system.tmp / "second.effects"
+    echo_effects = system.tmp / "echo.effects"
+    system.worker(EFFECT_ECHO, effects=str(echo_effects))
+    first = system.worker(LONG_ASK, effects=str(first_effects))
+    system.api()
+    async with system.client() as client:
+        created = await client.post("/tasks/", json={"type": "long_ask", "payload": {"delay": 8.0}})
+        assert created.status_code == 202, created.text
+        task_id = created.json()["id"]
+        await eventually(lambda: _parked(system, task_id), timeout=60)
+        first.kill()  # parked: the asker holds nothing there any more
+        system.worker(LONG_ASK, effects=str(second_effects))
+        done = await client.get(f"/tasks/{task_id}", params={"wait": 60})
+    assert done.json()["status"] == "succeeded", done.text
+    assert done.json()["result"] == {"steps": [10, 20], "answer": 7}
+    assert effects(first_effects) == [f"{task_id}:1"]
+    assert effects(second_effects) == [f"{task_id}:2"]  # step 1 was not done again
+    assert len(effects(echo_effects)) == 1  # asked once
 
 
 async def test_cancelling_a_task_cancels_its_handler_on_the_worker(system: System) -> None:

@@ -112,3 +112,22 @@ class FanOut(Agent):
         assert message.task_id is not None
         total = sum(int(reply.payload["i"]) for reply in replies)
         return TaskResult.succeeded(message.task_id, {"sum": total, "answers": len(replies)})
+
+
+class LongAsk(Agent):
+    """Step 1, an ask to `effect_echo` (answered after `payload.delay` seconds, waited for up
+    to an hour: it parks), step 2; completes the task with the answer (effects as
+    `StepPipeline`'s)."""
+
+    type = "long_ask"
+
+    async def handle_message(self, message: Message) -> HandlerResult:
+        ctx = self.ctx
+        first = await ctx.step("step 1", _step_effect, message.id, 1)
+        question = Message("q", {"i": 7, "delay": message.payload["delay"]})
+        reply = await ctx.ask("type:effect_echo", question, timeout=3600)
+        second = await ctx.step("step 2", _step_effect, message.id, 2)
+        assert message.task_id is not None
+        return TaskResult.succeeded(
+            message.task_id, {"steps": [first, second], "answer": reply.payload["i"]}
+        )
