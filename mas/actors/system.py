@@ -928,6 +928,19 @@ class ActorSystem:
             HandlerReturnError: the handler returned something it may not.
         """
         if type(result) is Message or isinstance(result, Message):
+            if (
+                incoming.reply_to is None
+                and incoming.sender is None
+                and result.target is None
+                and (task_id := incoming.task_id) is not None
+            ):
+                # A task from outside (the gateway) answered with a reply: nobody waits for
+                # the reply itself (it had nowhere to go), the task does; its payload is
+                # the task's result.
+                await self._complete_task(
+                    cell, incoming, TaskResult.succeeded(task_id, result.payload)
+                )
+                return None
             return await self._emit(cell, incoming, result)
         if isinstance(result, TaskResult):
             await self._complete_task(cell, incoming, result)

@@ -34,7 +34,8 @@ TokenFactory = Callable[..., dict[str, str]]
 
 
 class TroubleAgent(Agent):
-    """Crashes on `boom`, blocks on `slow` until released, counts every call."""
+    """Crashes on `boom`, blocks on `slow` until released, answers `plain` with a plain
+    reply (a task's too), counts every call."""
 
     type = "trouble"
     capabilities = ("trouble",)
@@ -53,7 +54,7 @@ class TroubleAgent(Agent):
             cls.started.set()
             await cls.release.wait()
         body = {"handled": message.type, "calls": cls.calls[message.type]}
-        if message.task_id is not None:
+        if message.task_id is not None and message.type != "plain":
             return TaskResult.succeeded(message.task_id, body)
         return message.reply(body)
 

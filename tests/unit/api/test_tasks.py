@@ -50,6 +50,14 @@ async def test_a_submission_waited_for_comes_back_ended(gw: Gateway) -> None:
     assert await gw.tasks.get(task.id, ALICE) == task
 
 
+async def test_a_task_answered_with_a_plain_reply_succeeds_with_its_payload(
+    gw: Gateway,
+) -> None:
+    spec = TaskIn.model_validate({"type": "trouble", "message_type": "plain", "payload": {}})
+    task, _ = await gw.tasks.submit(spec, ALICE, wait=5)
+    assert (task.status, task.result) == ("succeeded", {"handled": "plain", "calls": 1})
+
+
 async def test_a_submission_not_waited_for_is_readable_at_once(gw: Gateway) -> None:
     task, created = await gw.tasks.submit(echo(), ALICE)
     assert created
