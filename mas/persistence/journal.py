@@ -23,6 +23,7 @@ import structlog
 
 from mas.actors.deadletters import DeadLetter
 from mas.actors.journal import JournalNode
+from mas.actors.replies import error_notice
 from mas.actors.transport import Delivery
 from mas.actors.workflow import (
     CREATED_BY_KEY,
@@ -864,6 +865,20 @@ class StoreJournal:
     def task_dead_lettered(self, letter: DeadLetter) -> None:
         if self.relay.held and self.relay.settled(letter.message.id):
             self.writer.pending.sent_one(letter.message.id, self.node_id)
+            self.writer.wake()
+        asker = letter.message.metadata.get(WAKES_KEY)
+        if isinstance(asker, str) and (notice := error_notice(letter)) is not None:
+            # A long ask, whose asker may have parked: the failure is the answer it wakes
+            # to (kept as the question's reply, so an ask of it again gets the same).
+            self.writer.pending.processed.append(
+                {
+                    "agent_id": letter.agent_id or "",
+                    "message_id": letter.message.id,
+                    "reply": notice.to_dict(),
+                    "processed_at": datetime.now(UTC),
+                }
+            )
+            self.writer.pending.answered.append(asker)
             self.writer.wake()
         task_id = task_of(letter.message)
         if task_id is None:

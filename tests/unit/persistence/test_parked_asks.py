@@ -19,7 +19,7 @@ import pytest
 from mas import Agent, Message, Runtime
 from mas.actors.workflow import ASKS_KEY, WAKES_KEY, Wait
 from mas.config import OutboxSettings, WorkflowSettings
-from mas.errors import AskTimeout
+from mas.errors import AskTimeout, MasError
 from mas.messages import derived_id
 from mas.persistence import Batch, StoreJournal
 from mas.testing import eventually
@@ -61,19 +61,33 @@ class Asker(Agent):
         await ctx.step("before", count, "before")
         timeout = float(message.payload["timeout"])
         try:
+            to = message.payload.get("to", "type:slow")
             replies = await ctx.gather(
                 *[
-                    ctx.ask("type:slow", Message("q", {"n": n}), timeout=timeout)
+                    ctx.ask(to, Message("q", {"n": n}), timeout=timeout)
                     for n in range(int(message.payload.get("asks", 1)))
                 ]
             )
             outcome: Any = [reply.payload["answer"] for reply in replies]
         except AskTimeout as exc:
             outcome = f"timed out after {exc.timeout}s"
+        except MasError as exc:
+            outcome = f"{type(exc).__name__}: {exc}"
         await ctx.step("after", count, "after")
         type(self).outcome = outcome
         type(self).finished.set()
         return None
+
+
+class Failing(Agent):
+    """Fails every question (each attempt counted)."""
+
+    type = "failing"
+    max_attempts = 2
+
+    async def handle_message(self, message: Message) -> None:
+        effects["failed"] += 1
+        raise RuntimeError("cannot answer (test)")
 
 
 class Woken(Agent):
@@ -156,6 +170,20 @@ async def test_a_parked_ask_times_out_at_its_first_deadline(db: Database) -> Non
     assert effects == {"before": 1, "asked": 1, "after": 1}
 
 
+async def test_a_question_that_fails_every_attempt_wakes_its_parked_asker_with_the_error(
+    db: Database,
+) -> None:
+    async with Runtime(_settings(db)) as rt:
+        await rt.spawn(Failing, id="failing")
+        await rt.spawn(Asker, id="asker")
+        await rt.tell("type:asker", Message("work", {"timeout": 120, "to": "type:failing"}))
+        await asyncio.wait_for(Asker.finished.wait(), 30)  # the sweep is a minute away
+        assert rt.stats()["parked"] == 1
+    assert isinstance(Asker.outcome, str)
+    assert Asker.outcome.startswith("HandlerError") and "cannot answer" in Asker.outcome
+    assert effects == {"before": 1, "failed": 2, "after": 1}
+
+
 async def test_an_answer_recorded_before_the_park_wakes_the_handler_at_once(
     db: Database,
 ) -> None:
@@ -197,3 +225,36 @@ async def test_an_answer_committed_after_the_park_sends_its_wake_up(db: Database
         await journal.handled("slow", asked, asked.reply({"answer": 2}), None)
         woken = await asyncio.wait_for(Woken.got.get(), 30)
     assert woken.id == message.id
+
+
+class CycleA(Agent):
+    """Asks `cycle_b`, which asks this type back before it answers: a cycle of asks."""
+
+    type = "cycle_a"
+
+    async def handle_message(self, message: Message) -> Message:
+        if message.type == "who":
+            return message.reply({"me": "a"})
+        reply = await self.ctx.ask("type:cycle_b", Message("ping", {}), timeout=60)
+        return message.reply({"b said": reply.payload})
+
+
+class CycleB(Agent):
+    type = "cycle_b"
+
+    async def handle_message(self, message: Message) -> Message:
+        reply = await self.ctx.ask("type:cycle_a", Message("who", {}), timeout=60)
+        return message.reply({"a is": reply.payload["me"]})
+
+
+async def test_a_cycle_of_long_asks_completes_because_the_first_asker_parks(
+    db: Database,
+) -> None:
+    """A asks B, and B asks A before it answers: A, parked, is free to answer B (a handler
+    that held its agent would wait for B until its ask timed out)."""
+    async with Runtime(_settings(db)) as rt:
+        await rt.spawn(CycleA, id="a")
+        await rt.spawn(CycleB, id="b")
+        reply = await rt.ask("agent:a", Message("start", {}), timeout=30)
+        assert rt.stats()["parked"] >= 1
+    assert reply.payload == {"b said": {"a is": "a"}}
