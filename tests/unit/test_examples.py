@@ -25,6 +25,7 @@ def run(name: str) -> str:
 
 def test_every_example_has_a_test() -> None:
     assert sorted(p.name for p in EXAMPLES.glob("*.py")) == [
+        "approval.py",
         "quickstart.py",
         "supervision.py",
         "workflow.py",
@@ -49,4 +50,12 @@ def test_workflow_example_resumes_without_redoing_finished_steps() -> None:
         "notes on moons",
         "notes on orbits",
         "split 1 time(s), 3 research call(s)",  # the crash cost no second call
+    ]
+
+
+def test_approval_example_waits_for_the_signal_and_shows_the_tree() -> None:
+    assert run("approval.py").splitlines() == [
+        "task running, waiting for: approve",
+        "task succeeded: {'policy': 'within policy', 'approved': True, 'by': 'maria'}",
+        "steps: step check, sleep sleep, signal approve",
     ]
