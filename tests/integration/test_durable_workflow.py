@@ -6,17 +6,25 @@ signal sent to a task while no worker runs reaches the workflow once one starts.
 in a long wait parks (its worker free, its delivery acknowledged): the timer fires after
 every process was killed and new ones started, a signal is pushed to the parked handler by
 the gateway that takes it, and a long ask's answer wakes its handler, on another worker
-when the asker's was killed meanwhile. Cancelling a task cancels its handler on the
-worker. A worker killed in the middle of a fan-out: its successor asks again only what was
-not answered, and no child is handled twice.
+when the asker's was killed meanwhile. A gateway killed as it accepts a workflow, or a
+broker outage in the middle of one, changes nothing either. Cancelling a task cancels its
+handler on the worker. A worker killed in the middle of a fan-out: its successor asks
+again only what was not answered, and no child is handled twice.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from functools import partial
+from pathlib import Path
+
+import anyio
 import pytest
+from yarl import URL
 
 from mas.testing import eventually
-from tests.amqp_support import amqp_scope, amqp_vhost_url
+from tests.amqp_support import AmqpScope, amqp_scope, amqp_vhost_url
+from tests.fault_proxy import FaultProxy, fault_proxy
 from tests.integration.system_support import (
     EFFECT_ECHO,
     FAN_OUT,
@@ -78,6 +86,75 @@ async def test_a_worker_killed_mid_workflow_leaves_no_finished_step_to_redo(
     assert by_second, "the second worker did nothing"
     assert min(by_second) > len(recorded_before_kill)  # it began after the record
     assert await _recorded_steps(system) == [0, 1, 2, 3, 4]
+
+
+def _each_step_once(*paths: Path) -> None:
+    steps = [int(line.split(":")[1]) for path in paths for line in effects(path)]
+    assert sorted(steps) == [1, 2, 3, 4, 5], steps
+
+
+async def test_a_gateway_killed_as_it_accepts_a_workflow_loses_nothing(system: System) -> None:
+    """Killed right after its 202: the task's message may still be in its outbox (another
+    node's relay sends it once the dead gateway's lease ran out) or on its way; either way
+    the workflow runs once, and another gateway reports its end."""
+    worker_effects = system.tmp / "worker.effects"
+    system.worker(STEP_PIPELINE, effects=str(worker_effects))
+    first = system.api()
+    async with system.client() as client:
+        created = await client.post(
+            "/tasks/", json={"type": "step_pipeline", "payload": {"delay": 0.2}}
+        )
+        assert created.status_code == 202, created.text
+        first.kill()
+    task_id = created.json()["id"]
+    system.api()
+    async with system.client() as client:
+        done = await client.get(f"/tasks/{task_id}", params={"wait": 60})
+    assert done.json()["status"] == "succeeded", done.text
+    assert done.json()["result"] == UNINTERRUPTED
+    _each_step_once(worker_effects)
+
+
+@pytest.fixture
+async def broker_proxy(amqp_scope: AmqpScope) -> AsyncIterator[FaultProxy]:
+    broker = URL(amqp_scope.url)
+    async with fault_proxy("rabbitmq", broker.host or "127.0.0.1", broker.port or 5672) as running:
+        yield running
+
+
+async def test_a_broker_outage_mid_workflow_redoes_no_finished_step(
+    system: System, broker_proxy: FaultProxy
+) -> None:
+    """The broker goes away (every connection reset, new ones refused) after step 3: the
+    handler goes on with its steps meanwhile; the broker gives the unacknowledged message
+    out again once it is back, and that delivery finds the handling recorded."""
+    proxied = URL(broker_proxy.url(system.amqp_url)).update_query(reconnect_interval="0.5")
+    system.env["MAS_AMQP_URL"] = str(proxied)
+    worker_effects = system.tmp / "worker.effects"
+    # Started off the event loop, which runs the proxy they connect through.
+    await anyio.to_thread.run_sync(
+        partial(system.worker, STEP_PIPELINE, effects=str(worker_effects))
+    )
+    await anyio.to_thread.run_sync(system.api)
+    async with system.client() as client:
+        created = await client.post(
+            "/tasks/", json={"type": "step_pipeline", "payload": {"delay": 1.0}}
+        )
+        assert created.status_code == 202, created.text
+        task_id = created.json()["id"]
+
+        async def recorded(n: int) -> bool:
+            return len(await _recorded_steps(system)) >= n
+
+        await eventually(lambda: recorded(3), timeout=60)
+        broker_proxy.refuse()
+        await eventually(lambda: recorded(4), timeout=60)  # the handler went on meanwhile
+        broker_proxy.restore()
+        done = await client.get(f"/tasks/{task_id}", params={"wait": 60})
+    assert done.json()["status"] == "succeeded", done.text
+    assert done.json()["result"] == UNINTERRUPTED
+    _each_step_once(worker_effects)
+    assert broker_proxy.severed > 0  # the outage did cut the processes off
 
 
 async def test_a_signal_sent_while_no_worker_runs_reaches_the_workflow_later(
