@@ -688,6 +688,8 @@ class StoreJournal:
             self.relay.committed(batch.outbox)
         if batch.answered:
             self.relay.wake_parked(batch.answered)
+        if batch.asking:
+            self.relay.wake_if_answered(batch.asking)
         for listener in self.status_listeners:
             for row in batch.running:
                 listener(row["id"], "running")
@@ -769,30 +771,17 @@ class StoreJournal:
                 # The message's row was this node's (a task's first send, or a wake-up):
                 # the wake-up took it over, so the relay neither renews nor deletes it.
                 self.relay.settled(message.id)
+            if asked:
+                self.relay.wake_if_answered({message.id: asked})
             if delivery is not None:
                 await delivery.ack()
-        else:
-            # Nothing to lock against: the wake-up goes with the group commit, in the batch
-            # that holds the steps so far (`Batch.wakes`).
-            await self._park_with_batch(message, delivery, wake)
-            if asked:
-                await self.writer.flush()
-        if asked:
-            await self._wake_if_answered(message.id, asked)
-
-    async def _wake_if_answered(self, message_id: str, asked: list[str]) -> None:
-        """After the park's commit: wake the handler at once if an ask it waits for was
-        answered meanwhile. The receiver's commit wakes it only if it came after the park's
-        (its update finds the wake-up); this read, after the park's commit, sees any answer
-        committed before: between the two, no answer goes unnoticed."""
-        try:
-            answered = await self.store.replies_among(asked)
-        except StoreUnavailable as exc:
-            # It wakes when its first wait ends, and finds the answer then.
-            _log.debug("parked_ask_check_failed", message_id=message_id, error=str(exc))
             return
-        if answered:
-            self.relay.wake_parked([message_id])
+        # Nothing to lock against: the wake-up goes with the group commit, in the batch that
+        # holds the steps so far (`Batch.wakes`).
+        if asked:
+            # Once committed, the relay looks for answers committed before (`_committed`).
+            self.writer.pending.asking[message.id] = asked
+        await self._park_with_batch(message, delivery, wake)
 
     async def _park_with_batch(
         self, message: Message, delivery: Delivery | None, wake: dict[str, Any]

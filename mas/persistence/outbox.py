@@ -124,6 +124,7 @@ class OutboxRelay:
         self._quiet.set()
         self._renewed_at = 0.0
         self._to_wake: set[str] = set()
+        self._to_check: dict[str, list[str]] = {}
         self._waking = asyncio.Event()
         self.failing = False
         """The last hand-over failed because the broker (or agent) could not take it."""
@@ -188,6 +189,18 @@ class OutboxRelay:
         ask they wait for. A handler not parked (or whose wake-up another relay claimed) is
         left alone."""
         self._to_wake.update(message_ids)
+        self._waking.set()
+
+    def wake_if_answered(self, asking: dict[str, list[str]]) -> None:
+        """These handlers' parks on asks are committed (message id: the asks' message
+        ids): wake those with an ask answered already.
+
+        An answer's commit wakes its parked asker only if it came after the park's (its
+        update finds the wake-up); this read, after the park's commit, sees any answer
+        committed before. Between the two, no answer goes unnoticed, with no lock: each
+        side writes, commits, then looks for the other's write.
+        """
+        self._to_check.update(asking)
         self._waking.set()
 
     @property
@@ -327,8 +340,9 @@ class OutboxRelay:
         entry.resolve(error)
 
     async def _wake_parked_forever(self) -> None:
-        """Claim and send the wake-ups `wake_parked` asked for, all that came meanwhile in
-        one update; while the database is away, keep them and try again (backing off)."""
+        """Claim and send the wake-ups `wake_parked` asked for, and those of the parks
+        `wake_if_answered` finds answered: all that came meanwhile in one read and one
+        update. While the database is away, keep them and try again (backing off)."""
         node = self._node
         assert node is not None
         delay = 0.05
@@ -336,13 +350,24 @@ class OutboxRelay:
             await self._waking.wait()
             self._waking.clear()
             ids, self._to_wake = self._to_wake, set()
-            until = datetime.now(UTC) + timedelta(seconds=self.lease)
+            checks, self._to_check = self._to_check, {}
             try:
                 with anyio.fail_after(max(self.lease / 2, 1.0)):
+                    if checks:
+                        asked = [ask for asks in checks.values() for ask in asks]
+                        answered = (await self.store.replies_among(asked)).keys()
+                        ids |= {
+                            parked
+                            for parked, asks in checks.items()
+                            if not answered.isdisjoint(asks)
+                        }
+                        checks = {}
+                    until = datetime.now(UTC) + timedelta(seconds=self.lease)
                     claimed = await self.store.wake_parked(list(ids), node.node_id, until)
             except (StoreUnavailable, TimeoutError) as exc:
                 _log.debug("outbox_wake_failed", handlers=len(ids), error=str(exc))
                 self._to_wake |= ids
+                self._to_check.update(checks)
                 await anyio.sleep(delay)
                 delay = min(delay * 2, self.retry_max)
                 self._waking.set()

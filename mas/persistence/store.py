@@ -153,6 +153,9 @@ class Batch:
     answered: list[str] = field(default_factory=list)
     """Parked handlers (their message ids) whose asks this batch answered: no row; their
     wake-ups are sent once it is committed (`OutboxRelay.wake_parked`)."""
+    asking: dict[str, list[str]] = field(default_factory=dict)
+    """Handlers this batch parks on asks (message id: the asks' message ids): no row; once
+    it is committed, those already answered are woken (`OutboxRelay.wake_if_answered`)."""
 
     def __len__(self) -> int:
         return (
@@ -168,6 +171,7 @@ class Batch:
             + len(self.sent)
             + len(self.wakes)
             + len(self.answered)
+            + len(self.asking)
         )
 
     def extend(self, other: Batch) -> None:
@@ -183,6 +187,7 @@ class Batch:
         self.sent.extend(other.sent)
         self.wakes.update(other.wakes)
         self.answered.extend(other.answered)
+        self.asking.update(other.asking)
 
     def sent_one(self, message_id: str, owner: str | None) -> None:
         """The outbox row of `message_id` is no longer needed: drop it from this batch if it
