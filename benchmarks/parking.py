@@ -1,8 +1,9 @@
 """What a waiting workflow costs the process: parked (`ctx.sleep` past
-`MAS_WORKFLOW__PARK_AFTER`) against held in its handler (the same wait, not parked).
+`MAS_WORKFLOW__PARK_AFTER`) against held in its handler (the same wait, not parked), and
+parked in a long `ctx.ask` (asked of an agent that never answers).
 
 N workflows are started on K agents, each handler does a durable step then a long
-`ctx.sleep`; once all N wait, the benchmark reads:
+`ctx.sleep` (or ask); once all N wait, the benchmark reads:
 - Python heap held per waiting workflow (tracemalloc, after a GC, against before the run);
 - asyncio tasks alive per waiting workflow;
 - how long it took until all N waited (parks per second include the commits).
@@ -51,14 +52,29 @@ class Sleeper(Agent):
     all_waiting: asyncio.Event
     target = 0
 
-    async def handle_message(self, message: Message) -> None:
+    async def handle_message(self, message: Message) -> Message | None:
+        if message.type == "warm":
+            return message.reply({})  # activated: its idempotency window read, before timing
         ctx = self.ctx
         await ctx.step("prepare", prepare, message.payload["i"])
         cls = type(self)
         cls.waiting += 1
         if cls.waiting == cls.target:
             cls.all_waiting.set()
-        await ctx.sleep(WAIT)
+        if message.payload.get("ask"):
+            await ctx.ask("type:mute", Message("q", {}), timeout=WAIT)
+        else:
+            await ctx.sleep(WAIT)
+        return None
+
+
+class Mute(Agent):
+    """Takes every question and answers none (the asks wait for ever)."""
+
+    type = "mute"
+
+    async def handle_message(self, message: Message) -> None:
+        return None
 
 
 def _heap() -> int:
@@ -68,19 +84,24 @@ def _heap() -> int:
 
 async def measure(settings: Settings, mode: str, n: int) -> dict[str, Any]:
     """Start `n` waits; what the process holds once they all wait."""
-    parked = mode == "parked"
-    agents = 50 if parked else n  # held, each wait keeps its agent
+    parked, asks = mode != "held", mode == "parked-ask"
+    # Held, each wait keeps its agent. An ask waits `park_after` before it parks: many
+    # agents and a short one, or the run is spent waiting for that.
+    agents = (500 if asks else 50) if parked else n
     Sleeper.waiting, Sleeper.target, Sleeper.all_waiting = 0, n, asyncio.Event()
-    park_after = 1.0 if parked else WAIT * 2
+    park_after = (0.05 if asks else 1.0) if parked else WAIT * 2
     settings = settings.model_copy(update={"workflow": WorkflowSettings(park_after=park_after)})
     async with Runtime(settings) as runtime:
+        await runtime.spawn(Mute, id="mute")
         for a in range(agents):
             await runtime.spawn(Sleeper, id=f"sleeper-{a}")
+            await runtime.ask(f"agent:sleeper-{a}", Message("warm", {}), timeout=TIMEOUT)
         tasks_before = len(asyncio.all_tasks())
         heap_before = _heap()
         start = time.perf_counter()
         for i in range(n):
-            await runtime.tell(f"agent:sleeper-{i % agents}", Message("nap", {"i": i}))
+            payload = {"i": i, "ask": asks}
+            await runtime.tell(f"agent:sleeper-{i % agents}", Message("nap", payload))
         await asyncio.wait_for(Sleeper.all_waiting.wait(), TIMEOUT)
         if parked:
             # Every handler reached its sleep; wait until every one has parked.
@@ -104,7 +125,7 @@ async def measure(settings: Settings, mode: str, n: int) -> dict[str, Any]:
 
 async def bench(name: str, settings: Settings, n: int) -> dict[str, Any]:
     result = {}
-    for mode in ("parked", "held"):
+    for mode in ("parked", "parked-ask", "held"):
         print(f"[{name}] {mode} x{n} ...", file=sys.stderr)
         result[mode] = await measure(settings, mode, n)
     return result
@@ -129,7 +150,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 
 def print_table(report: dict[str, Any]) -> None:
     print(
-        f"\n{'backend':<12}{'mode':<8}{'waits/s':>10}{'heap B/wait':>14}{'tasks/wait':>12}",
+        f"\n{'backend':<12}{'mode':<12}{'waits/s':>10}{'heap B/wait':>14}{'tasks/wait':>12}",
         file=sys.stderr,
     )
     for name, result in report["backends"].items():
@@ -138,7 +159,7 @@ def print_table(report: dict[str, Any]) -> None:
             continue
         for mode, row in result.items():
             print(
-                f"{name:<12}{mode:<8}{row['waits_per_s']:>10,.0f}"
+                f"{name:<12}{mode:<12}{row['waits_per_s']:>10,.0f}"
                 f"{row['heap_bytes_per_wait']:>14,.0f}{row['tasks_per_wait']:>12.2f}",
                 file=sys.stderr,
             )
