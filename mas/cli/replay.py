@@ -126,7 +126,7 @@ def replay(
             recorded = await store.trace(trace)
             if not recorded:
                 raise ConfigError(f"no messages recorded for trace {trace!r} in {store.url}")
-            agent_types = await _agent_types(store, recorded)
+            agent_types = await _agent_types(store, recorded, trace)
             recorded_tasks = [
                 (task.id, task.status, task.result)
                 for task in await store.trace_tasks(trace)
@@ -162,13 +162,17 @@ def replay(
         raise typer.Exit(1)
 
 
-async def _agent_types(store: Any, recorded: list[Message]) -> dict[str, str]:
+async def _agent_types(store: Any, recorded: list[Message], trace: str) -> dict[str, str]:
+    """The trace's agents (by id) and their types: those its messages name (`agent:`
+    senders and targets), and those that handled its messages (a `type:` target names no
+    agent)."""
     ids = {
         address[6:]
         for m in recorded
         for address in (m.sender, m.target)
         if address and address.startswith("agent:")
     }
+    ids.update(await store.trace_handlers(trace))
     types: dict[str, str] = {}
     for agent_id in sorted(ids):
         record = await store.get_agent(agent_id)

@@ -978,6 +978,18 @@ class Store:
             rows = (await conn.execute(query)).all()
         return [message_from_row(row) for row in rows]
 
+    async def trace_handlers(self, trace_id: str) -> list[str]:
+        """The agents that handled a message of the trace (by id, sorted): those a message to
+        a `type:` address reached are named nowhere else."""
+        query = (
+            select(messages.c.handled_by)
+            .where(messages.c.trace_id == trace_id, messages.c.handled_by.is_not(None))
+            .distinct()
+        )
+        async with self.reading() as conn:
+            rows = (await conn.execute(query)).all()
+        return sorted(str(row[0]) for row in rows)
+
     async def agent_messages(self, agent_id: str, *, limit: int = 100) -> list[Message]:
         """What an agent received and sent, newest first."""
         address = f"agent:{agent_id}"

@@ -73,6 +73,21 @@ async def test_replaying_a_trace_of_two_echo_asks_is_identical(
     assert "2 output messages" in out
 
 
+async def test_replaying_a_message_sent_to_a_type_finds_the_agent_that_handled_it(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """No `agent:` address in the trace (a message to `type:echo`, answered to nobody): the
+    agent is the one the record says handled it."""
+    settings = Settings(database_url=sqlite_url, persist=True, log_level="WARNING")
+    async with Runtime(settings) as rt:
+        await rt.spawn(EchoAgent, id="echo-1")
+        await rt.tell("type:echo", Message("ask", {"n": 1}, trace_id=TRACE))
+    code, out, err = await mas_replay("--trace", TRACE, "--url", sqlite_url, cwd=tmp_path)
+    assert code == 0, out + err
+    assert "agents ['echo-1']" in out
+    assert "identical" in out
+
+
 async def test_replaying_with_a_changed_agent_shows_the_difference(
     sqlite_url: str, tmp_path: Path
 ) -> None:
