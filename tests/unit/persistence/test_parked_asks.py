@@ -80,12 +80,14 @@ class Asker(Agent):
 
 
 class Failing(Agent):
-    """Fails every question (each attempt counted)."""
+    """Fails every question once `go` is set (each attempt counted)."""
 
     type = "failing"
     max_attempts = 2
+    go: ClassVar[asyncio.Event]
 
     async def handle_message(self, message: Message) -> None:
+        await type(self).go.wait()
         effects["failed"] += 1
         raise RuntimeError("cannot answer (test)")
 
@@ -104,6 +106,7 @@ class Woken(Agent):
 def _fresh() -> None:
     effects.clear()
     Slow.release = asyncio.Event()
+    Failing.go = asyncio.Event()
     Asker.finished = asyncio.Event()
     Asker.outcome = None
     Woken.got = asyncio.Queue()
@@ -177,8 +180,9 @@ async def test_a_question_that_fails_every_attempt_wakes_its_parked_asker_with_t
         await rt.spawn(Failing, id="failing")
         await rt.spawn(Asker, id="asker")
         await rt.tell("type:asker", Message("work", {"timeout": 120, "to": "type:failing"}))
+        await eventually(lambda: rt.stats()["parked"] == 1, timeout=30)
+        Failing.go.set()
         await asyncio.wait_for(Asker.finished.wait(), 30)  # the sweep is a minute away
-        assert rt.stats()["parked"] == 1
     assert isinstance(Asker.outcome, str)
     assert Asker.outcome.startswith("HandlerError") and "cannot answer" in Asker.outcome
     assert effects == {"before": 1, "failed": 2, "after": 1}
