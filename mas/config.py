@@ -20,6 +20,7 @@ __all__ = [
     "RetrySettings",
     "Settings",
     "SupervisorSettings",
+    "WorkerSettings",
     "masked_url",
 ]
 
@@ -195,6 +196,21 @@ class WorkflowSettings(BaseModel):
     )
 
 
+class WorkerSettings(BaseModel):
+    """`mas worker`: where it serves /metrics, /livez and /readyz (off unless a port is set)."""
+
+    metrics_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="port of the worker's /metrics, /livez and /readyz (0: any free port; "
+        "unset: none served)",
+    )
+    metrics_host: str = Field(
+        "127.0.0.1", description="address the metrics port listens on (0.0.0.0 in a pod)"
+    )
+
+
 class Settings(BaseSettings):
     """Everything configurable; `MAS_TRANSPORT` alone switches one-process to distributed."""
 
@@ -223,6 +239,7 @@ class Settings(BaseSettings):
     supervisor: SupervisorSettings = SupervisorSettings()
     auth: AuthSettings = AuthSettings()
     api: ApiSettings = ApiSettings()
+    worker: WorkerSettings = WorkerSettings()
     # What the `mas` commands pass to `configure_logging`; an embedded Runtime reads only
     # `log_level`, to log every handled message when it is DEBUG.
     log_level: str = "INFO"

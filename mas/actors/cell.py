@@ -111,6 +111,7 @@ class AgentCell:
         "attempt",
         "busy",
         "capabilities",
+        "counters",
         "ctx",
         "current",
         "factory",
@@ -146,6 +147,7 @@ class AgentCell:
         self.id = agent_id
         self.address = f"agent:{agent_id}"
         self.agent_type = agent_type
+        self.counters = runtime.counters_for(agent_type)
         self.capabilities = capabilities
         self.factory = factory
         self.restart: Restart = restart
@@ -320,7 +322,7 @@ class AgentCell:
             self.current = message
             if journal is not None:
                 self._record_start(journal, message, delivery)
-            started = time.perf_counter() if runtime.log_messages else 0.0
+            started = time.perf_counter() if runtime.time_handlers else 0.0
             try:
                 result = await instance.handle_message(message)
                 reply = (
@@ -343,6 +345,8 @@ class AgentCell:
                 if self._cancelling is not None:
                     self._cancel_taken()  # the handler turned the cancellation into an error
                 self._idle()
+                if started:
+                    self.counters.failed_durations.observe(time.perf_counter() - started)
                 await self._failed(delivery or LocalDelivery(message, self), exc)
             else:
                 # Succeeded (inlined: a call costs a tenth of this path): wake whoever waits
@@ -353,7 +357,7 @@ class AgentCell:
                 if self._cancelling is not None:
                     self._cancel_taken()  # the handler swallowed the cancellation
                 self._remember(message.id, reply)
-                runtime.handled += 1
+                self.counters.succeeded += 1
                 if self._runs:
                     self._run_ended(message, settled=True)
                 if journal is not None or delivery is not None or started:
@@ -515,13 +519,16 @@ class AgentCell:
         started: float,
     ) -> None:
         """Record the handled message (the journal acks after its commit), or ack it now;
-        log it when messages are logged (`started` is then when its handler started)."""
+        time it when handlers are timed (`started` is then when its handler started)."""
+        if started:
+            duration = time.perf_counter() - started
+            self.counters.succeeded_durations.observe(duration)
+            if self.runtime.log_messages:
+                self.runtime.log_handled(self, message, duration)
         if journal is not None:
             await journal.handled(self.id, message, reply, delivery)
         elif delivery is not None:
             await delivery.ack()
-        if started:
-            self.runtime.log_handled(self, message, time.perf_counter() - started)
 
     async def _handled_elsewhere(self, journal: Journal, message_id: str) -> bool | None:
         """A redelivered message another node may have handled (and died before the ack):
@@ -578,7 +585,7 @@ class AgentCell:
         seen, old = self._seen or {}, self._seen_old or {}
         # Not remembered here: another node claimed it (no reply of ours to resend).
         reply = seen[message.id] if message.id in seen else old.get(message.id)
-        self.runtime.duplicates += 1
+        self.counters.duplicates += 1
         _log.info(
             "duplicate_message_skipped",
             agent_id=self.id,
@@ -600,7 +607,7 @@ class AgentCell:
     async def _failed(self, delivery: Delivery, exc: Exception) -> None:
         runtime = self.runtime
         message = delivery.message
-        runtime.failures += 1
+        self.counters.failed += 1
         attempt = delivery.attempt
         _log.warning(
             "handler_failed",
@@ -623,8 +630,10 @@ class AgentCell:
                 except MasError as error:
                     # The retry still comes: a step it cannot read back runs again.
                     _log.warning("workflow_steps_not_recorded", agent_id=self.id, error=str(error))
+            self.counters.retried += 1
             await delivery.retry(self.retry.delay(attempt))
         else:
+            self.counters.dead_lettered += 1
             self._run_ended(message, settled=True)
             reason = "workflow_diverged" if isinstance(exc, WorkflowDiverged) else "max_attempts"
             await runtime.dead_letter(

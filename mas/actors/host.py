@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from mas.actors.backoff import RetryPolicy
 from mas.actors.clock import Clock
+from mas.actors.counters import AgentCounters
 from mas.actors.deadletters import DeadLetter
 from mas.actors.journal import Journal
 from mas.actors.transport import Delivery
@@ -40,12 +41,10 @@ class AgentHost(Protocol):
     """Ids per generation of a cell's dedupe window (two generations are kept)."""
     log_messages: bool
     """Log every handled message (DEBUG): checked once per message, so kept as a flag."""
+    time_handlers: bool
+    """Measure every handler run (metrics served, or messages logged)."""
 
     # Counters the metrics read; cells and supervisors only add to them.
-    handled: int
-    failures: int
-    restarts: int
-    duplicates: int
     deferred: int
     parked: int
     cancelled: int
@@ -53,6 +52,9 @@ class AgentHost(Protocol):
     @property
     def system(self) -> ActorSystem:
         """The runtime as its users see it: what `AgentContext.runtime` and refs hold."""
+
+    def counters_for(self, agent_type: str) -> AgentCounters:
+        """The counters every agent of `agent_type` on this node adds to."""
 
     # -- tasks and time ----------------------------------------------------------------------
 

@@ -245,7 +245,7 @@ class Supervisor:
             affected = self._affected(child)
             for each in reversed(affected):
                 await each.suspend()
-            runtime.restarts += 1
+            _count_restarts(affected)
             settings = runtime.settings.supervisor
             # The first restart in a window is immediate; restarts in a row back off.
             in_a_row = self.intensity.recent - 1
@@ -367,3 +367,12 @@ class Supervisor:
 def new_agent_id(agent_type: str) -> str:
     """An id for an agent spawned without one: its type and 12 random hex digits."""
     return f"{agent_type}-{uuid.uuid4().hex[:12]}"
+
+
+def _count_restarts(restarted: list[AgentCell | Supervisor]) -> None:
+    """Add one restart to each agent restarted, a supervisor's agents included."""
+    for each in restarted:
+        if isinstance(each, AgentCell):
+            each.counters.restarts += 1
+        else:
+            _count_restarts(each.children)

@@ -31,6 +31,7 @@ from mas.actors.agent import Agent
 from mas.actors.backoff import RetryPolicy, backoff_delay
 from mas.actors.cell import AgentCell, LocalDelivery
 from mas.actors.clock import Clock, LoopClock
+from mas.actors.counters import AgentCounters
 from mas.actors.deadletters import DeadLetter, DeadLetters
 from mas.actors.faults import DeliveryFaults
 from mas.actors.journal import Journal
@@ -178,11 +179,10 @@ class ActorSystem:
         self.dedupe_half = s.dedupe_window // 2
         self.reply_address = f"reply:{self._node_id}"
         self.log_messages = False
+        self.time_handlers = False
         # Plain integer counters: the metrics collector reads them, the hot path only adds.
-        self.handled = 0
-        self.failures = 0
-        self.restarts = 0
-        self.duplicates = 0
+        # What agents did is counted per agent type (`counters`); the totals are sums.
+        self.counters: dict[str, AgentCounters] = {}
         # Deliveries handed back to wait in the broker: their mailbox was full, or the record
         # could not say whether a redelivered one was handled already.
         self.deferred = 0
@@ -241,6 +241,7 @@ class ActorSystem:
         self.root = Supervisor(self, "root", strategy=root_strategy)
         self.registry.add_supervisor(self.root)
         self.log_messages = level_number(s.log_level) <= logging.DEBUG
+        self.time_handlers = self.time_handlers or self.log_messages
         # What starts here is closed again in reverse order if a later part fails (the
         # transport refuses): the journal's writer, its tasks and the database engine must
         # not outlive a start that raised.
@@ -539,6 +540,14 @@ class ActorSystem:
         """A snapshot of every local agent (id, type, status, mailbox length)."""
         return [cell.describe() for cell in self._cells.values()]
 
+    def agents_by_type(self) -> dict[str, tuple[int, int]]:
+        """Per agent type: the local agents, and the messages waiting in their mailboxes."""
+        found: dict[str, tuple[int, int]] = {}
+        for cell in self._cells.values():
+            agents, queued = found.get(cell.agent_type, (0, 0))
+            found[cell.agent_type] = (agents + 1, queued + len(cell.mailbox))
+        return found
+
     def supervisor(self, supervisor_id: str) -> Supervisor:
         try:
             return self.registry.supervisors[supervisor_id]
@@ -566,6 +575,38 @@ class ActorSystem:
             for cell in self._cells.values()
             if cell.current is not None and (task_id := task_of(cell.current)) is not None
         }
+
+    def counters_for(self, agent_type: str) -> AgentCounters:
+        """The counters every agent of `agent_type` on this node adds to."""
+        counters = self.counters.get(agent_type)
+        if counters is None:
+            counters = self.counters[agent_type] = AgentCounters(agent_type)
+        return counters
+
+    def time_handler_runs(self) -> None:
+        """Measure every handler run from now on (`AgentCounters` durations): the metrics
+        turn this on; without them a handler run reads no clock."""
+        self.time_handlers = True
+
+    @property
+    def handled(self) -> int:
+        """Handler runs that succeeded on this node."""
+        return sum(counters.succeeded for counters in self.counters.values())
+
+    @property
+    def failures(self) -> int:
+        """Handler runs that raised on this node."""
+        return sum(counters.failed for counters in self.counters.values())
+
+    @property
+    def restarts(self) -> int:
+        """Agents restarted by their supervisors on this node."""
+        return sum(counters.restarts for counters in self.counters.values())
+
+    @property
+    def duplicates(self) -> int:
+        """Messages skipped because they were handled already."""
+        return sum(counters.duplicates for counters in self.counters.values())
 
     def stats(self) -> dict[str, Any]:
         """Counters for metrics and the demo summary."""

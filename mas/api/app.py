@@ -15,13 +15,13 @@ from mas.api.access_log import AccessLog
 from mas.api.admission import Admission
 from mas.api.auth import check_secret
 from mas.api.headers import SecurityHeaders, cors_options
-from mas.api.metrics import RuntimeMetrics
 from mas.api.problems import AUTH_PROBLEMS, ProblemDetails, install_problem_handlers, problems
 from mas.api.routes import agents, dashboard, health, tasks
 from mas.api.state import Gateway
 from mas.api.tracing import TraceMiddleware
 from mas.config import Settings
 from mas.errors import ConfigError
+from mas.monitoring.metrics import RuntimeMetrics
 from mas.persistence.journal import StoreJournal
 from mas.runtime import Runtime
 
@@ -160,7 +160,6 @@ def _attach(
         )
     gateway = Gateway(settings, runtime, journal, classes, hosts_agents=host_agents)
     metrics = RuntimeMetrics(runtime)
-    runtime.add_task_listener(metrics.on_task_ended)
     app.state.gateway = gateway
     app.state.settings = settings
     app.state.metrics = metrics

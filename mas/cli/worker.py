@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Annotated
@@ -46,9 +47,20 @@ def worker(
     log_level: Annotated[
         str | None, typer.Option(metavar="LEVEL", help="log level (JSON on stderr)")
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=65535,
+            metavar="PORT",
+            help="serve /metrics, /livez and /readyz on this port (0: any free one; "
+            "default MAS_WORKER__METRICS_PORT, else none)",
+        ),
+    ] = None,
 ) -> None:
     """Host agents and handle their messages until SIGTERM or Ctrl-C (both drain, exit 0)."""
     from mas.cli.replay import load_agent_class
+    from mas.cli.serving import bind
     from mas.observability.logging import configure_logging
 
     overrides: dict[str, object] = {"persist": persist}
@@ -60,48 +72,80 @@ def worker(
     except (MasError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    if metrics_port is None:
+        metrics_port = settings.worker.metrics_port
+    sock = None if metrics_port is None else bind(settings.worker.metrics_host, metrics_port)
     configure_logging(settings.log_level, settings.log_format)
     try:
-        anyio.run(_run, settings, classes, instances)
+        anyio.run(_run, settings, classes, instances, sock)
     except MasError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
 
 
-async def _run(settings: Settings, classes: list[type[Agent]], instances: int) -> None:
-    from mas.orchestrator import spawner_for, spawner_type
+async def _run(
+    settings: Settings, classes: list[type[Agent]], instances: int, sock: socket.socket | None
+) -> None:
     from mas.runtime import Runtime
 
+    runtime = Runtime(settings)
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with Runtime(settings) as runtime, AsyncExitStack() as stack:
-            node = runtime.node_id
-            if settings.redis_url is not None:
-                await stack.enter_async_context(_heartbeat(settings, runtime, classes))
-            for cls in classes:
-                for n in range(instances):
-                    await runtime.spawn(cls, id=f"{cls.type}-{node}-{n}")
-                # POST /agents/ for this type reaches one worker's spawner.
-                await runtime.spawn(spawner_for(cls), id=f"{spawner_type(cls.type)}-{node}")
-            transport = settings.transport
-            where = (
-                masked_url(settings.amqp_url.get_secret_value())
-                if transport == "rabbitmq"
-                else "this process"
-            )
-            typer.echo(f"mas worker {node}: {transport} ({where})", err=True)
+        async with AsyncExitStack() as outer:
+            if sock is not None:
+                from mas.monitoring.endpoint import serve_health
+
+                # Entered before the runtime starts, left after it drained: probes and
+                # scrapes get an answer (503 while not running) through start and drain.
+                await outer.enter_async_context(serve_health(runtime, sock))
+            await _serve(settings, runtime, classes, instances, sock, signals)
+    typer.echo(f"mas worker {runtime.node_id}: stopped", err=True)
+
+
+async def _serve(
+    settings: Settings,
+    runtime: Runtime,
+    classes: list[type[Agent]],
+    instances: int,
+    sock: socket.socket | None,
+    signals: AsyncIterator[int],
+) -> None:
+    from mas.orchestrator import spawner_for, spawner_type
+
+    async with runtime, AsyncExitStack() as stack:
+        node = runtime.node_id
+        if settings.redis_url is not None:
+            await stack.enter_async_context(_heartbeat(settings, runtime, classes))
+        for cls in classes:
+            for n in range(instances):
+                await runtime.spawn(cls, id=f"{cls.type}-{node}-{n}")
+            # POST /agents/ for this type reaches one worker's spawner.
+            await runtime.spawn(spawner_for(cls), id=f"{spawner_type(cls.type)}-{node}")
+        transport = settings.transport
+        where = (
+            masked_url(settings.amqp_url.get_secret_value())
+            if transport == "rabbitmq"
+            else "this process"
+        )
+        typer.echo(f"mas worker {node}: {transport} ({where})", err=True)
+        typer.echo(
+            f"  agents: {', '.join(f'{cls.type} x{instances}' for cls in classes)}", err=True
+        )
+        if settings.persist:
             typer.echo(
-                f"  agents: {', '.join(f'{cls.type} x{instances}' for cls in classes)}", err=True
+                f"  database: {masked_url(settings.database_url.get_secret_value())}",
+                err=True,
             )
-            if settings.persist:
-                typer.echo(
-                    f"  database: {masked_url(settings.database_url.get_secret_value())}",
-                    err=True,
-                )
-            typer.echo("  ready; SIGTERM or Ctrl-C drains and stops", err=True)
-            async for signum in signals:
-                typer.echo(f"mas worker {node}: {signal.Signals(signum).name}, draining", err=True)
-                break
-    typer.echo(f"mas worker {node}: stopped", err=True)
+        if sock is not None:
+            host, port = sock.getsockname()[:2]
+            typer.echo(f"  metrics: http://{_url_host(host)}:{port}/metrics", err=True)
+        typer.echo("  ready; SIGTERM or Ctrl-C drains and stops", err=True)
+        async for signum in signals:
+            typer.echo(f"mas worker {node}: {signal.Signals(signum).name}, draining", err=True)
+            break
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 @asynccontextmanager

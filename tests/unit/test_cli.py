@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -70,6 +71,31 @@ def test_worker_says_which_broker_it_cannot_reach() -> None:
     assert result.returncode == 1
     assert "cannot connect to RabbitMQ at amqp://guest:***@127.0.0.1:1/" in result.stderr
     assert "secret" not in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_worker_serving_metrics_still_says_which_broker_it_cannot_reach() -> None:
+    env = _mas_env(
+        MAS_TRANSPORT="rabbitmq",
+        MAS_AMQP_URL="amqp://guest:secret@127.0.0.1:1/",
+        MAS_AMQP__CONNECT_TIMEOUT="2",
+    )
+    args = ("worker", "--agents", "agents.echo:EchoAgent", "--no-persist", "--metrics-port", "0")
+    result = run_mas(*args, env=env)
+    assert result.returncode == 1
+    assert "error: cannot connect to RabbitMQ at amqp://guest:***@127.0.0.1:1/" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_worker_says_its_metrics_port_is_taken() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = ("worker", "--agents", "agents.echo:EchoAgent", "--no-persist")
+        result = run_mas(*args, "--metrics-port", str(port), env=_mas_env())
+    assert result.returncode == 2
+    assert f"error: cannot listen on 127.0.0.1:{port}" in result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 
 from mas.api.auth import Claims, admit
 from mas.api.state import Gateway, gateway
-from mas.errors import StoreTimeout, StoreUnavailable
+from mas.monitoring.readiness import READY_WITHIN, is_ready, readiness
 
 router = APIRouter(tags=["health"])
 
@@ -53,10 +53,6 @@ async def livez() -> dict[str, str]:
     return {"status": "ok"}
 
 
-READY_WITHIN = 0.7
-"""Seconds /readyz gives the database: the answer comes within a second, whatever it does."""
-
-
 @router.get(
     "/readyz",
     dependencies=[Depends(health_access)],
@@ -70,21 +66,8 @@ async def readyz(gw: GatewayDep) -> JSONResponse:
     no tasks. Answers within a second however the services behave (a blackholed database
     is reported as not answering, not waited for).
     """
-    checks: dict[str, Any] = {"runtime": "ok" if gw.runtime.running else "stopped"}
-    if not gw.runtime.transport.ready:
-        checks["transport"] = "disconnected"
-    elif gw.journal.relay.failing:
-        checks["transport"] = "not taking messages"
-    else:
-        checks["transport"] = "ok"
-    try:
-        await gw.store.ping(READY_WITHIN)
-        checks["store"] = "not accepting writes" if gw.journal.writer.failing else "ok"
-    except StoreTimeout:
-        checks["store"] = f"no answer within {READY_WITHIN:g}s"
-    except StoreUnavailable as exc:
-        checks["store"] = f"unreachable: {type(exc.__cause__ or exc).__name__}"
-    ready = all(value == "ok" for value in checks.values())
+    checks = await readiness(gw.runtime, gw.journal, READY_WITHIN)
+    ready = is_ready(checks)
     return JSONResponse(
         {"status": "ready" if ready else "not ready", "checks": checks},
         status_code=200 if ready else 503,
@@ -100,4 +83,4 @@ async def readyz(gw: GatewayDep) -> JSONResponse:
 )
 async def metrics(request: Request) -> Response:
     """Prometheus text format."""
-    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    return Response(await request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

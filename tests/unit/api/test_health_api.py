@@ -7,26 +7,16 @@ from typing import Any
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from mas.api.auth import SCOPES
 from mas.api.state import Gateway
 from mas.config import AuthSettings
+from tests.metrics_support import samples
 
 pytestmark = pytest.mark.anyio
 
 Problem = Callable[..., dict[str, Any]]
-
-
-def samples(text: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
-    """Metric samples by name, then by sorted labels."""
-    found: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = tuple(sorted(sample.labels.items()))
-            found.setdefault(sample.name, {})[labels] = sample.value
-    return found
 
 
 async def test_livez_needs_no_token(client: httpx.AsyncClient) -> None:
@@ -69,7 +59,7 @@ async def test_readyz_is_503_with_the_reason_when_the_store_is_gone(
     }
 
 
-async def test_metrics_expose_task_and_runtime_metrics(
+async def test_metrics_count_handler_runs_by_agent_type(
     client: httpx.AsyncClient, token: Callable[..., dict[str, str]], gw: Gateway
 ) -> None:
     submitted = await client.post("/tasks/", json={"type": "echo"}, headers=token())
@@ -81,21 +71,31 @@ async def test_metrics_expose_task_and_runtime_metrics(
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     found = samples(response.text)
-    assert found["agent_tasks_processed_total"][(("status", "succeeded"),)] >= 1
-    assert found["agent_task_duration_seconds_count"][(("status", "succeeded"),)] == 1
-    assert "agent_task_duration_seconds_bucket" in found
-    assert found["agent_tasks_in_queue"][()] == 0
-    assert found["mas_agents"][()] == 2
-    assert found["mas_messages_handled_total"][()] >= 1
+    echo = (("agent_type", "echo"),)
+    assert found["agent_tasks_processed_total"][(*echo, ("status", "succeeded"))] == 1
+    assert found["agent_tasks_processed_total"][(*echo, ("status", "failed"))] == 0
+    assert found["agent_task_duration_seconds_count"][(*echo, ("status", "succeeded"))] == 1
+    assert (
+        found["agent_task_duration_seconds_bucket"][
+            (*echo, ("le", "+Inf"), ("status", "succeeded"))
+        ]
+        == 1
+    )
+    assert found["agent_task_duration_seconds_sum"][(*echo, ("status", "succeeded"))] > 0
+    assert found["agent_tasks_in_queue"][echo] == 0
+    assert found["mas_agents"][echo] == 1
+    assert found["mas_broker_queue_messages"][echo] == 0  # the memory broker's type queue
+    assert found["mas_task_latency_seconds_count"][(("status", "succeeded"),)] == 1
     for name in (
-        "mas_handler_failures_total",
-        "mas_dead_letters_total",
+        "mas_message_retries_total",
         "mas_agent_restarts_total",
+        "mas_duplicates_skipped_total",
+        "mas_handler_dead_letters_total",
     ):
-        assert name in found
+        assert found[name][echo] == 0, name
 
 
-async def test_metrics_count_dead_lettered_tasks(
+async def test_metrics_count_every_failed_attempt_and_the_dead_letter(
     client: httpx.AsyncClient, token: Callable[..., dict[str, str]], gw: Gateway
 ) -> None:
     body = {"agent": "trouble", "message_type": "boom"}
@@ -103,21 +103,16 @@ async def test_metrics_count_dead_lettered_tasks(
     await client.get(f"/tasks/{submitted.json()['id']}", params={"wait": 5}, headers=token())
     await gw.runtime.settle()
     found = samples((await client.get("/metrics")).text)
-    assert found["mas_dead_letters_total"][()] == 1
-    assert found["mas_handler_failures_total"][()] >= 1
-    assert found["agent_task_duration_seconds_count"][(("status", "failed"),)] == 1
-
-
-async def test_tasks_processed_is_counted_by_the_status_tasks_end_with(
-    client: httpx.AsyncClient, token: Callable[..., dict[str, str]], gw: Gateway
-) -> None:
-    for body in ({"type": "echo"}, {"agent": "trouble", "message_type": "boom"}):
-        submitted = await client.post("/tasks/", json=body, headers=token())
-        await client.get(f"/tasks/{submitted.json()['id']}", params={"wait": 5}, headers=token())
-    await gw.runtime.settle()
-    processed = samples((await client.get("/metrics")).text)["agent_tasks_processed_total"]
-    assert processed.get((("status", "succeeded"),)) == 1, processed
-    assert sum(processed.values()) == 2, processed
+    trouble = (("agent_type", "trouble"),)
+    failed = (*trouble, ("status", "failed"))
+    # TroubleAgent.max_attempts = 2: two runs failed, one was retried, one dead-lettered.
+    assert found["agent_tasks_processed_total"][failed] == 2
+    assert found["agent_task_duration_seconds_count"][failed] == 2
+    assert found["mas_message_retries_total"][trouble] == 1
+    assert found["mas_handler_dead_letters_total"][trouble] == 1
+    assert found["mas_agent_restarts_total"][trouble] == 2  # a crash restarts the agent
+    assert found["mas_dead_letters_total"][(("reason", "max_attempts"),)] == 1
+    assert found["mas_task_latency_seconds_count"][(("status", "failed"),)] == 1
 
 
 class TestPrivate:
