@@ -167,6 +167,30 @@ class TaskFinished(UsageError):
         self.status = status
 
 
+class UnknownDeadLetter(UsageError, LookupError):
+    """No dead letter with this id.
+
+    Usage: the id is wrong (or the letter was pruned); asking again does not change that.
+    """
+
+    def __init__(self, letter_id: str) -> None:
+        super().__init__(f"no dead letter with id {letter_id!r}")
+        self.letter_id = letter_id
+
+
+class DeadLetterSettled(UsageError):
+    """A dead letter already replayed cannot be discarded, nor a discarded one replayed.
+
+    Usage: the request no longer applies to the letter's state (replaying a replayed letter
+    again is not this error: it answers with the first replay).
+    """
+
+    def __init__(self, letter_id: str, status: str) -> None:
+        super().__init__(f"dead letter {letter_id!r} was already {status}")
+        self.letter_id = letter_id
+        self.status = status
+
+
 class DuplicateAgent(UsageError):
     """An agent id is already taken in this runtime.
 

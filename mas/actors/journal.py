@@ -132,8 +132,8 @@ class Journal(Protocol):
     def task_finished(self, result: TaskResult, message: Message, attempt: int) -> None:
         """A handler returned a TaskResult for the task."""
 
-    def task_dead_lettered(self, letter: DeadLetter) -> None:
-        """The task's message went to dead letters."""
+    def dead_lettered(self, letter: DeadLetter) -> None:
+        """A message went to dead letters (kept for an operator; a task's ends with it)."""
 
     def agent_started(self, agent_id: str, agent_type: str, capabilities: tuple[str, ...]) -> None:
         """An agent was spawned on this node."""

@@ -1114,7 +1114,7 @@ class ActorSystem:
         )
         self.dead_letters.record(letter)
         if self.journal is not None:
-            self.journal.task_dead_lettered(letter)
+            self.journal.dead_lettered(letter)
         await delivery.dead_letter(letter)
         task_id = task_of(message)
         if task_id is not None and self._task_listeners:

@@ -16,7 +16,7 @@ from mas.api.admission import Admission
 from mas.api.auth import check_secret
 from mas.api.headers import SecurityHeaders, cors_options
 from mas.api.problems import AUTH_PROBLEMS, ProblemDetails, install_problem_handlers, problems
-from mas.api.routes import agents, dashboard, health, tasks
+from mas.api.routes import agents, dashboard, dead_letters, health, tasks
 from mas.api.state import Gateway
 from mas.api.tracing import TraceMiddleware
 from mas.config import Settings
@@ -92,7 +92,13 @@ def create_app(
     if settings.api.access_log:
         app.add_middleware(AccessLog)
     app.add_middleware(TraceMiddleware)
-    for router in (tasks.router, agents.router, health.router, dashboard.router):
+    for router in (
+        tasks.router,
+        agents.router,
+        dead_letters.router,
+        health.router,
+        dashboard.router,
+    ):
         app.include_router(router)
     return app
 

@@ -32,6 +32,7 @@ from mas.errors import (
     AgentStopped,
     AskTimeout,
     ConfigError,
+    DeadLetterSettled,
     DeliveryError,
     DuplicateAgent,
     HandlerError,
@@ -54,6 +55,7 @@ from mas.errors import (
     TransportError,
     UnknownAgent,
     UnknownCapability,
+    UnknownDeadLetter,
     UnknownTask,
     UsageError,
 )
@@ -182,6 +184,8 @@ _MAS_STATUS: dict[type[MasError], tuple[int, str] | None] = {
     TaskIdTaken: (409, "Task Id Taken"),
     IdempotencyKeyReused: (422, "Idempotency Key Reused"),
     TaskFinished: (409, "Task Finished"),
+    UnknownDeadLetter: (404, "Unknown Dead Letter"),
+    DeadLetterSettled: (409, "Dead Letter Settled"),
     # Usage errors of the server, not of the client.
     ConfigError: None,
     HandlerReturnError: _AGENT_FAILED,

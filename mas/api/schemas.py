@@ -22,12 +22,15 @@ from typing_extensions import TypedDict
 
 from mas.errors import InvalidMessage
 from mas.messages import MAX_DEPTH, Message, check_depth
+from mas.persistence.dead_letters import DeadLetterRecord
 from mas.persistence.store import AgentRecord, TaskRecord
 
 __all__ = [
     "AgentIn",
     "AgentList",
     "AgentOut",
+    "DeadLetterList",
+    "DeadLetterOut",
     "MessageIn",
     "MessageOut",
     "MessageTaskIn",
@@ -390,3 +393,41 @@ class MessageOut(BaseModel):
             correlation_id=message.correlation_id,
             created_at=message.created_at,
         )
+
+
+DeadLetterStatus = Literal["dead", "replayed", "discarded"]
+
+
+class DeadLetterOut(BaseModel):
+    """A message no agent could handle, why, and what an operator did with it."""
+
+    id: str = Field(description="the dead-lettered message's id")
+    status: DeadLetterStatus = Field(
+        description="`dead` until replayed (as `replayed_as`) or discarded"
+    )
+    reason: str = Field(
+        description="why: max_attempts, unroutable, agent_stopped, mailbox_full, ..."
+    )
+    target: str = Field(description="the address the message was sent to")
+    message_type: str
+    agent_id: str | None = Field(description="the agent whose handler gave up, if one did")
+    error: dict[str, Any] | None = Field(description="the last error: type and message")
+    attempts: int
+    task_id: str | None
+    trace_id: str | None
+    node_id: str | None = Field(description="the node that dead-lettered it")
+    created_at: datetime
+    replayed_as: str | None = Field(description="the id of the copy a replay sent")
+    settled_by: str | None = Field(description="who replayed or discarded it")
+    settled_at: datetime | None
+    message: dict[str, Any] = Field(description="the message as it was sent")
+
+    @classmethod
+    def of(cls, letter: DeadLetterRecord) -> DeadLetterOut:
+        return cls.model_validate(letter, from_attributes=True)
+
+
+class DeadLetterList(BaseModel):
+    items: list[DeadLetterOut]
+    limit: int
+    offset: int

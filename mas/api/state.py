@@ -14,6 +14,7 @@ from mas.api.schemas import AgentOut
 from mas.api.streams import TaskStreams
 from mas.api.tasks import TaskService
 from mas.config import Settings
+from mas.persistence.dead_letters import DeadLetterArchive
 from mas.persistence.journal import StoreJournal
 from mas.persistence.store import AgentRecord, Store
 from mas.runtime import Runtime
@@ -40,11 +41,14 @@ class Gateway:
     """Open task event streams: pushed by this journal's commits, one shared poll for the rest."""
     tasks: TaskService = field(init=False)
     """The task use cases the /tasks routes call."""
+    dead_letters: DeadLetterArchive = field(init=False)
+    """The cluster's dead letters, as the store keeps them."""
 
     def __post_init__(self) -> None:
         api = self.settings.api
         self.backlogs = Backlogs(self.runtime.transport, limit=api.max_queue_depth)
         self.tasks = TaskService(self.settings, self.runtime, self.journal, self.backlogs)
+        self.dead_letters = DeadLetterArchive(self.store)
         self.streams = TaskStreams(
             self.store, max_per_caller=api.max_streams_per_caller, interval=api.stream_poll_interval
         )

@@ -32,6 +32,8 @@ SCOPES: dict[str, str] = {
     "agents:read": "list agents and read their state",
     "agents:admin": "spawn and stop agents",
     "messages:write": "send messages straight to an agent",
+    "dead_letters:read": "list dead letters and read them, messages included",
+    "dead_letters:admin": "replay and discard dead letters",
     "metrics:read": "read /metrics when it is not public",
 }
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from mas.cli import api, db, demo, replay, send, token, up, worker
+from mas.cli import api, db, dead_letters, demo, replay, send, token, up, worker
 
 app = typer.Typer(
     help="mas: a multi-agent system runtime — supervised actors with mailboxes.",
@@ -36,6 +36,7 @@ app.command()(send.send)
 app.command()(demo.demo)
 app.command()(replay.replay)
 app.add_typer(db.app, name="db")
+app.add_typer(dead_letters.app, name="dead-letters")
 app.add_typer(token.app, name="token")
 
 __all__ = ["app"]

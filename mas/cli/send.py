@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from mas.cli.up import TOKEN_FILE, URL_FILE
+from mas.cli.gateway_client import TokenOption, UrlOption, connection, fail
 
 if TYPE_CHECKING:
     from pydantic import ValidationError
@@ -34,21 +33,6 @@ _FIELDS = {
         "letters, digits, '_', '.', ':', '@' and '-', starting with a letter, a digit or '_'",
     ),
 }
-
-
-def _connection(url: str | None, token: str | None) -> tuple[str, str]:
-    saved_url = URL_FILE.read_text().strip() if URL_FILE.exists() else None
-    # The token is the file's last line (files of older versions have the URL first).
-    saved = TOKEN_FILE.read_text().split() if TOKEN_FILE.exists() else []
-    saved_token = saved[-1] if saved else None
-    chosen_url = url or os.environ.get("MAS_URL") or saved_url or "http://127.0.0.1:8000"
-    chosen_token = token or os.environ.get("MAS_TOKEN") or saved_token
-    if not chosen_token:
-        typer.echo(
-            "error: no token: pass --token, set MAS_TOKEN, or run `mas up` here first", err=True
-        )
-        raise typer.Exit(2)
-    return chosen_url.rstrip("/"), chosen_token
 
 
 def _usage(message: str) -> typer.Exit:
@@ -139,14 +123,8 @@ def send(
         float,
         typer.Option(metavar="SECONDS", help=f"seconds to wait for the result (0-{MAX_WAIT:.0f})"),
     ] = 30.0,
-    url: Annotated[
-        str | None,
-        typer.Option(metavar="URL", help="gateway URL (default: MAS_URL or mas up)"),
-    ] = None,
-    token: Annotated[
-        str | None,
-        typer.Option(metavar="TOKEN", help="bearer token (default: MAS_TOKEN or mas up)"),
-    ] = None,
+    url: UrlOption = None,
+    token: TokenOption = None,
 ) -> None:
     """Submit a task to an agent type (or one agent) through the gateway; print the result.
 
@@ -171,13 +149,13 @@ def send(
         TaskIn.model_validate({**destination, "payload": body})  # as the gateway will
     except ValidationError as exc:
         raise _usage(_sentence(exc)) from None
-    base, bearer = _connection(url, token)
+    base, bearer = connection(url, token)
     headers = {"Authorization": f"Bearer {bearer}"}
     try:
         with httpx.Client(base_url=base, headers=headers, timeout=WAIT_STEP + 10) as client:
             created = client.post("/tasks/", json={**destination, "payload": body})
             if created.status_code >= 400:
-                _fail(created)
+                fail(created)
             task_id = created.json()["id"]
             finished = _wait_for(client, task_id, wait)
     except httpx.HTTPError as exc:
@@ -197,15 +175,6 @@ def _wait_for(client: Any, task_id: str, wait: float) -> Any:
         step = max(0.0, min(WAIT_STEP, deadline - time.monotonic()))
         response = client.get(f"/tasks/{task_id}", params={"wait": round(step, 3)})
         if response.status_code >= 400:
-            _fail(response)
+            fail(response)
         if response.json()["status"] not in ("pending", "running") or step < WAIT_STEP:
             return response
-
-
-def _fail(response: Any) -> None:
-    try:
-        detail = response.json().get("detail", response.text)
-    except ValueError:
-        detail = response.text
-    typer.echo(f"error: HTTP {response.status_code}: {detail}", err=True)
-    raise typer.Exit(1)

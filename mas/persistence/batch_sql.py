@@ -20,7 +20,15 @@ from sqlalchemy import JSON, DateTime, Table, and_, bindparam, delete, func, or_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 
-from mas.persistence.models import agents, messages, outbox, processed, tasks, workflow_steps
+from mas.persistence.models import (
+    agents,
+    dead_letters,
+    messages,
+    outbox,
+    processed,
+    tasks,
+    workflow_steps,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy.sql.dml import UpdateBase
@@ -192,6 +200,8 @@ class BatchStatements:
             # A step two nodes both finished (one took the message over): the first stays.
             "steps": (insert(workflow_steps).on_conflict_do_nothing(), workflow_steps),
             "processed": (insert(processed).on_conflict_do_nothing(), processed),
+            # A message dead-lettered again (redelivered before its ack) stays one letter.
+            "dead_letters": (insert(dead_letters).on_conflict_do_nothing(), dead_letters),
             "running": (upsert_running, tasks),
             "finished": (finish, tasks),
             "completed": (complete, tasks),

@@ -274,6 +274,7 @@ def _sanitized(batch: Batch) -> Batch:
         messages=clean(batch.messages),
         steps=clean(batch.steps),
         processed=clean(batch.processed),
+        dead_letters=clean(batch.dead_letters),
         running=clean(batch.running),
         finished=clean(batch.finished),
         completed=clean(batch.completed),
@@ -288,6 +289,7 @@ def _sanitized(batch: Batch) -> Batch:
         result.messages,
         result.steps,
         result.processed,
+        result.dead_letters,
         result.running,
     ):
         for row in rows:
@@ -851,7 +853,29 @@ class StoreJournal:
         )
         self.writer.wake()
 
-    def task_dead_lettered(self, letter: DeadLetter) -> None:
+    def dead_lettered(self, letter: DeadLetter) -> None:
+        message = letter.message
+        error = None
+        if letter.error_type is not None or letter.error_message is not None:
+            error = {"type": letter.error_type, "message": letter.error_message}
+        self.writer.pending.dead_letters.append(
+            {
+                "id": message.id,
+                "message": message.to_dict(),
+                "target": str(message.target)[:300],
+                "message_type": message.type[:200],
+                "reason": letter.reason[:64],
+                "agent_id": letter.agent_id,
+                "error": error,
+                "attempts": letter.attempts,
+                "task_id": task_of(message),
+                "trace_id": message.trace_id,
+                "node_id": self.node_id,
+                "status": "dead",
+                "created_at": datetime.now(UTC),
+            }
+        )
+        self.writer.wake()
         if self.relay.held and self.relay.settled(letter.message.id):
             self.writer.pending.sent_one(letter.message.id, self.node_id)
             self.writer.wake()

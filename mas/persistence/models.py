@@ -18,6 +18,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 __all__ = [
     "AgentRow",
     "Base",
+    "DeadLetterRow",
     "MessageRow",
     "OutboxRow",
     "ProcessedMessageRow",
@@ -25,6 +26,7 @@ __all__ = [
     "TaskSignalRow",
     "WorkflowStepRow",
     "agents",
+    "dead_letters",
     "messages",
     "outbox",
     "processed",
@@ -213,6 +215,38 @@ class WorkflowWaitRow(Base):
     message_id: Mapped[str] = mapped_column(String(64), primary_key=True)
 
 
+class DeadLetterRow(Base):
+    """A message no agent could handle, kept so an operator can read it, replay it to its
+    original address, or discard it (`/dead-letters/`).
+
+    Keyed by the message's id: the same message dead-lettered twice (a redelivery) is one
+    row. `status` is `dead` until an operator settles it: `replayed` (as the message
+    `replayed_as`, a copy with a new id, sent through the outbox in the same transaction) or
+    `discarded`. The row stays after either, as the record of what happened.
+    """
+
+    __tablename__ = "dead_letters"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    message: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    target: Mapped[str] = mapped_column(String(300), index=True)
+    message_type: Mapped[str] = mapped_column(String(200))
+    reason: Mapped[str] = mapped_column(String(64), index=True)
+    agent_id: Mapped[str | None] = mapped_column(String(200), index=True)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer)
+    task_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    trace_id: Mapped[str | None] = mapped_column(String(64))
+    node_id: Mapped[str | None] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16))
+    replayed_as: Mapped[str | None] = mapped_column(String(64))
+    settled_by: Mapped[str | None] = mapped_column(String(200))
+    settled_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+
+    __table_args__ = (Index("ix_dead_letters_status_created_at", "status", "created_at"),)
+
+
 # The tables for Core statements (the store's queries, the journal's batches).
 agents: Table = AgentRow.__table__  # type: ignore[assignment]
 tasks: Table = TaskRow.__table__  # type: ignore[assignment]
@@ -222,3 +256,4 @@ outbox: Table = OutboxRow.__table__  # type: ignore[assignment]
 workflow_steps: Table = WorkflowStepRow.__table__  # type: ignore[assignment]
 workflow_waits: Table = WorkflowWaitRow.__table__  # type: ignore[assignment]
 task_signals: Table = TaskSignalRow.__table__  # type: ignore[assignment]
+dead_letters: Table = DeadLetterRow.__table__  # type: ignore[assignment]

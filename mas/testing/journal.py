@@ -103,7 +103,7 @@ class MemoryJournal:
         self.tasks[result.task_id] = result.status
         self.results[result.task_id] = result
 
-    def task_dead_lettered(self, letter: DeadLetter) -> None:
+    def dead_lettered(self, letter: DeadLetter) -> None:
         if letter.message.task_id is not None:
             self.tasks[letter.message.task_id] = "dead_lettered"
 

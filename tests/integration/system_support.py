@@ -28,6 +28,7 @@ from tests.redis_support import REDIS_URL, delete_keys, reachable_redis
 __all__ = [
     "EFFECT_ECHO",
     "FAN_OUT",
+    "FRAGILE",
     "LONG_ASK",
     "SECRET",
     "SIGNAL_WAITER",
@@ -48,6 +49,7 @@ TIMED_PIPELINE = "tests.integration.work_agents:TimedPipeline"
 EFFECT_ECHO = "tests.integration.work_agents:EffectEcho"
 FAN_OUT = "tests.integration.work_agents:FanOut"
 LONG_ASK = "tests.integration.work_agents:LongAsk"
+FRAGILE = "tests.integration.work_agents:Fragile"
 
 
 class System:
@@ -73,7 +75,15 @@ class System:
         self.redis: aioredis.Redis
         self.redis_prefix = ""
         self.url = ""
-        scopes = ["tasks:read", "tasks:write", "agents:read", "agents:admin", "messages:write"]
+        scopes = [
+            "tasks:read",
+            "tasks:write",
+            "agents:read",
+            "agents:admin",
+            "messages:write",
+            "dead_letters:read",
+            "dead_letters:admin",
+        ]
         self.token = mint_token(SECRET, "tester", scopes, ttl=600)
         scope.extra_queues |= {
             f"{scope.prefix}agent_type.echo",
@@ -84,6 +94,7 @@ class System:
             f"{scope.prefix}agent_type.effect_echo",
             f"{scope.prefix}agent_type.fan_out",
             f"{scope.prefix}agent_type.long_ask",
+            f"{scope.prefix}agent_type.fragile",
             f"{scope.prefix}agent_type.mas.spawner.echo",
             f"{scope.prefix}agent_type.mas.spawner.slow_echo",
             f"{scope.prefix}agent_type.mas.spawner.step_pipeline",
@@ -92,6 +103,7 @@ class System:
             f"{scope.prefix}agent_type.mas.spawner.effect_echo",
             f"{scope.prefix}agent_type.mas.spawner.fan_out",
             f"{scope.prefix}agent_type.mas.spawner.long_ask",
+            f"{scope.prefix}agent_type.mas.spawner.fragile",
             f"{scope.prefix}agent.echo-special",
             f"{scope.prefix}agent.echo-extra",
             f"{scope.prefix}agent.se-gone",

@@ -25,6 +25,27 @@ class SlowEcho(Agent):
         return TaskResult.succeeded(message.task_id, dict(message.payload))
 
 
+class Fragile(Agent):
+    """Fails while the file `MAS_TEST_FRAGILE` names exists (on each of its 2 attempts, so
+    the message is dead-lettered); completes its task once the file is gone."""
+
+    type = "fragile"
+    max_attempts = 2
+
+    async def handle_message(self, message: Message) -> HandlerResult:
+        _effect(message.id)
+        if _flagged():
+            raise RuntimeError("fragile while the flag file exists")
+        assert message.task_id is not None
+        return TaskResult.succeeded(message.task_id, dict(message.payload))
+
+
+def _flagged() -> bool:
+    """Whether the file `MAS_TEST_FRAGILE` names exists."""
+    flag = os.environ.get("MAS_TEST_FRAGILE")
+    return flag is not None and Path(flag).exists()
+
+
 def _effect(line: str) -> None:
     """Append `line` to this worker's effects file (`MAS_TEST_EFFECTS`), if it has one."""
     effects = os.environ.get("MAS_TEST_EFFECTS")

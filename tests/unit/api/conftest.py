@@ -1,7 +1,8 @@
 """A running gateway for API tests: an app with its own runtime and SQLite store, a client, tokens.
 
-`TroubleAgent` (id and type `trouble`) misbehaves on demand: `boom` raises, `slow` blocks
-until the test sets `TroubleAgent.release`, `count` counts; every message type it handles
+`TroubleAgent` (id and type `trouble`) misbehaves on demand: `boom` raises, `fragile` raises
+while `TroubleAgent.fragile` is set, `slow` blocks until the test sets
+`TroubleAgent.release`, `count` counts; every message type it handles
 is counted in `TroubleAgent.calls`, so tests can tell how often a handler ran.
 """
 
@@ -42,14 +43,15 @@ class TroubleAgent(Agent):
     max_attempts = 2
 
     calls: ClassVar[Counter[str]] = Counter()
+    fragile: ClassVar[bool] = True
     started: ClassVar[asyncio.Event]
     release: ClassVar[asyncio.Event]
 
     async def handle_message(self, message: Message) -> HandlerResult:
         cls = type(self)
         cls.calls[message.type] += 1
-        if message.type == "boom":
-            raise RuntimeError("boom requested by the test")
+        if message.type == "boom" or (message.type == "fragile" and cls.fragile):
+            raise RuntimeError(f"{message.type} requested by the test")
         if message.type == "slow":
             cls.started.set()
             await cls.release.wait()
@@ -99,6 +101,7 @@ def build_app(settings: Settings) -> FastAPI:
 async def serving(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     """Run the app's lifespan (runtime, store, agents) and yield a client talking to it."""
     TroubleAgent.calls = Counter()
+    TroubleAgent.fragile = True
     TroubleAgent.started = asyncio.Event()
     TroubleAgent.release = asyncio.Event()
     Blocker.started = asyncio.Event()
