@@ -172,14 +172,16 @@ class AgentContext:
         fill_sender = message.sender is None
         fill_trace = message.trace_id is None and current is not None
         if not (fill_sender or fill_trace):
-            return message
+            tracing = self._cell.runtime.tracing
+            return message if tracing is None else tracing.stamp(message)
         if message.target is not None:
             message = message.copy()
         if fill_sender:
             message.sender = self._cell.address
         if fill_trace and current is not None:
             message.trace_id = self._cell.runtime.ensure_trace(current)
-        return message
+        tracing = self._cell.runtime.tracing
+        return message if tracing is None else tracing.stamp(message)
 
     def send(self, target: str | AgentRef, message: Message) -> Coroutine[Any, Any, None]:
         """Fire-and-forget to an address or ref (raises `UnknownAgent` when nobody answers).

@@ -40,6 +40,8 @@ from mas.errors import (
 from mas.messages import Message
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
     from mas.actors.host import AgentHost
     from mas.actors.journal import Journal
     from mas.actors.supervisor import Restart, Supervisor
@@ -301,6 +303,8 @@ class AgentCell:
         mailbox = self.mailbox
         runtime = self.runtime
         journal = runtime.journal
+        tracing = runtime.tracing
+        span: Span | None = None
         while self.status is RUNNING:
             item = mailbox.get_nowait()
             if item is None and (item := await self._linger()) is None:
@@ -323,6 +327,11 @@ class AgentCell:
             if journal is not None:
                 self._record_start(journal, message, delivery)
             started = time.perf_counter() if runtime.time_handlers else 0.0
+            if tracing is not None:
+                attempt = 1 if delivery is None else delivery.attempt
+                runtime.ensure_trace(message)  # a span that starts the trace takes its id
+                span = tracing.handling(message, self.id, self.agent_type, attempt)
+                token = tracing.attach(span)
             try:
                 result = await instance.handle_message(message)
                 reply = (
@@ -344,6 +353,8 @@ class AgentCell:
             except Exception as exc:
                 if self._cancelling is not None:
                     self._cancel_taken()  # the handler turned the cancellation into an error
+                if span is not None:
+                    tracing.failed(span, exc)  # type: ignore[union-attr]
                 self._idle()
                 if started:
                     self.counters.failed_durations.observe(time.perf_counter() - started)
@@ -362,6 +373,11 @@ class AgentCell:
                     self._run_ended(message, settled=True)
                 if journal is not None or delivery is not None or started:
                     await self._settle(journal, message, delivery, reply, started)
+            finally:
+                if span is not None:
+                    tracing.detach(token)  # type: ignore[union-attr]
+                    span.end()
+                    span = None
             if self.stop_requested:
                 self.stop_requested = False
                 await self.supervisor.child_exited(self)

@@ -20,6 +20,7 @@ from mas.actors.journal import Journal
 from mas.actors.transport import Delivery
 from mas.config import Settings
 from mas.messages import Message
+from mas.observability.tracing import Tracing
 
 if TYPE_CHECKING:
     from mas.actors.agent import Agent
@@ -43,6 +44,8 @@ class AgentHost(Protocol):
     """Log every handled message (DEBUG): checked once per message, so kept as a flag."""
     time_handlers: bool
     """Measure every handler run (metrics served, or messages logged)."""
+    tracing: Tracing | None
+    """OpenTelemetry spans, or None when tracing is off."""
 
     # Counters the metrics read; cells and supervisors only add to them.
     deferred: int

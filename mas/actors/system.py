@@ -62,7 +62,9 @@ from mas.errors import (
     UnknownCapability,
 )
 from mas.messages import Address, Message, TaskError, TaskResult, parse_address
+from mas.observability import tracing
 from mas.observability.logging import level_number
+from mas.observability.tracing import Tracing
 
 __all__ = ["ActorSystem"]
 
@@ -180,6 +182,8 @@ class ActorSystem:
         self.reply_address = f"reply:{self._node_id}"
         self.log_messages = False
         self.time_handlers = False
+        # OpenTelemetry spans (None: off, and nothing of it imported).
+        self.tracing: Tracing | None = tracing.active()
         # Plain integer counters: the metrics collector reads them, the hot path only adds.
         # What agents did is counted per agent type (`counters`); the totals are sums.
         self.counters: dict[str, AgentCounters] = {}
@@ -257,7 +261,8 @@ class ActorSystem:
             unwind.pop_all()
         self._state = "running"
         self._accepting = True
-        self.fast_path = not self._serialize and self._faults is None
+        # Off where every send must pass the runtime: to be serialized, faulted or traced.
+        self.fast_path = not self._serialize and self._faults is None and self.tracing is None
         _log.info("runtime_started", node_id=self._node_id, transport=type(self.transport).__name__)
 
     async def _open_journal(self) -> Journal | None:
@@ -636,6 +641,8 @@ class ActorSystem:
         """
         if not self._accepting:
             self._check_internal()
+        if self.tracing is not None:
+            message = self.tracing.stamp(message)  # the sender's span, current here
         if type(target) is AgentRef:
             try:
                 await self._send_to_ref(target, message)
@@ -672,6 +679,14 @@ class ActorSystem:
 
     async def ask(self, target: str | AgentRef, message: Message, *, timeout: float) -> Message:
         """Send and wait for the reply (see `AgentRef.ask` for the errors raised)."""
+        tracing = self.tracing
+        if tracing is None:
+            return await self._ask(target, message, timeout)
+        name = target.address if isinstance(target, AgentRef) else target
+        with tracing.asking(name, message):
+            return await self._ask(target, message, timeout)
+
+    async def _ask(self, target: str | AgentRef, message: Message, timeout: float) -> Message:
         loop = self._loop
         if loop is None:
             self.check_running()  # raises: never started
@@ -753,8 +768,10 @@ class ActorSystem:
         if not self._accepting:
             self._check_internal()
         message = message.addressed_to(f"topic:{key}")
+        if self.tracing is not None:
+            message = self.tracing.stamp(message)
         await self._publish_local(message, key, None)
-        await self.transport.send(message)
+        await self._to_broker(message)
 
     async def _send_to_ref(self, ref: AgentRef, message: Message) -> None:
         message = message.addressed_to(ref.address)
@@ -808,9 +825,9 @@ class ActorSystem:
                 return True
         else:
             await self._publish_local(message, address.value, None)
-            await self.transport.send(message)
+            await self._to_broker(message)
             return False
-        await self.transport.send(message, resent=resent)
+        await self._to_broker(message, resent=resent)
         return False
 
     async def hand_over(self, message: Message, *, resent: bool = False) -> bool:
@@ -853,7 +870,17 @@ class ActorSystem:
         return await self.transport.retire_agent(agent_id)
 
     async def _send_remote(self, message: Message) -> None:
-        await self.transport.send(message)
+        await self._to_broker(message)
+
+    async def _to_broker(self, message: Message, *, resent: bool = False) -> None:
+        """Hand `message` to the transport: under a publish span when tracing, whose id the
+        message carries to its handler."""
+        tracing = self.tracing
+        if tracing is None:
+            await self.transport.send(message, resent=resent)
+            return
+        with tracing.publishing(message) as sent:
+            await self.transport.send(sent, resent=resent)
 
     async def _send_on(self, message: Message, agent_id: str | None = None) -> bool:
         """Route a message no caller waits on (a handler's output, a stored reply, a notice);
@@ -1002,6 +1029,8 @@ class ActorSystem:
         )
 
     async def _emit(self, cell: AgentCell, incoming: Message, out: Message) -> Message | None:
+        if self.tracing is not None:
+            out = self.tracing.stamp(out)  # the handler's span (what it returned is new)
         if out.sender is None:
             out.sender = cell.address
         if out.trace_id is None:

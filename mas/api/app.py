@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -79,6 +80,7 @@ def create_app(
         version=_version(),
         summary="Submit tasks to agents, read results, manage agents.",
         lifespan=lifespan,
+        **_without_fastapi_spans(),
     )
     app.contract = _contract(settings, classes)
     install_problem_handlers(app)
@@ -101,6 +103,15 @@ def create_app(
     ):
         app.include_router(router)
     return app
+
+
+def _without_fastapi_spans() -> dict[str, Any]:
+    """FastAPI's own request spans off (its versions that make them): the gateway's
+    TraceMiddleware makes the request's span, whose trace id is the X-Trace-Id the logs show
+    even when the client sent none, which FastAPI cannot know; one span per request."""
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters:
+        return {"telemetry": {"tracing": False, "operation_spans": False}}
+    return {}
 
 
 class _GatewayApp(FastAPI):

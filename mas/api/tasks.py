@@ -141,6 +141,8 @@ class TaskService:
             metadata=metadata,
             trace_id=trace_id,
         )
+        if self._runtime.tracing is not None:
+            message = self._runtime.tracing.stamp(message)  # the request's span: its parent
         message.to_json(max_bytes=self._settings.message_max_bytes)  # before anything is stored
         journal = self._journal
         # A task for a local agent ends in this node's journal; any other may end elsewhere.

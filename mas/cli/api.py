@@ -33,7 +33,15 @@ def api(
     """Serve the HTTP gateway; tasks go through MAS_TRANSPORT to the workers' agents."""
     from mas.api.app import create_app
     from mas.cli.replay import load_agent_class
-    from mas.cli.serving import bind, check_broker, check_store, ensure_secret, load_settings, serve
+    from mas.cli.serving import (
+        bind,
+        check_broker,
+        check_store,
+        ensure_secret,
+        load_settings,
+        serve,
+        traced,
+    )
     from mas.observability.logging import configure_logging
 
     notes: list[str] = []
@@ -60,6 +68,9 @@ def api(
     typer.echo(f"mas api: {url} (docs {url}/docs)")
     typer.echo(f"  transport: {settings.transport}")
     typer.echo(f"  database:  {masked_url(settings.database_url.get_secret_value())}")
-    for note in notes:
-        typer.echo(f"  note: {note}")
-    serve(create_app(settings, agent_classes=classes, host_agents=False), sock)
+    with traced("mas-api", settings) as spans:
+        if spans is not None:
+            typer.echo(f"  traces:    {spans}")
+        for note in notes:
+            typer.echo(f"  note: {note}")
+        serve(create_app(settings, agent_classes=classes, host_agents=False), sock)

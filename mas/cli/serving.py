@@ -6,6 +6,8 @@ import secrets
 import signal
 import socket
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import anyio
@@ -26,6 +28,7 @@ __all__ = [
     "load_settings",
     "serve",
     "settings_error",
+    "traced",
 ]
 
 
@@ -111,6 +114,25 @@ def check_broker(settings: Settings) -> None:
     except MasError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
+
+
+@contextmanager
+def traced(service: str, settings: Settings) -> Iterator[str | None]:
+    """OpenTelemetry tracing for this command's process when the `OTEL_*` environment asks
+    for it (exit 2 if it cannot be done); yields where the spans go (None: off), and exports
+    what is buffered when the command ends."""
+    from mas.observability.tracing import configure_tracing, shutdown_tracing
+
+    try:
+        where = configure_tracing(service, settings.node_id)
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        yield where
+    finally:
+        if where is not None:
+            shutdown_tracing()
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -10,7 +10,15 @@ from typing import Annotated
 import typer
 
 from mas.actors.agent import Agent
-from mas.cli.serving import bind, check_broker, check_store, ensure_secret, load_settings, serve
+from mas.cli.serving import (
+    bind,
+    check_broker,
+    check_store,
+    ensure_secret,
+    load_settings,
+    serve,
+    traced,
+)
 from mas.config import masked_url
 from mas.errors import MasError
 
@@ -91,8 +99,10 @@ def up(
     typer.echo(
         f"              export MAS_URL={url} MAS_TOKEN=$(cat {shlex.quote(str(token_path))})"
     )
-    for note in notes:
-        typer.echo(f"  note: {note}")
-    typer.echo("  Ctrl-C stops (drains in-flight work first)", err=False)
-
-    serve(create_app(settings, start_agents=classes), sock)
+    with traced("mas-up", settings) as spans:
+        if spans is not None:
+            typer.echo(f"  traces:     {spans}")
+        for note in notes:
+            typer.echo(f"  note: {note}")
+        typer.echo("  Ctrl-C stops (drains in-flight work first)", err=False)
+        serve(create_app(settings, start_agents=classes), sock)

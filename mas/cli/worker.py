@@ -60,7 +60,7 @@ def worker(
 ) -> None:
     """Host agents and handle their messages until SIGTERM or Ctrl-C (both drain, exit 0)."""
     from mas.cli.replay import load_agent_class
-    from mas.cli.serving import bind
+    from mas.cli.serving import bind, traced
     from mas.observability.logging import configure_logging
 
     overrides: dict[str, object] = {"persist": persist}
@@ -76,15 +76,20 @@ def worker(
         metrics_port = settings.worker.metrics_port
     sock = None if metrics_port is None else bind(settings.worker.metrics_host, metrics_port)
     configure_logging(settings.log_level, settings.log_format)
-    try:
-        anyio.run(_run, settings, classes, instances, sock)
-    except MasError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+    with traced("mas-worker", settings) as spans:
+        try:
+            anyio.run(_run, settings, classes, instances, sock, spans)
+        except MasError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
 
 
 async def _run(
-    settings: Settings, classes: list[type[Agent]], instances: int, sock: socket.socket | None
+    settings: Settings,
+    classes: list[type[Agent]],
+    instances: int,
+    sock: socket.socket | None,
+    spans: str | None,
 ) -> None:
     from mas.runtime import Runtime
 
@@ -97,7 +102,7 @@ async def _run(
                 # Entered before the runtime starts, left after it drained: probes and
                 # scrapes get an answer (503 while not running) through start and drain.
                 await outer.enter_async_context(serve_health(runtime, sock))
-            await _serve(settings, runtime, classes, instances, sock, signals)
+            await _serve(settings, runtime, classes, instances, sock, spans, signals)
     typer.echo(f"mas worker {runtime.node_id}: stopped", err=True)
 
 
@@ -107,6 +112,7 @@ async def _serve(
     classes: list[type[Agent]],
     instances: int,
     sock: socket.socket | None,
+    spans: str | None,
     signals: AsyncIterator[int],
 ) -> None:
     from mas.orchestrator import spawner_for, spawner_type
@@ -138,6 +144,8 @@ async def _serve(
         if sock is not None:
             host, port = sock.getsockname()[:2]
             typer.echo(f"  metrics: http://{_url_host(host)}:{port}/metrics", err=True)
+        if spans is not None:
+            typer.echo(f"  traces: {spans}", err=True)
         typer.echo("  ready; SIGTERM or Ctrl-C drains and stops", err=True)
         async for signum in signals:
             typer.echo(f"mas worker {node}: {signal.Signals(signum).name}, draining", err=True)

@@ -36,6 +36,7 @@ from mas.actors.workflow import (
 )
 from mas.errors import MasError, StoreUnavailable, TransportError
 from mas.messages import Message, TaskError, TaskResult
+from mas.observability import tracing
 from mas.persistence.engine import refused_data
 from mas.persistence.outbox import OutboxRelay
 from mas.persistence.store import Batch, Store, TaskRecord, message_row
@@ -211,6 +212,14 @@ class BatchWriter:
         return asyncio.get_running_loop().time() >= self._deadline
 
     async def _write(self, batch: Batch) -> None:
+        spans = tracing.active()
+        if spans is None:
+            await self._apply(batch)
+            return
+        with spans.committing(len(batch)):
+            await self._apply(batch)
+
+    async def _apply(self, batch: Batch) -> None:
         try:
             await self.store.apply(batch)
         except StoreUnavailable as exc:

@@ -74,6 +74,7 @@ from mas.errors import (
 )
 from mas.messages import Message, parse_address
 from mas.observability.outages import Outage
+from mas.observability.tracing import TRACEPARENT
 from mas.transports.base import DeadLetter, TrackedDelivery, TransportNode
 
 if TYPE_CHECKING:
@@ -524,6 +525,10 @@ class AmqpTransport:
         all_headers: dict[str, Any] = {ATTEMPT_HEADER: attempt, ORIGIN_HEADER: self.node.node_id}
         if message is not None and message.trace_id:
             all_headers["trace_id"] = message.trace_id
+            traceparent = message.metadata.get(TRACEPARENT)
+            if traceparent is not None:
+                # For tools that read the broker's headers; mas reads it from the metadata.
+                all_headers[TRACEPARENT] = traceparent
         if headers:
             all_headers.update(headers)
         amqp_message = self._amqp_message(body, message, all_headers)
