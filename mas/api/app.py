@@ -18,6 +18,7 @@ from mas.api.auth import check_secret
 from mas.api.headers import SecurityHeaders, cors_options
 from mas.api.problems import AUTH_PROBLEMS, ProblemDetails, install_problem_handlers, problems
 from mas.api.routes import agents, dashboard, dead_letters, health, tasks
+from mas.api.routes.docs import mount_docs
 from mas.api.state import Gateway
 from mas.api.tracing import TraceMiddleware
 from mas.config import Settings
@@ -80,6 +81,8 @@ def create_app(
         version=_version(),
         summary="Submit tasks to agents, read results, manage agents.",
         lifespan=lifespan,
+        docs_url=None,  # served from local assets by `mount_docs`, below
+        redoc_url=None,
         **_without_fastapi_spans(),
     )
     app.contract = _contract(settings, classes)
@@ -102,6 +105,7 @@ def create_app(
         dashboard.router,
     ):
         app.include_router(router)
+    mount_docs(app)
     return app
 
 
