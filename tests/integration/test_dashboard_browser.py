@@ -145,3 +145,45 @@ async def test_the_api_docs_render_without_internet(
             assert elsewhere == [], elsewhere
         finally:
             await browser.close()
+
+
+async def test_a_dead_letter_is_replayed_from_the_page(chromium: str, tmp_path: Path) -> None:
+    flag = tmp_path / "fragile.flag"
+    flag.touch()
+    env = clean_environment(MAS_AUTH__JWT_SECRET="b" * 40, MAS_TEST_FRAGILE=str(flag))
+    args = ["up", "--port", "0", "--agents", "tests.integration.work_agents:Fragile"]
+    process = MasProcess(args, env, tmp_path)
+    try:
+        line = process.wait_for(lambda line: line.strip().startswith("dashboard:"))
+        process.wait_for(lambda line: "Ctrl-C stops" in line)
+        token = (tmp_path / ".mas" / "dev-token").read_text().strip()
+        url = f"{line.split(':', 1)[1].split()[0]}#token={token}"
+        async with async_playwright() as playwright:
+            browser = await playwright.chromium.launch(
+                executable_path=chromium, args=CHROMIUM_FLAGS
+            )
+            try:
+                page = await browser.new_page()
+                await page.goto(url)
+                await page.fill("#submit-form input[name=type]", "fragile")
+                await page.fill("#submit-form input[name=payload]", '{"n": 5}')
+                await page.click("#submit-form button")
+                await expect(page.locator("#submit-result")).to_contain_text(
+                    "dead_lettered", timeout=30_000
+                )
+                letter = page.locator("#dead-letters tr[data-letter-id]")
+                await expect(letter).to_have_count(1, timeout=15_000)
+                await expect(letter).to_contain_text("max_attempts")
+                await expect(letter).to_contain_text("fragile while the flag file exists")
+
+                flag.unlink()  # the operator fixed the cause
+                await letter.get_by_role("button", name="Replay").click()
+                await expect(page.locator("#dead-letters-result")).to_contain_text("replayed")
+                await expect(letter).to_have_count(0, timeout=15_000)  # settled
+                await expect(page.locator("#tasks tr[data-status=succeeded]")).to_contain_text(
+                    '"n":5', timeout=30_000
+                )
+            finally:
+                await browser.close()
+    finally:
+        process.terminate()

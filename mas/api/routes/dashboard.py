@@ -11,20 +11,24 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+from collections.abc import Callable
 from functools import cache
 from importlib.resources import files
 from typing import Annotated, Any
 
+import structlog
 from fastapi import APIRouter, Depends
 from fastapi.responses import HTMLResponse
+from pydantic import BaseModel, ValidationError
 
 from mas.api.auth import Claims, require
 from mas.api.problems import AUTH_PROBLEMS, problems
-from mas.api.schemas import TaskOut
+from mas.api.schemas import DeadLetterOut, TaskOut
 from mas.api.state import Gateway, gateway
 from mas.api.tasks import owner_filter
 
 router = APIRouter(tags=["dashboard"])
+_log = structlog.get_logger("mas.api.dashboard")
 
 GatewayDep = Annotated[Gateway, Depends(gateway)]
 
@@ -73,16 +77,35 @@ async def dashboard_data(
     gw: GatewayDep,
     claims: Annotated[Claims, Depends(require("agents:read", "tasks:read"))],
 ) -> dict[str, Any]:
-    """What the dashboard shows: this node's counters, agents, and the caller's tasks (all
-    callers' with `tasks:admin`): counts and the most recent."""
+    """What the dashboard shows: this node's counters, agents, the caller's tasks (all
+    callers' with `tasks:admin`): counts and the most recent; and, with
+    `dead_letters:read`, the dead letters not settled yet (else `dead_letters` is null).
+
+    A stored row the API model refuses (a value written by another version, say) comes as
+    `{"id": ..., "unreadable": why}` in its list: the page shows that row as such, and the
+    rest as usual."""
     agents = await gw.store.list_agents(limit=200)
     owner = owner_filter(claims)
     recent = await gw.store.list_tasks(created_by=owner, limit=20)
+    letters = None
+    if "dead_letters:read" in claims.scopes:
+        dead = await gw.dead_letters.list(status="dead", limit=20)
+        letters = [_shown(letter.id, DeadLetterOut.of, letter) for letter in dead]
     return {
         "node_id": gw.runtime.node_id,
         "transport": gw.settings.transport,
         "runtime": gw.runtime.stats(),
         "task_counts": await gw.store.count_tasks(created_by=owner),
-        "agents": [gw.agent_out(agent).model_dump(mode="json") for agent in agents],
-        "tasks": [TaskOut.of(task).model_dump(mode="json") for task in recent],
+        "agents": [_shown(agent.id, gw.agent_out, agent) for agent in agents],
+        "tasks": [_shown(task.id, TaskOut.of, task) for task in recent],
+        "dead_letters": letters,
     }
+
+
+def _shown(item_id: str, model: Callable[[Any], BaseModel], record: Any) -> dict[str, Any]:
+    """`record` as the API shows it, or what makes it unreadable (never a failed page)."""
+    try:
+        return model(record).model_dump(mode="json")
+    except (ValidationError, ValueError, TypeError) as exc:
+        _log.warning("dashboard_row_unreadable", id=item_id, error=str(exc))
+        return {"id": item_id, "unreadable": f"{type(exc).__name__}: {exc}"[:500]}
