@@ -22,6 +22,7 @@ from mas.runtime import Runtime
 pytestmark = pytest.mark.anyio
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+ROOT = Path(__file__).resolve().parents[3]  # where `tests.` imports from
 
 
 class Greeter(Agent):
@@ -109,3 +110,49 @@ async def test_replaying_an_unknown_trace_is_an_error(sqlite_url: str, tmp_path:
     assert "error:" in err
     assert "no-such-trace" in err
     assert "identical" not in out
+
+
+SHAPES = [
+    f"tests.unit.persistence.replay_shapes:{name}" for name in ("Summarizer", "Listener", "Archive")
+]
+
+
+async def test_replaying_a_capability_ask_finds_the_agent_that_offered_it(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    from tests.unit.persistence.replay_shapes import Summarizer
+
+    settings = Settings(database_url=sqlite_url, persist=True, log_level="WARNING")
+    async with Runtime(settings) as rt:
+        await rt.spawn(Summarizer, id="sum-1")
+        ask = Message("summarize", {"text": "one two three"}, trace_id=TRACE)
+        await rt.ask("capability:summarize", ask, timeout=5)
+    args = ("--trace", TRACE, "--url", sqlite_url, "--agents", SHAPES[0])
+    code, out, err = await mas_replay(*args, cwd=tmp_path, pythonpath=ROOT)
+    assert code == 0, out + err
+    assert "agents ['sum-1']" in out
+    assert "identical: 1 output messages" in out
+
+
+async def test_replaying_a_topic_message_through_three_hops_is_identical(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """A topic message, the subscriber's send to an agent, that agent's capability ask."""
+    from tests.unit.persistence.replay_shapes import Archive, Listener, Summarizer
+
+    settings = Settings(database_url=sqlite_url, persist=True, log_level="WARNING")
+    async with Runtime(settings) as rt:
+        await rt.spawn(Summarizer, id="sum-1")
+        await rt.spawn(Archive, id="archive")
+        await rt.spawn(Listener, id="listener-1")
+        news = Message("news", {"title": "rain again today"}, trace_id=TRACE)
+        await rt.publish("news.weather", news)
+        await rt.settle()
+    args = ["--trace", TRACE, "--url", sqlite_url]
+    for spec in SHAPES:
+        args += ["--agents", spec]
+    code, out, err = await mas_replay(*args, cwd=tmp_path, pythonpath=ROOT)
+    assert code == 0, out + err
+    assert "agents ['archive', 'listener-1', 'sum-1']" in out
+    # The listener's send, the archive's ask and the summarizer's reply.
+    assert "identical: 3 output messages" in out

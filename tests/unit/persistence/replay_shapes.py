@@ -1,0 +1,38 @@
+"""Agents for the replay tests of every trace shape (imported by `mas replay` by name)."""
+
+from __future__ import annotations
+
+from mas import Agent, HandlerResult, Message
+
+
+class Summarizer(Agent):
+    """Offers `summarize`: the first words of a text."""
+
+    type = "summarizer"
+    capabilities = ("summarize",)
+
+    async def handle_message(self, message: Message) -> HandlerResult:
+        words = str(message.payload.get("text", "")).split()
+        return message.reply({"summary": " ".join(words[:2])})
+
+
+class Listener(Agent):
+    """Subscribed to `news.*`: tells the archive what it heard (a second hop)."""
+
+    type = "listener"
+    topics = ("news.*",)
+
+    async def handle_message(self, message: Message) -> HandlerResult:
+        await self.ctx.send("agent:archive", Message("heard", {"headline": message.payload}))
+        return None
+
+
+class Archive(Agent):
+    """The end of the chain: asks the summarizer (a third hop) and keeps nothing."""
+
+    type = "archive"
+
+    async def handle_message(self, message: Message) -> HandlerResult:
+        text = str(message.payload.get("headline", {}).get("title", ""))
+        await self.ctx.ask("capability:summarize", Message("summarize", {"text": text}), 5)
+        return None
