@@ -86,6 +86,7 @@ def create_app(
         **_without_fastapi_spans(),
     )
     app.contract = _contract(settings, classes)
+    app.state.draining = False  # set when the server starts to stop (`mas.cli.serving.serve`)
     install_problem_handlers(app)
     # The last added runs first: trace ids, the access log (which sees every answer,
     # Admission's 401 and 413 included), CORS (answers a preflight and marks a 401 from

@@ -73,4 +73,5 @@ def api(
             typer.echo(f"  traces:    {spans}")
         for note in notes:
             typer.echo(f"  note: {note}")
-        serve(create_app(settings, agent_classes=classes, host_agents=False), sock)
+        app = create_app(settings, agent_classes=classes, host_agents=False)
+        serve(app, sock, grace=settings.shutdown_timeout)

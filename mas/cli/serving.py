@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import secrets
 import signal
 import socket
@@ -18,6 +19,8 @@ from mas.config import Settings
 from mas.errors import ConfigError, MasError
 
 if TYPE_CHECKING:
+    from types import FrameType
+
     from fastapi import FastAPI
 
 __all__ = [
@@ -153,12 +156,28 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(app: FastAPI, sock: socket.socket) -> None:
-    """Run the app under uvicorn until Ctrl-C or SIGTERM; both drain and exit 0."""
+def serve(app: FastAPI, sock: socket.socket, *, grace: float) -> None:
+    """Run the app under uvicorn until Ctrl-C or SIGTERM; both drain and exit 0.
+
+    The drain waits for requests in flight at most `grace` seconds (MAS_SHUTDOWN_TIMEOUT),
+    then cuts what is left (a long `?wait=`, an event stream): a gateway stops within an
+    orchestrator's grace period. The dashboard's event streams end at once (`draining`).
+    """
     import uvicorn
 
-    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on")
-    server = uvicorn.Server(config)
+    class _Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            app.state.draining = True  # open dashboards close their streams at their next look
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(
+        app,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=max(1, math.ceil(grace)),
+    )
+    server = _Server(config)
     # uvicorn drains on SIGTERM, then re-raises the signal to the previous handler: make
     # that a clean exit (0) instead of death by signal.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

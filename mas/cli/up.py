@@ -105,4 +105,4 @@ def up(
         for note in notes:
             typer.echo(f"  note: {note}")
         typer.echo("  Ctrl-C stops (drains in-flight work first)", err=False)
-        serve(create_app(settings, start_agents=classes), sock)
+        serve(create_app(settings, start_agents=classes), sock, grace=settings.shutdown_timeout)

@@ -187,3 +187,70 @@ async def test_a_dead_letter_is_replayed_from_the_page(chromium: str, tmp_path: 
                 await browser.close()
     finally:
         process.terminate()
+
+
+def _start_up(env: dict[str, str], cwd: Path, port: str = "0") -> tuple[MasProcess, str]:
+    """`mas up` on `port`; the process and its dashboard URL."""
+    process = MasProcess(["up", "--port", port], env, cwd)
+    line = process.wait_for(lambda line: line.strip().startswith("dashboard:"))
+    process.wait_for(lambda line: '"event": "runtime_started"' in line)
+    return process, line.split(":", 1)[1].split()[0]
+
+
+def _node_of(process: MasProcess) -> str:
+    started = next(e for e in process.logs() if e.get("event") == "runtime_started")
+    return str(started["node_id"])
+
+
+async def test_the_page_shows_the_cluster_live_and_survives_a_gateway_restart(
+    chromium: str, tmp_path: Path
+) -> None:
+    # One secret: the token outlives the gateway. A long grace: the open dashboard must not
+    # be what the drain waits for.
+    env = clean_environment(MAS_AUTH__JWT_SECRET="b" * 40, MAS_SHUTDOWN_TIMEOUT="30")
+    first, dashboard = _start_up(env, tmp_path)
+    token = (tmp_path / ".mas" / "dev-token").read_text().strip()
+    port = dashboard.rsplit(":", 1)[1].split("/", 1)[0]
+    second: MasProcess | None = None
+    try:
+        async with async_playwright() as playwright:
+            browser = await playwright.chromium.launch(
+                executable_path=chromium, args=CHROMIUM_FLAGS
+            )
+            try:
+                page = await browser.new_page()
+                await page.goto(f"{dashboard}#token={token}")
+                node = page.locator(f"#nodes tr[data-node-id='{_node_of(first)}']")
+                await expect(node).to_contain_text("this gateway", timeout=15_000)
+                await expect(page.locator("#types tr[data-agent-type=echo]")).to_contain_text(
+                    "echo"
+                )
+                tree = page.locator("#tree-root")
+                await expect(tree.locator("li[data-supervisor-id=root]")).to_contain_text(
+                    "one_for_one"
+                )
+                await expect(tree.locator("li[data-agent-id=echo]")).to_contain_text("running")
+
+                # SIGTERM: the page's event stream ends at once, so the gateway stops well
+                # within its grace (it is killed, and the code is not 0, after 20 s).
+                assert first.terminate(timeout=20) == 0
+                await expect(page.locator("#status")).to_contain_text(
+                    "reconnecting", timeout=15_000
+                )
+                second, _ = _start_up(env, tmp_path, port)
+                await expect(page.locator("#status")).to_contain_text("live", timeout=30_000)
+                await expect(
+                    page.locator(f"#nodes tr[data-node-id='{_node_of(second)}']")
+                ).to_be_visible(timeout=15_000)
+                # Pushed, not asked for: the task the form submits appears in the table.
+                await page.fill("#submit-form input[name=payload]", '{"after": "restart"}')
+                await page.click("#submit-form button")
+                await expect(page.locator("#tasks tr[data-status=succeeded]")).to_contain_text(
+                    '"after":"restart"', timeout=15_000
+                )
+            finally:
+                await browser.close()
+    finally:
+        first.terminate()
+        if second is not None:
+            second.terminate()

@@ -1,36 +1,47 @@
 """/dashboard: a live page of agents, tasks and runtime counters, and a form to submit a task.
 
 The page itself is static and public (it holds no data); everything it shows comes from
-`/dashboard/data`, which needs a token with `agents:read` and `tasks:read`. The page takes the
+`/dashboard/events` (the same body as `/dashboard/data`, pushed as it changes), which needs a
+token with `agents:read` and `tasks:read`. The page takes the
 token from its URL fragment (`/dashboard#token=...`, never sent to the server in a request
 line or logged) or asks for it, and keeps it in the tab's sessionStorage.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
+import json
 import re
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from functools import cache
 from importlib.resources import files
 from typing import Annotated, Any
 
 import structlog
-from fastapi import APIRouter, Depends
-from fastapi.responses import HTMLResponse
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import HTMLResponse, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
+from mas import __version__
 from mas.api.auth import Claims, require
 from mas.api.problems import AUTH_PROBLEMS, problems
 from mas.api.schemas import DeadLetterOut, TaskOut
 from mas.api.state import Gateway, gateway
 from mas.api.tasks import owner_filter
+from mas.errors import MasError
 
 router = APIRouter(tags=["dashboard"])
 _log = structlog.get_logger("mas.api.dashboard")
 
 GatewayDep = Annotated[Gateway, Depends(gateway)]
+ReaderDep = Annotated[Claims, Depends(require("agents:read", "tasks:read"))]
+
+TICK = 1.0
+"""Seconds between two looks at what the dashboard shows, per open event stream."""
+KEEPALIVE = 15.0
+"""Seconds of an unchanged picture after which the stream sends a comment line."""
 
 
 @cache
@@ -73,18 +84,74 @@ async def dashboard() -> HTMLResponse:
 
 
 @router.get("/dashboard/data", responses=problems(*AUTH_PROBLEMS))
-async def dashboard_data(
-    gw: GatewayDep,
-    claims: Annotated[Claims, Depends(require("agents:read", "tasks:read"))],
-) -> dict[str, Any]:
-    """What the dashboard shows: this node's counters, agents, the caller's tasks (all
-    callers' with `tasks:admin`): counts and the most recent; and, with
+async def dashboard_data(gw: GatewayDep, claims: ReaderDep) -> dict[str, Any]:
+    """What the dashboard shows, once (the page follows `/dashboard/events` instead).
+
+    This node's counters and supervision tree; the cluster's nodes, agents and agent types
+    (with the broker's queue depth per type) from the agents' records; the caller's tasks
+    (all callers' with `tasks:admin`): counts and the most recent; and, with
     `dead_letters:read`, the dead letters not settled yet (else `dead_letters` is null).
 
     A stored row the API model refuses (a value written by another version, say) comes as
     `{"id": ..., "unreadable": why}` in its list: the page shows that row as such, and the
-    rest as usual."""
-    agents = await gw.store.list_agents(limit=200)
+    rest as usual.
+    """
+    return await _snapshot(gw, claims)
+
+
+@router.get(
+    "/dashboard/events",
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}},
+        **problems(*AUTH_PROBLEMS, 422),
+    },
+)
+async def dashboard_events(
+    request: Request,
+    gw: GatewayDep,
+    claims: ReaderDep,
+    timeout: Annotated[float, Query(gt=0, le=3600, description="close after N seconds")] = 300,
+) -> StreamingResponse:
+    """Server-Sent Events: a `snapshot` event (the body `/dashboard/data` answers) at once
+    and whenever it changes (looked at every second), a comment line when nothing changed
+    for 15 s (proxies keep the stream open), and a `problem` event when the store cannot be
+    read for a moment; the stream stays open. It closes after `timeout` seconds, or when
+    the gateway starts to stop: the page opens another (to the restarted gateway)."""
+
+    async def stream() -> AsyncIterator[bytes]:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        last, said = b"", loop.time()
+        while True:
+            try:
+                body = json.dumps(await _snapshot(gw, claims), default=str).encode()
+            except MasError as exc:
+                body = json.dumps({"detail": str(exc)}).encode()
+                yield b"event: problem\ndata: " + body + b"\n\n"
+            else:
+                if body != last:
+                    yield b"event: snapshot\ndata: " + body + b"\n\n"
+                    last, said = body, loop.time()
+                elif loop.time() - said >= KEEPALIVE:
+                    yield b": nothing changed\n\n"
+                    said = loop.time()
+            left = end - loop.time()
+            if left <= 0 or request.app.state.draining:
+                return  # its time is up, or the gateway stops: the page opens another
+            await asyncio.sleep(min(TICK, left))
+
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _snapshot(gw: Gateway, claims: Claims) -> dict[str, Any]:
+    runtime = gw.runtime
+    records = await gw.store.list_agents(limit=500)
+    agents = [_shown(agent.id, gw.agent_out, agent) for agent in records]
     owner = owner_filter(claims)
     recent = await gw.store.list_tasks(created_by=owner, limit=20)
     letters = None
@@ -92,14 +159,77 @@ async def dashboard_data(
         dead = await gw.dead_letters.list(status="dead", limit=20)
         letters = [_shown(letter.id, DeadLetterOut.of, letter) for letter in dead]
     return {
-        "node_id": gw.runtime.node_id,
+        "node_id": runtime.node_id,
         "transport": gw.settings.transport,
-        "runtime": gw.runtime.stats(),
+        "version": __version__,
+        "runtime": runtime.stats(),
         "task_counts": await gw.store.count_tasks(created_by=owner),
-        "agents": [_shown(agent.id, gw.agent_out, agent) for agent in agents],
+        "nodes": _nodes(agents),
+        "types": await _types(gw, agents),
+        "supervision": _tree(runtime.root.describe(), runtime) if runtime.root else None,
+        "agents": agents,
         "tasks": [_shown(task.id, TaskOut.of, task) for task in recent],
         "dead_letters": letters,
     }
+
+
+def _nodes(agents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The nodes the agents' records name: their agents, live ones, latest heartbeat."""
+    nodes: dict[str, dict[str, Any]] = {}
+    for agent in agents:
+        node_id = agent.get("node_id")
+        if not node_id or "unreadable" in agent:
+            continue
+        node = nodes.setdefault(
+            node_id, {"node_id": node_id, "agents": 0, "live": 0, "last_heartbeat": None}
+        )
+        node["agents"] += 1
+        node["live"] += bool(agent.get("live"))
+        beat = agent.get("last_heartbeat")
+        if beat and (node["last_heartbeat"] is None or beat > node["last_heartbeat"]):
+            node["last_heartbeat"] = beat
+    return sorted(nodes.values(), key=lambda node: str(node["node_id"]))
+
+
+async def _types(gw: Gateway, agents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per agent type: live agents in the cluster, this node's agents, mailboxes and
+    counters, and the messages waiting in the type's broker queue (None: no queue; -1: the
+    broker could not be asked)."""
+    live: dict[str, int] = {}
+    for agent in agents:
+        if "unreadable" not in agent and agent.get("type"):
+            live[agent["type"]] = live.get(agent["type"], 0) + bool(agent.get("live"))
+    here = gw.runtime.agents_by_type()
+    counters = gw.runtime.counters
+    out = []
+    for agent_type in sorted(set(live) | set(here)):
+        local, mailbox = here.get(agent_type, (0, 0))
+        counted = counters.get(agent_type)
+        out.append(
+            {
+                "type": agent_type,
+                "live": live.get(agent_type, 0),
+                "here": local,
+                "mailbox": mailbox,
+                "broker": await gw.backlogs.depth(f"type:{agent_type}"),
+                "handled": counted.succeeded if counted else 0,
+                "failed": counted.failed if counted else 0,
+                "restarts": counted.restarts if counted else 0,
+            }
+        )
+    return out
+
+
+def _tree(node: dict[str, Any], runtime: Any) -> dict[str, Any]:
+    """A supervisor's description with its agents' state (type, status, mailbox)."""
+    children = []
+    for child in node.get("children", []):
+        if "children" in child:
+            children.append(_tree(child, runtime))
+            continue
+        cell = runtime.local_cell(child["id"])
+        children.append(cell.describe() if cell is not None else child)
+    return {**node, "children": children}
 
 
 def _shown(item_id: str, model: Callable[[Any], BaseModel], record: Any) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -22,7 +23,7 @@ async def test_the_page_is_served_without_a_token_and_holds_no_data(
     response = await client.get("/dashboard")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/html")
-    assert "/dashboard/data" in response.text
+    assert "/dashboard/events" in response.text
     assert "trouble" not in response.text  # agent names come from the data call only
 
 
@@ -86,3 +87,67 @@ async def test_the_data_has_the_dead_letters_to_settle_for_who_may_read_them(
     ]
     limited = await client.get("/dashboard/data", headers=token("agents:read", "tasks:read"))
     assert limited.json()["dead_letters"] is None
+
+
+def snapshots(body: str) -> list[dict[str, Any]]:
+    """The `snapshot` events of a dashboard event stream (comment lines skipped)."""
+    found = []
+    for block in body.strip().split("\n\n"):
+        lines = [line for line in block.splitlines() if not line.startswith(":")]
+        if lines:
+            fields = dict(line.split(": ", 1) for line in lines)
+            assert fields["event"] == "snapshot", block
+            found.append(json.loads(fields["data"]))
+    return found
+
+
+async def test_the_event_stream_carries_the_cluster_picture(
+    client: httpx.AsyncClient, token: TokenFactory, gw: Gateway
+) -> None:
+    created = await client.post("/tasks/", json={"type": "echo"}, headers=token())
+    await client.get(f"/tasks/{created.json()['id']}?wait=5", headers=token())
+    response = await client.get("/dashboard/events", params={"timeout": 0.5}, headers=token())
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    [picture] = snapshots(response.text)  # nothing changed: one snapshot, then the end
+    node = gw.runtime.node_id
+    assert picture["nodes"] == [
+        {
+            "node_id": node,
+            "agents": 2,
+            "live": 2,
+            "last_heartbeat": picture["nodes"][0]["last_heartbeat"],
+        }
+    ]
+    echo = next(t for t in picture["types"] if t["type"] == "echo")
+    assert echo | {"broker": 0} == {
+        "type": "echo",
+        "live": 1,
+        "here": 1,
+        "mailbox": 0,
+        "broker": 0,
+        "handled": 1,
+        "failed": 0,
+        "restarts": 0,
+    }
+    root = picture["supervision"]
+    assert (root["id"], root["strategy"]) == ("root", "one_for_one")
+    assert {child["id"]: child["type"] for child in root["children"]} == {
+        "echo": "echo",
+        "trouble": "trouble",
+    }
+    assert picture["version"]
+
+
+@pytest.mark.parametrize("timeout", ["0", "3601", "soon"])
+async def test_the_event_stream_refuses_a_bad_timeout(
+    client: httpx.AsyncClient, token: TokenFactory, timeout: str, problem: Callable[..., Any]
+) -> None:
+    response = await client.get("/dashboard/events", params={"timeout": timeout}, headers=token())
+    problem(response, 422)
+
+
+async def test_the_event_stream_needs_both_read_scopes(
+    client: httpx.AsyncClient, token: TokenFactory, problem: Callable[..., Any]
+) -> None:
+    problem(await client.get("/dashboard/events", headers=token("agents:read")), 403)
