@@ -677,11 +677,21 @@ class ActorSystem:
         task = asyncio.current_task()
         return task if self.tasks.owns(task) else None
 
-    async def ask(self, target: str | AgentRef, message: Message, *, timeout: float) -> Message:
-        """Send and wait for the reply (see `AgentRef.ask` for the errors raised)."""
-        tracing = self.tracing
-        if tracing is None:
-            return await self._ask(target, message, timeout)
+    def ask(
+        self, target: str | AgentRef, message: Message, *, timeout: float
+    ) -> Coroutine[Any, Any, Message]:
+        """Send and wait for the reply (see `AgentRef.ask` for the errors raised).
+
+        A plain function returning the ask's coroutine: untraced, an ask costs no extra
+        coroutine frame (1.6% of an ask's instructions, measured with callgrind).
+        """
+        if self.tracing is None:
+            return self._ask(target, message, timeout)
+        return self._traced_ask(self.tracing, target, message, timeout)
+
+    async def _traced_ask(
+        self, tracing: Tracing, target: str | AgentRef, message: Message, timeout: float
+    ) -> Message:
         name = target.address if isinstance(target, AgentRef) else target
         with tracing.asking(name, message):
             return await self._ask(target, message, timeout)
