@@ -7,7 +7,9 @@ Run (from the repository root, with RabbitMQ on 127.0.0.1:5672, guest/guest):
 Scenarios (full sizes; `--quick` uses about a tenth and 2 repetitions instead of 3):
 
     noio   10k messages through a durable quorum queue, handler returns at once:
-           raw_aio_pika, bare_taskiq, mas_1_worker_noio, mas_2_workers_noio
+           raw_aio_pika, bare_taskiq, mas_1_worker_noio, mas_2_workers_noio, and its variants
+           mas_2_workers_noio_traced (every mas process exports OpenTelemetry spans) and
+           mas_2_workers_noio_metrics (the workers serve /metrics, so they time every handler)
     io     3k messages to agents whose handler awaits 50 ms (16 agents per worker):
            mas_1_worker, mas_2_workers
     ask    1.5k sequential cross-process request/reply round trips:
@@ -23,6 +25,13 @@ is timed from the first publish to the moment the last message was handled (the 
 `mas worker` subprocesses; the benchmark process hosts a collector agent that receives the
 workers' progress reports (see bench_agents.py). Every run uses its own name prefix and deletes
 its queues and exchanges at the end.
+
+A variant of mas_2_workers_noio runs in two workers of its own, under a prefix of its own, sent
+to by a runtime of its own in the benchmark process, so that the plain contenders never share a
+process with it. Traced, the workers get `OTEL_EXPORTER_OTLP_ENDPOINT` (a sink in the benchmark
+process that answers every export with 200 and drops the spans, so that no collector's work is
+timed) and `OTEL_BSP_SCHEDULE_DELAY=500`, and the sending runtime exports its spans there too,
+as a gateway would; with metrics, the workers run with `--metrics-port 0` (nothing scrapes).
 
 Repetitions are interleaved (the order rotates every repetition) and medians are reported.
 JSON goes to stdout and to benchmarks/results/distributed.json; progress and the table of
@@ -44,11 +53,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +71,7 @@ from aio_pika.exceptions import AMQPError
 
 from mas import Agent, Message, Runtime, Settings
 from mas.config import AmqpSettings
+from mas.observability import tracing
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -71,6 +84,7 @@ PUBLISH_TIMEOUT = 10.0
 MAS_EXCHANGES = ("agents.direct", "agents.topic", "agents.delay", "agents.dlx")
 W1_AGENTS = ("IoSolo", "IoPair", "NoIoSolo", "NoIoPair", "BenchEcho", "BenchFanOut")
 W2_AGENTS = ("IoPair", "NoIoPair", "BenchChild")
+SPAN_DELAY_MS = 500  # OTEL_BSP_SCHEDULE_DELAY of every traced process (the SDK's default: 5000)
 
 
 @dataclass(frozen=True)
@@ -417,7 +431,8 @@ def _stop_child(child: Child) -> None:
 
 
 def _worker_env(prefix: str, node: str) -> dict[str, str]:
-    env = dict(os.environ)
+    # Untraced unless a variant says so, whatever the shell exports.
+    env = {name: value for name, value in os.environ.items() if not name.startswith("OTEL_")}
     env.update(
         {
             "MAS_TRANSPORT": "rabbitmq",
@@ -437,6 +452,133 @@ def _worker_command(classes: tuple[str, ...]) -> list[str]:
     for cls in classes:
         command += ["--agents", f"bench_agents:{cls}"]
     return command
+
+
+def _bench_settings(prefix: str) -> Settings:
+    """The benchmark process's runtime: it sends the work and hosts the collector."""
+    return Settings(
+        transport="rabbitmq",
+        amqp_url=AMQP_URL,  # type: ignore[arg-type]
+        amqp=AmqpSettings(prefix=prefix),
+        node_id="bench",
+        persist=False,
+        log_level="WARNING",
+    )
+
+
+# -- variants of mas_2_workers_noio --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Variant:
+    """mas_2_workers_noio with its processes configured otherwise: `mas_2_workers_noio_<name>`.
+
+    Its two workers (NoIoPair only, 16 agents each, as in w1 and w2) and the runtime that sends
+    to them live under the prefix `<run prefix><name>.`: a `type:` send then reaches only the
+    workers configured so, and the plain contenders' processes stay as they were.
+    """
+
+    name: str
+    env: dict[str, str] = field(default_factory=dict)  # added to the workers' environment
+    args: tuple[str, ...] = ()  # added to their `mas worker` command
+    traced: bool = False  # the sending runtime exports spans too (to `env`'s endpoint)
+
+    def prefix(self, run_prefix: str) -> str:
+        return f"{run_prefix}{self.name}."
+
+
+def _variants(sink: str) -> list[Variant]:
+    """The variants to run: the traced one only where the `otel` extra is installed."""
+    metrics = Variant("metrics", args=("--metrics-port", "0"))
+    try:
+        import opentelemetry.sdk  # noqa: F401
+    except ImportError:
+        _say("no traced variant: OpenTelemetry is not installed (mas-runtime[otel])")
+        return [metrics]
+    otel = {"OTEL_EXPORTER_OTLP_ENDPOINT": sink, "OTEL_BSP_SCHEDULE_DELAY": str(SPAN_DELAY_MS)}
+    return [Variant("traced", env=otel, traced=True), metrics]
+
+
+class OtlpSink:
+    """An OTLP/HTTP endpoint that answers every export with 200 and an empty body, dropping the
+    spans: traced processes pay for making, batching, encoding and posting spans, as they would
+    to a collector, and no collector's own work lands on the benchmark's CPUs.
+
+    A thread of the benchmark process serves it; `endpoint` is what `OTEL_EXPORTER_OTLP_ENDPOINT`
+    must say. It has to outlive the traced workers, which export what is left when they stop.
+    """
+
+    def __init__(self) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive: one connection per exporter
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return None
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def _tracer_provider(env: dict[str, str]) -> Any:
+    """What `mas worker` builds from `env`'s OTEL_* variables, for the benchmark's own runtime
+    (which turns tracing on as an embedding application does: `tracing.use(provider)`)."""
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": "mas-bench"}),
+        id_generator=tracing.id_generator(),
+    )
+    exporter = OTLPSpanExporter(endpoint=env["OTEL_EXPORTER_OTLP_ENDPOINT"] + "/v1/traces")
+    delay = int(env["OTEL_BSP_SCHEDULE_DELAY"])
+    provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=delay))
+    return provider
+
+
+async def _start_variant(
+    stack: AsyncExitStack,
+    variant: Variant,
+    run_prefix: str,
+    progress: Progress,
+    children: list[Child],
+    logdir: Path,
+) -> Runtime:
+    """Start `variant`'s sending runtime (closed with `stack`) and its two workers (added to
+    `children`, not waited for); returns the runtime."""
+    prefix = variant.prefix(run_prefix)
+    if variant.traced:
+        provider = _tracer_provider(variant.env)
+        stack.callback(provider.shutdown)  # after the runtime stopped: exports the rest
+        tracing.use(provider)
+        try:
+            rt = Runtime(_bench_settings(prefix))  # a runtime takes the tracing of its creation
+        finally:
+            tracing.use(None)
+    else:
+        rt = Runtime(_bench_settings(prefix))
+    await stack.enter_async_context(rt)
+    # Its workers report to the collector under their own prefix (run ids never collide).
+    await rt.spawn(functools.partial(Collector, progress), id="bench-collector")
+    for node in ("w1", "w2"):
+        env = {**_worker_env(prefix, node), **variant.env}
+        command = [*_worker_command(("NoIoPair",)), *variant.args]
+        children.append(_start_child(f"{node}-{variant.name}", command, env, logdir))
+    return rt
 
 
 # -- cleanup -------------------------------------------------------------------------------
@@ -572,6 +714,12 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
     _say(f"distributed benchmark: prefix {prefix!r}, sizes {sizes}, {reps} reps")
     logdir = Path(tempfile.mkdtemp(prefix="mas-bench-"))
     children: list[Child] = []
+    sink = OtlpSink()
+    variants = _variants(sink.endpoint)
+    report["meta"]["variants"] = {
+        variant.name: {"env": variant.env, "args": variant.args, "traced_sender": variant.traced}
+        for variant in variants
+    }
     try:
         rpc = _start_child(
             "rpc-server",
@@ -580,22 +728,20 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
             logdir,
         )
         children.append(rpc)
-        settings = Settings(
-            transport="rabbitmq",
-            amqp_url=AMQP_URL,  # type: ignore[arg-type]
-            amqp=AmqpSettings(prefix=prefix),
-            node_id="bench",
-            persist=False,
-            log_level="WARNING",
-        )
         progress = Progress()
-        async with Runtime(settings) as rt:
+        async with Runtime(_bench_settings(prefix)) as rt, AsyncExitStack() as stack:
             # The collector's queue must exist before the workers report to it.
             await rt.spawn(functools.partial(Collector, progress), id="bench-collector")
             for node, classes in (("w1", W1_AGENTS), ("w2", W2_AGENTS)):
                 env = _worker_env(prefix, node)
                 children.append(_start_child(node, _worker_command(classes), env, logdir))
-            _say("starting 2 mas workers and the raw RPC server ...")
+            senders = {
+                variant.name: await _start_variant(
+                    stack, variant, prefix, progress, children, logdir
+                )
+                for variant in variants
+            }
+            _say(f"starting {len(children) - 1} mas workers and the raw RPC server ...")
             for child in children:
                 marker = "rpc server ready" if child is rpc else "ready; SIGTERM"
                 await _wait_ready(child, marker)
@@ -613,6 +759,16 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
                     "mas_2_workers_noio",
                     sizes.noio,
                     lambda: mas_trial(rt, progress, "bench_noio_pair", sizes.noio),
+                ),
+                *(
+                    Contender(
+                        f"mas_2_workers_noio_{name}",
+                        sizes.noio,
+                        functools.partial(
+                            mas_trial, sender, progress, "bench_noio_pair", sizes.noio
+                        ),
+                    )
+                    for name, sender in senders.items()
                 ),
             ]
             io = [
@@ -668,7 +824,11 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         for child in children:
             _stop_child(child)
-        report["meta"]["deleted_broker_objects"] = await delete_topology(prefix)
+        sink.close()  # after the traced workers exported their last spans
+        deleted = await delete_topology(prefix)
+        for variant in variants:
+            deleted += await delete_topology(variant.prefix(prefix))
+        report["meta"]["deleted_broker_objects"] = deleted
         report["meta"]["child_logs"] = str(logdir)
     report["meta"]["loadavg_at_end"] = os.getloadavg()
     report["ratios"], report["targets"] = ratios_and_targets(report["scenarios"])
@@ -698,6 +858,11 @@ def ratios_and_targets(
         "mas_fanout_durable_vs_plain": scenarios["fanout"]["results"]["mas_fanout_durable"]["per_s"]
         / scenarios["fanout"]["results"]["mas_fanout_plain"]["per_s"],
     }
+    for name in noio:
+        if name.startswith("mas_2_workers_noio_"):  # a variant: what its configuration costs
+            ratios[f"{name}_vs_mas_2_workers_noio"] = (
+                noio[name]["per_s"] / noio["mas_2_workers_noio"]["per_s"]
+            )
     checks = [
         ("mas_1_worker (no-I/O) / bare_taskiq", "mas_1_worker_noio_vs_bare_taskiq", 1.0, ">="),
         ("mas_1_worker (no-I/O) / raw_aio_pika", "mas_1_worker_noio_vs_raw_aio_pika", 0.7, ">="),
@@ -738,7 +903,7 @@ def render(report: dict[str, Any]) -> str:
             lines.append("  " + "  ".join(cells))
     lines.append("ratios")
     for key, value in report["ratios"].items():
-        lines.append(f"  {key:42s} {value:.2f}")
+        lines.append(f"  {key:50s} {value:.2f}")
     lines.append("targets (informational)")
     for t in report["targets"]:
         mark = "PASS" if t["passed"] else "MISS"
