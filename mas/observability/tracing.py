@@ -265,13 +265,8 @@ class Tracing:
             message.trace_id,
             {"messaging.message.id": message.id, "messaging.destination.name": message.target},
         )
-        try:
+        with self._running(span, current=False):
             yield self.stamped(message, span)
-        except BaseException as exc:
-            self.failed(span, exc)
-            raise
-        finally:
-            span.end()
 
     @contextmanager
     def asking(self, target: str, message: Message) -> Iterator[None]:
@@ -282,15 +277,8 @@ class Tracing:
                 kind=self._kind.CLIENT,
                 attributes={"messaging.message.id": message.id, "mas.ask.target": target},
             )
-        token = self.attach(span)
-        try:
+        with self._running(span, current=True):
             yield
-        except BaseException as exc:
-            self.failed(span, exc)
-            raise
-        finally:
-            self.detach(token)
-            span.end()
 
     @contextmanager
     def serving(
@@ -304,15 +292,8 @@ class Tracing:
             trace_id,
             {"http.request.method": method, "url.path": path},
         )
-        token = self.attach(span)
-        try:
+        with self._running(span, current=True):
             yield span
-        except BaseException as exc:
-            self.failed(span, exc)
-            raise
-        finally:
-            self.detach(token)
-            span.end()
 
     @contextmanager
     def committing(self, rows: int) -> Iterator[None]:
@@ -323,12 +304,22 @@ class Tracing:
             self._kind.INTERNAL,
             {"mas.batch.rows": rows},
         )
+        with self._running(span, current=False):
+            yield
+
+    @contextmanager
+    def _running(self, span: Span, *, current: bool) -> Iterator[None]:
+        """Until the block ends: `span` (the current one, if `current`), marked failed by
+        an error that leaves the block, then ended."""
+        token = self.attach(span) if current else None
         try:
             yield
         except BaseException as exc:
             self.failed(span, exc)
             raise
         finally:
+            if token is not None:
+                self.detach(token)
             span.end()
 
     # -- what a message carries --------------------------------------------------------------
