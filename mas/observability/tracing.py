@@ -169,12 +169,16 @@ class Tracing:
     """mas's spans, made with a tracer of one TracerProvider."""
 
     def __init__(self, provider: TracerProvider) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
         from opentelemetry import context, trace
         from opentelemetry.trace import SpanKind, Status, StatusCode
 
-        from mas import __version__
-
-        self.tracer: Tracer = provider.get_tracer("mas", __version__)
+        try:  # not `mas.__version__`: importing `mas` from here would make an import cycle
+            mas_version: str | None = version("mas-runtime")
+        except PackageNotFoundError:
+            mas_version = None
+        self.tracer: Tracer = provider.get_tracer("mas", mas_version)
         self._context = context
         self._trace = trace
         self._kind = SpanKind
