@@ -99,11 +99,23 @@ async def dashboard_data(gw: GatewayDep, claims: ReaderDep) -> dict[str, Any]:
     return await _snapshot(gw, claims)
 
 
+_DASHBOARD_EVENT = {
+    "description": "one event: `snapshot`, the body /dashboard/data answers, whenever it "
+    "changed; or `problem`, why the store could not be read just now",
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"enum": ["snapshot", "problem"]},
+        "data": {"type": "string", "contentMediaType": "application/json"},
+    },
+}
+
+
 @router.get(
     "/dashboard/events",
     response_class=StreamingResponse,
     responses={
-        200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}},
+        200: {"content": {"text/event-stream": {"schema": _DASHBOARD_EVENT}}},
         **problems(*AUTH_PROBLEMS, 422),
     },
 )
