@@ -828,7 +828,14 @@ class ActorSystem:
             # Resolved at the send: the agent gets a copy addressed to the type chosen.
             routed = message.copy()
             routed.target = f"type:{types[0]}"
-            return await self._route(routed, resent=resent)
+            try:
+                return await self._route(routed, resent=resent)
+            except UnknownAgent as exc:
+                if isinstance(exc, UnknownCapability):
+                    raise
+                # The provider's record is there, its queue not yet: it is starting. Said
+                # as the capability's, so a task with a deadline waits for it.
+                raise UnknownCapability(address.value) from exc
         elif kind == "reply":
             if address.value == self._node_id:
                 self._resolve_reply(message)

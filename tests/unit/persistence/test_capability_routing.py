@@ -79,3 +79,19 @@ async def test_a_capability_offered_by_no_live_node_fails_as_no_capable_agent(
     await translating.journal.flush()  # type: ignore[union-attr]
     with pytest.raises(UnknownCapability):
         await writing.ask("capability:translate", Message("translate", {"text": "x"}), timeout=1)
+
+
+async def test_a_provider_recorded_before_its_queue_is_bound_is_a_capability_not_yet_there(
+    nodes: Nodes,
+) -> None:
+    """A worker records its agents before its queues exist (it is starting): a send by
+    capability then finds the type but no queue. That is a capability not yet served, which a
+    task with a deadline waits for, not an unknown address that fails it at once."""
+    writing = await nodes.start("writing")
+    journal = writing.journal
+    assert journal is not None
+    journal.agent_started("translator-9", "translator", ("translate",))  # no queue, no agent
+    await journal.flush()
+    with pytest.raises(UnknownCapability) as refused:
+        await writing.tell("capability:translate", Message("translate", {"text": "x"}))
+    assert "type:translator" in str(refused.value.__cause__)
