@@ -14,7 +14,7 @@ import structlog
 
 from mas.actors.backoff import backoff_delay
 from mas.actors.mailbox import Overflow
-from mas.actors.replies import ERROR_REPLY, error_from_reply
+from mas.actors.replies import ERROR_REPLY, PendingReply, error_from_reply
 from mas.actors.workflow import (
     CREATED_BY_KEY,
     PARENT_KEY,
@@ -260,49 +260,57 @@ class AgentContext:
                 raise Parked([Wait(until, ask=seq, asked=run.child_id(seq))])
         parks = run.parkable and journal is not None and left > park_after
         child = await self._child(run, seq, message, wakes=parks)
-        if run.sends_again and journal is not None:
-            asking = self._ask_again(target, child, left, journal)
-        else:
-            asking = self._system.ask(target, child, timeout=left)
-        if parks:
-            reply = await _reply_or_park(asking, park_after, Wait(until, ask=seq, asked=child.id))
-        else:
-            reply = await asking
+        # Sent in full before any wait is cut short: a parked handler is woken by the answer
+        # to a question that was asked.
+        question = await self._system.question(target, child, timeout=left)
+        try:
+            if run.sends_again and journal is not None:
+                answering = self._answer_or_record(question, child.id, journal)
+            else:
+                answering = question.answer()
+            if parks:
+                wait = Wait(until, ask=seq, asked=child.id)
+                reply = await _reply_or_park(answering, park_after, wait)
+            else:
+                reply = await answering
+        finally:
+            question.abandon()
         self._finished(run, seq, name, "ask", reply.to_dict())
         return reply
 
-    async def _ask_again(
-        self, target: str | AgentRef, child: Message, timeout: float, journal: Journal
+    async def _answer_or_record(
+        self, question: PendingReply, child_id: str, journal: Journal
     ) -> Message:
-        """Ask `child` again for a re-run: the earlier run may have asked it already.
+        """The answer to a question asked again for a re-run: the earlier run may have
+        asked it already.
 
         The receiver may be handling the earlier copy right now (this copy is then skipped
         as a duplicate) and answer it to the earlier run's node, perhaps gone: so while
         waiting for the reply, look for the receiver's record of its answer too (backing
         off), and take whichever comes first.
         """
-        ask = asyncio.ensure_future(self._system.ask(target, child, timeout=timeout))
+        answer = asyncio.ensure_future(question.answer())
         try:
             attempt = 0
-            while not ask.done():
+            while not answer.done():
                 attempt += 1
                 delay = backoff_delay(attempt, _RECORD_POLL_FIRST, _RECORD_POLL_MAX, 0.1)
-                await asyncio.wait([ask], timeout=delay)
-                if ask.done():
+                await asyncio.wait([answer], timeout=delay)
+                if answer.done():
                     break
                 try:
-                    found, recorded = await journal.handled_elsewhere(child.id)
+                    found, recorded = await journal.handled_elsewhere(child_id)
                 except MasError:
                     continue  # the record cannot say now: the reply may still come
                 if found and recorded is not None:
                     if recorded.type == ERROR_REPLY:
                         raise error_from_reply(recorded)
                     return recorded
-            return ask.result()
+            return answer.result()
         finally:
-            if not ask.done():
-                ask.cancel()
-                await asyncio.wait([ask])
+            if not answer.done():
+                answer.cancel()
+                await asyncio.wait([answer])
 
     def step(
         self, name: str, fn: Callable[..., Awaitable[T] | T], /, *args: Any, **kwargs: Any
@@ -516,10 +524,10 @@ class AgentContext:
         self._cell.stop_requested = True
 
 
-async def _reply_or_park(asking: Awaitable[Message], park_after: float, wait: Wait) -> Message:
+async def _reply_or_park(answering: Awaitable[Message], park_after: float, wait: Wait) -> Message:
     """The reply, if it comes within `park_after` seconds; else park on `wait` (the question
     stays asked: its answer, when recorded, wakes the handler)."""
-    ask = asyncio.ensure_future(asking)
+    ask = asyncio.ensure_future(answering)
     try:
         await asyncio.wait([ask], timeout=park_after)
         if not ask.done():

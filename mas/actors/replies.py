@@ -13,7 +13,14 @@ import itertools
 import math
 
 from mas.actors.deadletters import DeadLetter
-from mas.errors import AgentStopped, HandlerError, MailboxFull, MasError, UnknownAgent
+from mas.errors import (
+    AgentStopped,
+    AskTimeout,
+    HandlerError,
+    MailboxFull,
+    MasError,
+    UnknownAgent,
+)
 from mas.messages import Message
 
 __all__ = [
@@ -21,6 +28,7 @@ __all__ = [
     "TASK_RESULT_REPLY",
     "AskDeadlines",
     "AskExpired",
+    "PendingReply",
     "error_from_reply",
     "error_notice",
     "expire",
@@ -38,6 +46,55 @@ def expire(future: asyncio.Future[Message]) -> None:
     """Timer callback of `ask`: fail the waiting future unless the reply won the race."""
     if not future.done():
         future.set_exception(AskExpired())
+
+
+class PendingReply:
+    """An asked question's reply, awaited apart from the sending of the question.
+
+    `ActorSystem.question` returns it once the question is sent, so a caller may stop
+    waiting for the answer (a durable handler parks, and the answer's record wakes it) without
+    ever cancelling a question half-sent. Whoever holds one awaits `answer()` or calls
+    `abandon()`.
+    """
+
+    __slots__ = ("_asked", "_future", "_id", "_pending", "_timeout")
+
+    def __init__(
+        self,
+        pending: dict[str, asyncio.Future[Message]],
+        message_id: str,
+        future: asyncio.Future[Message],
+        asked: str,
+        timeout: float,
+    ) -> None:
+        self._pending = pending
+        self._id = message_id
+        self._future = future
+        self._asked = asked
+        self._timeout = timeout
+
+    async def answer(self) -> Message:
+        """The reply.
+
+        Raises:
+            AskTimeout: no reply within the ask's timeout.
+            MasError: the `mas.error` reply's error (`error_from_reply`).
+        """
+        try:
+            reply = await self._future
+        except AskExpired:
+            raise AskTimeout(self._asked, self._timeout) from None
+        finally:
+            self.abandon()
+        if reply.type == ERROR_REPLY:
+            raise error_from_reply(reply)
+        return reply
+
+    def abandon(self) -> None:
+        """Stop waiting: a reply that comes now is dropped as late (idempotent)."""
+        if self._pending.get(self._id) is self._future:
+            del self._pending[self._id]
+        self._future.cancel()  # a done future stays as it is; an expiry finds it done
 
 
 class AskDeadlines:

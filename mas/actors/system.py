@@ -42,6 +42,7 @@ from mas.actors.replies import (
     TASK_RESULT_REPLY,
     AskDeadlines,
     AskExpired,
+    PendingReply,
     error_from_reply,
     error_notice,
 )
@@ -697,27 +698,12 @@ class ActorSystem:
             return await self._ask(target, message, timeout)
 
     async def _ask(self, target: str | AgentRef, message: Message, timeout: float) -> Message:
-        loop = self._loop
-        if loop is None:
-            self.check_running()  # raises: never started
-        assert loop is not None
+        # `question` and `PendingReply.answer` in one frame: the common ask, kept short.
         asked = target
         if type(target) is str and target.startswith("capability:"):
-            # Resolved once, here: the ask goes to the type found, without a second lookup.
-            agent_type, waited = await self._wait_for_provider(target[11:], timeout)
-            target, timeout = f"type:{agent_type}", timeout - waited
-        future: asyncio.Future[Message] = loop.create_future()
-        if message.target is not None or message.reply_to is not None:
-            # Sent before (perhaps still queued somewhere): a sent message is never changed,
-            # so this ask sends a copy, which `tell` below addresses.
-            message = message.copy()
-            message.target = None
-        message.reply_to = self.reply_address
-        message_id = message.id
+            target, timeout = await self._provider_for(target, timeout)
+        message, future = self._expect_reply(message, timeout)
         pending = self._pending
-        pending[message_id] = future
-        assert self._deadlines is not None
-        self._deadlines.add(timeout, future, len(pending))
         try:
             if type(target) is AgentRef:
                 await target.tell(message)
@@ -728,11 +714,71 @@ class ActorSystem:
             name = asked.address if isinstance(asked, AgentRef) else asked
             raise AskTimeout(name, timeout) from None
         finally:
-            if pending.get(message_id) is future:
-                del pending[message_id]
+            if pending.get(message.id) is future:
+                del pending[message.id]
         if reply.type == ERROR_REPLY:
             raise error_from_reply(reply)
         return reply
+
+    async def question(
+        self, target: str | AgentRef, message: Message, *, timeout: float
+    ) -> PendingReply:
+        """Send the question of an ask and return its pending reply, without waiting for it.
+
+        For a caller that may stop waiting before the answer comes (a durable handler
+        parks): cancelling a whole `ask` could cancel its question half-sent (while a
+        `capability:` target still waits for a provider, say), and then no answer would
+        ever come. The timeout runs from now; the errors of sending are `tell`'s.
+        """
+        name = target.address if isinstance(target, AgentRef) else target
+        if self.tracing is None:
+            return await self._question(name, target, message, timeout)
+        with self.tracing.asking(name, message):
+            return await self._question(name, target, message, timeout)
+
+    async def _question(
+        self, asked: str, target: str | AgentRef, message: Message, timeout: float
+    ) -> PendingReply:
+        if type(target) is str and target.startswith("capability:"):
+            target, timeout = await self._provider_for(target, timeout)
+        message, future = self._expect_reply(message, timeout)
+        reply = PendingReply(self._pending, message.id, future, asked, timeout)
+        try:
+            if type(target) is AgentRef:
+                await target.tell(message)
+            else:
+                await self.tell(target, message)
+        except BaseException:
+            reply.abandon()
+            raise
+        return reply
+
+    async def _provider_for(self, capability: str, timeout: float) -> tuple[str, float]:
+        """The `type:` address a `capability:` ask goes to (resolved once, here, so the
+        question needs no second lookup) and the seconds its timeout has left."""
+        agent_type, waited = await self._wait_for_provider(capability[11:], timeout)
+        return f"type:{agent_type}", timeout - waited
+
+    def _expect_reply(
+        self, message: Message, timeout: float
+    ) -> tuple[Message, asyncio.Future[Message]]:
+        """The question to send (`message`, or a copy if it was sent before) and the future
+        its reply resolves, registered and timed."""
+        loop = self._loop
+        if loop is None:
+            self.check_running()  # raises: never started
+        assert loop is not None and self._deadlines is not None
+        future: asyncio.Future[Message] = loop.create_future()
+        if message.target is not None or message.reply_to is not None:
+            # Sent before (perhaps still queued somewhere): a sent message is never changed,
+            # so this ask sends a copy, which `tell` addresses.
+            message = message.copy()
+            message.target = None
+        message.reply_to = self.reply_address
+        pending = self._pending
+        pending[message.id] = future
+        self._deadlines.add(timeout, future, len(pending))
+        return message, future
 
     async def capability_types(self, capability: str) -> list[str]:
         """The agent types that offer `capability`, sorted: those this node runs, else those

@@ -134,6 +134,7 @@ class Nodes:
         self.make = make
         self.database_url = database_url
         self.client: httpx.AsyncClient
+        self.park_after = 0.2
 
     def settings(self) -> Settings:
         return Settings(
@@ -142,7 +143,7 @@ class Nodes:
             log_level="WARNING",
             auth=AuthSettings(jwt_secret=SecretStr(SECRET)),
             outbox=OutboxSettings(lease=2.0, sweep_interval=0.05),
-            workflow=WorkflowSettings(park_after=0.2),
+            workflow=WorkflowSettings(park_after=self.park_after),
             retry=RetrySettings(max_attempts=4, base_delay=0.05, max_delay=0.2),
             heartbeat_interval=0.2,
             shutdown_timeout=2,
@@ -243,6 +244,26 @@ async def test_long_asks_park_and_their_answers_wake_the_workflow(nodes: Nodes) 
     assert done["status"] == "succeeded", done
     assert done["result"] == {"report": "notes on tides; notes on moons"}
     assert effects == {"split": 1, "merge": 1, "research tides": 1, "research moons": 1}
+
+
+async def test_a_long_ask_still_asks_when_finding_its_provider_outlasts_park_after(
+    nodes: Nodes,
+) -> None:
+    # The handler parks only once its question is sent: were the wait for a provider cut
+    # short at `park_after`, the question would never be asked and nothing would wake it.
+    nodes.park_after = 0.01
+    reports = await nodes.node("reports", Report)
+    await nodes.gateway()
+    task_id = await nodes.submit("report", {"goal": "tides"})
+    await eventually(lambda: effects["split"] == 1, timeout=60)
+    Researcher.release = asyncio.Event()
+    await nodes.node("researchers", Researcher)  # offered after the handler began to ask
+    await eventually(lambda: reports.stats()["parked"] >= 1, timeout=60)
+    Researcher.release.set()
+    done = await nodes.ended(task_id)
+    assert done["status"] == "succeeded", done
+    assert done["result"] == {"report": "notes on tides"}
+    assert effects == {"split": 1, "merge": 1, "research tides": 1}
 
 
 async def test_a_failing_step_is_retried_with_backoff_without_redoing_finished_ones(
