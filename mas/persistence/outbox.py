@@ -429,8 +429,11 @@ class OutboxRelay:
 
 _PROVIDER_RETRY_FIRST = 0.1
 _PROVIDER_RETRY_MAX = 30.0
-_PROVIDER_LAST_TRY = 0.05
-"""Seconds before a task's deadline that its last look for a capable agent happens."""
+_PROVIDER_LAST_TRY = 0.25
+"""Seconds before a task's deadline that its last look for a capable agent happens: room
+for that look (a due row swept, handed over, the failure recorded) to end the task `failed`
+naming the capability before a heartbeat's deadline sweep ends it `timed_out` (at 0.05 s a
+loaded machine lost that race now and then)."""
 
 
 def provider_retry_delay(message: Message) -> float | None:
