@@ -122,6 +122,7 @@ class AgentCell:
         "mailbox",
         "rerun",
         "restart",
+        "restarts",
         "retry",
         "runtime",
         "shutdown_timeout",
@@ -153,6 +154,8 @@ class AgentCell:
         self.capabilities = capabilities
         self.factory = factory
         self.restart: Restart = restart
+        self.restarts = 0
+        """Times its supervisor restarted it (a crash of it, or of a sibling it goes with)."""
         self.mailbox = mailbox
         self.retry = retry
         self.shutdown_timeout = shutdown_timeout
@@ -769,4 +772,5 @@ class AgentCell:
             "mailbox": len(self.mailbox),
             "busy": self.busy,
             "supervisor": self.supervisor.id,
+            "restarts": self.restarts,
         }

@@ -135,8 +135,17 @@ class Journal(Protocol):
     def dead_lettered(self, letter: DeadLetter) -> None:
         """A message went to dead letters (kept for an operator; a task's ends with it)."""
 
-    def agent_started(self, agent_id: str, agent_type: str, capabilities: tuple[str, ...]) -> None:
-        """An agent was spawned on this node."""
+    def agent_started(
+        self,
+        agent_id: str,
+        agent_type: str,
+        capabilities: tuple[str, ...],
+        *,
+        supervisor: str | None = None,
+        restarts: int = 0,
+    ) -> None:
+        """An agent was spawned, or restarted, on this node (under the supervisor at
+        `supervisor`, a path of ids from the root; `restarts` times restarted so far)."""
 
     def agent_stopped(self, agent_id: str, agent_type: str, reason: str) -> None:
         """An agent stopped for good on this node."""

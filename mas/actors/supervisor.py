@@ -130,6 +130,12 @@ class Supervisor:
     def __repr__(self) -> str:
         return f"Supervisor({self.id!r}, {self.strategy}, children={len(self.children)})"
 
+    @property
+    def path(self) -> str:
+        """Its place in the node's supervision tree: the ids from the root down, by `/`
+        (what the agents' records say, so a dashboard can draw any node's tree)."""
+        return self.id if self.parent is None else f"{self.parent.path}/{self.id}"
+
     # -- starting children -------------------------------------------------------------------
 
     async def spawn(
@@ -198,8 +204,7 @@ class Supervisor:
             raise AgentStartError(f"agent {agent_id!r} failed in start(): {exc!r}") from exc
         cell.instance = instance
         self.children.append(cell)
-        if runtime.journal is not None:
-            runtime.journal.agent_started(agent_id, cls.type, cls.capabilities)
+        _record_started(cell)
         await runtime.subscribe_cell(cell, cls)
         await cell.resume()
         return cell.ref()
@@ -294,6 +299,7 @@ class Supervisor:
                 except AgentStartError as exc:
                     failed = (each, exc)
                     break
+                _record_started(each)
                 _log.info("agent_restarted", supervisor_id=self.id, child_id=each.id)
         if failed is not None:
             await self.child_failed(*failed)
@@ -373,6 +379,26 @@ def _count_restarts(restarted: list[AgentCell | Supervisor]) -> None:
     """Add one restart to each agent restarted, a supervisor's agents included."""
     for each in restarted:
         if isinstance(each, AgentCell):
+            each.restarts += 1
             each.counters.restarts += 1
         else:
             _count_restarts(each.children)
+
+
+def _record_started(started: AgentCell | Supervisor) -> None:
+    """Journal that the agents of `started` run (again): where in the tree, how often
+    restarted, what they offer (the agents' records, which every node reads)."""
+    journal = started.runtime.journal
+    if journal is None:
+        return
+    if isinstance(started, Supervisor):
+        for child in started.children:
+            _record_started(child)
+        return
+    journal.agent_started(
+        started.id,
+        started.agent_type,
+        started.capabilities,
+        supervisor=started.supervisor.path,
+        restarts=started.restarts,
+    )

@@ -922,8 +922,21 @@ class StoreJournal:
         )
         self.writer.wake()
 
-    def agent_started(self, agent_id: str, agent_type: str, capabilities: tuple[str, ...]) -> None:
-        self._agent(agent_id, agent_type, "running", {"capabilities": list(capabilities)})
+    def agent_started(
+        self,
+        agent_id: str,
+        agent_type: str,
+        capabilities: tuple[str, ...],
+        *,
+        supervisor: str | None = None,
+        restarts: int = 0,
+    ) -> None:
+        """Record a (re)started agent: what it offers (capability routing reads it), its
+        supervisor's path and its restarts (any node's dashboard draws the tree from it)."""
+        meta: dict[str, Any] = {"capabilities": list(capabilities), "restarts": restarts}
+        if supervisor is not None:
+            meta["supervisor"] = supervisor
+        self._agent(agent_id, agent_type, "running", meta)
 
     def agent_stopped(self, agent_id: str, agent_type: str, reason: str) -> None:
         self._agent(agent_id, agent_type, "stopped", {"stop_reason": reason})

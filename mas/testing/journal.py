@@ -107,7 +107,15 @@ class MemoryJournal:
         if letter.message.task_id is not None:
             self.tasks[letter.message.task_id] = "dead_lettered"
 
-    def agent_started(self, agent_id: str, agent_type: str, capabilities: tuple[str, ...]) -> None:
+    def agent_started(
+        self,
+        agent_id: str,
+        agent_type: str,
+        capabilities: tuple[str, ...],
+        *,
+        supervisor: str | None = None,
+        restarts: int = 0,
+    ) -> None:
         self.agents[agent_id] = "running"
 
     def agent_stopped(self, agent_id: str, agent_type: str, reason: str) -> None:
