@@ -191,6 +191,22 @@ class DeadLetterSettled(UsageError):
         self.status = status
 
 
+class TooManyStreams(UsageError):
+    """A caller asked for another event stream while holding its maximum open.
+
+    Usage: each stream holds a connection and the gateway's work; close one (or wait for
+    one to end) and ask again (`MAS_API__MAX_STREAMS_PER_CALLER`).
+    """
+
+    def __init__(self, caller: str, limit: int) -> None:
+        super().__init__(
+            f"this caller already holds {limit} open event streams: close one (or wait for "
+            "one to end) before opening another"
+        )
+        self.caller = caller
+        self.limit = limit
+
+
 class DuplicateAgent(UsageError):
     """An agent id is already taken in this runtime.
 

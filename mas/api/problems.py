@@ -52,6 +52,7 @@ from mas.errors import (
     StoreUnavailable,
     TaskFinished,
     TaskIdTaken,
+    TooManyStreams,
     TransportError,
     UnknownAgent,
     UnknownCapability,
@@ -186,6 +187,7 @@ _MAS_STATUS: dict[type[MasError], tuple[int, str] | None] = {
     TaskFinished: (409, "Task Finished"),
     UnknownDeadLetter: (404, "Unknown Dead Letter"),
     DeadLetterSettled: (409, "Dead Letter Settled"),
+    TooManyStreams: (429, "Too Many Streams"),
     # Usage errors of the server, not of the client.
     ConfigError: None,
     HandlerReturnError: _AGENT_FAILED,

@@ -6,8 +6,9 @@ is pushed by its journal (`StoreJournal.status_listeners`), and a change another
 (a worker, in distributed mode) is found by ONE poller per gateway process that reads the
 status of every watched task in one query per interval, and runs only while a stream is open.
 A stream reads its task again only when it was woken. Each caller (token subject) may hold
-at most `MAS_API__MAX_STREAMS_PER_CALLER` streams at once: an open stream holds a connection
-and a slot here until its task ends, it times out, or its client goes away.
+at most `MAS_API__MAX_STREAMS_PER_CALLER` streams at once (the dashboard's event stream counts
+too, as a slot that watches no task): an open stream holds a connection and a slot here until
+its task ends, it times out, or its client goes away.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections import Counter
 
 import structlog
 
-from mas.errors import MasError
+from mas.errors import MasError, TooManyStreams
 from mas.persistence.store import Store
 
 __all__ = ["TaskStream", "TaskStreams"]
@@ -30,7 +31,7 @@ class TaskStream:
 
     __slots__ = ("_changed", "_hub", "caller", "closed", "task_id")
 
-    def __init__(self, hub: TaskStreams, task_id: str, caller: str) -> None:
+    def __init__(self, hub: TaskStreams, task_id: str | None, caller: str) -> None:
         self._hub = hub
         self.task_id = task_id
         self.caller = caller
@@ -87,16 +88,22 @@ class TaskStreams:
     def open_streams(self) -> int:
         return sum(self._per_caller.values())
 
-    def open(self, task_id: str, caller: str) -> TaskStream | None:
-        """A slot for a new stream of `task_id`; None when `caller` holds its maximum.
+    def open(self, task_id: str | None, caller: str) -> TaskStream:
+        """A slot for a new stream of `task_id` (None: a stream that watches no task, which
+        only counts towards the caller's maximum).
 
         Open it before reading the task: a change committed after this wakes the stream,
         so none falls between the read and the watch.
+
+        Raises:
+            TooManyStreams: `caller` holds its maximum of open streams.
         """
         if self._per_caller[caller] >= self.max_per_caller:
-            return None
+            raise TooManyStreams(caller, self.max_per_caller)
         self._per_caller[caller] += 1
         stream = TaskStream(self, task_id, caller)
+        if task_id is None:
+            return stream
         self._tasks.setdefault(task_id, _Watched()).streams.add(stream)
         if self._poller is None and not self._closed:
             self._poller = asyncio.get_running_loop().create_task(self._poll())
@@ -121,7 +128,7 @@ class TaskStreams:
 
     def note_seen(self, stream: TaskStream, status: str) -> None:
         """`stream` read its task in `status` (see `TaskStream.seen`)."""
-        watched = self._tasks.get(stream.task_id)
+        watched = None if stream.task_id is None else self._tasks.get(stream.task_id)
         if watched is None:
             return
         if watched.status is None:
@@ -134,11 +141,14 @@ class TaskStreams:
         self._per_caller[stream.caller] -= 1
         if self._per_caller[stream.caller] <= 0:
             del self._per_caller[stream.caller]
-        watched = self._tasks.get(stream.task_id)
+        task_id = stream.task_id
+        if task_id is None:
+            return  # it watched no task
+        watched = self._tasks.get(task_id)
         if watched is not None:
             watched.streams.discard(stream)
             if not watched.streams:
-                del self._tasks[stream.task_id]
+                del self._tasks[task_id]
 
     async def _poll(self) -> None:
         """Read every watched task's status once per interval, while any stream is open."""

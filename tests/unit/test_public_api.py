@@ -58,6 +58,7 @@ EXPORTED = [
     "TaskIdTaken",
     "TaskResult",
     "Terminated",
+    "TooManyStreams",
     "TransportError",
     "UnknownAgent",
     "UnknownCapability",

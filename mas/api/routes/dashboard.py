@@ -23,6 +23,7 @@ import structlog
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, StreamingResponse
 from pydantic import BaseModel, ValidationError
+from starlette.background import BackgroundTask
 
 from mas import __version__
 from mas.api.auth import Claims, require
@@ -116,7 +117,7 @@ _DASHBOARD_EVENT = {
     response_class=StreamingResponse,
     responses={
         200: {"content": {"text/event-stream": {"schema": _DASHBOARD_EVENT}}},
-        **problems(*AUTH_PROBLEMS, 422),
+        **problems(*AUTH_PROBLEMS, 422, 429),
     },
 )
 async def dashboard_events(
@@ -129,35 +130,54 @@ async def dashboard_events(
     and whenever it changes (looked at every second), a comment line when nothing changed
     for 15 s (proxies keep the stream open), and a `problem` event when the store cannot be
     read for a moment; the stream stays open. It closes after `timeout` seconds, or when
-    the gateway starts to stop: the page opens another (to the restarted gateway)."""
+    the gateway starts to stop: the page opens another (to the restarted gateway).
+
+    Each such stream re-reads the picture every second: it counts towards the caller's
+    `MAS_API__MAX_STREAMS_PER_CALLER` open streams (429 past it), as task streams do."""
+    slot = gw.streams.open(None, claims.subject)
 
     async def stream() -> AsyncIterator[bytes]:
-        loop = asyncio.get_running_loop()
-        end = loop.time() + timeout
-        last, said = b"", loop.time()
-        while True:
-            try:
-                body = json.dumps(await _snapshot(gw, claims), default=str).encode()
-            except MasError as exc:
-                body = json.dumps({"detail": str(exc)}).encode()
-                yield b"event: problem\ndata: " + body + b"\n\n"
-            else:
-                if body != last:
-                    yield b"event: snapshot\ndata: " + body + b"\n\n"
-                    last, said = body, loop.time()
-                elif loop.time() - said >= KEEPALIVE:
-                    yield b": nothing changed\n\n"
-                    said = loop.time()
-            left = end - loop.time()
-            if left <= 0 or request.app.state.draining:
-                return  # its time is up, or the gateway stops: the page opens another
-            await asyncio.sleep(min(TICK, left))
+        try:
+            async for event in _events(request, gw, claims, timeout):
+                yield event
+        finally:
+            slot.close()  # it timed out, the gateway stops, or the client went away
+
+    async def release() -> None:
+        slot.close()  # a stream whose client left before its first event never ran `stream`
 
     return StreamingResponse(
         stream(),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        background=BackgroundTask(release),
     )
+
+
+async def _events(
+    request: Request, gw: Gateway, claims: Claims, timeout: float
+) -> AsyncIterator[bytes]:
+    """The dashboard's events for `timeout` seconds (see `dashboard_events`)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    last, said = b"", loop.time()
+    while True:
+        try:
+            body = json.dumps(await _snapshot(gw, claims), default=str).encode()
+        except MasError as exc:
+            body = json.dumps({"detail": str(exc)}).encode()
+            yield b"event: problem\ndata: " + body + b"\n\n"
+        else:
+            if body != last:
+                yield b"event: snapshot\ndata: " + body + b"\n\n"
+                last, said = body, loop.time()
+            elif loop.time() - said >= KEEPALIVE:
+                yield b": nothing changed\n\n"
+                said = loop.time()
+        left = end - loop.time()
+        if left <= 0 or request.app.state.draining:
+            return  # its time is up, or the gateway stops: the page opens another
+        await asyncio.sleep(min(TICK, left))
 
 
 async def _snapshot(gw: Gateway, claims: Claims) -> dict[str, Any]:

@@ -256,6 +256,32 @@ async def test_a_caller_over_its_stream_cap_gets_429_until_a_stream_closes(
         assert gw.streams.open_streams == 0
 
 
+async def test_dashboard_streams_count_towards_the_callers_cap(
+    make_app: Callable[..., FastAPI], serve: Any, trouble: type[TroubleAgent]
+) -> None:
+    # Each dashboard stream re-reads the cluster's picture every second: uncapped, one
+    # caller could open them by the thousand.
+    app = streams_app(make_app, max_streams_per_caller=2)
+    async with serve(app) as client:
+        gw: Gateway = app.state.gateway
+        task_id = await running_slow_task(client, gw, trouble)
+        dashboards = [await Stream(app, "/dashboard/events", auth()).started() for _ in range(2)]
+        assert [d.status for d in dashboards] == [200, 200]
+        for refused in (
+            await Stream(app, "/dashboard/events", auth()).started(),
+            await Stream(app, f"/tasks/{task_id}/events", auth()).started(),
+        ):
+            assert refused.status == 429
+            assert refused.headers["retry-after"] == "1"
+            assert "2 open event streams" in json.loads(await refused.body())["detail"]
+        await dashboards[0].disconnect()  # its slot comes back
+        task_stream = await Stream(app, f"/tasks/{task_id}/events", auth()).started()
+        assert task_stream.status == 200
+        await task_stream.disconnect()
+        await dashboards[1].disconnect()
+        assert gw.streams.open_streams == 0
+
+
 async def test_a_stream_that_times_out_gives_its_slot_back(
     make_app: Callable[..., FastAPI], serve: Any, trouble: type[TroubleAgent]
 ) -> None:
