@@ -88,9 +88,10 @@ async def dashboard() -> HTMLResponse:
 async def dashboard_data(gw: GatewayDep, claims: ReaderDep) -> dict[str, Any]:
     """What the dashboard shows, once (the page follows `/dashboard/events` instead).
 
-    This node's counters and supervision tree; the cluster's nodes, agents and agent types
-    (with the broker's queue depth per type) from the agents' records; the caller's tasks
-    (all callers' with `tasks:admin`): counts and the most recent; and, with
+    This node's counters and live supervision tree; the cluster's nodes (each with its
+    supervision tree and restarts per agent, as its agents' records draw it), agents and
+    agent types (with the broker's queue depth per type) from the agents' records; the
+    caller's tasks (all callers' with `tasks:admin`): counts and the most recent; and, with
     `dead_letters:read`, the dead letters not settled yet (else `dead_letters` is null).
 
     A stored row the API model refuses (a value written by another version, say) comes as
@@ -206,8 +207,10 @@ async def _snapshot(gw: Gateway, claims: Claims) -> dict[str, Any]:
 
 
 def _nodes(agents: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The nodes the agents' records name: their agents, live ones, latest heartbeat."""
+    """The nodes the agents' records name: their agents, live ones, latest heartbeat, and
+    their supervision tree as the records draw it (`_recorded_tree`)."""
     nodes: dict[str, dict[str, Any]] = {}
+    members: dict[str, list[dict[str, Any]]] = {}
     for agent in agents:
         node_id = agent.get("node_id")
         if not node_id or "unreadable" in agent:
@@ -215,12 +218,47 @@ def _nodes(agents: list[dict[str, Any]]) -> list[dict[str, Any]]:
         node = nodes.setdefault(
             node_id, {"node_id": node_id, "agents": 0, "live": 0, "last_heartbeat": None}
         )
+        members.setdefault(node_id, []).append(agent)
         node["agents"] += 1
         node["live"] += bool(agent.get("live"))
         beat = agent.get("last_heartbeat")
         if beat and (node["last_heartbeat"] is None or beat > node["last_heartbeat"]):
             node["last_heartbeat"] = beat
+    for node_id, node in nodes.items():
+        node["supervision"] = _recorded_tree(members[node_id])
     return sorted(nodes.values(), key=lambda node: str(node["node_id"]))
+
+
+def _recorded_tree(agents: list[dict[str, Any]]) -> dict[str, Any]:
+    """A node's supervision tree from its agents' records: each record names the path of
+    its agent's supervisor (`root/team`) and its restarts, written by the node at each
+    start and restart, so any gateway draws any node's tree (records written before they
+    said so hang from the root)."""
+    root: dict[str, Any] = {"id": "root", "children": []}
+    supervisors = {"root": root}
+    for agent in agents:
+        metadata = agent.get("metadata") or {}
+        path = metadata.get("supervisor")
+        parent = root
+        if isinstance(path, str) and path:
+            walked = ""
+            for part in path.split("/")[1:]:  # the first is the node's root
+                walked += "/" + part
+                if walked not in supervisors:
+                    supervisors[walked] = {"id": part, "children": []}
+                    parent["children"].append(supervisors[walked])
+                parent = supervisors[walked]
+        restarts = metadata.get("restarts")
+        parent["children"].append(
+            {
+                "id": agent.get("id"),
+                "type": agent.get("type"),
+                "status": agent.get("status"),
+                "live": bool(agent.get("live")),
+                "restarts": restarts if isinstance(restarts, int) else None,
+            }
+        )
+    return root
 
 
 async def _types(gw: Gateway, agents: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -10,8 +10,10 @@ import httpx
 import pytest
 from sqlalchemy import update
 
+from mas import Agent, Message, Runtime, Settings
 from mas.api.state import Gateway
 from mas.persistence.models import tasks
+from mas.testing import eventually
 from tests.unit.api.conftest import TokenFactory
 
 pytestmark = pytest.mark.anyio
@@ -111,14 +113,14 @@ async def test_the_event_stream_carries_the_cluster_picture(
     assert response.headers["content-type"].startswith("text/event-stream")
     [picture] = snapshots(response.text)  # nothing changed: one snapshot, then the end
     node = gw.runtime.node_id
-    assert picture["nodes"] == [
-        {
-            "node_id": node,
-            "agents": 2,
-            "live": 2,
-            "last_heartbeat": picture["nodes"][0]["last_heartbeat"],
-        }
-    ]
+    [seen] = picture["nodes"]
+    assert seen | {"supervision": None} == {
+        "node_id": node,
+        "agents": 2,
+        "live": 2,
+        "last_heartbeat": seen["last_heartbeat"],
+        "supervision": None,
+    }
     echo = next(t for t in picture["types"] if t["type"] == "echo")
     assert echo | {"broker": 0} == {
         "type": "echo",
@@ -151,3 +153,47 @@ async def test_the_event_stream_needs_both_read_scopes(
     client: httpx.AsyncClient, token: TokenFactory, problem: Callable[..., Any]
 ) -> None:
     problem(await client.get("/dashboard/events", headers=token("agents:read")), 403)
+
+
+class Fragile(Agent):
+    type = "fragile"
+
+    async def handle_message(self, message: Message) -> None:
+        raise RuntimeError("crash (test)")
+
+
+async def test_every_nodes_supervision_tree_and_restarts_come_from_its_records(
+    client: httpx.AsyncClient, token: TokenFactory, settings: Settings
+) -> None:
+    # Another node (a worker) sharing the database: the gateway knows it by its records only.
+    persisting = settings.model_copy(update={"persist": True})
+    async with Runtime(persisting, node_id="worker-2") as worker:
+        team = await worker.spawn_supervisor("team")
+        fragile = await team.spawn(Fragile, id="fragile", max_attempts=1)
+        await worker.spawn(Fragile, id="steady")
+        await fragile.tell(Message("crash", {}))
+        journal = worker.journal
+        assert journal is not None
+
+        async def restarted() -> bool:
+            await journal.flush()
+            records = await journal.store.list_agents(limit=10)
+            return any(r.id == "fragile" and r.metadata.get("restarts") == 1 for r in records)
+
+        await eventually(restarted, timeout=30)
+        data = (await client.get("/dashboard/data", headers=token())).json()
+    nodes = {node["node_id"]: node for node in data["nodes"]}
+    tree = nodes["worker-2"]["supervision"]
+    assert tree["id"] == "root"
+    [team_node, steady] = tree["children"]
+    assert steady == {
+        "id": "steady",
+        "type": "fragile",
+        "status": "running",
+        "live": True,
+        "restarts": 0,
+    }
+    assert team_node["id"] == "team"
+    assert [(c["id"], c["restarts"], c["status"]) for c in team_node["children"]] == [
+        ("fragile", 1, "running")
+    ]
