@@ -4,6 +4,12 @@ They live here, not in a top-level package: a wheel that claimed a generic impor
 as `agents` would clash with other distributions that use it (OpenAI's Agents SDK does).
 """
 
+from mas.agents.calc import CalcAgent
 from mas.agents.echo import EchoAgent
+from mas.agents.planner import PlannerAgent, RulePlanner
+from mas.agents.summarize import SummarizeAgent
 
-__all__ = ["EchoAgent"]
+__all__ = ["BUILT_IN", "CalcAgent", "EchoAgent", "PlannerAgent", "RulePlanner", "SummarizeAgent"]
+
+BUILT_IN = (EchoAgent, PlannerAgent, CalcAgent, SummarizeAgent)
+"""What `mas up` runs: echo, and the planner with the agents its rule planner's plans ask."""

@@ -59,8 +59,9 @@ def up(
         str, typer.Option(metavar="LEVEL", help="runtime log level (JSON on stderr)")
     ] = "INFO",
 ) -> None:
-    """Start the gateway, the runtime with the echo agent, and the store, in one process."""
-    from mas.agents.echo import EchoAgent
+    """Start the gateway, the runtime with the built-in agents (echo, and a planner with the
+    calc and summarize agents its plans use), and the store, in one process."""
+    from mas.agents import BUILT_IN
     from mas.api.app import create_app
     from mas.api.auth import SCOPES, mint_token
     from mas.cli.replay import load_agent_class
@@ -71,7 +72,7 @@ def up(
         settings = ensure_secret(
             load_settings(persist=True, log_level=log_level), notes, generate=True
         )
-        classes: list[type[Agent]] = [EchoAgent]
+        classes: list[type[Agent]] = list(BUILT_IN)
         classes += [load_agent_class(spec) for spec in agents or []]
     except MasError as exc:
         typer.echo(f"error: {exc}", err=True)

@@ -26,6 +26,7 @@ def run(name: str) -> str:
 def test_every_example_has_a_test() -> None:
     assert sorted(p.name for p in EXAMPLES.glob("*.py")) == [
         "approval.py",
+        "planner.py",
         "quickstart.py",
         "supervision.py",
         "workflow.py",
@@ -58,4 +59,15 @@ def test_approval_example_waits_for_the_signal_and_shows_the_tree() -> None:
         "task running, waiting for: approve",
         "task succeeded: {'policy': 'within policy', 'approved': True, 'by': 'maria'}",
         "steps: step check, sleep sleep, signal approve",
+    ]
+
+
+def test_planner_example_runs_a_brief_and_a_chained_plan() -> None:
+    assert run("planner.py").splitlines() == [
+        "plan: summary (summarize), calc1 (calc), calc2 (calc)",
+        'summary: {"summary": "Tides rise and fall twice a day. The moon pulls the oceans and '
+        'makes the tides."}',
+        'calc1: {"expression": "365 * 2", "value": 730}',
+        'calc2: {"expression": "24 * 60", "value": 1440}',
+        'chained result: {"expression": "730 * 1440", "value": 1051200}',
     ]

@@ -257,6 +257,23 @@ def test_mas_send_addresses_one_agent_by_id(mas_up: Running) -> None:
     assert json.loads(by_option.stdout)["result"] == {"text": "any echo"}
 
 
+def test_mas_up_runs_a_planner_whose_plan_asks_its_calc_and_summarize_agents(
+    mas_up: Running,
+) -> None:
+    goal = {
+        "kind": "brief",
+        "text": "Tides follow the moon. Cats nap. The moon pulls the tides twice a day.",
+        "expressions": ["6 * 7"],
+    }
+    sent = _send(mas_up, "planner", json.dumps(goal))
+    assert sent.returncode == 0, sent.stderr
+    printed = json.loads(sent.stdout)
+    assert printed["status"] == "succeeded", printed
+    steps = printed["result"]["steps"]
+    assert steps["calc1"] == {"expression": "6 * 7", "value": 42}
+    assert steps["summary"]["summary"].startswith("Tides follow the moon.")
+
+
 def test_mas_send_waits_longer_than_one_request_may(mas_up: Running) -> None:
     """`--wait` goes up to an hour; the gateway takes `?wait=` up to MAS_API__MAX_WAIT (60 s)
     and refuses more (422): the command must not submit a task and then fail reading it."""

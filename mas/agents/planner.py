@@ -1,0 +1,292 @@
+"""The planner: turns a goal into a plan of capability steps and runs it as a durable workflow.
+
+A plan is a list of steps, each naming a capability, an input and the steps it depends on.
+`PlannerAgent` makes the plan once (a recorded step: a re-run after a crash reuses it), then
+asks, wave after wave, every step whose dependencies have answered — the steps of one wave at
+once (`ctx.gather`), so independent steps run in parallel on whichever agents offer their
+capabilities, and dependent ones in order. Each answer is recorded as it comes, so no step is
+asked twice, whatever crashes. A step's input may use an earlier step's answer
+(`resolve_input`: `"$<step id>"`, `"$<step id>.<key>"`, or `${<step id>.<key>}` in a text).
+
+The planner itself is pluggable (`Planner`): `RulePlanner`, the default, needs no model.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Awaitable
+from typing import Any, ClassVar, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from mas.actors.agent import Agent, HandlerResult
+from mas.errors import MasError, UsageError
+from mas.messages import Message, TaskError, TaskResult
+
+__all__ = [
+    "Plan",
+    "PlanError",
+    "PlanStep",
+    "Planner",
+    "PlannerAgent",
+    "RulePlanner",
+    "resolve_input",
+]
+
+_STEP_ID = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
+_CAPABILITY = r"^[A-Za-z_][A-Za-z0-9_.\-]{0,199}$"
+_REFERENCE = re.compile(r"^\$([A-Za-z][A-Za-z0-9_-]{0,63})(?:\.([A-Za-z0-9_-]{1,200}))?$")
+_EMBEDDED = re.compile(r"\$\{([A-Za-z][A-Za-z0-9_-]{0,63})(?:\.([A-Za-z0-9_-]{1,200}))?\}")
+
+MAX_STEPS = 50
+"""Steps a plan may have."""
+
+
+class PlanError(UsageError):
+    """A plan that cannot run: a step depends on one that does not exist, or on itself
+    through others; or a goal no planner rule knows."""
+
+
+class PlanStep(BaseModel):
+    """One step: ask an agent offering `capability` with `input`, once `depends_on` answered."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(pattern=_STEP_ID, description="unique in the plan; `$<id>` refers to it")
+    capability: str = Field(pattern=_CAPABILITY)
+    input: dict[str, Any] = Field(default_factory=dict)
+    depends_on: list[str] = Field(default_factory=list, max_length=MAX_STEPS)
+    timeout: float = Field(60.0, gt=0, le=86_400, description="seconds the step may take")
+
+
+class Plan(BaseModel):
+    """Steps in an order that runs (every step after those it depends on; no cycles)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    steps: list[PlanStep] = Field(min_length=1, max_length=MAX_STEPS)
+
+    @model_validator(mode="after")
+    def _runs(self) -> Plan:
+        ids = [step.id for step in self.steps]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"step ids must be unique: {ids}")
+        known = set(ids)
+        for step in self.steps:
+            missing = [d for d in step.depends_on if d not in known]
+            if missing:
+                raise ValueError(f"step {step.id!r} depends on unknown steps {missing}")
+            for name in _references(step.input):
+                if name not in step.depends_on:
+                    raise ValueError(f"step {step.id!r} refers to ${name} without depending on it")
+        self.waves()  # raises on a cycle
+        return self
+
+    def waves(self) -> list[list[PlanStep]]:
+        """The steps in waves: each wave's steps depend only on earlier waves'."""
+        done: set[str] = set()
+        left = list(self.steps)
+        waves: list[list[PlanStep]] = []
+        while left:
+            ready = [step for step in left if all(d in done for d in step.depends_on)]
+            if not ready:
+                cycle = sorted(step.id for step in left)
+                raise ValueError(f"steps {cycle} depend on each other in a cycle")
+            waves.append(ready)
+            done.update(step.id for step in ready)
+            left = [step for step in left if step.id not in done]
+        return waves
+
+
+class Planner(Protocol):
+    """Makes a plan for a goal (the payload of the message the planner agent got)."""
+
+    async def plan(self, goal: dict[str, Any]) -> Plan:
+        """The plan for `goal`.
+
+        Raises:
+            PlanError: no plan can be made for it (the task fails with the reason).
+        """
+        ...
+
+
+class RulePlanner:
+    """Plans without a model: the steps the goal gives (`{"steps": [...]}`), or a template
+    for its `kind`.
+
+    Templates (a dict of kind to a function of the goal returning steps) can be extended;
+    the built-in one, `brief`, summarizes `text` and computes each of `expressions`, in
+    parallel.
+    """
+
+    def __init__(self, templates: dict[str, Any] | None = None) -> None:
+        self.templates: dict[str, Any] = {"brief": _brief, **(templates or {})}
+
+    async def plan(self, goal: dict[str, Any]) -> Plan:
+        if "steps" in goal:
+            steps = goal["steps"]
+        else:
+            kind = goal.get("kind")
+            template = self.templates.get(kind) if isinstance(kind, str) else None
+            if template is None:
+                raise PlanError(
+                    f"no plan for this goal: give its steps (`steps`) or a `kind` the rule "
+                    f"planner knows ({', '.join(sorted(self.templates))}), not {kind!r}"
+                )
+            steps = template(goal)
+        try:
+            return Plan.model_validate({"steps": steps})
+        except ValidationError as exc:
+            raise PlanError(f"the plan cannot run: {_first_error(exc)}") from None
+
+
+def _brief(goal: dict[str, Any]) -> list[dict[str, Any]]:
+    steps: list[dict[str, Any]] = [
+        {"id": "summary", "capability": "summarize", "input": {"text": goal.get("text", "")}}
+    ]
+    expressions = goal.get("expressions", [])
+    if not isinstance(expressions, list):
+        raise PlanError("`expressions` is a list of arithmetic expressions")
+    for n, expression in enumerate(expressions, 1):
+        steps.append({"id": f"calc{n}", "capability": "calc", "input": {"expression": expression}})
+    return steps
+
+
+def resolve_input(value: Any, answers: dict[str, dict[str, Any]]) -> Any:
+    """`value` with the answers of earlier steps put in: a string that is `"$<step>"` or
+    `"$<step>.<key>"` becomes that answer (or its field) as it is; `${<step>.<key>}` inside
+    a longer string becomes the field's JSON text (`"${a.value} * 2"` -> `"21 * 2"`).
+
+    Raises:
+        PlanError: the answer has no such field.
+    """
+    if isinstance(value, str):
+        found = _REFERENCE.match(value)
+        if found is not None:
+            return _answer(answers, *found.groups())
+        if "${" not in value:
+            return value
+        return _EMBEDDED.sub(lambda m: _text(_answer(answers, m.group(1), m.group(2))), value)
+    if isinstance(value, dict):
+        return {k: resolve_input(v, answers) for k, v in value.items()}
+    if isinstance(value, list):
+        return [resolve_input(v, answers) for v in value]
+    return value
+
+
+def _answer(answers: dict[str, dict[str, Any]], step: str, key: str | None) -> Any:
+    answer = answers[step]
+    if key is None:
+        return answer
+    if key not in answer:
+        raise PlanError(f"step {step!r} answered without {key!r}: {sorted(answer)}")
+    return answer[key]
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+
+
+def _references(value: Any) -> set[str]:
+    if isinstance(value, str):
+        found = _REFERENCE.match(value)
+        if found is not None:
+            return {found.group(1)}
+        return {m.group(1) for m in _EMBEDDED.finditer(value)}
+    if isinstance(value, dict):
+        return set().union(*(_references(v) for v in value.values()))
+    if isinstance(value, list):
+        return set().union(*(_references(v) for v in value))
+    return set()
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    where = ".".join(str(part) for part in error.get("loc", ()))
+    return f"{where}: {error.get('msg')}" if where else str(error.get("msg"))
+
+
+class PlannerAgent(Agent):
+    """Plans a goal and runs the plan (see the module): answers, or completes its task with,
+    `{"plan": ..., "steps": {id: answer}, "result": <the last step's answer>}`.
+
+    A step that fails (no agent offers its capability in time, its handler failed every
+    attempt, it timed out) ends the task failed, naming the step; the steps that answered
+    before are kept in the record and are not asked again if the task is retried.
+    """
+
+    type = "planner"
+    capabilities = ("plan",)
+    planner: ClassVar[Planner] = RulePlanner()
+
+    async def handle_message(self, message: Message) -> HandlerResult:
+        ctx = self.ctx
+        goal = dict(message.payload)
+        try:
+            plan = Plan.model_validate(await ctx.step("plan", _planned, type(self).planner, goal))
+        except PlanError as exc:
+            return _failed(message, exc, None)
+        answers: dict[str, dict[str, Any]] = {}
+        for wave in plan.waves():
+            try:
+                replies = await self.ask_wave(wave, answers)
+            except _StepFailed as failed:
+                return _failed(message, failed.error, failed.step)
+            for step, reply in zip(wave, replies, strict=True):
+                answers[step.id] = dict(reply.payload)
+        outcome = {
+            "plan": plan.model_dump(mode="json"),
+            "steps": answers,
+            "result": answers[plan.steps[-1].id],
+        }
+        return message.reply(outcome)
+
+    async def ask_wave(
+        self, wave: list[PlanStep], answers: dict[str, dict[str, Any]]
+    ) -> list[Message]:
+        """Ask every step of `wave` at once (each a durable ask of its capability, its input
+        resolved against `answers`); their answers in order.
+
+        A subclass may add what happens around a wave (progress reports, say).
+        """
+        ctx = self.ctx
+        asks = []
+        for step in wave:
+            try:
+                payload = resolve_input(step.input, answers)
+            except PlanError as exc:
+                raise _StepFailed(step.id, exc) from exc
+            question = Message(step.capability, payload)
+            asking = ctx.ask(f"capability:{step.capability}", question, step.timeout)
+            asks.append(_step_of(step.id, asking))
+        return await ctx.gather(*asks)
+
+
+async def _planned(planner: Planner, goal: dict[str, Any]) -> dict[str, Any]:
+    """The plan as JSON (what the workflow records)."""
+    return (await planner.plan(goal)).model_dump(mode="json")
+
+
+class _StepFailed(Exception):
+    def __init__(self, step: str, error: MasError) -> None:
+        super().__init__(step, error)
+        self.step = step
+        self.error = error
+
+
+async def _step_of(step: str, asking: Awaitable[Message]) -> Message:
+    """The answer of `asking`, its error naming `step` (a park passes through)."""
+    try:
+        return await asking
+    except MasError as exc:
+        raise _StepFailed(step, exc) from exc
+
+
+def _failed(message: Message, error: MasError, step: str | None) -> HandlerResult:
+    """The task ends failed with `error` (naming the step); an ask gets the error reply."""
+    where = f"step {step}: " if step else ""
+    error_out = TaskError(type(error).__name__, f"{where}{error}")
+    if message.task_id is not None:
+        return TaskResult.failed(message.task_id, error_out)
+    raise error
