@@ -47,6 +47,8 @@ TRACEPARENT = "traceparent"
 
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")
+_NO_TRACE = "0" * 32
+_NO_SPAN = "0" * 16
 
 _active: Tracing | None = None
 _configured: Any = None  # the TracerProvider `configure_tracing` made (shut down at exit)
@@ -157,6 +159,11 @@ def id_generator() -> IdGenerator:
     return _MasIds()
 
 
+def _trace_number(trace_id: str | None) -> int | None:
+    """`trace_id` as the number a span's trace id is, if it is 32 lowercase hex digits."""
+    return int(trace_id, 16) if trace_id is not None and _HEX32.match(trace_id) else None
+
+
 def traceparent_of(span: Span) -> str | None:
     """The W3C traceparent naming `span` (None for a span that records nothing)."""
     context = span.get_span_context()
@@ -190,17 +197,22 @@ class Tracing:
 
     def _parent(self, traceparent: Any) -> Context | None:
         """The context a remote `traceparent` names (None when it is missing or malformed)."""
-        if not isinstance(traceparent, str):
+        if type(traceparent) is not str:
             return None
-        found = _TRACEPARENT.match(traceparent.strip().lower())
-        if found is None or found.group(1) == "0" * 32 or found.group(2) == "0" * 16:
+        found = _TRACEPARENT.match(traceparent)  # as mas writes it: lowercase, no blanks
+        if found is None:
+            found = _TRACEPARENT.match(traceparent.strip().lower())
+            if found is None:
+                return None
+        trace_id, span_id, flags = found.groups()
+        if trace_id == _NO_TRACE or span_id == _NO_SPAN:
             return None
         trace = self._trace
         parent = trace.SpanContext(
-            int(found.group(1), 16),
-            int(found.group(2), 16),
+            int(trace_id, 16),
+            int(span_id, 16),
             is_remote=True,
-            trace_flags=trace.TraceFlags(int(found.group(3), 16)),
+            trace_flags=trace.TraceFlags(int(flags, 16)),
         )
         context: Context = trace.set_span_in_context(trace.NonRecordingSpan(parent))
         return context
@@ -208,8 +220,7 @@ class Tracing:
     @contextmanager
     def _root(self, trace_id: str | None) -> Iterator[None]:
         """Spans started here that begin a trace take `trace_id` (32 hex digits)."""
-        chosen = int(trace_id, 16) if trace_id is not None and _HEX32.match(trace_id) else None
-        token = _root_trace.set(chosen)
+        token = _root_trace.set(_trace_number(trace_id))
         try:
             yield
         finally:
@@ -226,26 +237,32 @@ class Tracing:
         parent = self._parent(traceparent)
         if parent is not None:
             return self.tracer.start_span(name, parent, kind, attributes)
-        with self._root(trace_id):
+        # `_root` inlined (a span per message comes here: a generator less).
+        token = _root_trace.set(_trace_number(trace_id))
+        try:
             # An empty context: never the current span of whichever task this runs in.
             return self.tracer.start_span(name, self._context.Context(), kind, attributes)
+        finally:
+            _root_trace.reset(token)
 
     # -- spans -------------------------------------------------------------------------------
 
     def handling(self, message: Message, agent_id: str, agent_type: str, attempt: int) -> Span:
         """A handler's run of `message` (ended by the caller, `failed` first if it raised)."""
+        attributes = {
+            "messaging.message.id": message.id,
+            "mas.agent.id": agent_id,
+            "mas.agent.type": agent_type,
+            "mas.attempt": attempt,
+        }
+        if message.task_id:
+            attributes["mas.task.id"] = message.task_id
         return self._start(
             f"handle {message.type}",
             self._kind.CONSUMER,
             message.metadata.get(TRACEPARENT),
             message.trace_id,
-            {
-                "messaging.message.id": message.id,
-                "mas.agent.id": agent_id,
-                "mas.agent.type": agent_type,
-                "mas.attempt": attempt,
-                **({"mas.task.id": message.task_id} if message.task_id else {}),
-            },
+            attributes,
         )
 
     def attach(self, span: Span) -> object:
@@ -269,8 +286,14 @@ class Tracing:
             message.trace_id,
             {"messaging.message.id": message.id, "messaging.destination.name": message.target},
         )
-        with self._running(span, current=False):
+        # `_running(span, current=False)` inlined: every message sent to the broker comes here.
+        try:
             yield self.stamped(message, span)
+        except BaseException as exc:
+            self.failed(span, exc)
+            raise
+        finally:
+            span.end()
 
     @contextmanager
     def asking(self, target: str, message: Message) -> Iterator[None]:
