@@ -15,6 +15,7 @@ __all__ = [
     "AmqpSettings",
     "ApiSettings",
     "AuthSettings",
+    "LLMSettings",
     "MailboxSettings",
     "OutboxSettings",
     "RetrySettings",
@@ -211,6 +212,35 @@ class WorkerSettings(BaseModel):
     )
 
 
+class LLMSettings(BaseModel):
+    """The language model the planner calls: any OpenAI-compatible chat-completions server."""
+
+    base_url: str | None = Field(
+        None,
+        description="the API's base URL, up to the version (https://api.openai.com/v1, "
+        "http://localhost:11434/v1); unset: the planner plans by its rules, calling no model",
+    )
+    api_key: SecretStr | None = Field(None, description="sent as a Bearer token; never logged")
+    model: str = Field("gpt-4o-mini", min_length=1, description="the model to ask")
+    timeout: float = Field(60.0, gt=0, description="seconds one call may take")
+    attempts: int = Field(
+        4,
+        ge=1,
+        le=20,
+        description="calls per answer when the server is busy or down (429, 5xx, timeouts)",
+    )
+    retry_after_max: float = Field(
+        60.0, ge=0, description="the longest Retry-After the planner waits in one go"
+    )
+    plan_attempts: int = Field(
+        3,
+        ge=1,
+        le=10,
+        description="answers asked for until one is a valid plan (each retry shows the model "
+        "why its plan was refused)",
+    )
+
+
 class Settings(BaseSettings):
     """Everything configurable; `MAS_TRANSPORT` alone switches one-process to distributed."""
 
@@ -260,6 +290,7 @@ class Settings(BaseSettings):
     )
     outbox: OutboxSettings = OutboxSettings()
     workflow: WorkflowSettings = WorkflowSettings()
+    llm: LLMSettings = LLMSettings()
     audit: Literal["all", "tasks", "off"] = Field(
         "all", description="which messages the audit records (when persisting)"
     )

@@ -78,6 +78,16 @@ class LocalRegistry:
             if any(capability in cell.capabilities and not cell.stopped for cell in cells.values())
         )
 
+    def capabilities(self) -> set[str]:
+        """Every capability a live local agent offers."""
+        return {
+            capability
+            for cells in self._by_type.values()
+            for cell in cells.values()
+            if not cell.stopped
+            for capability in cell.capabilities
+        }
+
     def pick(self, agent_type: str) -> AgentCell | None:
         """Round-robin over the live local agents of a type."""
         rotation = self._rotation.get(agent_type)

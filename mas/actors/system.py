@@ -793,6 +793,19 @@ class ActorSystem:
         live = await self.journal.live_capabilities()
         return sorted(name for name, offered in live.items() if capability in offered)
 
+    async def capabilities(self) -> list[str]:
+        """Every capability offered in the cluster, sorted: this node's agents', and those of
+        the agents live anywhere (from the journal's agent records, when there is one).
+
+        Raises:
+            MasError: the record cannot be read now.
+        """
+        offered = self.registry.capabilities()
+        if self.journal is not None:
+            for names in (await self.journal.live_capabilities()).values():
+                offered.update(names)
+        return sorted(offered)
+
     async def _wait_for_provider(self, capability: str, timeout: float) -> tuple[str, float]:
         """Wait (backing off) until some agent offers `capability`: the type that does (the
         first in order, as `_route` picks) and the seconds it took.

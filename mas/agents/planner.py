@@ -16,18 +16,23 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Awaitable
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mas.actors.agent import Agent, HandlerResult
+from mas.agents.llm import ChatClient, ModelRefused, Usage
+from mas.config import LLMSettings
 from mas.errors import MasError, UsageError
 from mas.messages import Message, TaskError, TaskResult
 
 __all__ = [
+    "LLMPlanner",
     "Plan",
     "PlanError",
     "PlanStep",
+    "Planned",
     "Planner",
     "PlannerAgent",
     "RulePlanner",
@@ -99,14 +104,24 @@ class Plan(BaseModel):
         return waves
 
 
-class Planner(Protocol):
-    """Makes a plan for a goal (the payload of the message the planner agent got)."""
+@dataclass(frozen=True, slots=True)
+class Planned:
+    """A plan and what making it cost (tokens of the model calls; none for rules)."""
 
-    async def plan(self, goal: dict[str, Any]) -> Plan:
+    plan: Plan
+    usage: dict[str, int] = field(default_factory=dict)
+
+
+class Planner(Protocol):
+    """Makes a plan for a goal (the payload of the message the planner agent got), from the
+    capabilities offered in the cluster."""
+
+    async def plan(self, goal: dict[str, Any], capabilities: list[str]) -> Planned:
         """The plan for `goal`.
 
         Raises:
             PlanError: no plan can be made for it (the task fails with the reason).
+            MasError: what the planner needed failed (a model server: `ModelUnavailable`).
         """
         ...
 
@@ -123,7 +138,7 @@ class RulePlanner:
     def __init__(self, templates: dict[str, Any] | None = None) -> None:
         self.templates: dict[str, Any] = {"brief": _brief, **(templates or {})}
 
-    async def plan(self, goal: dict[str, Any]) -> Plan:
+    async def plan(self, goal: dict[str, Any], capabilities: list[str]) -> Planned:
         if "steps" in goal:
             steps = goal["steps"]
         else:
@@ -136,9 +151,84 @@ class RulePlanner:
                 )
             steps = template(goal)
         try:
-            return Plan.model_validate({"steps": steps})
+            return Planned(Plan.model_validate({"steps": steps}))
         except ValidationError as exc:
             raise PlanError(f"the plan cannot run: {_first_error(exc)}") from None
+
+
+class LLMPlanner:
+    """Asks a language model (an OpenAI-compatible chat-completions server, `MAS_LLM__*`) for
+    the plan, as JSON matching `Plan`'s schema and using only the capabilities offered.
+
+    An answer that is not a valid plan is shown back to the model with the reason, up to
+    `MAS_LLM__PLAN_ATTEMPTS` answers; then the goal fails with `PlanError`. A busy or failing
+    server is retried by the client (`ChatClient`); the tokens of every call are counted.
+    The planner agent records the plan it returns as a durable step: a re-run after a crash
+    (on any node) takes the recorded plan, and the model is not asked again.
+    """
+
+    def __init__(self, settings: LLMSettings) -> None:
+        self.settings = settings
+
+    async def plan(self, goal: dict[str, Any], capabilities: list[str]) -> Planned:
+        client = ChatClient(self.settings)
+        try:
+            messages = _planning_prompt(goal, capabilities)
+            usage = Usage()
+            why = ""
+            for _ in range(self.settings.plan_attempts):
+                answer = await client.complete(messages, temperature=0)
+                usage += answer.usage
+                try:
+                    plan = Plan.model_validate_json(_json_of(answer.content))
+                    unknown = sorted({s.capability for s in plan.steps} - set(capabilities))
+                    if unknown:
+                        raise PlanError(f"no agent offers {unknown}")
+                    return Planned(plan, usage.to_dict())
+                except (ValidationError, PlanError) as exc:
+                    why = _first_error(exc) if isinstance(exc, ValidationError) else str(exc)
+                messages = [
+                    *messages,
+                    {"role": "assistant", "content": answer.content},
+                    {
+                        "role": "user",
+                        "content": f"That plan was refused: {why}. Answer again with the "
+                        "corrected plan, as JSON only.",
+                    },
+                ]
+            raise PlanError(
+                f"the model gave no valid plan in {self.settings.plan_attempts} answers "
+                f"(the last: {why})"
+            )
+        finally:
+            await client.aclose()
+
+
+_PLANNING = """You plan work for a multi-agent system. Break the user's goal into steps, each \
+asked of an agent by a capability. Use only these capabilities: {capabilities}. A step may \
+use an earlier step's answer in its input: "$<step id>" (the whole answer), "$<step id>.<key>" \
+(one field), or "${{<step id>.<key>}}" inside a text; it must then list that step in \
+depends_on. Independent steps run in parallel. Answer with one JSON object and nothing else, \
+matching this JSON schema:
+{schema}"""
+
+
+def _planning_prompt(goal: dict[str, Any], capabilities: list[str]) -> list[dict[str, str]]:
+    schema = json.dumps(Plan.model_json_schema(), separators=(",", ":"))
+    system = _PLANNING.format(capabilities=", ".join(capabilities) or "(none)", schema=schema)
+    return [
+        {"role": "system", "content": system},
+        {"role": "user", "content": json.dumps(goal, ensure_ascii=False)},
+    ]
+
+
+def _json_of(content: str) -> str:
+    """The JSON object in a model's answer (models like to wrap it in a code fence)."""
+    text = content.strip()
+    if text.startswith("```"):
+        text = text.split("\n", 1)[1] if "\n" in text else ""
+        text = text.rsplit("```", 1)[0]
+    return text.strip()
 
 
 def _brief(goal: dict[str, Any]) -> list[dict[str, Any]]:
@@ -218,15 +308,22 @@ class PlannerAgent(Agent):
 
     type = "planner"
     capabilities = ("plan",)
-    planner: ClassVar[Planner] = RulePlanner()
+    planner: ClassVar[Planner | None] = None
+    """The planner to use; None: an `LLMPlanner` when `MAS_LLM__BASE_URL` is set, else a
+    `RulePlanner`."""
 
     async def handle_message(self, message: Message) -> HandlerResult:
         ctx = self.ctx
         goal = dict(message.payload)
         try:
-            plan = Plan.model_validate(await ctx.step("plan", _planned, type(self).planner, goal))
-        except PlanError as exc:
+            planned: dict[str, Any] = await ctx.step(
+                "plan", _planned, self._planner(), goal, ctx.runtime
+            )
+        except (PlanError, ModelRefused) as exc:
+            # An answer that will not change: the task fails. A model server that stayed
+            # busy or down (`ModelUnavailable`) fails the handler, which is retried later.
             return _failed(message, exc, None)
+        plan = Plan.model_validate(planned["plan"])
         answers: dict[str, dict[str, Any]] = {}
         for wave in plan.waves():
             try:
@@ -239,8 +336,16 @@ class PlannerAgent(Agent):
             "plan": plan.model_dump(mode="json"),
             "steps": answers,
             "result": answers[plan.steps[-1].id],
+            "usage": planned["usage"],
         }
         return message.reply(outcome)
+
+    def _planner(self) -> Planner:
+        chosen = type(self).planner
+        if chosen is not None:
+            return chosen
+        settings = self.ctx.runtime.settings.llm
+        return LLMPlanner(settings) if settings.base_url else RulePlanner()
 
     async def ask_wave(
         self, wave: list[PlanStep], answers: dict[str, dict[str, Any]]
@@ -263,9 +368,10 @@ class PlannerAgent(Agent):
         return await ctx.gather(*asks)
 
 
-async def _planned(planner: Planner, goal: dict[str, Any]) -> dict[str, Any]:
-    """The plan as JSON (what the workflow records)."""
-    return (await planner.plan(goal)).model_dump(mode="json")
+async def _planned(planner: Planner, goal: dict[str, Any], runtime: Any) -> dict[str, Any]:
+    """The plan and its cost as JSON (what the workflow records)."""
+    planned = await planner.plan(goal, await runtime.capabilities())
+    return {"plan": planned.plan.model_dump(mode="json"), "usage": planned.usage}
 
 
 class _StepFailed(Exception):

@@ -189,7 +189,7 @@ async def test_a_goal_that_cannot_be_planned_is_refused_saying_why(
     goal: dict[str, Any], why: str
 ) -> None:
     with pytest.raises(PlanError, match=re.escape(why)):
-        await RulePlanner().plan(goal)
+        await RulePlanner().plan(goal, ["calc"])
     result = await run_task(goal)
     assert result.status == "failed"
     assert result.error is not None and why in result.error.message

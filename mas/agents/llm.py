@@ -1,0 +1,178 @@
+"""A client of OpenAI-compatible chat-completions servers, for agents that call a model.
+
+What the big frameworks' users ask of a model call, and what this does: a busy or failing
+server (429, 5xx, a timeout, a refused connection) is waited for as it asks (`Retry-After`,
+capped) or with backoff, a bounded number of times, then reported as `ModelUnavailable` (a
+service outage: worth retrying later); an answer that will not change (a 4xx: a bad request,
+a wrong key, an unknown model) is `ModelRefused` at once (the caller's mistake). The key is
+sent as a Bearer token and appears in no log line or error. Every answer carries its token
+counts, for budgets and for the record of a durable step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from mas.actors.backoff import backoff_delay
+from mas.config import LLMSettings
+from mas.errors import ConfigError, ServiceUnavailable, UsageError
+
+__all__ = ["ChatClient", "Completion", "ModelRefused", "ModelUnavailable", "Usage"]
+
+_log = structlog.get_logger("mas.llm")
+
+_BACKOFF_BASE = 0.5
+_BACKOFF_MAX = 30.0
+
+
+class ModelUnavailable(ServiceUnavailable):
+    """The model server did not answer usefully in any attempt (busy, down, too slow)."""
+
+
+class ModelRefused(UsageError):
+    """The model server refused the request for a reason a retry will not change."""
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Tokens a call (or several, summed) spent."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    calls: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.prompt_tokens + other.prompt_tokens,
+            self.completion_tokens + other.completion_tokens,
+            self.calls + other.calls,
+        )
+
+    def to_dict(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "calls": self.calls,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """The model's answer: its text and what it cost."""
+
+    content: str
+    usage: Usage
+
+
+class ChatClient:
+    """Calls `POST {base_url}/chat/completions` (one connection pool; `aclose` it)."""
+
+    def __init__(self, settings: LLMSettings) -> None:
+        if not settings.base_url:
+            raise ConfigError("MAS_LLM__BASE_URL is not set: no model server to call")
+        try:
+            import httpx
+        except ImportError:
+            raise ConfigError("calling a model needs httpx: install mas-runtime[api]") from None
+        self.settings = settings
+        headers = {"Content-Type": "application/json"}
+        if settings.api_key is not None:
+            headers["Authorization"] = f"Bearer {settings.api_key.get_secret_value()}"
+        self._httpx = httpx
+        self._client = httpx.AsyncClient(
+            base_url=settings.base_url.rstrip("/"),
+            headers=headers,
+            timeout=httpx.Timeout(settings.timeout),
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def complete(self, messages: list[dict[str, str]], **options: Any) -> Completion:
+        """The model's answer to `messages` (chat messages: role and content).
+
+        Raises:
+            ModelUnavailable: every attempt met a busy or failing server.
+            ModelRefused: the server refused the request (a 4xx other than 408 and 429), or
+                answered with no message.
+        """
+        settings = self.settings
+        body = {"model": settings.model, "messages": messages, **options}
+        why = "no attempt"
+        for attempt in range(1, settings.attempts + 1):
+            try:
+                response = await self._client.post("/chat/completions", json=body)
+            except self._httpx.TimeoutException:
+                why, wait = f"no answer within {settings.timeout:g} s", None
+            except self._httpx.TransportError as exc:
+                why, wait = f"cannot reach the model server: {type(exc).__name__}", None
+            else:
+                status = response.status_code
+                if status < 300:
+                    return _completion(response)
+                if status in (408, 429) or status >= 500:
+                    why, wait = f"the model server answered {status}", _retry_after(response)
+                else:
+                    raise ModelRefused(
+                        f"the model server refused the request ({status}): {_detail(response)}"
+                    )
+            if attempt == settings.attempts:
+                break
+            if wait is None:
+                wait = backoff_delay(attempt, _BACKOFF_BASE, _BACKOFF_MAX, 0.1)
+            wait = min(wait, settings.retry_after_max)
+            _log.warning("model_call_retry", attempt=attempt, reason=why, wait=round(wait, 3))
+            await asyncio.sleep(wait)
+        raise ModelUnavailable(f"model {settings.model!r}: {why} ({settings.attempts} attempts)")
+
+
+def _retry_after(response: Any) -> float | None:
+    value = response.headers.get("Retry-After")
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        return None  # absent, or an HTTP date: back off instead
+    return seconds if seconds >= 0 else None
+
+
+def _detail(response: Any) -> str:
+    """What the server said was wrong (its `error.message`, or the start of its body)."""
+    text: str = response.text
+    try:
+        data = response.json()
+    except ValueError:
+        return text[:200]
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, dict) and "message" in error:
+        return str(error["message"])[:200]
+    return text[:200]
+
+
+def _completion(response: Any) -> Completion:
+    try:
+        data = response.json()
+        content = data["choices"][0]["message"]["content"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        raise ModelRefused(
+            f"the model server's answer holds no message: {response.text[:200]!r}"
+        ) from None
+    if not isinstance(content, str):
+        raise ModelRefused("the model's message has no text content")
+    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+    return Completion(
+        content,
+        Usage(
+            prompt_tokens=_count(usage.get("prompt_tokens")),
+            completion_tokens=_count(usage.get("completion_tokens")),
+            calls=1,
+        ),
+    )
+
+
+def _count(value: object) -> int:
+    return value if type(value) is int and value >= 0 else 0
