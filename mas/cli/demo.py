@@ -33,7 +33,7 @@ class _Flaky(Agent):
 
 
 async def _demo() -> dict[str, int]:
-    from mas.agents.echo import EchoAgent
+    from mas.agents import CalcAgent, EchoAgent, PlannerAgent, SummarizeAgent
 
     settings = Settings(
         log_level="ERROR", retry=RetrySettings(max_attempts=3, base_delay=0.02, max_delay=0.1)
@@ -67,6 +67,27 @@ async def _demo() -> dict[str, int]:
             f"   dead letter: type={letter.message.type} reason={letter.reason} "
             f"attempts={letter.attempts} error={letter.error_type}: {letter.error_message}"
         )
+
+        await rt.spawn(PlannerAgent, id="planner")
+        await rt.spawn(SummarizeAgent, id="summarize")
+        for n in range(2):
+            await rt.spawn(CalcAgent, id=f"calc-{n}")
+        goal = {
+            "kind": "brief",
+            "text": "Agents are actors. Each has a mailbox. Supervisors restart crashed agents.",
+            "expressions": ["60 * 60 * 24", "2 ** 10"],
+        }
+        reply = await rt.ask("agent:planner", Message("goal", goal), timeout=10)
+        steps = reply.payload["steps"]
+        say(
+            "4. ask planner (brief) -> plan "
+            + ", ".join(f"{s['id']}:{s['capability']}" for s in reply.payload["plan"]["steps"])
+            + " ran at once on other agents"
+        )
+        say(
+            f"   calc1={steps['calc1']['value']} calc2={steps['calc2']['value']} "
+            f"summary={steps['summary']['summary']!r}"
+        )
         await rt.settle()
         stats = rt.stats()
     say(
@@ -84,7 +105,8 @@ def demo(
         ),
     ] = "ERROR",
 ) -> None:
-    """Run a short scenario in one process: an ask, a crash and restart, a dead letter."""
+    """Run a short scenario in one process: an ask, a crash and restart, a dead letter, and
+    a planner's plan run by other agents."""
     configure_logging(log_level, "json", sys.stderr)
     stats = anyio.run(_demo)
     if stats["dead_letters"] != 1 or stats["restarts"] < 1:

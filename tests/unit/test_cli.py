@@ -32,7 +32,7 @@ def test_help_lists_the_commands() -> None:
     assert "demo" in result.stdout
 
 
-def test_demo_shows_an_ask_a_restart_and_a_dead_letter_and_exits_0() -> None:
+def test_demo_shows_an_ask_a_restart_a_dead_letter_and_a_plan_and_exits_0() -> None:
     result = run_mas("demo")
     assert result.returncode == 0, result.stderr
     out = result.stdout
@@ -40,6 +40,8 @@ def test_demo_shows_an_ask_a_restart_and_a_dead_letter_and_exits_0() -> None:
     assert "supervisor restarted it" in out
     assert "reason=max_attempts attempts=3" in out
     assert "dead_letters=1" in out
+    assert "4. ask planner (brief) -> plan summary:summarize, calc1:calc, calc2:calc" in out
+    assert "calc1=86400 calc2=1024" in out
 
 
 def test_unknown_command_fails_with_usage() -> None:
