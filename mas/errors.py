@@ -207,6 +207,23 @@ class TooManyStreams(UsageError):
         self.limit = limit
 
 
+class Rejected(UsageError):
+    """A message refused as its sender's mistake: what a handler raises (this or a subclass)
+    for input it will never accept.
+
+    The runtime dead-letters the message at once (reason `rejected`: every attempt would fail
+    alike, so there is no retry), and the agent keeps its state and goes on (no restart,
+    nothing towards its supervisor's restart intensity). An asker gets it back, naming the
+    agent; over HTTP it is a 422.
+    """
+
+    def __init__(self, reason: str, *, agent_id: str | None = None) -> None:
+        where = f"agent {agent_id!r} rejected the message: " if agent_id else ""
+        super().__init__(f"{where}{reason}")
+        self.reason = reason
+        self.agent_id = agent_id
+
+
 class DuplicateAgent(UsageError):
     """An agent id is already taken in this runtime.
 

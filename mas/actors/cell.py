@@ -35,6 +35,7 @@ from mas.errors import (
     ConfigError,
     MailboxFull,
     MasError,
+    Rejected,
     WorkflowDiverged,
 )
 from mas.messages import Message
@@ -640,7 +641,8 @@ class AgentCell:
             error_type=type(exc).__name__,
             error=str(exc),
         )
-        if attempt < self.retry.max_attempts and not isinstance(exc, WorkflowDiverged):
+        rejected = isinstance(exc, Rejected | WorkflowDiverged)  # no attempt fares better
+        if attempt < self.retry.max_attempts and not rejected:
             if self._run_ended(message, settled=False) and runtime.journal is not None:
                 # Its finished steps reach the record before the delivery goes back: a
                 # retry on another node must not redo them.
@@ -654,10 +656,20 @@ class AgentCell:
         else:
             self.counters.dead_lettered += 1
             self._run_ended(message, settled=True)
-            reason = "workflow_diverged" if isinstance(exc, WorkflowDiverged) else "max_attempts"
+            if isinstance(exc, Rejected):
+                reason = "rejected"
+            elif isinstance(exc, WorkflowDiverged):
+                reason = "workflow_diverged"
+            else:
+                reason = "max_attempts"
             await runtime.dead_letter(
                 delivery, reason, agent_id=self.id, error=exc, attempts=attempt
             )
+        if isinstance(exc, Rejected):
+            # The message was at fault, not the agent: it keeps its state (no restart, and
+            # nothing towards its supervisor's restart intensity) and takes the next one.
+            self.current = None
+            return
         await self.supervisor.child_failed(self, exc)
 
     # -- lifecycle (driven by the supervisor) ------------------------------------------------

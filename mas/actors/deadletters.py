@@ -28,7 +28,9 @@ _log = structlog.get_logger("mas.dead_letters")
 class DeadLetter:
     """A message that could not be handled, with why and how often it was tried.
 
-    `reason` is one of: `max_attempts` (the handler failed on every attempt),
+    `reason` is one of: `max_attempts` (the handler failed on every attempt), `rejected`
+    (the handler raised `Rejected`: the message is at fault, and every attempt would fail
+    alike, so there is none but the first),
     `mailbox_overflow` (dropped by a `drop_oldest` mailbox), `unknown_address`,
     `agent_stopped` (still queued when its agent stopped), `invalid_message` (undecodable),
     `no_capable_agent` (no live agent offers the capability it was sent to),

@@ -19,6 +19,7 @@ from mas.errors import (
     HandlerError,
     MailboxFull,
     MasError,
+    Rejected,
     UnknownAgent,
 )
 from mas.messages import Message
@@ -176,6 +177,9 @@ def error_from_reply(reply: Message) -> MasError:
         return MailboxFull(agent_id, None)  # the capacity is the agent's node's to know
     if reason == "unknown_address":
         return UnknownAgent(str(reply.sender or agent_id))
+    if reason == "rejected":
+        why = f"{payload.get('error_type') or 'Error'}: {payload.get('error') or ''}"
+        return Rejected(why, agent_id=agent_id)
     return HandlerError(
         agent_id,
         str(payload.get("error_type") or "Error"),

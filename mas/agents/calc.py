@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mas.actors.agent import Agent, HandlerResult
-from mas.errors import UsageError
+from mas.errors import Rejected
 from mas.messages import Message
 
 __all__ = ["CalcAgent", "CalcError", "evaluate"]
@@ -43,8 +43,9 @@ _UNARY: dict[type[ast.unaryop], Callable[[Any], Any]] = {
 }
 
 
-class CalcError(UsageError):
-    """An expression that is not arithmetic, or whose value cannot be computed."""
+class CalcError(Rejected):
+    """An expression that is not arithmetic, or whose value cannot be computed (rejected:
+    the message is dead-lettered at once, and an asker gets the reason)."""
 
 
 def evaluate(expression: object) -> int | float:
@@ -112,8 +113,8 @@ def _checked(value: int | float, expression: str) -> int | float:
 class CalcAgent(Agent):
     """Evaluates `{"expression": "..."}`; answers `{"expression": ..., "value": ...}`.
 
-    An expression it cannot evaluate fails the handler with `CalcError` (every attempt would
-    fail alike: a task of it ends failed, an ask raises the error).
+    An expression it cannot evaluate is rejected (`CalcError`): no retry, the agent goes on,
+    a task of it ends dead-lettered with the reason, an asker gets `Rejected`.
     """
 
     type = "calc"

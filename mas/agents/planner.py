@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from mas.actors.agent import Agent, HandlerResult
 from mas.agents.llm import ChatClient, ModelRefused, Usage
 from mas.config import LLMSettings
-from mas.errors import MasError, UsageError
+from mas.errors import MasError, Rejected
 from mas.messages import Message, TaskError, TaskResult
 
 __all__ = [
@@ -48,7 +48,7 @@ MAX_STEPS = 50
 """Steps a plan may have."""
 
 
-class PlanError(UsageError):
+class PlanError(Rejected):
     """A plan that cannot run: a step depends on one that does not exist, or on itself
     through others; or a goal no planner rule knows."""
 

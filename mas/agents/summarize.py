@@ -11,7 +11,7 @@ import re
 from collections import Counter
 
 from mas.actors.agent import Agent, HandlerResult
-from mas.errors import UsageError
+from mas.errors import Rejected
 from mas.messages import Message
 
 __all__ = ["SummarizeAgent", "summarize"]
@@ -34,15 +34,15 @@ def summarize(text: object, sentences: object = 2) -> str:
     frequencies in the text, common words left out, over the sentence's length), in order.
 
     Raises:
-        UsageError: `text` is not a string (or is too long), `sentences` not a whole number
+        Rejected: `text` is not a string (or is too long), `sentences` not a whole number
             from 1 to 50.
     """
     if not isinstance(text, str):
-        raise UsageError(f"a text to summarize is a string, not {type(text).__name__}")
+        raise Rejected(f"a text to summarize is a string, not {type(text).__name__}")
     if len(text) > MAX_TEXT:
-        raise UsageError(f"the text has over {MAX_TEXT} characters")
+        raise Rejected(f"the text has over {MAX_TEXT} characters")
     if type(sentences) is not int or not 1 <= sentences <= 50:
-        raise UsageError(f"sentences is a whole number from 1 to 50, not {sentences!r}")
+        raise Rejected(f"sentences is a whole number from 1 to 50, not {sentences!r}")
     found = [s.strip() for s in _SENTENCE.findall(text) if s.strip()]
     if len(found) <= sentences:
         return " ".join(found)

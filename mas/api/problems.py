@@ -45,6 +45,7 @@ from mas.errors import (
     MessageTooLarge,
     QueueFull,
     RedisUnavailable,
+    Rejected,
     RuntimeNotRunning,
     SchemaOutdated,
     ServiceUnavailable,
@@ -188,6 +189,7 @@ _MAS_STATUS: dict[type[MasError], tuple[int, str] | None] = {
     UnknownDeadLetter: (404, "Unknown Dead Letter"),
     DeadLetterSettled: (409, "Dead Letter Settled"),
     TooManyStreams: (429, "Too Many Streams"),
+    Rejected: (422, "Rejected"),
     # Usage errors of the server, not of the client.
     ConfigError: None,
     HandlerReturnError: _AGENT_FAILED,

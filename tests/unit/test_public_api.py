@@ -38,6 +38,7 @@ EXPORTED = [
     "MessageTooLarge",
     "QueueFull",
     "RedisUnavailable",
+    "Rejected",
     "Restart",
     "RetryPolicy",
     "Runtime",

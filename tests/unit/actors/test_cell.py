@@ -13,6 +13,7 @@ from mas import (
     HandlerResult,
     MailboxFull,
     Message,
+    Rejected,
     Runtime,
     TaskResult,
 )
@@ -119,6 +120,44 @@ async def test_a_poison_message_is_retried_then_dead_lettered_with_error_and_att
         assert counters["crashes"] == 3
         assert counters["handled"] == 1  # other messages keep flowing
         assert rt.dead_letters.count == 1
+
+
+class Picky(Agent):
+    """Rejects odd numbers as its sender's mistake; counts starts and what it handled."""
+
+    type = "picky"
+    starts = 0
+    handled: list[int]
+
+    async def start(self) -> None:
+        type(self).starts += 1
+
+    async def handle_message(self, message: Message) -> HandlerResult:
+        n = message.payload["n"]
+        if n % 2:
+            raise Rejected(f"{n} is odd")
+        type(self).handled.append(n)
+        return message.reply({"n": n})
+
+
+async def test_a_rejected_message_is_dead_lettered_at_once_and_the_agent_goes_on(
+    make_runtime: MakeRuntime,
+) -> None:
+    Picky.starts, Picky.handled = 0, []
+    async with make_runtime() as rt:
+        ref = await rt.spawn(Picky, id="picky")
+        async with rt.dead_letters.subscribe() as letters:
+            with pytest.raises(Rejected, match="agent 'picky' rejected the message: ") as caught:
+                await ref.ask(Message("n", {"n": 1}), timeout=2)
+            letter = await asyncio.wait_for(letters.get(), 2)
+        assert (await ref.ask(Message("n", {"n": 2}), timeout=2)).payload == {"n": 2}
+        await rt.settle()
+        assert caught.value.agent_id == "picky"
+        assert "Rejected: 1 is odd" in str(caught.value)
+        assert (letter.reason, letter.attempts, letter.error_type) == ("rejected", 1, "Rejected")
+        assert Picky.handled == [2]
+        assert Picky.starts == 1  # not restarted: the message was at fault, not the agent
+        assert rt.restarts == 0
 
 
 @pytest.mark.test_runtime_only

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from mas import HandlerError, Message
+from mas import Message, Rejected
 from mas.agents.calc import CalcAgent, CalcError, evaluate
 from mas.agents.summarize import SummarizeAgent, summarize
-from mas.errors import UsageError
 from mas.testing import TestRuntime
 
 pytestmark = pytest.mark.anyio
@@ -73,7 +72,7 @@ def test_a_summary_keeps_the_sentences_about_what_the_text_is_about_in_order() -
 
 @pytest.mark.parametrize(("text", "sentences"), [(None, 2), ("ok", 0), ("ok", 51), ("ok", True)])
 def test_a_summary_refuses_what_is_not_a_text_or_a_count(text: object, sentences: object) -> None:
-    with pytest.raises(UsageError):
+    with pytest.raises(Rejected):
         summarize(text, sentences)
 
 
@@ -85,7 +84,7 @@ async def test_the_agents_answer_by_capability() -> None:
         summary = await rt.ask(
             "capability:summarize", Message("summarize", {"text": TEXT, "sentences": 1}), timeout=5
         )
-        with pytest.raises(HandlerError, match="divides by zero"):
+        with pytest.raises(Rejected, match="agent 'calc' rejected the message: CalcError: "):
             await rt.ask("capability:calc", Message("calc", {"expression": "1/0"}), timeout=5)
     assert value.payload == {"expression": "6*7", "value": 42}
     assert summary.payload == {"summary": "Tides are caused by the moon."}

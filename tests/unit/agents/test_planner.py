@@ -145,9 +145,10 @@ async def test_a_failing_step_fails_the_task_naming_the_step() -> None:
     result = await run_task({"steps": steps})
     assert result.status == "failed"
     assert result.error is not None
-    assert result.error.type == "HandlerError"
+    assert result.error.type == "Rejected"  # calc rejected it: asked once, no retry
     assert result.error.message.startswith("step broken: ")
     assert "divides by zero" in result.error.message
+    assert asked == {"1 + 1": 1, "1 / 0": 1}
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
+from mas.agents.calc import CalcAgent
 from mas.api.auth import SCOPES
 from mas.api.state import Gateway
 
@@ -240,6 +241,17 @@ class TestMessage:
     ) -> None:
         response = await client.post("/agents/echo/message", json=body, headers=token())
         problem(response, 422, field)
+
+    async def test_a_message_the_agent_rejects_is_422_with_its_reason(
+        self, client: httpx.AsyncClient, token: Any, problem: Problem, gw: Gateway
+    ) -> None:
+        # The agent refused the message as the sender's mistake: the sender must change it
+        # (a 4xx), and nothing was retried.
+        await gw.runtime.spawn(CalcAgent, id="calc")
+        body = {"type": "calc", "payload": {"expression": "1 / 0"}}
+        refused = await client.post("/agents/calc/message?wait=5", json=body, headers=token())
+        problem(refused, 422, "agent 'calc' rejected the message: CalcError: '1 / 0' divides")
+        assert gw.runtime.restarts == 0
 
     async def test_full_mailbox_is_429_with_retry_after(
         self, client: httpx.AsyncClient, token: Any, problem: Problem, full_agent: str
