@@ -23,7 +23,7 @@ from typing_extensions import TypedDict
 from mas.errors import InvalidMessage
 from mas.messages import MAX_DEPTH, Message, check_depth
 from mas.persistence.dead_letters import DeadLetterRecord
-from mas.persistence.store import AgentRecord, TaskRecord
+from mas.persistence.store import TRACE_LIMIT, AgentRecord, AuditedMessage, TaskRecord
 
 __all__ = [
     "AgentIn",
@@ -37,9 +37,11 @@ __all__ = [
     "StepOut",
     "TaskIn",
     "TaskList",
+    "TaskMessagesOut",
     "TaskOut",
     "TaskSubmission",
     "TaskTreeOut",
+    "TraceMessageOut",
 ]
 
 ID_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.:@\-]*$"
@@ -274,6 +276,15 @@ def _writable(task: TaskRecord) -> TaskRecord:
     return dataclasses.replace(task, **changes) if changes else task
 
 
+def _writable_value(value: Any, name: str) -> Any:
+    """`value`, or a note saying so if it is nested too deep to write out (see `_writable`)."""
+    try:
+        check_depth(value, name, _WRITABLE_DEPTH)
+    except InvalidMessage:
+        return {"unreadable": f"not shown: nested deeper than {_WRITABLE_DEPTH} levels"}
+    return value
+
+
 class TaskList(BaseModel):
     items: list[TaskOut]
     limit: int
@@ -314,6 +325,64 @@ class TaskTreeOut(BaseModel):
     task: TaskOut
     steps: list[StepOut]
     children: list[TaskOut] = Field(description="child tasks, oldest first (at most 500)")
+
+
+class TraceMessageOut(BaseModel):
+    """A message of a task's trace, as the audit recorded it."""
+
+    id: str
+    type: str = Field(description="the message type")
+    sender: str | None = Field(description="the address it came from (null: the gateway)")
+    target: str | None = Field(description="the address it went to")
+    correlation_id: str | None = Field(description="what it answers (a reply: the ask's id)")
+    task_id: str | None = Field(description="the task it belongs to (the trace's or a child)")
+    created_at: datetime
+    handled_by: str | None = Field(
+        description="the agent that handled it, when the audit records that (MAS_AUDIT=all); "
+        "null: not handled (yet), or not recorded"
+    )
+    payload: dict[str, Any]
+
+    @classmethod
+    def of(cls, message: AuditedMessage) -> TraceMessageOut:
+        return cls(
+            id=message.id,
+            type=message.type,
+            sender=message.sender,
+            target=message.target,
+            correlation_id=message.correlation_id,
+            task_id=message.task_id,
+            created_at=message.created_at,
+            handled_by=message.handled_by,
+            payload=_writable_value(message.payload, "payload")
+            if isinstance(message.payload, dict)
+            else {"unreadable": f"not shown: not a JSON object ({type(message.payload).__name__})"},
+        )
+
+
+class TaskMessagesOut(BaseModel):
+    """The audited messages of a task's trace, oldest first: what its handlers were sent,
+    sent and answered, and those of its child tasks."""
+
+    task_id: str
+    trace_id: str | None
+    audited: bool = Field(
+        description="false: this gateway does not audit messages (MAS_AUDIT=off), so there "
+        "are none to show"
+    )
+    audit: Literal["all", "tasks", "off"] = Field(
+        description="MAS_AUDIT of this gateway: `tasks` records only the messages of tasks"
+    )
+    items: list[TraceMessageOut]
+    limit: int = Field(description="the most messages of a trace that are read")
+    cut: bool = Field(
+        description=f"the trace has more than `limit` ({TRACE_LIMIT}) messages: these are "
+        "the oldest"
+    )
+    hidden: int = Field(
+        description="messages read but not shown: of another caller's task, or of none "
+        "(a caller without tasks:admin sees its own tasks' only)"
+    )
 
 
 class AgentIn(BaseModel):

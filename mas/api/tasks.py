@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncGenerator, Coroutine, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -33,7 +34,7 @@ from mas.errors import (
     UnknownTask,
 )
 from mas.messages import Message, TaskError, TaskResult, new_id
-from mas.persistence.store import TaskRecord
+from mas.persistence.store import TRACE_LIMIT, AuditedMessage, TaskRecord
 
 if TYPE_CHECKING:
     from mas.api.auth import Claims
@@ -41,12 +42,13 @@ if TYPE_CHECKING:
     from mas.api.schemas import TaskIn
     from mas.api.streams import TaskStream
     from mas.config import Settings
-    from mas.persistence.journal import StoreJournal, TaskEnd
+    from mas.persistence.journal import Audit, StoreJournal, TaskEnd
     from mas.runtime import Runtime
 
 __all__ = [
     "ADMIN",
     "TaskService",
+    "TraceMessages",
     "owner_filter",
 ]
 
@@ -69,6 +71,21 @@ def owner_filter(caller: Claims) -> str | None:
 
 def _visible(caller: Claims, task: TaskRecord) -> bool:
     return ADMIN in caller.scopes or task.created_by == caller.subject
+
+
+@dataclass(frozen=True, slots=True)
+class TraceMessages:
+    """What `TaskService.messages` found: the audited messages of a task's trace."""
+
+    task: TaskRecord
+    audit: Audit
+    """`MAS_AUDIT` of this gateway: `off` records no message, so `messages` is empty."""
+    messages: list[AuditedMessage]
+    """Oldest first, the caller's only (see `TaskService.messages`)."""
+    cut: bool
+    """The trace has more than `TRACE_LIMIT` messages: only the oldest were read."""
+    hidden: int
+    """Messages read but not shown: they belong to no task, or to another caller's."""
 
 
 class TaskService:
@@ -238,6 +255,39 @@ class TaskService:
         steps = await self._store.task_steps(task_id)
         children = await self._store.list_tasks(parent_id=task_id, limit=_TREE_CHILDREN)
         return task, steps, list(reversed(children))
+
+    async def messages(self, task_id: str, caller: Claims) -> TraceMessages:
+        """One of the caller's tasks and the audited messages of its trace (the oldest
+        `TRACE_LIMIT`, oldest first).
+
+        A trace is not a task: its id comes from the client (`traceparent`, a Message's
+        `trace_id`), so one caller's tasks can share a trace with another's. A caller
+        without `tasks:admin` sees only the messages of its own tasks: a message's task (or,
+        for a reply, the task whose message it answers) is looked up in the tasks' records,
+        whose creator the messages cannot claim; the others are counted, not shown.
+
+        Raises:
+            UnknownTask: no such task, or another caller's.
+        """
+        task = await self.get(task_id, caller)
+        audit = self._journal.audit
+        if audit == "off" or task.trace_id is None:
+            return TraceMessages(task, audit, [], cut=False, hidden=0)
+        log, cut = await self._store.trace_log(task.trace_id, limit=TRACE_LIMIT)
+        if ADMIN in caller.scopes:
+            return TraceMessages(task, audit, log, cut=cut, hidden=0)
+        # A message is a task's work (`task_id`), or answers a task's ask (`correlation_id`:
+        # a reply to a child task's message names no task itself).
+        owners = await self._store.task_owners(
+            {key for m in log for key in (m.task_id, m.correlation_id) if key}
+        )
+
+        def mine(message: AuditedMessage) -> bool:
+            of = message.task_id or message.correlation_id
+            return of is not None and owners.get(of, "") == caller.subject
+
+        shown = [message for message in log if mine(message)]
+        return TraceMessages(task, audit, shown, cut=cut, hidden=len(log) - len(shown))
 
     async def cancel(self, task_id: str, caller: Claims) -> TaskRecord:
         """Cancel one of the caller's tasks that has not ended; returns it cancelled.

@@ -23,7 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from mas.actors.workflow import StepRecord
+from mas.actors.workflow import PARENT_KEY, StepRecord
 from mas.errors import InvalidMessage, SchemaOutdated, StoreTimeout, StoreUnavailable
 from mas.messages import Message
 from mas.observability.outages import Outage
@@ -41,7 +41,7 @@ from mas.persistence.models import (
     workflow_waits,
 )
 
-__all__ = ["AgentRecord", "Batch", "Store", "TaskRecord"]
+__all__ = ["TRACE_LIMIT", "AgentRecord", "AuditedMessage", "Batch", "Store", "TaskRecord"]
 
 
 FINAL_STATUSES = ("succeeded", "failed", "dead_lettered", "cancelled", "timed_out")
@@ -124,6 +124,43 @@ class AgentRecord:
             and beat is not None
             and (datetime.now(UTC) - beat).total_seconds() <= stale_after
         )
+
+
+@dataclass(frozen=True, slots=True)
+class AuditedMessage:
+    """A message as the audit recorded it (a `messages` row), with the agent that handled it.
+
+    The row's fields as they are, not a `Message`: a reader that shows the audit must not
+    fail on a row the `Message` constructor would refuse (one written by another version).
+    """
+
+    id: str
+    type: str
+    sender: str | None
+    target: str | None
+    payload: Any
+    metadata: Any
+    trace_id: str | None
+    correlation_id: str | None
+    reply_to: str | None
+    created_at: datetime
+    handled_by: str | None
+    """The agent that handled it, when the audit recorded that (`MAS_AUDIT=all`, not a
+    topic message); None when it was not handled, or not recorded as handled."""
+
+    @property
+    def task_id(self) -> str | None:
+        """The task it is the work of, as `mas.actors.workflow.task_of` reads a `Message`:
+        its `task_id`, or, for a message a workflow step sent (a child task), its own id."""
+        metadata = self.metadata if isinstance(self.metadata, dict) else {}
+        task_id = metadata.get("task_id")
+        if task_id is None and PARENT_KEY in metadata:
+            return self.id
+        return task_id if isinstance(task_id, str) else None
+
+
+TRACE_LIMIT = 500
+"""The most audited messages of one trace `Store.trace_log` reads at a time."""
 
 
 @dataclass
@@ -546,6 +583,19 @@ class Store:
                 for task_id, status in (await conn.execute(query)).all():
                     statuses[str(task_id)] = str(status)
         return statuses
+
+    async def task_owners(self, task_ids: Iterable[str]) -> dict[str, str | None]:
+        """Who created each of these tasks that exists (`created_by`), in one query per 500
+        ids: whose tasks the messages of a trace belong to."""
+        ids = list(task_ids)
+        owners: dict[str, str | None] = {}
+        async with self.reading() as conn:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                query = select(tasks.c.id, tasks.c.created_by).where(tasks.c.id.in_(chunk))
+                for task_id, created_by in (await conn.execute(query)).all():
+                    owners[str(task_id)] = None if created_by is None else str(created_by)
+        return owners
 
     async def prune(
         self, before: datetime, *, audit: bool = False, tasks_too: bool = False
@@ -981,6 +1031,30 @@ class Store:
             rows = (await conn.execute(query)).all()
         return [message_from_row(row) for row in rows]
 
+    async def trace_log(
+        self, trace_id: str, *, limit: int = TRACE_LIMIT
+    ) -> tuple[list[AuditedMessage], bool]:
+        """The oldest `limit` audited messages of a trace (at most `TRACE_LIMIT`), oldest
+        first, each with the agent that handled it; and whether the trace has more.
+
+        Bounded, unlike `trace` (which a replay needs whole): an operator's page reads this,
+        and a trace that fans out to thousands of tasks must not make one answer huge.
+
+        Raises:
+            ValueError: `limit` is not between 1 and `TRACE_LIMIT`.
+        """
+        if not 1 <= limit <= TRACE_LIMIT:
+            raise ValueError(f"limit must be between 1 and {TRACE_LIMIT}, got {limit}")
+        query = (
+            select(messages)
+            .where(messages.c.trace_id == trace_id)
+            .order_by(messages.c.created_at, messages.c.id)
+            .limit(limit + 1)  # one more: whether the trace goes on
+        )
+        async with self.reading() as conn:
+            rows = (await conn.execute(query)).all()
+        return [_audited(row) for row in rows[:limit]], len(rows) > limit
+
     async def trace_handlers(self, trace_id: str) -> list[str]:
         """The agents that handled a message of the trace (by id, sorted): those a message to
         a `type:` address reached are named nowhere else."""
@@ -1138,6 +1212,24 @@ def _timed_out(now: datetime) -> dict[str, Any]:
             "retryable": False,
         },
     }
+
+
+def _audited(row: Any) -> AuditedMessage:
+    created_at = _aware(row.created_at)
+    assert created_at is not None  # NOT NULL
+    return AuditedMessage(
+        id=row.id,
+        type=row.msg_type,
+        sender=row.sender,
+        target=row.target,
+        payload=row.payload,
+        metadata=row.metadata,
+        trace_id=row.trace_id,
+        correlation_id=row.correlation_id,
+        reply_to=row.reply_to,
+        created_at=created_at,
+        handled_by=row.handled_by,
+    )
 
 
 def _task(row: Any) -> TaskRecord:

@@ -254,3 +254,216 @@ async def test_the_page_shows_the_cluster_live_and_survives_a_gateway_restart(
         first.terminate()
         if second is not None:
             second.terminate()
+
+
+async def _open(playwright: Any, chromium: str, url: str) -> tuple[Any, Any, list[str]]:
+    """A browser, its page at `url`, and what the page's Content-Security-Policy blocked."""
+    browser = await playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+    page = await browser.new_page()
+    refused: list[str] = []
+    page.on(
+        "console",
+        lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None,
+    )
+    await page.goto(url)
+    await expect(page.locator("#agents tr[data-agent-id=echo]")).to_contain_text(
+        "live", timeout=15_000
+    )
+    return browser, page, refused
+
+
+async def _submit(page: Any, agent_type: str, payload: str, ends: str) -> str:
+    """Submits a task with the page's form; its id, once the form says it ended `ends`."""
+    await page.fill("#submit-form input[name=type]", agent_type)
+    await page.fill("#submit-form input[name=payload]", payload)
+    await page.click("#submit-form button")
+    result = page.locator("#submit-result")
+    await expect(result).to_contain_text(f": {ends}", timeout=30_000)
+    text = await result.text_content()
+    assert text is not None and text.startswith("task "), text
+    return text.removeprefix("task ").split(":", 1)[0]
+
+
+@pytest.fixture
+def mas_up_with(tmp_path: Path) -> Iterator[Any]:
+    """`mas_up_with(*agents)`: the dashboard URL (with the token) of `mas up --agents ...`."""
+    processes: list[MasProcess] = []
+
+    def start(*agents: str) -> str:
+        env = clean_environment(MAS_AUTH__JWT_SECRET="b" * 40)
+        args = ["up", "--port", "0"]
+        for agent in agents:
+            args += ["--agents", f"tests.integration.work_agents:{agent}"]
+        process = MasProcess(args, env, tmp_path)
+        processes.append(process)
+        line = process.wait_for(lambda line: line.strip().startswith("dashboard:"))
+        process.wait_for(lambda line: "Ctrl-C stops" in line)
+        token = (tmp_path / ".mas" / "dev-token").read_text().strip()
+        return f"{line.split(':', 1)[1].split()[0]}#token={token}"
+
+    try:
+        yield start
+    finally:
+        for process in processes:
+            process.terminate()
+
+
+async def test_the_task_table_filters_by_status(chromium: str, mas_up_with: Any) -> None:
+    url = mas_up_with("Verdict")
+    async with async_playwright() as playwright:
+        browser, page, refused = await _open(playwright, chromium, url)
+        try:
+            failed = await _submit(page, "verdict", '{"refuse": "no budget"}', "failed")
+            succeeded = await _submit(page, "verdict", '{"fine": 1}', "succeeded")
+            tasks = page.locator("#tasks tr[data-task-id]")
+            await expect(tasks).to_have_count(2, timeout=5_000)  # the snapshot's recent list
+
+            status = page.locator("#task-filters select[name=status]")
+            await status.select_option("failed")
+            await expect(page.locator("#tasks-title")).to_contain_text("matching")
+            await expect(tasks).to_have_count(1)
+            await expect(page.locator(f"#tasks tr[data-task-id='{failed}']")).to_contain_text(
+                "Refused: no budget"
+            )
+            await status.select_option("succeeded")
+            await expect(page.locator(f"#tasks tr[data-task-id='{succeeded}']")).to_be_visible()
+            await expect(tasks).to_have_count(1)
+
+            # The filtered list follows the snapshot events: a new failure shows up in it.
+            await status.select_option("failed")
+            await expect(tasks).to_have_count(1)
+            again = await _submit(page, "verdict", '{"refuse": "still no"}', "failed")
+            await expect(page.locator(f"#tasks tr[data-task-id='{again}']")).to_contain_text(
+                "still no", timeout=10_000
+            )
+            await expect(tasks).to_have_count(2)
+            await expect(page.locator("#tasks tr[data-status=succeeded]")).to_have_count(0)
+
+            # A refusal shows its reason and leaves the page working.
+            await page.fill("#task-filters input[name=parent]", "ghost")
+            await expect(page.locator("#tasks-note")).to_contain_text("'ghost'")
+            await expect(tasks).to_have_count(0)
+            await page.click("#clear-filters")
+            await expect(page.locator("#tasks-title")).to_have_text("Recent tasks")
+            await expect(tasks).to_have_count(3)
+            await expect(page.locator("#status")).to_contain_text("live")
+            assert refused == [], refused
+        finally:
+            await browser.close()
+
+
+async def test_a_clicked_task_shows_its_payload_result_and_message_log(
+    chromium: str, mas_up_with: Any
+) -> None:
+    url = mas_up_with()
+    async with async_playwright() as playwright:
+        browser, page, refused = await _open(playwright, chromium, url)
+        try:
+            task_id = await _submit(page, "echo", '{"text": "look closer"}', "succeeded")
+            await (
+                page.locator(f"#tasks tr[data-task-id='{task_id}']")
+                .get_by_role("button", name=task_id)
+                .click()
+            )
+            detail = page.locator("#task-detail")
+            await expect(detail).to_be_visible()
+            await expect(page.locator("#detail-id")).to_have_text(task_id)
+            await expect(page.locator("#detail-fields dd[data-field=status]")).to_have_text(
+                "succeeded"
+            )
+            await expect(page.locator("#detail-fields dd[data-field=target]")).to_have_text(
+                "type:echo"
+            )
+            await expect(page.locator("#detail-payload")).to_contain_text('"text": "look closer"')
+            await expect(page.locator("#detail-outcome-title")).to_have_text("Result")
+            await expect(page.locator("#detail-outcome")).to_contain_text('"text": "look closer"')
+            await expect(page.locator("#detail-fields dd[data-field=finished]")).to_contain_text(
+                "ran"
+            )
+            # Its message log: the task's message, handled by the echo agent.
+            message = page.locator(f"#detail-messages tr[data-message-id='{task_id}']")
+            await expect(message).to_contain_text("echo")
+            await expect(message).to_contain_text('"text":"look closer"')
+            await expect(page.locator("#detail-children-note")).to_have_text("none")
+
+            # What the gateway refuses, or the page cannot read, says so in its place; the
+            # rest of the detail shows as before.
+            async def messages_refused(route: Any) -> None:
+                problem = {"title": "Service Unavailable", "status": 503, "detail": "db away"}
+                await route.fulfill(
+                    status=503, content_type="application/problem+json", json=problem
+                )
+
+            async def odd_tree(route: Any) -> None:
+                response = await route.fetch()
+                tree = await response.json()
+                tree["task"]["created_at"] = {"not": "a time"}
+                tree["children"] = [{"id": "odd", "unreadable": "ValueError: from the future"}]
+                await route.fulfill(response=response, json=tree)
+
+            await page.route("**/tasks/*/messages", messages_refused)
+            await page.route("**/tasks/*/tree", odd_tree)
+            await page.click("#detail-refresh")
+            await expect(page.locator("#detail-messages-note")).to_contain_text("db away")
+            await expect(page.locator("#detail-messages tr")).to_have_count(0)
+            await expect(page.locator("#detail-children")).to_contain_text(
+                "odd — cannot show this row (unreadable: ValueError: from the future)"
+            )
+            await expect(page.locator("#detail-fields dd[data-field=created]")).to_contain_text(
+                '{"not":"a time"}'
+            )
+            await expect(page.locator("#detail-payload")).to_contain_text('"text": "look closer"')
+            await page.click("#detail-close")
+            await expect(detail).to_be_hidden()
+            assert refused == [], refused
+        finally:
+            await browser.close()
+
+
+async def test_a_workflow_tasks_detail_shows_its_children_and_steps(
+    chromium: str, mas_up_with: Any
+) -> None:
+    url = mas_up_with("LongAsk", "EffectEcho")
+    async with async_playwright() as playwright:
+        browser, page, refused = await _open(playwright, chromium, url)
+        try:
+            task_id = await _submit(page, "long_ask", '{"delay": 0}', "succeeded")
+            await (
+                page.locator(f"#tasks tr[data-task-id='{task_id}']")
+                .get_by_role("button", name=task_id)
+                .click()
+            )
+            await expect(page.locator("#detail-outcome")).to_contain_text('"answer": 7')
+            steps = page.locator("#detail-steps tr[data-seq]")
+            await expect(steps).to_have_count(3)
+            await expect(steps.nth(0)).to_contain_text("step 1")
+            await expect(steps.nth(1)).to_contain_text("ask")
+            await expect(steps.nth(1)).to_contain_text("type:effect_echo")
+            await expect(steps.nth(2)).to_contain_text("step 2")
+            children = page.locator("#detail-children tr[data-task-id]")
+            await expect(children).to_have_count(1)
+            await expect(children).to_contain_text("type:effect_echo")
+            await expect(children).to_contain_text("succeeded")
+            child_id = await children.get_attribute("data-task-id")
+            assert child_id is not None
+            # The trace's messages: the task's, the ask's (a child task's) and its answer.
+            own = page.locator(f"#detail-messages tr[data-message-id='{task_id}']")
+            await expect(own).to_contain_text("long_ask")
+            ask = page.locator("#detail-messages tr[data-message-type=q]")
+            await expect(ask).to_contain_text(child_id)
+            await expect(ask).to_contain_text("effect_echo")
+            await expect(
+                page.locator("#detail-messages tr[data-message-type='q.reply']")
+            ).to_have_count(1)
+
+            # A child opens as a task of its own, whose parent leads back.
+            await children.get_by_role("button", name=child_id).click()
+            await expect(page.locator("#detail-id")).to_have_text(child_id)
+            await expect(page.locator("#detail-payload")).to_contain_text('"i": 7')
+            parent = page.locator("#detail-fields dd[data-field=parent]")
+            await parent.get_by_role("button", name=task_id).click()
+            await expect(page.locator("#detail-id")).to_have_text(task_id)
+            await expect(steps).to_have_count(3)
+            assert refused == [], refused
+        finally:
+            await browser.close()

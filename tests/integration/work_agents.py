@@ -6,7 +6,7 @@ import asyncio
 import os
 from pathlib import Path
 
-from mas import Agent, HandlerResult, Message, TaskResult
+from mas import Agent, HandlerResult, Message, TaskError, TaskResult
 
 
 class SlowEcho(Agent):
@@ -37,6 +37,20 @@ class Fragile(Agent):
         if _flagged():
             raise RuntimeError("fragile while the flag file exists")
         assert message.task_id is not None
+        return TaskResult.succeeded(message.task_id, dict(message.payload))
+
+
+class Verdict(Agent):
+    """Ends its task failed when `payload.refuse` gives a reason, succeeded (with the
+    payload) otherwise: both ends on demand, on the first attempt."""
+
+    type = "verdict"
+
+    async def handle_message(self, message: Message) -> HandlerResult:
+        assert message.task_id is not None
+        reason = message.payload.get("refuse")
+        if reason:
+            return TaskResult.failed(message.task_id, TaskError("Refused", str(reason)))
         return TaskResult.succeeded(message.task_id, dict(message.payload))
 
 

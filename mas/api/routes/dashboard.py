@@ -1,8 +1,10 @@
 """/dashboard: a live page of agents, tasks and runtime counters, and a form to submit a task.
 
-The page itself is static and public (it holds no data); everything it shows comes from
+The page itself is static and public (it holds no data); what it shows comes from
 `/dashboard/events` (the same body as `/dashboard/data`, pushed as it changes), which needs a
-token with `agents:read` and `tasks:read`. The page takes the
+token with `agents:read` and `tasks:read`, and, for the tasks an operator filters or opens,
+from the task routes (`/tasks/?status=...`, `/tasks/{id}/tree`, `/tasks/{id}/messages`),
+read with the same token. The page takes the
 token from its URL fragment (`/dashboard#token=...`, never sent to the server in a request
 line or logged) or asks for it, and keeps it in the tab's sessionStorage.
 """

@@ -1,4 +1,5 @@
-"""/tasks: submit work, read its status and result (optionally waiting), list, cancel.
+"""/tasks: submit work, read its status and result (optionally waiting), its workflow and
+its trace's messages, list, cancel.
 
 The routes speak HTTP only (parse, authorize, call `Gateway.tasks`, write `TaskOut` JSON,
 choose the status and headers); what each use case does is `mas.api.tasks.TaskService`'s,
@@ -29,13 +30,15 @@ from mas.api.schemas import (
     StepOut,
     TaskIn,
     TaskList,
+    TaskMessagesOut,
     TaskOut,
     TaskStatus,
     TaskSubmission,
     TaskTreeOut,
+    TraceMessageOut,
 )
 from mas.api.state import Gateway, gateway
-from mas.persistence.store import TaskRecord
+from mas.persistence.store import TRACE_LIMIT, TaskRecord
 
 router = APIRouter(prefix="/tasks", tags=["tasks"])
 
@@ -221,6 +224,36 @@ async def get_task_tree(
         task=TaskOut.of(task),
         steps=[StepOut(**step) for step in steps],
         children=[TaskOut.of(child) for child in children],
+    )
+
+
+@router.get(
+    "/{task_id}/messages",
+    response_model=TaskMessagesOut,
+    responses=problems(*AUTH_PROBLEMS, 404, 422),
+)
+async def get_task_messages(
+    task_id: str,
+    gw: GatewayDep,
+    claims: Annotated[Claims, Depends(require(*_READ))],
+) -> TaskMessagesOut:
+    """The audited messages of the trace of one of the caller's tasks, oldest first (the
+    oldest 500; `cut` says there are more): the task's message, what its handler sent and
+    was answered, its child tasks' messages, each with the agent that handled it.
+
+    Empty, with `audited` false, on a gateway that does not audit messages
+    (`MAS_AUDIT=off`). Without `tasks:admin`, the messages of other callers' tasks that
+    share the trace are left out (`hidden` counts them)."""
+    found = await gw.tasks.messages(task_id, claims)
+    return TaskMessagesOut(
+        task_id=found.task.id,
+        trace_id=found.task.trace_id,
+        audited=found.audit != "off",
+        audit=found.audit,
+        items=[TraceMessageOut.of(message) for message in found.messages],
+        limit=TRACE_LIMIT,
+        cut=found.cut,
+        hidden=found.hidden,
     )
 
 

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, get_args
 
 import httpx
 import pytest
 from sqlalchemy import update
 
 from mas import Agent, Message, Runtime, Settings
+from mas.api.schemas import TaskStatus
 from mas.api.state import Gateway
 from mas.persistence.models import tasks
 from mas.testing import eventually
@@ -27,6 +29,14 @@ async def test_the_page_is_served_without_a_token_and_holds_no_data(
     assert response.headers["content-type"].startswith("text/html")
     assert "/dashboard/events" in response.text
     assert "trouble" not in response.text  # agent names come from the data call only
+
+
+async def test_the_status_filter_offers_every_task_status(client: httpx.AsyncClient) -> None:
+    page = (await client.get("/dashboard")).text
+    select = re.search(r'<select name="status">(.*?)</select>', page, flags=re.DOTALL)
+    assert select is not None
+    offered = re.findall(r"<option(?: value=\"\")?>([^<]*)</option>", select.group(1))
+    assert offered == ["any", *get_args(TaskStatus)]
 
 
 async def test_the_data_shows_agents_counters_and_recent_tasks(

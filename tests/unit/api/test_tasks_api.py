@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -12,9 +13,13 @@ import httpx
 import pytest
 
 from mas import Agent, HandlerResult, Message, TaskResult
+from mas.api.auth import mint_token
 from mas.api.state import Gateway
 from mas.config import ApiSettings
+from mas.persistence.models import messages
+from mas.persistence.store import TRACE_LIMIT, message_row
 from mas.testing import eventually
+from tests.unit.api.conftest import SECRET
 
 pytestmark = pytest.mark.anyio
 
@@ -735,10 +740,143 @@ class TestCancel:
         problem(await client.post("/tasks/ghost/cancel", headers=token()), 404, "'ghost'")
 
 
+class Asker(Agent):
+    """Asks the echo agent once (a workflow step: a child task) and ends its task with the
+    answer."""
+
+    type = "asker"
+
+    async def handle_message(self, message: Message) -> HandlerResult:
+        question = Message("question", {"asked": message.payload["q"]})
+        answer = await self.ctx.ask("type:echo", question, timeout=10)
+        assert message.task_id is not None
+        return TaskResult.succeeded(message.task_id, answer.payload)
+
+
+def caller(subject: str, *scopes: str) -> dict[str, str]:
+    token = mint_token(SECRET, subject, ["tasks:read", "tasks:write", *scopes], ttl=600)
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def message_log(
+    client: httpx.AsyncClient, task_id: str, headers: dict[str, str], count: int
+) -> dict[str, Any]:
+    """`GET /tasks/{id}/messages` once it lists `count` messages (the audit is written in
+    batches, after the task's end may already be readable)."""
+    answer: dict[str, Any] = {}
+
+    async def listed() -> bool:
+        nonlocal answer
+        response = await client.get(f"/tasks/{task_id}/messages", headers=headers)
+        assert response.status_code == 200, response.text
+        answer = response.json()
+        return len(answer["items"]) >= count
+
+    await eventually(listed)
+    return answer
+
+
+class TestMessages:
+    async def test_a_handled_tasks_trace_is_listed_oldest_first_with_its_handlers(
+        self, client: httpx.AsyncClient, token: Any, gw: Gateway
+    ) -> None:
+        await gw.runtime.spawn(Asker, id="asker")
+        created = await submit(client, token, {"agent": "asker", "payload": {"q": "why"}})
+        task = await finished(client, token, created.json()["id"])
+        assert task["status"] == "succeeded", task
+
+        log = await message_log(client, task["id"], token(), 3)
+        assert (log["task_id"], log["trace_id"]) == (task["id"], task["trace_id"])
+        assert (log["audited"], log["audit"], log["cut"], log["hidden"]) == (True, "all", False, 0)
+        ask, question, answer = log["items"]
+        assert (ask["id"], ask["type"], ask["target"]) == (task["id"], "task", "agent:asker")
+        assert (ask["handled_by"], ask["task_id"], ask["payload"]) == (
+            "asker",
+            task["id"],
+            {"q": "why"},
+        )
+        assert (question["type"], question["sender"], question["target"]) == (
+            "question",
+            "agent:asker",
+            "type:echo",
+        )
+        assert question["handled_by"] == "echo"
+        assert question["payload"] == {"asked": "why"}
+        child = (await client.get("/tasks/", params={"parent": task["id"]}, headers=token())).json()
+        assert question["task_id"] == child["items"][0]["id"]  # the ask is a child task
+        assert answer["correlation_id"] == question["id"]
+        assert answer["payload"] == {"asked": "why"}
+        times = [m["created_at"] for m in log["items"]]
+        assert times == sorted(times)
+
+    async def test_another_callers_task_and_an_unknown_one_are_404(
+        self, client: httpx.AsyncClient, problem: Problem
+    ) -> None:
+        alice, bob = caller("alice"), caller("bob")
+        created = await client.post("/tasks/", json={"type": "echo"}, headers=alice)
+        task_id = created.json()["id"]
+        await message_log(client, task_id, alice, 1)
+        problem(await client.get(f"/tasks/{task_id}/messages", headers=bob), 404, task_id)
+        problem(await client.get("/tasks/ghost/messages", headers=alice), 404, "'ghost'")
+        admin = caller("ops", "tasks:admin")
+        assert (await message_log(client, task_id, admin, 1))["items"][0]["id"] == task_id
+
+    async def test_a_shared_trace_shows_a_caller_its_own_tasks_messages_only(
+        self, client: httpx.AsyncClient
+    ) -> None:
+        # The trace id is the client's to give: bob can put a task into alice's trace.
+        alice, bob = caller("alice"), caller("bob")
+        trace = {"X-Trace-Id": "shared-trace"}
+        body = {"type": "echo", "payload": {"secret": "alice's"}}
+        mine = (await client.post("/tasks/", json=body, headers={**alice, **trace})).json()
+        body = {"type": "echo", "payload": {"from": "bob"}}
+        theirs = (await client.post("/tasks/", json=body, headers={**bob, **trace})).json()
+
+        admin = await message_log(client, theirs["id"], caller("ops", "tasks:admin"), 2)
+        assert {m["id"] for m in admin["items"]} == {mine["id"], theirs["id"]}
+        seen_by_bob = await message_log(client, theirs["id"], bob, 1)
+        assert [m["id"] for m in seen_by_bob["items"]] == [theirs["id"]]
+        assert seen_by_bob["hidden"] == 1
+        assert "alice's" not in json.dumps(seen_by_bob)
+
+    async def test_a_long_trace_is_cut_at_the_oldest_and_says_so(
+        self, client: httpx.AsyncClient, token: Any, gw: Gateway
+    ) -> None:
+        created = await submit(client, token, {"type": "echo"}, **{"X-Trace-Id": "long"})
+        task = await finished(client, token, created.json()["id"])
+        await message_log(client, task["id"], token(), 1)
+        later = [
+            message_row(
+                Message("note", {"n": n}, trace_id="long", metadata={"task_id": task["id"]})
+            )
+            for n in range(TRACE_LIMIT)
+        ]
+        async with gw.store.writing() as conn:
+            await conn.execute(messages.insert(), later)
+
+        log = (await client.get(f"/tasks/{task['id']}/messages", headers=token())).json()
+        assert (len(log["items"]), log["limit"], log["cut"]) == (TRACE_LIMIT, TRACE_LIMIT, True)
+        assert log["items"][0]["id"] == task["id"]  # the oldest: the task's own message first
+        assert [m["payload"].get("n") for m in log["items"][1:3]] == [0, 1]
+
+    async def test_without_the_audit_the_list_is_empty_and_says_why(
+        self, make_app: Callable[..., Any], serve: Callable[..., Any], token: Any
+    ) -> None:
+        async with serve(make_app(audit="off")) as client:
+            created = await submit(client, token, {"type": "echo", "payload": {"n": 1}})
+            task = await finished(client, token, created.json()["id"])
+            assert task["status"] == "succeeded"
+            response = await client.get(f"/tasks/{task['id']}/messages", headers=token())
+            assert response.status_code == 200, response.text
+            log = response.json()
+            assert (log["audited"], log["audit"], log["items"]) == (False, "off", [])
+
+
 ROUTES = [
     ("POST", "/tasks/", {"type": "echo"}, "tasks:write"),
     ("GET", "/tasks/", None, "tasks:read"),
     ("GET", "/tasks/some-id", None, "tasks:read"),
+    ("GET", "/tasks/some-id/messages", None, "tasks:read"),
     ("POST", "/tasks/some-id/cancel", None, "tasks:write"),
 ]
 

@@ -11,6 +11,8 @@ import pytest
 from agents.echo import EchoAgent
 from mas import Message
 from mas.persistence import Store
+from mas.persistence.models import messages
+from mas.persistence.store import TRACE_LIMIT, message_row
 from tests.unit.persistence.databases import Database
 
 pytestmark = pytest.mark.anyio
@@ -40,6 +42,32 @@ async def test_audit_all_records_each_handled_message_and_each_reply_in_trace_or
     assert recorded[1].correlation_id == first.id
     assert recorded[1].sender == "agent:e"
     assert recorded[0].target == "agent:e"
+
+
+async def test_a_trace_log_names_each_handler_and_is_cut_at_its_oldest(
+    db: Database, store: Store
+) -> None:
+    async with db.runtime(audit="all") as rt:
+        await rt.spawn(EchoAgent, id="e")
+        asked = Message("ping", {"n": 1}, trace_id=TRACE, metadata={"task_id": "t-1"})
+        reply = await rt.ask("agent:e", asked, timeout=5)
+        await rt.settle()
+    log, cut = await store.trace_log(TRACE)
+    assert [(m.id, m.handled_by, m.task_id) for m in log] == [
+        (asked.id, "e", "t-1"),
+        (reply.id, None, "t-1"),  # the asker's reply inbox handles it: no agent
+    ]
+    assert not cut
+
+    more = [message_row(Message("note", {"n": n}, trace_id=TRACE)) for n in range(TRACE_LIMIT)]
+    async with store.writing() as conn:
+        await conn.execute(messages.insert(), more)
+    log, cut = await store.trace_log(TRACE)
+    assert cut and len(log) == TRACE_LIMIT
+    assert [m.id for m in log[:2]] == [asked.id, reply.id]
+    assert (await store.trace_log(TRACE, limit=1)) == ([log[0]], True)
+    with pytest.raises(ValueError, match="limit"):
+        await store.trace_log(TRACE, limit=TRACE_LIMIT + 1)
 
 
 async def test_agent_messages_shows_what_an_agent_received_and_sent(
