@@ -15,7 +15,10 @@ from typing import Any
 
 import pytest
 from playwright.async_api import async_playwright, expect
+from pydantic import SecretStr
 
+from mas import Runtime, Settings
+from mas.agents import EchoAgent
 from tests.conftest import require_service
 from tests.process_support import MasProcess, clean_environment
 
@@ -230,6 +233,22 @@ async def test_the_page_shows_the_cluster_live_and_survives_a_gateway_restart(
                     "one_for_one"
                 )
                 await expect(tree.locator("li[data-agent-id=echo]")).to_contain_text("running")
+                # Another node (a worker) on the same database: the gateway draws its tree
+                # from its agents' records.
+                worker_settings = Settings(
+                    database_url=SecretStr(f"sqlite+aiosqlite:///{tmp_path / 'mas.db'}"),
+                    persist=True,
+                    log_level="WARNING",
+                )
+                async with Runtime(worker_settings, node_id="worker-b") as worker:
+                    team = await worker.spawn_supervisor("team")
+                    await team.spawn(EchoAgent, id="helper")
+                    assert worker.journal is not None
+                    await worker.journal.flush()
+                    drawn = page.locator("#trees div[data-node-id=worker-b]")
+                    await expect(
+                        drawn.locator("li[data-supervisor-id=team] li[data-agent-id=helper]")
+                    ).to_contain_text("live", timeout=15_000)
 
                 # SIGTERM: the page's event stream ends at once, so the gateway stops well
                 # within its grace (it is killed, and the code is not 0, after 20 s).
@@ -242,6 +261,7 @@ async def test_the_page_shows_the_cluster_live_and_survives_a_gateway_restart(
                 await expect(
                     page.locator(f"#nodes tr[data-node-id='{_node_of(second)}']")
                 ).to_be_visible(timeout=15_000)
+
                 # Pushed, not asked for: the task the form submits appears in the table.
                 await page.fill("#submit-form input[name=payload]", '{"after": "restart"}')
                 await page.click("#submit-form button")
