@@ -8,8 +8,10 @@ Scenarios (full sizes; `--quick` uses about a tenth and 2 repetitions instead of
 
     noio   10k messages through a durable quorum queue, handler returns at once:
            raw_aio_pika, bare_taskiq, mas_1_worker_noio, mas_2_workers_noio, and its variants
-           mas_2_workers_noio_traced (every mas process exports OpenTelemetry spans) and
-           mas_2_workers_noio_metrics (the workers serve /metrics, so they time every handler)
+           mas_2_workers_noio_traced (every mas process exports OpenTelemetry spans),
+           mas_2_workers_noio_traced_noop (every mas process makes spans with the SDK, and a
+           no-op exporter drops them) and mas_2_workers_noio_metrics (the workers serve
+           /metrics, so they time every handler)
     io     3k messages to agents whose handler awaits 50 ms (16 agents per worker):
            mas_1_worker, mas_2_workers
     ask    1.5k sequential cross-process request/reply round trips:
@@ -31,7 +33,10 @@ to by a runtime of its own in the benchmark process, so that the plain contender
 process with it. Traced, the workers get `OTEL_EXPORTER_OTLP_ENDPOINT` (a sink in the benchmark
 process that answers every export with 200 and drops the spans, so that no collector's work is
 timed) and `OTEL_BSP_SCHEDULE_DELAY=500`, and the sending runtime exports its spans there too,
-as a gateway would; with metrics, the workers run with `--metrics-port 0` (nothing scrapes).
+as a gateway would. Traced with a no-op exporter, the workers run `mas` through
+bench_noop_tracing.py and the sending runtime drops its spans too: what tracing costs mas and the
+SDK, without an exporter's encoding and posting. With metrics, the workers run with
+`--metrics-port 0` (nothing scrapes).
 
 Repetitions are interleaved (the order rotates every repetition) and medians are reported.
 JSON goes to stdout and to benchmarks/results/distributed.json; progress and the table of
@@ -446,8 +451,8 @@ def _worker_env(prefix: str, node: str) -> dict[str, str]:
     return env
 
 
-def _worker_command(classes: tuple[str, ...]) -> list[str]:
-    command = [sys.executable, "-m", "mas.cli", "worker", "--no-persist"]
+def _worker_command(classes: tuple[str, ...], module: str = "mas.cli") -> list[str]:
+    command = [sys.executable, "-m", module, "worker", "--no-persist"]
     command += ["--instances", str(INSTANCES), "--log-level", "WARNING"]
     for cls in classes:
         command += ["--agents", f"bench_agents:{cls}"]
@@ -481,7 +486,8 @@ class Variant:
     name: str
     env: dict[str, str] = field(default_factory=dict)  # added to the workers' environment
     args: tuple[str, ...] = ()  # added to their `mas worker` command
-    traced: bool = False  # the sending runtime exports spans too (to `env`'s endpoint)
+    traced: bool = False  # the sending runtime makes spans too (exported as its workers' are)
+    module: str = "mas.cli"  # what the workers run (`python -m <module> worker ...`)
 
     def prefix(self, run_prefix: str) -> str:
         return f"{run_prefix}{self.name}."
@@ -496,7 +502,11 @@ def _variants(sink: str) -> list[Variant]:
         _say("no traced variant: OpenTelemetry is not installed (mas-runtime[otel])")
         return [metrics]
     otel = {"OTEL_EXPORTER_OTLP_ENDPOINT": sink, "OTEL_BSP_SCHEDULE_DELAY": str(SPAN_DELAY_MS)}
-    return [Variant("traced", env=otel, traced=True), metrics]
+    return [
+        Variant("traced", env=otel, traced=True),
+        Variant("traced_noop", traced=True, module="bench_noop_tracing"),
+        metrics,
+    ]
 
 
 class OtlpSink:
@@ -532,9 +542,13 @@ class OtlpSink:
         self._server.server_close()
 
 
-def _tracer_provider(env: dict[str, str]) -> Any:
-    """What `mas worker` builds from `env`'s OTEL_* variables, for the benchmark's own runtime
-    (which turns tracing on as an embedding application does: `tracing.use(provider)`)."""
+def _tracer_provider(variant: Variant) -> Any:
+    """What `variant`'s workers build, for the benchmark's own runtime (which turns tracing on
+    as an embedding application does: `tracing.use(provider)`)."""
+    if variant.module == "bench_noop_tracing":
+        from bench_noop_tracing import noop_provider
+
+        return noop_provider("mas-bench")
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
@@ -544,6 +558,7 @@ def _tracer_provider(env: dict[str, str]) -> Any:
         resource=Resource.create({"service.name": "mas-bench"}),
         id_generator=tracing.id_generator(),
     )
+    env = variant.env
     exporter = OTLPSpanExporter(endpoint=env["OTEL_EXPORTER_OTLP_ENDPOINT"] + "/v1/traces")
     delay = int(env["OTEL_BSP_SCHEDULE_DELAY"])
     provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=delay))
@@ -562,7 +577,7 @@ async def _start_variant(
     `children`, not waited for); returns the runtime."""
     prefix = variant.prefix(run_prefix)
     if variant.traced:
-        provider = _tracer_provider(variant.env)
+        provider = _tracer_provider(variant)
         stack.callback(provider.shutdown)  # after the runtime stopped: exports the rest
         tracing.use(provider)
         try:
@@ -576,7 +591,7 @@ async def _start_variant(
     await rt.spawn(functools.partial(Collector, progress), id="bench-collector")
     for node in ("w1", "w2"):
         env = {**_worker_env(prefix, node), **variant.env}
-        command = [*_worker_command(("NoIoPair",)), *variant.args]
+        command = [*_worker_command(("NoIoPair",), variant.module), *variant.args]
         children.append(_start_child(f"{node}-{variant.name}", command, env, logdir))
     return rt
 
@@ -717,7 +732,12 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
     sink = OtlpSink()
     variants = _variants(sink.endpoint)
     report["meta"]["variants"] = {
-        variant.name: {"env": variant.env, "args": variant.args, "traced_sender": variant.traced}
+        variant.name: {
+            "env": variant.env,
+            "args": variant.args,
+            "module": variant.module,
+            "traced_sender": variant.traced,
+        }
         for variant in variants
     }
     try:
