@@ -6,7 +6,7 @@ Everything importable from here is the public API; other modules may change with
 from mas.actors.agent import Agent, AgentContext, HandlerResult, Terminated
 from mas.actors.backoff import RetryPolicy
 from mas.actors.deadletters import DeadLetter, DeadLetters, DeadLetterSubscription
-from mas.actors.journal import Journal
+from mas.actors.journal import Journal, StartedAgent
 from mas.actors.ref import AgentRef
 from mas.actors.supervisor import ChildSpec, Restart, Strategy, Supervisor
 from mas.actors.workflow import StepRecord
@@ -92,6 +92,7 @@ __all__ = [
     "ServiceUnavailable",
     "Settings",
     "SignalTimeout",
+    "StartedAgent",
     "StepRecord",
     "StepResultNotJSON",
     "StoreTimeout",

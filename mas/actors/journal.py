@@ -8,6 +8,7 @@ only once the record is committed: nothing is acknowledged that was not recorded
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from mas.messages import Message, TaskResult
@@ -17,7 +18,19 @@ if TYPE_CHECKING:
     from mas.actors.transport import Delivery
     from mas.actors.workflow import StepRecord, Wait
 
-__all__ = ["Journal", "JournalNode"]
+__all__ = ["Journal", "JournalNode", "StartedAgent"]
+
+
+@dataclass(frozen=True, slots=True)
+class StartedAgent:
+    """An agent that started, or restarted, on this node, as its record says it."""
+
+    id: str
+    type: str
+    capabilities: tuple[str, ...]
+    supervisor: str = "root"
+    """Its supervisor's path: the ids from the node's root down, by `/`."""
+    restarts: int = 0
 
 
 class JournalNode(Protocol):
@@ -135,17 +148,8 @@ class Journal(Protocol):
     def dead_lettered(self, letter: DeadLetter) -> None:
         """A message went to dead letters (kept for an operator; a task's ends with it)."""
 
-    def agent_started(
-        self,
-        agent_id: str,
-        agent_type: str,
-        capabilities: tuple[str, ...],
-        *,
-        supervisor: str | None = None,
-        restarts: int = 0,
-    ) -> None:
-        """An agent was spawned, or restarted, on this node (under the supervisor at
-        `supervisor`, a path of ids from the root; `restarts` times restarted so far)."""
+    def agent_started(self, agent: StartedAgent) -> None:
+        """An agent was spawned, or restarted, on this node."""
 
     def agent_stopped(self, agent_id: str, agent_type: str, reason: str) -> None:
         """An agent stopped for good on this node."""

@@ -25,6 +25,7 @@ import structlog
 from mas.actors.agent import Agent
 from mas.actors.backoff import RetryPolicy, backoff_delay
 from mas.actors.cell import AgentCell
+from mas.actors.journal import StartedAgent
 from mas.actors.mailbox import Mailbox, Overflow
 from mas.errors import AgentStartError, ConfigError, SupervisorEscalation
 
@@ -396,9 +397,11 @@ def _record_started(started: AgentCell | Supervisor) -> None:
             _record_started(child)
         return
     journal.agent_started(
-        started.id,
-        started.agent_type,
-        started.capabilities,
-        supervisor=started.supervisor.path,
-        restarts=started.restarts,
+        StartedAgent(
+            started.id,
+            started.agent_type,
+            started.capabilities,
+            started.supervisor.path,
+            started.restarts,
+        )
     )

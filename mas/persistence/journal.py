@@ -22,7 +22,7 @@ from typing import Any, Literal
 import structlog
 
 from mas.actors.deadletters import DeadLetter
-from mas.actors.journal import JournalNode
+from mas.actors.journal import JournalNode, StartedAgent
 from mas.actors.replies import error_notice
 from mas.actors.transport import Delivery
 from mas.actors.workflow import (
@@ -922,21 +922,15 @@ class StoreJournal:
         )
         self.writer.wake()
 
-    def agent_started(
-        self,
-        agent_id: str,
-        agent_type: str,
-        capabilities: tuple[str, ...],
-        *,
-        supervisor: str | None = None,
-        restarts: int = 0,
-    ) -> None:
+    def agent_started(self, agent: StartedAgent) -> None:
         """Record a (re)started agent: what it offers (capability routing reads it), its
         supervisor's path and its restarts (any node's dashboard draws the tree from it)."""
-        meta: dict[str, Any] = {"capabilities": list(capabilities), "restarts": restarts}
-        if supervisor is not None:
-            meta["supervisor"] = supervisor
-        self._agent(agent_id, agent_type, "running", meta)
+        meta = {
+            "capabilities": list(agent.capabilities),
+            "supervisor": agent.supervisor,
+            "restarts": agent.restarts,
+        }
+        self._agent(agent.id, agent.type, "running", meta)
 
     def agent_stopped(self, agent_id: str, agent_type: str, reason: str) -> None:
         self._agent(agent_id, agent_type, "stopped", {"stop_reason": reason})

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from mas.actors.deadletters import DeadLetter
-from mas.actors.journal import JournalNode
+from mas.actors.journal import JournalNode, StartedAgent
 from mas.actors.transport import Delivery
 from mas.actors.workflow import StepRecord, Wait, task_of
 from mas.messages import Message, TaskResult
@@ -107,16 +107,8 @@ class MemoryJournal:
         if letter.message.task_id is not None:
             self.tasks[letter.message.task_id] = "dead_lettered"
 
-    def agent_started(
-        self,
-        agent_id: str,
-        agent_type: str,
-        capabilities: tuple[str, ...],
-        *,
-        supervisor: str | None = None,
-        restarts: int = 0,
-    ) -> None:
-        self.agents[agent_id] = "running"
+    def agent_started(self, agent: StartedAgent) -> None:
+        self.agents[agent.id] = "running"
 
     def agent_stopped(self, agent_id: str, agent_type: str, reason: str) -> None:
         self.agents[agent_id] = "stopped"

@@ -47,6 +47,7 @@ EXPORTED = [
     "ServiceUnavailable",
     "Settings",
     "SignalTimeout",
+    "StartedAgent",
     "StepRecord",
     "StepResultNotJSON",
     "StoreTimeout",

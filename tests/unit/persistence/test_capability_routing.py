@@ -13,6 +13,7 @@ from contextlib import AsyncExitStack
 import pytest
 
 from mas import Agent, Message, Runtime, UnknownCapability
+from mas.actors.journal import StartedAgent
 from mas.transports.memory import MemoryBroker, MemoryTransport
 from tests.unit.persistence.databases import Database
 
@@ -90,7 +91,7 @@ async def test_a_provider_recorded_before_its_queue_is_bound_is_a_capability_not
     writing = await nodes.start("writing")
     journal = writing.journal
     assert journal is not None
-    journal.agent_started("translator-9", "translator", ("translate",))  # no queue, no agent
+    journal.agent_started(StartedAgent("translator-9", "translator", ("translate",)))  # no queue
     await journal.flush()
     with pytest.raises(UnknownCapability) as refused:
         await writing.tell("capability:translate", Message("translate", {"text": "x"}))
