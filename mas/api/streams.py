@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import AsyncIterator
 
 import structlog
+from fastapi.responses import StreamingResponse
+from starlette.background import BackgroundTask
 
 from mas.errors import MasError, TooManyStreams
 from mas.persistence.store import Store
 
-__all__ = ["TaskStream", "TaskStreams"]
+__all__ = ["TaskStream", "TaskStreams", "held_event_stream"]
 
 _log = structlog.get_logger("mas.api.streams")
 
@@ -178,3 +181,28 @@ class TaskStreams:
         finally:
             if self._poller is asyncio.current_task():
                 self._poller = None
+
+
+def held_event_stream(
+    slot: TaskStream, events: AsyncIterator[bytes], headers: dict[str, str]
+) -> StreamingResponse:
+    """A `text/event-stream` response of `events` that gives `slot` back when it ends: the
+    events ran out (the task ended, the time was up), or the client went away, before the
+    first event too (when the body never started)."""
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            async for event in events:
+                yield event
+        finally:
+            slot.close()
+
+    async def release() -> None:
+        slot.close()  # idempotent: after `body`, or in its place when it never ran
+
+    return StreamingResponse(
+        body(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", **headers},
+        background=BackgroundTask(release),
+    )

@@ -25,13 +25,13 @@ import structlog
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, StreamingResponse
 from pydantic import BaseModel, ValidationError
-from starlette.background import BackgroundTask
 
 from mas import __version__
 from mas.api.auth import Claims, require
 from mas.api.problems import AUTH_PROBLEMS, problems
 from mas.api.schemas import DeadLetterOut, TaskOut
 from mas.api.state import Gateway, gateway
+from mas.api.streams import held_event_stream
 from mas.api.tasks import owner_filter
 from mas.errors import MasError
 
@@ -138,23 +138,8 @@ async def dashboard_events(
     Each such stream re-reads the picture every second: it counts towards the caller's
     `MAS_API__MAX_STREAMS_PER_CALLER` open streams (429 past it), as task streams do."""
     slot = gw.streams.open(None, claims.subject)
-
-    async def stream() -> AsyncIterator[bytes]:
-        try:
-            async for event in _events(request, gw, claims, timeout):
-                yield event
-        finally:
-            slot.close()  # it timed out, the gateway stops, or the client went away
-
-    async def release() -> None:
-        slot.close()  # a stream whose client left before its first event never ran `stream`
-
-    return StreamingResponse(
-        stream(),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        background=BackgroundTask(release),
-    )
+    events = _events(request, gw, claims, timeout)
+    return held_event_stream(slot, events, {"X-Accel-Buffering": "no"})
 
 
 async def _events(

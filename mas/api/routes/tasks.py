@@ -16,7 +16,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 from pydantic import TypeAdapter
-from starlette.background import BackgroundTask
 
 from mas.api.auth import Claims, admit, require
 from mas.api.direct import direct_route
@@ -38,6 +37,7 @@ from mas.api.schemas import (
     TraceMessageOut,
 )
 from mas.api.state import Gateway, gateway
+from mas.api.streams import held_event_stream
 from mas.persistence.store import TRACE_LIMIT, TaskRecord
 
 router = APIRouter(prefix="/tasks", tags=["tasks"])
@@ -300,23 +300,12 @@ async def task_events(
         raise
     slot.seen(task.status)
 
-    async def stream() -> AsyncIterator[bytes]:
-        try:
-            async with aclosing(gw.tasks.changes(task, slot, timeout)) as changes:
-                async for current in changes:
-                    yield b"event: status\ndata: " + TaskOut.json_of(current) + b"\n\n"
-        finally:
-            slot.close()  # the task ended, the stream timed out, or the client went away
+    async def statuses() -> AsyncIterator[bytes]:
+        async with aclosing(gw.tasks.changes(task, slot, timeout)) as changes:
+            async for current in changes:
+                yield b"event: status\ndata: " + TaskOut.json_of(current) + b"\n\n"
 
-    async def release() -> None:
-        slot.close()  # a stream whose client left before its first event never ran `stream`
-
-    return StreamingResponse(
-        stream(),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache"},
-        background=BackgroundTask(release),
-    )
+    return held_event_stream(slot, statuses(), {})
 
 
 @router.post(
