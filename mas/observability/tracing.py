@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
@@ -181,11 +181,19 @@ class Tracing:
         from opentelemetry import context, trace
         from opentelemetry.trace import SpanKind, Status, StatusCode
 
+        from mas.observability.spans import recorder_for
+
         try:  # not `mas.__version__`: importing `mas` from here would make an import cycle
             mas_version: str | None = version("mas-runtime")
         except PackageNotFoundError:
             mas_version = None
         self.tracer: Tracer = provider.get_tracer("mas", mas_version)
+        # An SDK tracer's spans are made by a recorder (a seventh of the cost, see spans.py);
+        # any other implementation of the API makes its own.
+        recorder = recorder_for(self.tracer, "mas", mas_version)
+        self.start_span: Callable[[str, Context | None, Any, dict[str, Any] | None], Span] = (
+            self.tracer.start_span if recorder is None else recorder.start_span
+        )
         self._context = context
         self._trace = trace
         self._kind = SpanKind
@@ -236,12 +244,12 @@ class Tracing:
     ) -> Span:
         parent = self._parent(traceparent)
         if parent is not None:
-            return self.tracer.start_span(name, parent, kind, attributes)
+            return self.start_span(name, parent, kind, attributes)
         # `_root` inlined (a span per message comes here: a generator less).
         token = _root_trace.set(_trace_number(trace_id))
         try:
             # An empty context: never the current span of whichever task this runs in.
-            return self.tracer.start_span(name, self._context.Context(), kind, attributes)
+            return self.start_span(name, self._context.Context(), kind, attributes)
         finally:
             _root_trace.reset(token)
 
@@ -299,10 +307,11 @@ class Tracing:
     def asking(self, target: str, message: Message) -> Iterator[None]:
         """An ask, from the send to the reply (or its timeout), as the current span."""
         with self._root(message.trace_id):
-            span = self.tracer.start_span(
+            span = self.start_span(
                 f"ask {target}",
-                kind=self._kind.CLIENT,
-                attributes={"messaging.message.id": message.id, "mas.ask.target": target},
+                None,  # the current span's child
+                self._kind.CLIENT,
+                {"messaging.message.id": message.id, "mas.ask.target": target},
             )
         with self._running(span, current=True):
             yield
@@ -325,11 +334,8 @@ class Tracing:
     @contextmanager
     def committing(self, rows: int) -> Iterator[None]:
         """One journal commit (a batch of many messages' records: a trace of its own)."""
-        span = self.tracer.start_span(
-            "journal commit",
-            self._context.Context(),
-            self._kind.INTERNAL,
-            {"mas.batch.rows": rows},
+        span = self.start_span(
+            "journal commit", self._context.Context(), self._kind.INTERNAL, {"mas.batch.rows": rows}
         )
         with self._running(span, current=False):
             yield
