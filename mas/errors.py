@@ -46,11 +46,19 @@ class DeliveryError(MasError):
 
 
 class ServiceUnavailable(MasError):
-    """A service mas depends on (database, broker, Redis) does not answer now: retry later.
+    """A service mas depends on (database, broker, Redis, a model server) does not answer
+    now: retry later.
 
     Catch this one class to ride out an outage of any of them; the original driver error is
-    chained as `__cause__`.
+    chained as `__cause__`. `retry_after` is how long the service asked to be left alone
+    (seconds; None: it did not say). A handler that raises it is retried no sooner than that,
+    and an outage is not the agent's fault: it keeps its state (no restart, nothing towards
+    its supervisor's restart intensity).
     """
+
+    def __init__(self, *args: object, retry_after: float | None = None) -> None:
+        super().__init__(*args)
+        self.retry_after = retry_after
 
 
 class ConfigError(UsageError, ValueError):

@@ -36,6 +36,7 @@ from mas.errors import (
     MailboxFull,
     MasError,
     Rejected,
+    ServiceUnavailable,
     WorkflowDiverged,
 )
 from mas.messages import Message
@@ -652,7 +653,10 @@ class AgentCell:
                     # The retry still comes: a step it cannot read back runs again.
                     _log.warning("workflow_steps_not_recorded", agent_id=self.id, error=str(error))
             self.counters.retried += 1
-            await delivery.retry(self.retry.delay(attempt))
+            delay = self.retry.delay(attempt)
+            if isinstance(exc, ServiceUnavailable) and exc.retry_after is not None:
+                delay = max(delay, exc.retry_after)  # as the service asked
+            await delivery.retry(delay)
         else:
             self.counters.dead_lettered += 1
             self._run_ended(message, settled=True)
@@ -665,9 +669,10 @@ class AgentCell:
             await runtime.dead_letter(
                 delivery, reason, agent_id=self.id, error=exc, attempts=attempt
             )
-        if isinstance(exc, Rejected):
-            # The message was at fault, not the agent: it keeps its state (no restart, and
-            # nothing towards its supervisor's restart intensity) and takes the next one.
+        if isinstance(exc, Rejected | ServiceUnavailable):
+            # The message (or a service it needed) was at fault, not the agent: it keeps its
+            # state (no restart, nothing towards its supervisor's restart intensity) and
+            # takes the next one.
             self.current = None
             return
         await self.supervisor.child_failed(self, exc)

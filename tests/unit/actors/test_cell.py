@@ -15,6 +15,7 @@ from mas import (
     Message,
     Rejected,
     Runtime,
+    ServiceUnavailable,
     TaskResult,
 )
 from mas.testing import ManualClock, Probe, TestRuntime, crashing, eventually
@@ -157,6 +158,64 @@ async def test_a_rejected_message_is_dead_lettered_at_once_and_the_agent_goes_on
         assert (letter.reason, letter.attempts, letter.error_type) == ("rejected", 1, "Rejected")
         assert Picky.handled == [2]
         assert Picky.starts == 1  # not restarted: the message was at fault, not the agent
+        assert rt.restarts == 0
+
+
+class Busy(Agent):
+    """Its service is down for the first `outages` messages, asking for `retry_after` s."""
+
+    type = "busy"
+    outages = 0
+    retry_after: float | None = None
+    starts = 0
+    handled: list[str]
+
+    async def start(self) -> None:
+        type(self).starts += 1
+
+    async def handle_message(self, message: Message) -> HandlerResult:
+        cls = type(self)
+        if cls.outages:
+            cls.outages -= 1
+            raise ServiceUnavailable("the model server answered 429", retry_after=cls.retry_after)
+        cls.handled.append(message.id)
+        return None
+
+
+@pytest.mark.test_runtime_only
+async def test_an_outage_is_retried_when_the_service_asks_not_before() -> None:
+    Busy.outages, Busy.retry_after, Busy.starts, Busy.handled = 1, 30.0, 0, []
+    clock = ManualClock(autojump=False)
+    settings = {"retry": {"max_attempts": 3, "base_delay": 1.0, "jitter": 0.0}}
+    async with TestRuntime(clock=clock, **settings) as rt:
+        await rt.spawn(Busy, id="busy")
+        await rt.tell("agent:busy", Message("job"))
+        await rt.settle(advance_clock=False)
+        clock.advance(29.9)  # the retry's own backoff (1 s) is long over
+        await rt.settle(advance_clock=False)
+        assert Busy.handled == []
+        clock.advance(0.1)
+        await rt.settle(advance_clock=False)
+        assert len(Busy.handled) == 1
+
+
+async def test_an_outage_does_not_restart_the_agent_or_count_towards_its_supervisor(
+    make_runtime: MakeRuntime,
+) -> None:
+    # More failures in a row than the supervisor tolerates restarts: were they restarts,
+    # it would give up (escalate) on the second.
+    Busy.outages, Busy.retry_after, Busy.starts, Busy.handled = 3, None, 0, []
+    settings = {
+        "retry": {"max_attempts": 4, "base_delay": 0.0, "max_delay": 0.0, "jitter": 0.0},
+        "supervisor": {"max_restarts": 1, "period": 60.0},
+    }
+    async with make_runtime(**settings) as rt:
+        ref = await rt.spawn(Busy, id="busy")
+        await ref.tell(Message("job"))
+        await eventually(lambda: len(Busy.handled) == 1)
+        await ref.tell(Message("next"))  # alive: its supervisor did not give up
+        await eventually(lambda: len(Busy.handled) == 2)
+        assert Busy.starts == 1  # its state kept: an outage is not the agent's fault
         assert rt.restarts == 0
 
 
