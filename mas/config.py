@@ -239,6 +239,12 @@ class LLMSettings(BaseModel):
         description="answers asked for until one is a valid plan (each retry shows the model "
         "why its plan was refused)",
     )
+    prompt_price: float = Field(
+        0.0, ge=0, description="what a million prompt tokens cost (any currency): for `cost`"
+    )
+    completion_price: float = Field(
+        0.0, ge=0, description="what a million completion tokens cost, in the same currency"
+    )
 
 
 class Settings(BaseSettings):

@@ -6,10 +6,23 @@ as `agents` would clash with other distributions that use it (OpenAI's Agents SD
 
 from mas.agents.calc import CalcAgent
 from mas.agents.echo import EchoAgent
+from mas.agents.llm import Completion, Model, ModelRefused, ModelUnavailable, Usage
 from mas.agents.planner import PlannerAgent, RulePlanner
 from mas.agents.summarize import SummarizeAgent
 
-__all__ = ["BUILT_IN", "CalcAgent", "EchoAgent", "PlannerAgent", "RulePlanner", "SummarizeAgent"]
+__all__ = [
+    "BUILT_IN",
+    "CalcAgent",
+    "Completion",
+    "EchoAgent",
+    "Model",
+    "ModelRefused",
+    "ModelUnavailable",
+    "PlannerAgent",
+    "RulePlanner",
+    "SummarizeAgent",
+    "Usage",
+]
 
 BUILT_IN = (EchoAgent, PlannerAgent, CalcAgent, SummarizeAgent)
 """What `mas up` runs: echo, and the planner with the agents its rule planner's plans ask."""

@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from mas.actors.backoff import backoff_delay
 from mas.config import LLMSettings
-from mas.errors import ConfigError, ServiceUnavailable, UsageError
+from mas.errors import ConfigError, Rejected, ServiceUnavailable
 
-__all__ = ["ChatClient", "Completion", "ModelRefused", "ModelUnavailable", "Usage"]
+if TYPE_CHECKING:
+    from mas.actors.agent import AgentContext
+
+__all__ = ["ChatClient", "Completion", "Model", "ModelRefused", "ModelUnavailable", "Usage"]
 
 _log = structlog.get_logger("mas.llm")
 
@@ -30,35 +33,57 @@ _BACKOFF_MAX = 30.0
 
 
 class ModelUnavailable(ServiceUnavailable):
-    """The model server did not answer usefully in any attempt (busy, down, too slow)."""
+    """The model server did not answer usefully in any attempt (busy, down, too slow).
+
+    A handler that lets it through is retried later, no sooner than the server's last
+    `Retry-After` (`retry_after`), and its agent is not restarted for it.
+    """
 
 
-class ModelRefused(UsageError):
-    """The model server refused the request for a reason a retry will not change."""
+class ModelRefused(Rejected):
+    """The model server refused the request for a reason a retry will not change (a bad
+    request, a wrong key, an unknown model, an answer with no message).
+
+    A handler that lets it through has its message dead-lettered at once (reason
+    `rejected`, the server's words in the error), without a retry or a restart.
+    """
 
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """Tokens a call (or several, summed) spent."""
+    """Tokens a call (or several, summed) spent, and their cost at the configured prices
+    (`MAS_LLM__PROMPT_PRICE`, `MAS_LLM__COMPLETION_PRICE`, per million tokens)."""
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
     calls: int = 0
+    cost: float = 0.0
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(
             self.prompt_tokens + other.prompt_tokens,
             self.completion_tokens + other.completion_tokens,
             self.calls + other.calls,
+            self.cost + other.cost,
         )
 
-    def to_dict(self) -> dict[str, int]:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens + self.completion_tokens,
             "calls": self.calls,
+            "cost": round(self.cost, 9),
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Usage:
+        return cls(
+            _count(data.get("prompt_tokens")),
+            _count(data.get("completion_tokens")),
+            _count(data.get("calls")),
+            float(data.get("cost") or 0.0),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +128,7 @@ class ChatClient:
         """
         settings = self.settings
         body = {"model": settings.model, "messages": messages, **options}
-        why = "no attempt"
+        why, asked = "no attempt", None
         for attempt in range(1, settings.attempts + 1):
             try:
                 response = await self._client.post("/chat/completions", json=body)
@@ -114,9 +139,10 @@ class ChatClient:
             else:
                 status = response.status_code
                 if status < 300:
-                    return _completion(response)
+                    return _completion(response, settings)
                 if status in (408, 429) or status >= 500:
                     why, wait = f"the model server answered {status}", _retry_after(response)
+                    asked = wait
                 else:
                     raise ModelRefused(
                         f"the model server refused the request ({status}): {_detail(response)}"
@@ -128,7 +154,58 @@ class ChatClient:
             wait = min(wait, settings.retry_after_max)
             _log.warning("model_call_retry", attempt=attempt, reason=why, wait=round(wait, 3))
             await asyncio.sleep(wait)
-        raise ModelUnavailable(f"model {settings.model!r}: {why} ({settings.attempts} attempts)")
+        raise ModelUnavailable(
+            f"model {settings.model!r}: {why} ({settings.attempts} attempts)",
+            retry_after=None if asked is None else min(asked, settings.retry_after_max),
+        )
+
+
+class Model:
+    """The model server an agent calls, each call a durable step of its handler.
+
+    `await model.complete(self.ctx, messages)` records the request, the answer, its tokens
+    and their cost as the step `step` (default `model`); a re-run of the handler for the same
+    message (a retry, a redelivery, another node after a crash) gets the recorded answer, and
+    the model is not called again. Outside a handler it just calls. A busy or failing server
+    is retried by the client, then raises `ModelUnavailable` (the handler is retried later,
+    the agent not restarted); a refusal raises `ModelRefused` (dead-lettered at once).
+
+    One per agent: make it in `start()` and `aclose()` it in `stop()`.
+    """
+
+    def __init__(self, settings: LLMSettings) -> None:
+        self.settings = settings
+        self._client: ChatClient | None = None
+
+    async def complete(
+        self,
+        ctx: AgentContext,
+        messages: list[dict[str, str]],
+        *,
+        step: str = "model",
+        **options: Any,
+    ) -> Completion:
+        """The model's answer to `messages` (`options`: more request fields, as
+        `temperature`), from the record when this step already ran for this message."""
+        record: dict[str, Any] = await ctx.step(step, self._call, messages, options)
+        return Completion(record["content"], Usage.from_dict(record["usage"]))
+
+    async def _call(
+        self, messages: list[dict[str, str]], options: dict[str, Any]
+    ) -> dict[str, Any]:
+        if self._client is None:
+            self._client = ChatClient(self.settings)
+        answer = await self._client.complete(messages, **options)
+        return {
+            "request": {"model": self.settings.model, "messages": messages, **options},
+            "content": answer.content,
+            "usage": answer.usage.to_dict(),
+        }
+
+    async def aclose(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
 
 
 def _retry_after(response: Any) -> float | None:
@@ -153,7 +230,7 @@ def _detail(response: Any) -> str:
     return text[:200]
 
 
-def _completion(response: Any) -> Completion:
+def _completion(response: Any, settings: LLMSettings) -> Completion:
     try:
         data = response.json()
         content = data["choices"][0]["message"]["content"]
@@ -164,14 +241,9 @@ def _completion(response: Any) -> Completion:
     if not isinstance(content, str):
         raise ModelRefused("the model's message has no text content")
     usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
-    return Completion(
-        content,
-        Usage(
-            prompt_tokens=_count(usage.get("prompt_tokens")),
-            completion_tokens=_count(usage.get("completion_tokens")),
-            calls=1,
-        ),
-    )
+    prompt, completion = _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
+    cost = (prompt * settings.prompt_price + completion * settings.completion_price) / 1e6
+    return Completion(content, Usage(prompt, completion, 1, cost))
 
 
 def _count(value: object) -> int:

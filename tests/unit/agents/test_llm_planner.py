@@ -8,101 +8,24 @@ that a recorded plan is never paid for twice.
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
 import pytest
 from aiohttp import web
-from pydantic import SecretStr
 
 from mas import Message, TaskResult
 from mas.actors.clock import LoopClock
 from mas.agents.calc import CalcAgent
 from mas.agents.llm import ChatClient, ModelUnavailable
 from mas.agents.planner import PlannerAgent, PlanStep
-from mas.config import LLMSettings, RetrySettings, Settings
+from mas.config import RetrySettings, Settings
 from mas.testing import TestRuntime
+from tests.unit.agents.model_server import GOOD_PLAN, KEY, ModelServer, model
+
+__all__ = ["model"]
 
 pytestmark = pytest.mark.anyio
-
-KEY = "sk-test-secret-key-000"
-
-GOOD_PLAN = {
-    "steps": [
-        {"id": "a", "capability": "calc", "input": {"expression": "6 * 7"}},
-        {
-            "id": "b",
-            "capability": "calc",
-            "input": {"expression": "${a.value} + 1"},
-            "depends_on": ["a"],
-        },
-    ]
-}
-
-
-def answer(content: str, prompt: int = 10, completion: int = 5) -> web.Response:
-    body = {
-        "id": "chatcmpl-test",
-        "object": "chat.completion",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}}],
-        "usage": {"prompt_tokens": prompt, "completion_tokens": completion},
-    }
-    return web.json_response(body)
-
-
-class ModelServer:
-    """A chat-completions endpoint answering from `script` (then the last entry forever)."""
-
-    def __init__(self, script: list[Any]) -> None:
-        self.script = script
-        self.requests: list[dict[str, Any]] = []
-        self.authorizations: list[str | None] = []
-        self.url = ""
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        self.requests.append(await request.json())
-        self.authorizations.append(request.headers.get("Authorization"))
-        step = self.script[min(len(self.requests), len(self.script)) - 1]
-        if isinstance(step, float):  # a slow answer: past the client's timeout
-            await asyncio.sleep(step)
-            return answer(json.dumps(GOOD_PLAN))
-        if isinstance(step, web.Response):
-            return step
-        return answer(step if isinstance(step, str) else json.dumps(step))
-
-    @property
-    def calls(self) -> int:
-        return len(self.requests)
-
-    def settings(self, **overrides: Any) -> LLMSettings:
-        values: dict[str, Any] = {
-            "base_url": self.url,
-            "api_key": SecretStr(KEY),
-            "model": "test-model",
-            "timeout": 5.0,
-            "attempts": 4,
-            "retry_after_max": 1.0,
-        }
-        return LLMSettings(**(values | overrides))
-
-
-@pytest.fixture
-async def model() -> AsyncIterator[ModelServer]:
-    server = ModelServer([])
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", server.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    server.url = f"http://127.0.0.1:{port}/v1"
-    try:
-        yield server
-    finally:
-        await runner.cleanup()
 
 
 class CrashingPlanner(PlannerAgent):
@@ -157,7 +80,7 @@ async def test_a_busy_server_and_bad_plans_are_retried_until_a_plan_validates(
         unknown,  # a capability nobody offers
         "```json\n" + json.dumps(GOOD_PLAN) + "\n```",
     ]
-    result = await run_goal(model)
+    result = await run_goal(model, prompt_price=1.0, completion_price=2.0)
     assert result.status == "succeeded", result
     assert result.result["result"] == {"expression": "42 + 1", "value": 43}
     assert model.calls == 5
@@ -167,12 +90,13 @@ async def test_a_busy_server_and_bad_plans_are_retried_until_a_plan_validates(
     assert "no agent offers ['fly']" in fifth[-1]["content"]
     assert model.requests[0]["model"] == "test-model"
     assert "calc" in model.requests[0]["messages"][0]["content"]  # the capabilities offered
-    # Three answers came with usage: their tokens are the plan's cost.
+    # Three answers came with usage: their tokens, at the prices set, are the plan's cost.
     assert result.result["usage"] == {
         "prompt_tokens": 30,
         "completion_tokens": 15,
         "total_tokens": 45,
         "calls": 3,
+        "cost": pytest.approx((30 * 1.0 + 15 * 2.0) / 1e6),
     }
     assert set(model.authorizations) == {f"Bearer {KEY}"}
     printed = capsys.readouterr()
