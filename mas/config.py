@@ -245,6 +245,24 @@ class LLMSettings(BaseModel):
     completion_price: float = Field(
         0.0, ge=0, description="what a million completion tokens cost, in the same currency"
     )
+    requests_per_window: int | None = Field(
+        None,
+        ge=1,
+        description="calls to the model in any `rate_window` seconds, by all workers together "
+        "(shared through Redis when MAS_REDIS_URL is set); unset: no limit",
+    )
+    tokens_per_window: int | None = Field(
+        None, ge=1, description="tokens the calls in any `rate_window` seconds may spend"
+    )
+    rate_window: float = Field(
+        60.0, gt=0, le=86_400, description="seconds the rate limits count over (a minute)"
+    )
+    answer_tokens: int = Field(
+        1024,
+        ge=1,
+        description="tokens reserved for an answer whose request sets no max_tokens, until "
+        "the server says what it spent",
+    )
 
 
 class Settings(BaseSettings):

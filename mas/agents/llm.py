@@ -18,11 +18,13 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from mas.actors.backoff import backoff_delay
-from mas.config import LLMSettings
+from mas.agents.rate_limits import limits_for
+from mas.config import LLMSettings, Settings
 from mas.errors import ConfigError, Rejected, ServiceUnavailable
 
 if TYPE_CHECKING:
     from mas.actors.agent import AgentContext
+    from mas.agents.rate_limits import ModelLimits
 
 __all__ = ["ChatClient", "Completion", "Model", "ModelRefused", "ModelUnavailable", "Usage"]
 
@@ -95,9 +97,11 @@ class Completion:
 
 
 class ChatClient:
-    """Calls `POST {base_url}/chat/completions` (one connection pool; `aclose` it)."""
+    """Calls `POST {base_url}/chat/completions` (one connection pool; `aclose` it), within
+    the model's rate limits when given (`limits`: every call waits for room first)."""
 
-    def __init__(self, settings: LLMSettings) -> None:
+    def __init__(self, settings: LLMSettings, limits: ModelLimits | None = None) -> None:
+        self.limits = limits
         if not settings.base_url:
             raise ConfigError("MAS_LLM__BASE_URL is not set: no model server to call")
         try:
@@ -116,7 +120,12 @@ class ChatClient:
         )
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        """Close the connection pool, and the rate limit's connection if it has one."""
+        try:
+            await self._client.aclose()
+        finally:
+            if self.limits is not None:
+                await self.limits.aclose()
 
     async def complete(self, messages: list[dict[str, str]], **options: Any) -> Completion:
         """The model's answer to `messages` (chat messages: role and content).
@@ -126,10 +135,12 @@ class ChatClient:
             ModelRefused: the server refused the request (a 4xx other than 408 and 429), or
                 answered with no message.
         """
-        settings = self.settings
+        settings, limits = self.settings, self.limits
         body = {"model": settings.model, "messages": messages, **options}
         why, asked = "no attempt", None
         for attempt in range(1, settings.attempts + 1):
+            if limits is not None:
+                reserved = await limits.wait_for_room(limits.estimate(messages, options))
             try:
                 response = await self._client.post("/chat/completions", json=body)
             except self._httpx.TimeoutException:
@@ -139,7 +150,13 @@ class ChatClient:
             else:
                 status = response.status_code
                 if status < 300:
-                    return _completion(response, settings)
+                    completion = _completion(response, settings)
+                    if limits is not None:
+                        usage = completion.usage
+                        await limits.settle(reserved, usage.prompt_tokens + usage.completion_tokens)
+                    return completion
+                if limits is not None:
+                    await limits.settle(reserved, 0)  # refused or failed: no tokens spent
                 if status in (408, 429) or status >= 500:
                     why, wait = f"the model server answered {status}", _retry_after(response)
                     asked = wait
@@ -173,8 +190,11 @@ class Model:
     One per agent: make it in `start()` and `aclose()` it in `stop()`.
     """
 
-    def __init__(self, settings: LLMSettings) -> None:
-        self.settings = settings
+    def __init__(self, settings: Settings) -> None:
+        """`settings`: the runtime's (`ctx.runtime.settings`): the model (`MAS_LLM__*`), and
+        where its rate limit is shared (`MAS_REDIS_URL`)."""
+        self.settings = settings.llm
+        self._runtime_settings = settings
         self._client: ChatClient | None = None
 
     async def complete(
@@ -194,7 +214,7 @@ class Model:
         self, messages: list[dict[str, str]], options: dict[str, Any]
     ) -> dict[str, Any]:
         if self._client is None:
-            self._client = ChatClient(self.settings)
+            self._client = ChatClient(self.settings, limits_for(self._runtime_settings))
         answer = await self._client.complete(messages, **options)
         return {
             "request": {"model": self.settings.model, "messages": messages, **options},

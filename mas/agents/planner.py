@@ -23,7 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from mas.actors.agent import Agent, HandlerResult
 from mas.agents.llm import ChatClient, ModelRefused, Usage
-from mas.config import LLMSettings
+from mas.agents.rate_limits import limits_for
+from mas.config import Settings
 from mas.errors import MasError, Rejected
 from mas.messages import Message, TaskError, TaskResult
 
@@ -167,11 +168,12 @@ class LLMPlanner:
     (on any node) takes the recorded plan, and the model is not asked again.
     """
 
-    def __init__(self, settings: LLMSettings) -> None:
-        self.settings = settings
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings.llm
+        self._runtime_settings = settings  # where the model's rate limit is kept
 
     async def plan(self, goal: dict[str, Any], capabilities: list[str]) -> Planned:
-        client = ChatClient(self.settings)
+        client = ChatClient(self.settings, limits_for(self._runtime_settings))
         try:
             messages = _planning_prompt(goal, capabilities)
             usage = Usage()
@@ -344,8 +346,8 @@ class PlannerAgent(Agent):
         chosen = type(self).planner
         if chosen is not None:
             return chosen
-        settings = self.ctx.runtime.settings.llm
-        return LLMPlanner(settings) if settings.base_url else RulePlanner()
+        settings = self.ctx.runtime.settings
+        return LLMPlanner(settings) if settings.llm.base_url else RulePlanner()
 
     async def ask_wave(
         self, wave: list[PlanStep], answers: dict[str, dict[str, Any]]

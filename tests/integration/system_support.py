@@ -26,6 +26,7 @@ from tests.process_support import MasProcess, clean_environment
 from tests.redis_support import REDIS_URL, delete_keys, reachable_redis
 
 __all__ = [
+    "DRAFTER",
     "EFFECT_ECHO",
     "FAN_OUT",
     "FRAGILE",
@@ -50,6 +51,7 @@ EFFECT_ECHO = "tests.integration.work_agents:EffectEcho"
 FAN_OUT = "tests.integration.work_agents:FanOut"
 LONG_ASK = "tests.integration.work_agents:LongAsk"
 FRAGILE = "tests.integration.work_agents:Fragile"
+DRAFTER = "tests.integration.work_agents:Drafter"
 
 
 class System:
@@ -95,6 +97,7 @@ class System:
             f"{scope.prefix}agent_type.fan_out",
             f"{scope.prefix}agent_type.long_ask",
             f"{scope.prefix}agent_type.fragile",
+            f"{scope.prefix}agent_type.drafter",
             f"{scope.prefix}agent_type.mas.spawner.echo",
             f"{scope.prefix}agent_type.mas.spawner.slow_echo",
             f"{scope.prefix}agent_type.mas.spawner.step_pipeline",
@@ -104,6 +107,7 @@ class System:
             f"{scope.prefix}agent_type.mas.spawner.fan_out",
             f"{scope.prefix}agent_type.mas.spawner.long_ask",
             f"{scope.prefix}agent_type.mas.spawner.fragile",
+            f"{scope.prefix}agent_type.mas.spawner.drafter",
             f"{scope.prefix}agent.echo-special",
             f"{scope.prefix}agent.echo-extra",
             f"{scope.prefix}agent.se-gone",

@@ -166,3 +166,22 @@ class LongAsk(Agent):
         return TaskResult.succeeded(
             message.task_id, {"steps": [first, second], "answer": reply.payload["i"]}
         )
+
+
+class Drafter(Agent):
+    """Asks the model (`MAS_LLM__*`) for a draft of `payload.topic`: a durable model call."""
+
+    type = "drafter"
+
+    async def start(self) -> None:
+        from mas.agents import Model
+
+        self.model = Model(self.ctx.runtime.settings)
+
+    async def stop(self) -> None:
+        await self.model.aclose()
+
+    async def handle_message(self, message: Message) -> HandlerResult:
+        prompt = [{"role": "user", "content": f"a line about {message.payload['topic']}"}]
+        answer = await self.model.complete(self.ctx, prompt)
+        return message.reply({"draft": answer.content})

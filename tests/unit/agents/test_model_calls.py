@@ -31,7 +31,7 @@ class Drafter(Agent):
 
     async def start(self) -> None:
         type(self).starts += 1
-        self.model = Model(self.ctx.runtime.settings.llm)
+        self.model = Model(self.ctx.runtime.settings)
 
     async def stop(self) -> None:
         await self.model.aclose()
