@@ -5,6 +5,7 @@ Everything importable from here is the public API; other modules may change with
 
 from mas.actors.agent import Agent, AgentContext, HandlerResult, Terminated
 from mas.actors.backoff import RetryPolicy
+from mas.actors.budgets import Budget
 from mas.actors.deadletters import DeadLetter, DeadLetters, DeadLetterSubscription
 from mas.actors.journal import Journal, StartedAgent
 from mas.actors.ref import AgentRef
@@ -15,6 +16,7 @@ from mas.errors import (
     AgentStartError,
     AgentStopped,
     AskTimeout,
+    BudgetExceeded,
     ConfigError,
     DeadLetterSettled,
     DeliveryError,
@@ -62,6 +64,8 @@ __all__ = [
     "AgentStartError",
     "AgentStopped",
     "AskTimeout",
+    "Budget",
+    "BudgetExceeded",
     "ChildSpec",
     "ConfigError",
     "DeadLetter",

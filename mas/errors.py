@@ -232,6 +232,18 @@ class Rejected(UsageError):
         self.agent_id = agent_id
 
 
+class BudgetExceeded(Rejected):
+    """A task's model calls (its own and its children's) went past the budget it was given.
+
+    The task has ended `budget_exceeded` with its children; the message whose handler made
+    the call is dead-lettered at once (reason `rejected`: the budget does not grow back).
+    """
+
+    def __init__(self, task_id: str, spent: str, budget: str) -> None:
+        super().__init__(f"task {task_id!r} spent {spent} on model calls: its budget was {budget}")
+        self.task_id = task_id
+
+
 class DuplicateAgent(UsageError):
     """An agent id is already taken in this runtime.
 

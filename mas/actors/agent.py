@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 import structlog
 
 from mas.actors.backoff import backoff_delay
+from mas.actors.budgets import BUDGET_KEY
 from mas.actors.mailbox import Overflow
 from mas.actors.replies import ERROR_REPLY, PendingReply, error_from_reply
 from mas.actors.workflow import (
@@ -489,8 +490,9 @@ class AgentContext:
         journal, current = self._cell.runtime.journal, self._cell.current
         if journal is not None and current is not None and (parent := task_of(current)):
             inherited = {PARENT_KEY: parent}
-            if CREATED_BY_KEY in current.metadata:
-                inherited[CREATED_BY_KEY] = current.metadata[CREATED_BY_KEY]
+            for key in (CREATED_BY_KEY, BUDGET_KEY):  # its caller's, its budget
+                if key in current.metadata:
+                    inherited[key] = current.metadata[key]
             message.metadata = {**message.metadata, **inherited}
             journal.child_task(parent, message)
             await journal.flush()  # its start (on any node) finds it recorded

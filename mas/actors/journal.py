@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from mas.messages import Message, TaskResult
 
 if TYPE_CHECKING:
+    from mas.actors.budgets import Budget, Spent
     from mas.actors.deadletters import DeadLetter
     from mas.actors.transport import Delivery
     from mas.actors.workflow import StepRecord, Wait
@@ -153,6 +154,15 @@ class Journal(Protocol):
 
     def agent_stopped(self, agent_id: str, agent_type: str, reason: str) -> None:
         """An agent stopped for good on this node."""
+
+    async def charge(self, task_id: str, budget: Budget, tokens: int, cost: float) -> Spent:
+        """Count what a model call spent for the task holding `budget` (nothing: before a
+        call, only ask what is left), for every process to see. Past the budget (before a
+        call: at it) the task ends `budget_exceeded` with its children, and their handlers
+        here are cancelled; `Spent.exceeded` says so. An unknown task spends nothing.
+
+        Raises a `MasError` when the record cannot be written now.
+        """
 
     async def live_capabilities(self) -> dict[str, tuple[str, ...]]:
         """The agent types running anywhere in the cluster, each with its capabilities.

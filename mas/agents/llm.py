@@ -18,15 +18,24 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from mas.actors.backoff import backoff_delay
+from mas.actors.budgets import budget_of
 from mas.agents.rate_limits import limits_for
 from mas.config import LLMSettings, Settings
-from mas.errors import ConfigError, Rejected, ServiceUnavailable
+from mas.errors import BudgetExceeded, ConfigError, Rejected, ServiceUnavailable
 
 if TYPE_CHECKING:
     from mas.actors.agent import AgentContext
     from mas.agents.rate_limits import ModelLimits
 
-__all__ = ["ChatClient", "Completion", "Model", "ModelRefused", "ModelUnavailable", "Usage"]
+__all__ = [
+    "ChatClient",
+    "Completion",
+    "Model",
+    "ModelRefused",
+    "ModelUnavailable",
+    "Usage",
+    "spend",
+]
 
 _log = structlog.get_logger("mas.llm")
 
@@ -207,15 +216,17 @@ class Model:
     ) -> Completion:
         """The model's answer to `messages` (`options`: more request fields, as
         `temperature`), from the record when this step already ran for this message."""
-        record: dict[str, Any] = await ctx.step(step, self._call, messages, options)
+        record: dict[str, Any] = await ctx.step(step, self._call, ctx, messages, options)
         return Completion(record["content"], Usage.from_dict(record["usage"]))
 
     async def _call(
-        self, messages: list[dict[str, str]], options: dict[str, Any]
+        self, ctx: AgentContext, messages: list[dict[str, str]], options: dict[str, Any]
     ) -> dict[str, Any]:
         if self._client is None:
             self._client = ChatClient(self.settings, limits_for(self._runtime_settings))
+        await spend(ctx, None)  # nothing left of the task's budget: no call
         answer = await self._client.complete(messages, **options)
+        await spend(ctx, answer.usage)
         return {
             "request": {"model": self.settings.model, "messages": messages, **options},
             "content": answer.content,
@@ -226,6 +237,31 @@ class Model:
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
+
+
+async def spend(ctx: AgentContext, usage: Usage | None) -> None:
+    """Count `usage` against the budget of the task being handled, if it has one (None:
+    before a call, check that something is left). Needs the runtime's journal (persistence);
+    without one, budgets are not kept.
+
+    Raises:
+        BudgetExceeded: the task is past its budget (it has ended `budget_exceeded`).
+        MasError: the record could not be written (`StoreUnavailable`: try later).
+    """
+    found = budget_of(ctx.message)
+    journal = ctx.runtime.journal
+    if found is None or journal is None:
+        return
+    task_id, budget = found
+    if usage is None:
+        spent = await journal.charge(task_id, budget, 0, 0.0)
+    else:
+        tokens = usage.prompt_tokens + usage.completion_tokens
+        spent = await journal.charge(task_id, budget, tokens, usage.cost)
+    if spent.exceeded:
+        raise BudgetExceeded(
+            task_id, f"{spent.tokens} tokens, a cost of {spent.cost:g}", budget.describe()
+        )
 
 
 def _retry_after(response: Any) -> float | None:

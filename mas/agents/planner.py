@@ -21,8 +21,8 @@ from typing import Any, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from mas.actors.agent import Agent, HandlerResult
-from mas.agents.llm import ChatClient, ModelRefused, Usage
+from mas.actors.agent import Agent, AgentContext, HandlerResult
+from mas.agents.llm import ChatClient, ModelRefused, Usage, spend
 from mas.agents.rate_limits import limits_for
 from mas.config import Settings
 from mas.errors import MasError, Rejected
@@ -110,7 +110,7 @@ class Planned:
     """A plan and what making it cost (tokens of the model calls; none for rules)."""
 
     plan: Plan
-    usage: dict[str, int] = field(default_factory=dict)
+    usage: dict[str, Any] = field(default_factory=dict)
 
 
 class Planner(Protocol):
@@ -311,15 +311,15 @@ class PlannerAgent(Agent):
     type = "planner"
     capabilities = ("plan",)
     planner: ClassVar[Planner | None] = None
-    """The planner to use; None: an `LLMPlanner` when `MAS_LLM__BASE_URL` is set, else a
-    `RulePlanner`."""
+    """The planner to use; None: an `LLMPlanner` when `MAS_LLM__BASE_URL` is set and the goal
+    does not give its steps, else a `RulePlanner`."""
 
     async def handle_message(self, message: Message) -> HandlerResult:
         ctx = self.ctx
         goal = dict(message.payload)
         try:
             planned: dict[str, Any] = await ctx.step(
-                "plan", _planned, self._planner(), goal, ctx.runtime
+                "plan", _planned, self._planner(goal), goal, ctx
             )
         except (PlanError, ModelRefused) as exc:
             # An answer that will not change: the task fails. A model server that stayed
@@ -342,12 +342,14 @@ class PlannerAgent(Agent):
         }
         return message.reply(outcome)
 
-    def _planner(self) -> Planner:
+    def _planner(self, goal: dict[str, Any]) -> Planner:
         chosen = type(self).planner
         if chosen is not None:
             return chosen
         settings = self.ctx.runtime.settings
-        return LLMPlanner(settings) if settings.llm.base_url else RulePlanner()
+        if settings.llm.base_url and "steps" not in goal:
+            return LLMPlanner(settings)
+        return RulePlanner()  # no model, or a goal that gives its steps
 
     async def ask_wave(
         self, wave: list[PlanStep], answers: dict[str, dict[str, Any]]
@@ -370,9 +372,14 @@ class PlannerAgent(Agent):
         return await ctx.gather(*asks)
 
 
-async def _planned(planner: Planner, goal: dict[str, Any], runtime: Any) -> dict[str, Any]:
-    """The plan and its cost as JSON (what the workflow records)."""
-    planned = await planner.plan(goal, await runtime.capabilities())
+async def _planned(planner: Planner, goal: dict[str, Any], ctx: AgentContext) -> dict[str, Any]:
+    """The plan and its cost as JSON (what the workflow records), the model calls it took
+    counted against the task's budget."""
+    if isinstance(planner, LLMPlanner):
+        await spend(ctx, None)  # nothing left of the task's budget: no call
+    planned = await planner.plan(goal, await ctx.runtime.capabilities())
+    if planned.usage.get("calls"):
+        await spend(ctx, Usage.from_dict(planned.usage))
     return {"plan": planned.plan.model_dump(mode="json"), "usage": planned.usage}
 
 

@@ -55,8 +55,33 @@ MAX_DEADLINE = 366 * 24 * 3600.0
 """The furthest a task's deadline may be (seconds): a year and a day."""
 
 TaskStatus = Literal[
-    "pending", "running", "succeeded", "failed", "dead_lettered", "cancelled", "timed_out"
+    "pending",
+    "running",
+    "succeeded",
+    "failed",
+    "dead_lettered",
+    "cancelled",
+    "timed_out",
+    "budget_exceeded",
 ]
+
+
+class BudgetIn(BaseModel):
+    """What a task's model calls, and its children's, may spend in all (one or both)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tokens: int | None = Field(None, ge=1, le=10**12, description="prompt + completion tokens")
+    cost: float | None = Field(
+        None, gt=0, le=1e9, description="in the currency of MAS_LLM__PROMPT_PRICE"
+    )
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> BudgetIn:
+        if self.tokens is None and self.cost is None:
+            raise ValueError("a budget names 'tokens', 'cost' or both")
+        return self
+
 
 Payload = Annotated[
     dict[str, Any],
@@ -125,6 +150,11 @@ class TaskIn(BaseModel):
         le=MAX_DEADLINE,
         description="seconds from now: past it, the task (and the tasks its workflow "
         "started) ends timed_out and its handlers are cancelled",
+    )
+    budget: BudgetIn | None = Field(
+        None,
+        description="what its model calls and its children's may spend: the call that "
+        "goes past it ends the task (and its children) budget_exceeded",
     )
 
     @model_validator(mode="after")
@@ -222,6 +252,12 @@ class TaskOut(BaseModel):
     )
     deadline: datetime | None = Field(
         None, description="past it, the task and its children end timed_out"
+    )
+    budget: dict[str, Any] | None = Field(
+        None, description="what its model calls may spend (tokens, cost), if limited"
+    )
+    spent: dict[str, Any] = Field(
+        default_factory=dict, description="what its model calls spent under its budget"
     )
 
     @classmethod

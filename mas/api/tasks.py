@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import structlog
 
+from mas.actors.budgets import BUDGET_KEY, Budget, budget_of
 from mas.actors.workflow import CREATED_BY_KEY, DEADLINE_KEY
 from mas.api.schemas import MessageTaskIn
 from mas.errors import (
@@ -149,6 +150,8 @@ class TaskService:
         metadata = {**metadata, "task_id": task_id, CREATED_BY_KEY: caller.subject}
         if spec.deadline is not None:
             metadata[DEADLINE_KEY] = time.time() + spec.deadline
+        if spec.budget is not None:
+            metadata[BUDGET_KEY] = Budget(spec.budget.tokens, spec.budget.cost).metadata(task_id)
         message = Message(
             spec.message_type,
             spec.payload,
@@ -525,6 +528,7 @@ class TaskService:
             created_by=subject,
             trace_id=message.trace_id,
             deadline=_deadline(message),
+            budget=_budget(message),
         )
         journal = self._journal
         journal.task_created(task)
@@ -570,6 +574,7 @@ class TaskService:
                 created_by=subject,
                 trace_id=message.trace_id,
                 deadline=_deadline(message),
+                budget=_budget(message),
                 send=journal.outbox_row(message),
             ),
             message.id,
@@ -638,6 +643,11 @@ class TaskService:
             # asyncio.wait leaves `ended` alone when the poll interval ends (wait_for cancels).
             await asyncio.wait((ended,), timeout=min(remaining, poll))
             if ended.done():
+                if task.budget is not None:
+                    # What it spent is counted outside the journal's commits: read it.
+                    latest = await self._store.get_task(task.id)
+                    if latest is not None and latest.done:
+                        return latest
                 return ended.result().applied_to(task)
             poll = min(poll * 2, 0.5)
             latest = await self._store.get_task(task.id)
@@ -669,6 +679,12 @@ async def _outcome(write: Coroutine[Any, Any, T]) -> tuple[T | None, Exception |
         return await write, None
     except Exception as exc:
         return None, exc
+
+
+def _budget(message: Message) -> Budget | None:
+    """The budget of the task of `message` (`BUDGET_KEY`), if it has one."""
+    found = budget_of(message)
+    return None if found is None else found[1]
 
 
 def _deadline(message: Message) -> datetime | None:

@@ -169,6 +169,7 @@ class BatchStatements:
                     tasks.c.status != "succeeded",
                     tasks.c.status != "cancelled",
                     tasks.c.status != "timed_out",
+                    tasks.c.status != "budget_exceeded",
                 )
             )
             .values(

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import structlog
 
+from mas.actors.budgets import Budget, Spent
 from mas.actors.deadletters import DeadLetter
 from mas.actors.journal import JournalNode, StartedAgent
 from mas.actors.replies import error_notice
@@ -321,6 +322,8 @@ class TaskEnd:
     finished_at: datetime | None
     started: dict[str, Any] | None = None
     """The first `running` row this journal wrote for the task, if it wrote one."""
+    spent: tuple[int, float] | None = None
+    """What its model calls spent (tokens, cost), when that is how it ended."""
 
     def applied_to(self, task: TaskRecord) -> TaskRecord:
         """`task` (as read or created earlier) updated as the store updated it.
@@ -329,8 +332,11 @@ class TaskEnd:
         target and trace id only where the task had none.
         """
         started = self.started or {}
+        spent = (task.spent_tokens, task.spent_cost) if self.spent is None else self.spent
         return dataclasses.replace(
             task,
+            spent_tokens=spent[0],
+            spent_cost=spent[1],
             status=self.status,
             result=self.result,
             error=self.error,
@@ -394,6 +400,7 @@ class StoreJournal:
         """Seconds after its last heartbeat that an agent no longer counts as live."""
         self._heartbeats: asyncio.Task[None] | None = None
         self._relaying: asyncio.Task[None] | None = None
+        self._node: JournalNode | None = None
         self._audit_all = audit == "all"
         self._audit_tasks = audit == "tasks"
         self._watches: dict[str, _TaskWatch] = {}
@@ -404,6 +411,7 @@ class StoreJournal:
 
     async def open(self, node: JournalNode) -> None:
         self.node_id = node.node_id
+        self._node = node
         self.writer.start(node.fail)
         self._heartbeats = _owned(self._beat(node), node, "mas-journal-heartbeat")
         self._relaying = _owned(self.relay.run(node), node, "mas-outbox-relay")
@@ -440,6 +448,54 @@ class StoreJournal:
             for listener in self.status_listeners:
                 listener(task_id, "timed_out")
         return ended
+
+    async def charge(self, task_id: str, budget: Budget, tokens: int, cost: float) -> Spent:
+        """See `Journal.charge`: counted in the task's record at once (not in the group
+        commit: the next call, on any node, must see it).
+
+        Raises:
+            StoreUnavailable: the database cannot be reached or refused the write.
+        """
+        charged = await self.store.charge(task_id, budget, tokens, cost)
+        if charged is None:
+            return Spent(0, 0.0, exceeded=False)
+        spent, ended = charged
+        await self._resolve_watches(ended)
+        for ended_id in ended:
+            _log.info(
+                "task_budget_exceeded", task_id=ended_id, tokens=spent.tokens, cost=spent.cost
+            )
+            if self._node is not None:
+                self._node.cancel_task_handlers(ended_id)
+            for listener in self.status_listeners:
+                listener(ended_id, "budget_exceeded")
+        return spent
+
+    async def _resolve_watches(self, ended: list[str]) -> None:
+        """Answer the requests waiting for these tasks, which ended outside a commit of
+        this journal (a failed read leaves them to find the end by reading later)."""
+        for task_id in ended:
+            watch = self._watches.get(task_id)
+            if watch is None:
+                continue
+            try:
+                task = await self.store.get_task(task_id)
+            except StoreUnavailable:
+                continue
+            if task is None or not task.done:
+                continue
+            del self._watches[task_id]
+            watch.resolve(
+                TaskEnd(
+                    task.status,
+                    task.result,
+                    task.error,
+                    task.attempts,
+                    task.finished_at,
+                    watch.started,
+                    (task.spent_tokens, task.spent_cost),
+                )
+            )
 
     async def cancel_cancelled(self, node: JournalNode) -> int:
         """Cancel this node's handlers of tasks that were cancelled (by any gateway);

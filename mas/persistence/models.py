@@ -11,7 +11,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Index, Integer, MetaData, String, Table, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    UniqueConstraint,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -86,6 +97,14 @@ class TaskRow(Base):
     """The task whose workflow started this one (`ctx.ask`/`ctx.send` in its handler)."""
     deadline: Mapped[datetime | None] = mapped_column(Timestamp)
     """Past it, the task (and what its workflow started) ends `timed_out`."""
+    budget_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    budget_cost: Mapped[float | None] = mapped_column(Float)
+    """What the task and its children may spend on models; past it, it ends
+    `budget_exceeded` (the check is the message's `mas.budget`; these show it)."""
+    spent_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    spent_cost: Mapped[float | None] = mapped_column(Float)
+    """What its model calls and its children's spent so far (`Store.charge`; NULL: 0, so
+    that the journal's inserts, which name only the columns they know, need not change)."""
 
     __table_args__ = (
         Index("ix_tasks_status_created_at", "status", "created_at"),

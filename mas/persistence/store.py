@@ -23,6 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from mas.actors.budgets import Budget, Spent
 from mas.actors.workflow import PARENT_KEY, StepRecord
 from mas.errors import InvalidMessage, SchemaOutdated, StoreTimeout, StoreUnavailable
 from mas.messages import Message
@@ -44,7 +45,14 @@ from mas.persistence.models import (
 __all__ = ["TRACE_LIMIT", "AgentRecord", "AuditedMessage", "Batch", "Store", "TaskRecord"]
 
 
-FINAL_STATUSES = ("succeeded", "failed", "dead_lettered", "cancelled", "timed_out")
+FINAL_STATUSES = (
+    "succeeded",
+    "failed",
+    "dead_lettered",
+    "cancelled",
+    "timed_out",
+    "budget_exceeded",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,10 +72,26 @@ class TaskRecord:
     finished_at: datetime | None
     parent_id: str | None = None
     deadline: datetime | None = None
+    budget_tokens: int | None = None
+    budget_cost: float | None = None
+    spent_tokens: int = 0
+    spent_cost: float = 0.0
 
     @property
     def done(self) -> bool:
         return self.status in FINAL_STATUSES
+
+    @property
+    def budget(self) -> dict[str, Any] | None:
+        """What its model calls (and its children's) may spend, if it has a budget."""
+        if self.budget_tokens is None and self.budget_cost is None:
+            return None
+        return {"tokens": self.budget_tokens, "cost": self.budget_cost}
+
+    @property
+    def spent(self) -> dict[str, Any]:
+        """What its model calls and its children's spent (counted under a budget)."""
+        return {"tokens": self.spent_tokens, "cost": self.spent_cost}
 
     @classmethod
     def new(
@@ -81,6 +105,7 @@ class TaskRecord:
         trace_id: str | None = None,
         parent_id: str | None = None,
         deadline: datetime | None = None,
+        budget: Budget | None = None,
     ) -> TaskRecord:
         """A task as it is created: pending, no attempts yet."""
         return cls(
@@ -99,6 +124,8 @@ class TaskRecord:
             finished_at=None,
             parent_id=parent_id,
             deadline=deadline,
+            budget_tokens=None if budget is None else budget.tokens,
+            budget_cost=None if budget is None else budget.cost,
         )
 
     def row(self) -> dict[str, Any]:
@@ -486,6 +513,7 @@ class Store:
         created_by: str | None = None,
         trace_id: str | None = None,
         deadline: datetime | None = None,
+        budget: Budget | None = None,
         send: dict[str, Any] | None = None,
     ) -> tuple[TaskRecord, bool]:
         """Create a pending task; returns (task, created). An existing id returns the task.
@@ -507,6 +535,7 @@ class Store:
             created_by=created_by,
             trace_id=trace_id,
             deadline=deadline,
+            budget=budget,
         )
         async with self.writing() as conn:
             result = await conn.execute(
@@ -708,6 +737,48 @@ class Store:
                 ended += parents
         return ended
 
+    async def charge(
+        self, task_id: str, budget: Budget, tokens: int, cost: float
+    ) -> tuple[Spent, list[str]] | None:
+        """Count `tokens` and `cost` a model call spent for the task (nothing: only ask what
+        is left), in one transaction with what follows: when the count is past `budget`
+        (before a call: at it), the task, if it has not ended, ends `budget_exceeded` with
+        the tasks its workflow started, and their unsent messages are dropped. Returns what
+        it has spent and the ids that ended (none if it had ended already); None for an
+        unknown task.
+
+        Raises:
+            StoreUnavailable: the database cannot be reached or refused the write.
+        """
+        now = datetime.now(UTC)
+        async with self.writing() as conn:
+            counted = (
+                await conn.execute(
+                    update(tasks)
+                    .where(tasks.c.id == task_id)
+                    .values(
+                        spent_tokens=func.coalesce(tasks.c.spent_tokens, 0) + tokens,
+                        spent_cost=func.coalesce(tasks.c.spent_cost, 0.0) + cost,
+                    )
+                    .returning(tasks.c.spent_tokens, tasks.c.spent_cost, tasks.c.status)
+                )
+            ).first()
+            if counted is None:
+                return None
+            spent_tokens, spent_cost, status = counted
+            asking = tokens == 0 and cost == 0
+            if not budget.crossed(spent_tokens, spent_cost, asking=asking):
+                return Spent(spent_tokens, spent_cost, exceeded=False), []
+            ended: list[str] = []
+            if status in ("pending", "running"):
+                over = _over_budget(budget, spent_tokens, spent_cost)
+                await conn.execute(
+                    update(tasks).where(tasks.c.id == task_id).values(**over, finished_at=now)
+                )
+                await conn.execute(delete(outbox).where(outbox.c.id == task_id))
+                ended = [task_id, *await self._end_descendants(conn, [task_id], over, now)]
+        return Spent(spent_tokens, spent_cost, exceeded=True), ended
+
     async def task_steps(self, task_id: str) -> list[dict[str, Any]]:
         """The durable steps recorded for the task's message, in order (every handler's)."""
         query = (
@@ -727,9 +798,11 @@ class Store:
         return [{**row._asdict(), "finished_at": _aware(row.finished_at)} for row in rows]
 
     async def cancelled_among(self, task_ids: Iterable[str]) -> list[str]:
-        """Which of these tasks were cancelled or timed out (their work is not wanted)."""
+        """Which of these tasks were cancelled, timed out or went over their budget (their
+        work is not wanted)."""
         query = select(tasks.c.id).where(
-            tasks.c.id.in_(list(task_ids)), tasks.c.status.in_(("cancelled", "timed_out"))
+            tasks.c.id.in_(list(task_ids)),
+            tasks.c.status.in_(("cancelled", "timed_out", "budget_exceeded")),
         )
         async with self.reading() as conn:
             return [row[0] for row in await conn.execute(query)]
@@ -1214,6 +1287,18 @@ def _timed_out(now: datetime) -> dict[str, Any]:
     }
 
 
+def _over_budget(budget: Budget, tokens: int, cost: float) -> dict[str, Any]:
+    return {
+        "status": "budget_exceeded",
+        "error": {
+            "type": "BudgetExceeded",
+            "message": f"the task's model calls spent {tokens} tokens, a cost of {cost:g}: "
+            f"its budget was {budget.describe()}",
+            "retryable": False,
+        },
+    }
+
+
 def _audited(row: Any) -> AuditedMessage:
     created_at = _aware(row.created_at)
     assert created_at is not None  # NOT NULL
@@ -1251,6 +1336,10 @@ def _task(row: Any) -> TaskRecord:
         finished_at=_aware(row.finished_at),
         parent_id=row.parent_id,
         deadline=_aware(row.deadline),
+        budget_tokens=row.budget_tokens,
+        budget_cost=row.budget_cost,
+        spent_tokens=row.spent_tokens or 0,
+        spent_cost=row.spent_cost or 0.0,
     )
 
 
@@ -1272,6 +1361,10 @@ def _task_from_sqlite(values: Any) -> TaskRecord:
         finished_at,
         parent_id,
         deadline,
+        budget_tokens,
+        budget_cost,
+        spent_tokens,
+        spent_cost,
     ) = values
     return TaskRecord(
         id=id_,
@@ -1289,6 +1382,10 @@ def _task_from_sqlite(values: Any) -> TaskRecord:
         finished_at=None if finished_at is None else _sqlite_time(finished_at),
         parent_id=parent_id,
         deadline=None if deadline is None else _sqlite_time(deadline),
+        budget_tokens=budget_tokens,
+        budget_cost=budget_cost,
+        spent_tokens=spent_tokens or 0,
+        spent_cost=spent_cost or 0.0,
     )
 
 

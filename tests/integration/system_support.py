@@ -36,6 +36,7 @@ __all__ = [
     "SLOW_ECHO",
     "STEP_PIPELINE",
     "TIMED_PIPELINE",
+    "WRITER",
     "System",
     "effects",
     "rows",
@@ -52,6 +53,7 @@ FAN_OUT = "tests.integration.work_agents:FanOut"
 LONG_ASK = "tests.integration.work_agents:LongAsk"
 FRAGILE = "tests.integration.work_agents:Fragile"
 DRAFTER = "tests.integration.work_agents:Drafter"
+WRITER = "tests.integration.work_agents:Writer"
 
 
 class System:
@@ -98,6 +100,8 @@ class System:
             f"{scope.prefix}agent_type.long_ask",
             f"{scope.prefix}agent_type.fragile",
             f"{scope.prefix}agent_type.drafter",
+            f"{scope.prefix}agent_type.writer",
+            f"{scope.prefix}agent_type.planner",
             f"{scope.prefix}agent_type.mas.spawner.echo",
             f"{scope.prefix}agent_type.mas.spawner.slow_echo",
             f"{scope.prefix}agent_type.mas.spawner.step_pipeline",
@@ -108,6 +112,8 @@ class System:
             f"{scope.prefix}agent_type.mas.spawner.long_ask",
             f"{scope.prefix}agent_type.mas.spawner.fragile",
             f"{scope.prefix}agent_type.mas.spawner.drafter",
+            f"{scope.prefix}agent_type.mas.spawner.writer",
+            f"{scope.prefix}agent_type.mas.spawner.planner",
             f"{scope.prefix}agent.echo-special",
             f"{scope.prefix}agent.echo-extra",
             f"{scope.prefix}agent.se-gone",

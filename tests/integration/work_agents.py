@@ -185,3 +185,24 @@ class Drafter(Agent):
         prompt = [{"role": "user", "content": f"a line about {message.payload['topic']}"}]
         answer = await self.model.complete(self.ctx, prompt)
         return message.reply({"draft": answer.content})
+
+
+class Writer(Agent):
+    """Makes `payload.calls` model calls one after another (capability `write`)."""
+
+    type = "writer"
+    capabilities = ("write",)
+
+    async def start(self) -> None:
+        from mas.agents import Model
+
+        self.model = Model(self.ctx.runtime.settings)
+
+    async def stop(self) -> None:
+        await self.model.aclose()
+
+    async def handle_message(self, message: Message) -> HandlerResult:
+        for n in range(int(message.payload["calls"])):
+            prompt = [{"role": "user", "content": f"part {n}"}]
+            await self.model.complete(self.ctx, prompt, step=f"part-{n}")
+        return message.reply({"parts": message.payload["calls"]})

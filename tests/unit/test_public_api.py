@@ -17,6 +17,8 @@ EXPORTED = [
     "AgentStartError",
     "AgentStopped",
     "AskTimeout",
+    "Budget",
+    "BudgetExceeded",
     "ChildSpec",
     "ConfigError",
     "DeadLetter",
