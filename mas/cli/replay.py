@@ -7,6 +7,13 @@ the trace was recorded (type, sender, target and payload; ids and timestamps dif
 nature), in any order. Identical outputs exit 0; a difference prints a diff and exits 1.
 Every address shape a trace can have is replayed: agent, type, capability and topic
 targets, over any number of hops.
+
+Durable steps the trace recorded (`ctx.step` results: a model's answers, a plan; the ends
+of durable sleeps and signal waits) are replayed from the record: a handler re-run under
+replay gets them as a re-run after a crash would, so a trace of agents that called a model
+replays offline and deterministically, and only what the agents do with the answers is
+compared (`--rerun-steps` runs them again instead). Asks and sends are not taken from the
+record: they are sent again, so the agents that answered them are replayed too.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import typer
 from pydantic import SecretStr
 
 from mas.actors.agent import Agent
+from mas.actors.workflow import StepRecord, marked_rerun
 from mas.config import Settings
 from mas.errors import ConfigError, MasError
 from mas.messages import Message
@@ -69,13 +77,22 @@ def canonical_task(task_id: str, status: str, result: Any) -> str:
     return json.dumps({"task": task_id, "status": status, "result": result}, sort_keys=True)
 
 
+REPLAYED_STEPS = ("step", "sleep", "signal")
+"""The kinds of recorded steps a replay takes from the record (not asks and sends)."""
+
+
 async def replay_trace(
     recorded: list[Message],
     agent_types: dict[str, str],
     classes: dict[str, type[Agent]],
     recorded_tasks: Sequence[tuple[str, str, Any]] = (),
+    recorded_steps: dict[tuple[str, str], list[StepRecord]] | None = None,
 ) -> tuple[list[str], list[str]]:
-    """Re-run `recorded`; returns (expected, actual) canonical outputs (messages, tasks)."""
+    """Re-run `recorded`; returns (expected, actual) canonical outputs (messages, tasks).
+
+    With `recorded_steps` ((message id, handler): steps), the roots go as re-runs, so their
+    handlers, and those of what they send, take those steps from the record.
+    """
     from mas.testing import TestRuntime
     from mas.testing.journal import MemoryJournal
 
@@ -92,12 +109,16 @@ async def replay_trace(
     expected = [canonical(m) for m in recorded if m.id not in root_ids]
     expected += [canonical_task(*task) for task in recorded_tasks]
     journal = MemoryJournal()
+    if recorded_steps:
+        journal.steps.update({key: list(steps) for key, steps in recorded_steps.items()})
     async with TestRuntime(journal=journal, log_level="ERROR") as rt:
         for agent_id, agent_type in agent_types.items():
             await rt.spawn(classes[agent_type], id=agent_id)
         with typer.progressbar(roots, label="replaying", file=None) as progress:
             for root in progress:
                 again = root.evolve(reply_to=rt.reply_address if root.reply_to else None)
+                if recorded_steps:
+                    again = marked_rerun(again)
                 if root.target is None:
                     continue
                 await rt.tell(root.target, again)
@@ -121,6 +142,14 @@ def replay(
         str | None,
         typer.Option("--url", metavar="URL", help="database URL (default: MAS_DATABASE_URL)"),
     ] = None,
+    rerun_steps: Annotated[
+        bool,
+        typer.Option(
+            "--rerun-steps",
+            help="run the recorded ctx.step steps again (a model is called again) instead of "
+            "taking their results from the record",
+        ),
+    ] = False,
 ) -> None:
     """Re-run a recorded trace into an in-memory runtime and diff the outputs."""
     settings = Settings()
@@ -143,6 +172,11 @@ def replay(
                 for task in await store.trace_tasks(trace)
                 if task.status in ("succeeded", "failed")
             ]
+            steps = (
+                None
+                if rerun_steps
+                else await store.steps_among([m.id for m in recorded], REPLAYED_STEPS)
+            )
         finally:
             await store.close()
         missing = {t for t in agent_types.values() if t not in classes}
@@ -152,7 +186,10 @@ def replay(
                 "pass --agents module:Class"
             )
         typer.echo(f"trace {trace}: {len(recorded)} messages, agents {sorted(agent_types)}")
-        expected, actual = await replay_trace(recorded, agent_types, classes, recorded_tasks)
+        if steps:
+            count = sum(map(len, steps.values()))
+            typer.echo(f"  {count} recorded steps are taken from the record (not run again)")
+        expected, actual = await replay_trace(recorded, agent_types, classes, recorded_tasks, steps)
         if expected == actual:
             typer.echo(f"identical: {len(actual)} output messages match the recording")
             return True

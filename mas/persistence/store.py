@@ -1252,6 +1252,34 @@ class Store:
             rows = (await conn.execute(query)).all()
         return [StepRecord(row[0], row[1], row[2], row[3]) for row in rows]
 
+    async def steps_among(
+        self, message_ids: list[str], kinds: tuple[str, ...]
+    ) -> dict[tuple[str, str], list[StepRecord]]:
+        """The durable steps of these kinds recorded for these messages, by (message id,
+        handler), in order (`mas replay` runs a trace again with them)."""
+        found: dict[tuple[str, str], list[StepRecord]] = {}
+        for start in range(0, len(message_ids), 500):  # IN lists stay small
+            query = (
+                select(
+                    workflow_steps.c.message_id,
+                    workflow_steps.c.handler,
+                    workflow_steps.c.seq,
+                    workflow_steps.c.name,
+                    workflow_steps.c.kind,
+                    workflow_steps.c.result,
+                )
+                .where(
+                    workflow_steps.c.message_id.in_(message_ids[start : start + 500]),
+                    workflow_steps.c.kind.in_(kinds),
+                )
+                .order_by(workflow_steps.c.seq)
+            )
+            async with self.reading() as conn:
+                rows = (await conn.execute(query)).all()
+            for row in rows:
+                found.setdefault((row[0], row[1]), []).append(StepRecord(*row[2:]))
+        return found
+
     def check_storable(self, value: Any, what: str) -> None:
         """PostgreSQL refuses NUL characters in text and JSON: say so before it does."""
         if self.dialect == "postgresql" and "\\u0000" in json.dumps(value):

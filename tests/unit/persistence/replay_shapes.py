@@ -36,3 +36,24 @@ class Archive(Agent):
         text = str(message.payload.get("headline", {}).get("title", ""))
         await self.ctx.ask("capability:summarize", Message("summarize", {"text": text}), 5)
         return None
+
+
+class ModelWriter(Agent):
+    """Offers `write`: asks the model (`MAS_LLM__*`) for a line about `payload.topic`, a
+    durable model call."""
+
+    type = "model_writer"
+    capabilities = ("write",)
+
+    async def start(self) -> None:
+        from mas.agents import Model
+
+        self.model = Model(self.ctx.runtime.settings)
+
+    async def stop(self) -> None:
+        await self.model.aclose()
+
+    async def handle_message(self, message: Message) -> HandlerResult:
+        prompt = [{"role": "user", "content": f"a line about {message.payload['topic']}"}]
+        answer = await self.model.complete(self.ctx, prompt)
+        return message.reply({"line": answer.content.upper()})
