@@ -188,7 +188,8 @@ class Drafter(Agent):
 
 
 class Writer(Agent):
-    """Makes `payload.calls` model calls one after another (capability `write`)."""
+    """Waits `payload.pause` seconds (its I/O), then makes `payload.calls` model calls one
+    after another (capability `write`)."""
 
     type = "writer"
     capabilities = ("write",)
@@ -202,6 +203,7 @@ class Writer(Agent):
         await self.model.aclose()
 
     async def handle_message(self, message: Message) -> HandlerResult:
+        await asyncio.sleep(float(message.payload.get("pause", 0)))
         for n in range(int(message.payload["calls"])):
             prompt = [{"role": "user", "content": f"part {n}"}]
             await self.model.complete(self.ctx, prompt, step=f"part-{n}")
