@@ -239,6 +239,12 @@ class LLMSettings(BaseModel):
         description="answers asked for until one is a valid plan (each retry shows the model "
         "why its plan was refused)",
     )
+    replans: int = Field(
+        1,
+        ge=0,
+        le=5,
+        description="new plans the LLM planner may make when a step of its plan fails",
+    )
     prompt_price: float = Field(
         0.0, ge=0, description="what a million prompt tokens cost (any currency): for `cost`"
     )

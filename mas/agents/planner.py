@@ -212,7 +212,9 @@ use an earlier step's answer in its input: "$<step id>" (the whole answer), "$<s
 (one field), or "${{<step id>.<key>}}" inside a text; it must then list that step in \
 depends_on. Independent steps run in parallel. Answer with one JSON object and nothing else, \
 matching this JSON schema:
-{schema}"""
+{schema}
+If the goal holds "previous_attempt", a step of an earlier plan failed (it says which and \
+why, and what the steps before it answered): make a plan that does not fail that way."""
 
 
 def _planning_prompt(goal: dict[str, Any], capabilities: list[str]) -> list[dict[str, str]]:
@@ -304,8 +306,11 @@ class PlannerAgent(Agent):
     `{"plan": ..., "steps": {id: answer}, "result": <the last step's answer>}`.
 
     A step that fails (no agent offers its capability in time, its handler failed every
-    attempt, it timed out) ends the task failed, naming the step; the steps that answered
-    before are kept in the record and are not asked again if the task is retried.
+    attempt, it timed out) makes a model planner plan again, up to `MAS_LLM__REPLANS` times:
+    the goal goes back with `previous_attempt` (the plan, the failed step and why, the
+    answers so far), and the new plan runs. Past that, or with the rule planner (which would
+    plan the same again), the task fails, naming the step. Every plan and answer is in the
+    record: a retried task plans and asks nothing twice.
     """
 
     type = "planner"
@@ -317,30 +322,40 @@ class PlannerAgent(Agent):
     async def handle_message(self, message: Message) -> HandlerResult:
         ctx = self.ctx
         goal = dict(message.payload)
-        try:
-            planned: dict[str, Any] = await ctx.step(
-                "plan", _planned, self._planner(goal), goal, ctx
-            )
-        except (PlanError, ModelRefused) as exc:
-            # An answer that will not change: the task fails. A model server that stayed
-            # busy or down (`ModelUnavailable`) fails the handler, which is retried later.
-            return _failed(message, exc, None)
-        plan = Plan.model_validate(planned["plan"])
-        answers: dict[str, dict[str, Any]] = {}
-        for wave in plan.waves():
+        planner = self._planner(goal)
+        replans = self.ctx.runtime.settings.llm.replans if isinstance(planner, LLMPlanner) else 0
+        usage = Usage()
+        asking = goal
+        for attempt in range(replans + 1):
             try:
-                replies = await self.ask_wave(wave, answers)
+                name = "plan" if attempt == 0 else f"replan-{attempt}"
+                planned: dict[str, Any] = await ctx.step(name, _planned, planner, asking, ctx)
+            except (PlanError, ModelRefused) as exc:
+                # An answer that will not change: the task fails. A model server that stayed
+                # busy or down (`ModelUnavailable`) fails the handler, retried later.
+                return _failed(message, exc, None)
+            usage += Usage.from_dict(planned["usage"])
+            plan = Plan.model_validate(planned["plan"])
+            answers: dict[str, dict[str, Any]] = {}
+            try:
+                for wave in plan.waves():
+                    replies = await self.ask_wave(wave, answers)
+                    for step, reply in zip(wave, replies, strict=True):
+                        answers[step.id] = dict(reply.payload)
             except _StepFailed as failed:
-                return _failed(message, failed.error, failed.step)
-            for step, reply in zip(wave, replies, strict=True):
-                answers[step.id] = dict(reply.payload)
-        outcome = {
-            "plan": plan.model_dump(mode="json"),
-            "steps": answers,
-            "result": answers[plan.steps[-1].id],
-            "usage": planned["usage"],
-        }
-        return message.reply(outcome)
+                if attempt == replans:
+                    return _failed(message, failed.error, failed.step)
+                asking = {**goal, "previous_attempt": _attempt(plan, failed, answers)}
+                continue
+            outcome = {
+                "plan": plan.model_dump(mode="json"),
+                "steps": answers,
+                "result": answers[plan.steps[-1].id],
+                "usage": usage.to_dict() if usage.calls else planned["usage"],
+                "replans": attempt,
+            }
+            return message.reply(outcome)
+        raise AssertionError("unreachable: the last attempt returns")
 
     def _planner(self, goal: dict[str, Any]) -> Planner:
         chosen = type(self).planner
@@ -381,6 +396,16 @@ async def _planned(planner: Planner, goal: dict[str, Any], ctx: AgentContext) ->
     if planned.usage.get("calls"):
         await spend(ctx, Usage.from_dict(planned.usage))
     return {"plan": planned.plan.model_dump(mode="json"), "usage": planned.usage}
+
+
+def _attempt(plan: Plan, failed: _StepFailed, answers: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """What the model is told of a plan that failed: the plan, the step, why, the answers."""
+    return {
+        "plan": plan.model_dump(mode="json"),
+        "failed_step": failed.step,
+        "error": f"{type(failed.error).__name__}: {failed.error}",
+        "answers": answers,
+    }
 
 
 class _StepFailed(Exception):

@@ -143,3 +143,27 @@ async def test_a_server_too_slow_every_time_is_unavailable_after_the_attempts(
     finally:
         await client.aclose()
     assert model.calls == 2
+
+
+async def test_a_failed_step_makes_the_model_plan_again_knowing_why(model: ModelServer) -> None:
+    failing = {"steps": [{"id": "a", "capability": "calc", "input": {"expression": "1 / 0"}}]}
+    fixed = {"steps": [{"id": "a2", "capability": "calc", "input": {"expression": "6 * 7"}}]}
+    model.script = [failing, fixed]
+    result = await run_goal(model)
+    assert result.status == "succeeded", result
+    assert result.result["result"] == {"expression": "6 * 7", "value": 42}
+    assert result.result["replans"] == 1
+    assert result.result["usage"]["calls"] == 2
+    told = json.loads(model.requests[1]["messages"][-1]["content"])
+    assert told["goal"] == "the answer, plus one"
+    assert told["previous_attempt"]["failed_step"] == "a"
+    assert "divides by zero" in told["previous_attempt"]["error"]
+
+
+async def test_past_its_replans_a_failed_step_fails_the_task_naming_it(model: ModelServer) -> None:
+    failing = {"steps": [{"id": "a", "capability": "calc", "input": {"expression": "1 / 0"}}]}
+    model.script = [failing]
+    result = await run_goal(model, replans=1)
+    assert result.status == "failed"
+    assert result.error is not None and result.error.message.startswith("step a: ")
+    assert model.calls == 2  # the plan, and one new plan
