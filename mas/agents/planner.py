@@ -329,7 +329,9 @@ class PlannerAgent(Agent):
         for attempt in range(replans + 1):
             try:
                 name = "plan" if attempt == 0 else f"replan-{attempt}"
-                planned: dict[str, Any] = await ctx.step(name, _planned, planner, asking, ctx)
+                planned: dict[str, Any] = await ctx.step(
+                    name, _planned, planner, asking, ctx, self.capabilities
+                )
             except (PlanError, ModelRefused) as exc:
                 # An answer that will not change: the task fails. A model server that stayed
                 # busy or down (`ModelUnavailable`) fails the handler, retried later.
@@ -387,12 +389,16 @@ class PlannerAgent(Agent):
         return await ctx.gather(*asks)
 
 
-async def _planned(planner: Planner, goal: dict[str, Any], ctx: AgentContext) -> dict[str, Any]:
+async def _planned(
+    planner: Planner, goal: dict[str, Any], ctx: AgentContext, own: tuple[str, ...]
+) -> dict[str, Any]:
     """The plan and its cost as JSON (what the workflow records), the model calls it took
-    counted against the task's budget."""
+    counted against the task's budget; `own`: the planner's capabilities, not offered."""
     if isinstance(planner, LLMPlanner):
         await spend(ctx, None)  # nothing left of the task's budget: no call
-    planned = await planner.plan(goal, await ctx.runtime.capabilities())
+    # Not the planner's own: a plan step asking a planner would plan within a plan.
+    offered = [name for name in await ctx.runtime.capabilities() if name not in own]
+    planned = await planner.plan(goal, offered)
     if planned.usage.get("calls"):
         await spend(ctx, Usage.from_dict(planned.usage))
     return {"plan": planned.plan.model_dump(mode="json"), "usage": planned.usage}

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import anyio
 import pytest
+
+from tests.unit.agents.model_server import ModelServer, model
+
+__all__ = ["model"]
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -26,6 +33,7 @@ def run(name: str) -> str:
 def test_every_example_has_a_test() -> None:
     assert sorted(p.name for p in EXAMPLES.glob("*.py")) == [
         "approval.py",
+        "llm_planner.py",
         "planner.py",
         "quickstart.py",
         "supervision.py",
@@ -71,3 +79,46 @@ def test_planner_example_runs_a_brief_and_a_chained_plan() -> None:
         'calc2: {"expression": "24 * 60", "value": 1440}',
         'chained result: {"expression": "730 * 1440", "value": 1051200}',
     ]
+
+
+LLM_PLAN = {
+    "steps": [
+        {"id": "minutes", "capability": "calc", "input": {"expression": "2 * 365 * 24 * 60"}},
+        {
+            "id": "verse",
+            "capability": "write",
+            "input": {"number": "${minutes.value}"},
+            "depends_on": ["minutes"],
+        },
+    ]
+}
+
+
+@pytest.mark.anyio
+async def test_llm_planner_example_runs_the_models_plan(model: ModelServer) -> None:
+    model.script = [json.dumps(LLM_PLAN), "A million minutes, and then some more."]
+    env = {**os.environ, "MAS_LLM__BASE_URL": model.url, "MAS_LLM__MODEL": "test-model"}
+    done = await anyio.run_process(
+        [sys.executable, str(EXAMPLES / "llm_planner.py")], env=env, check=False
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout.decode().splitlines() == [
+        "plan: minutes (calc), verse (write)",
+        'minutes: {"expression": "2 * 365 * 24 * 60", "value": 1051200}',
+        'verse: {"line": "A million minutes, and then some more."}',
+        "planning: 1 model call(s), 15 tokens",
+    ]
+    assert "calc, summarize, write" in model.requests[0]["messages"][0]["content"]
+    assert json.loads(model.requests[1]["messages"][0]["content"].split(": ", 1)[1]) == {
+        "number": "1051200"
+    }
+
+
+def test_llm_planner_example_says_what_to_set_without_a_model() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAS_LLM__")}
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "llm_planner.py")],
+        capture_output=True, text=True, timeout=60, env=env, check=False,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "MAS_LLM__BASE_URL" in done.stderr
