@@ -353,6 +353,12 @@ class StepOut(BaseModel):
     handler: str = Field(description="whose handling: the task's target, or a subscriber")
     agent_id: str = Field(description="the agent that ran it")
     finished_at: datetime = Field(description="when it finished (a wait: when it began)")
+    result: Any = Field(
+        None,
+        description="what it gave: a step's result (a planner's plan, a model's answer), an "
+        "ask's answer (its reply's payload), a wait's end; null for a send",
+    )
+    result_omitted: bool = Field(False, description="the result was too large to show here")
 
 
 class TaskTreeOut(BaseModel):

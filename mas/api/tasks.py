@@ -9,6 +9,7 @@ mas errors, never HTTP exceptions: `mas.api.problems` maps them to statuses in o
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncGenerator, Coroutine, Sequence
 from dataclasses import dataclass
@@ -255,7 +256,7 @@ class TaskService:
             UnknownTask: no such task, or another caller's.
         """
         task = await self.get(task_id, caller)
-        steps = await self._store.task_steps(task_id)
+        steps = [_shown_step(step) for step in await self._store.task_steps(task_id)]
         children = await self._store.list_tasks(parent_id=task_id, limit=_TREE_CHILDREN)
         return task, steps, list(reversed(children))
 
@@ -679,6 +680,22 @@ async def _outcome(write: Coroutine[Any, Any, T]) -> tuple[T | None, Exception |
         return await write, None
     except Exception as exc:
         return None, exc
+
+
+STEP_RESULT_LIMIT = 16_384
+"""Characters of JSON a step's result may have in a task's tree (more is left out)."""
+
+
+def _shown_step(step: dict[str, Any]) -> dict[str, Any]:
+    """A recorded step as the tree shows it: an ask's answer (its reply's payload) or a
+    step's result, left out past `STEP_RESULT_LIMIT` (a send has none)."""
+    result = step.get("result")
+    if step["kind"] == "ask" and isinstance(result, dict):
+        result = result.get("payload")
+    elif step["kind"] == "send":
+        result = None
+    omitted = result is not None and len(json.dumps(result, default=str)) > STEP_RESULT_LIMIT
+    return {**step, "result": None if omitted else result, "result_omitted": omitted}
 
 
 def _budget(message: Message) -> Budget | None:

@@ -789,6 +789,7 @@ class Store:
                 workflow_steps.c.handler,
                 workflow_steps.c.agent_id,
                 workflow_steps.c.finished_at,
+                workflow_steps.c.result,
             )
             .where(workflow_steps.c.message_id == task_id)
             .order_by(workflow_steps.c.handler, workflow_steps.c.seq)

@@ -107,11 +107,11 @@ async def test_a_workflows_asks_and_sends_are_child_tasks_in_its_tree(
     tree = (await client.get(f"/tasks/{task['id']}/tree", headers=auth())).json()
 
     assert tree["task"]["id"] == task["id"]
-    assert [(s["seq"], s["name"], s["kind"]) for s in tree["steps"]] == [
-        (0, "split", "step"),
-        (1, "type:echo", "ask"),
-        (2, "type:echo", "ask"),
-        (3, "agent:recorder", "send"),
+    assert [(s["seq"], s["name"], s["kind"], s["result"]) for s in tree["steps"]] == [
+        (0, "split", "step", ["a", "b"]),  # what the step returned
+        (1, "type:echo", "ask", {"t": "a"}),  # what the asked agent answered
+        (2, "type:echo", "ask", {"t": "b"}),
+        (3, "agent:recorder", "send", None),
     ]
     children = tree["children"]
     assert len(children) == 3
