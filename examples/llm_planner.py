@@ -19,24 +19,18 @@ import sys
 
 import anyio
 
-from mas import Agent, HandlerResult, MasError, Message, Runtime, Settings
-from mas.agents import CalcAgent, Model, PlannerAgent, SummarizeAgent
+from mas import HandlerResult, MasError, Message, Runtime, Settings
+from mas.agents import CalcAgent, ModelAgent, PlannerAgent, SummarizeAgent
 from mas.observability import configure_logging
 
 GOAL = "How many minutes are there in two years? Then write one line of verse about that number."
 
 
-class Poet(Agent):
-    """Offers `write`: a line of verse about `payload.topic`, by the model."""
+class Poet(ModelAgent):
+    """Offers `write`: a line of verse about what it is given, by the model (`self.model`)."""
 
     type = "poet"
     capabilities = ("write",)
-
-    async def start(self) -> None:
-        self.model = Model(self.ctx.runtime.settings)
-
-    async def stop(self) -> None:
-        await self.model.aclose()
 
     async def handle_message(self, message: Message) -> HandlerResult:
         topic = json.dumps(message.payload, ensure_ascii=False)

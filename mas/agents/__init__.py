@@ -6,7 +6,7 @@ as `agents` would clash with other distributions that use it (OpenAI's Agents SD
 
 from mas.agents.calc import CalcAgent
 from mas.agents.echo import EchoAgent
-from mas.agents.llm import Completion, Model, ModelRefused, ModelUnavailable, Usage
+from mas.agents.llm import Completion, Model, ModelAgent, ModelRefused, ModelUnavailable, Usage
 from mas.agents.planner import PlannerAgent, RulePlanner
 from mas.agents.summarize import SummarizeAgent
 
@@ -16,6 +16,7 @@ __all__ = [
     "Completion",
     "EchoAgent",
     "Model",
+    "ModelAgent",
     "ModelRefused",
     "ModelUnavailable",
     "PlannerAgent",

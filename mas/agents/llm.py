@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from mas.actors.agent import Agent
 from mas.actors.backoff import backoff_delay
 from mas.actors.budgets import budget_of
 from mas.agents.rate_limits import limits_for
@@ -31,6 +32,7 @@ __all__ = [
     "ChatClient",
     "Completion",
     "Model",
+    "ModelAgent",
     "ModelRefused",
     "ModelUnavailable",
     "Usage",
@@ -196,7 +198,7 @@ class Model:
     is retried by the client, then raises `ModelUnavailable` (the handler is retried later,
     the agent not restarted); a refusal raises `ModelRefused` (dead-lettered at once).
 
-    One per agent: make it in `start()` and `aclose()` it in `stop()`.
+    One per agent: make it in `start()` and `aclose()` it in `stop()` (`ModelAgent` does).
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -237,6 +239,20 @@ class Model:
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
+
+
+class ModelAgent(Agent):
+    """An agent that calls the model `MAS_LLM__*` names: `self.model`, a `Model` made when
+    the agent starts and closed when it stops (a subclass that overrides `start` or `stop`
+    calls this class's too)."""
+
+    model: Model
+
+    async def start(self) -> None:
+        self.model = Model(self.ctx.runtime.settings)
+
+    async def stop(self) -> None:
+        await self.model.aclose()
 
 
 async def spend(ctx: AgentContext, usage: Usage | None) -> None:

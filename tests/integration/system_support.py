@@ -52,8 +52,8 @@ EFFECT_ECHO = "tests.integration.work_agents:EffectEcho"
 FAN_OUT = "tests.integration.work_agents:FanOut"
 LONG_ASK = "tests.integration.work_agents:LongAsk"
 FRAGILE = "tests.integration.work_agents:Fragile"
-DRAFTER = "tests.integration.work_agents:Drafter"
-WRITER = "tests.integration.work_agents:Writer"
+DRAFTER = "tests.model_agents:Drafter"
+WRITER = "tests.model_agents:Writer"
 
 
 class System:

@@ -10,9 +10,9 @@ from typing import Any, ClassVar
 import pytest
 from aiohttp import web
 
-from mas import Agent, HandlerResult, Message
+from mas import HandlerResult, Message
 from mas.actors.clock import LoopClock
-from mas.agents.llm import Model
+from mas.agents import ModelAgent
 from mas.config import RetrySettings, Settings
 from mas.testing import TestRuntime
 from tests.unit.agents.model_server import ModelServer, model
@@ -22,7 +22,7 @@ __all__ = ["model"]
 pytestmark = pytest.mark.anyio
 
 
-class Drafter(Agent):
+class Drafter(ModelAgent):
     """Drafts a text with the model; crashes once after the answer when told to."""
 
     type = "drafter"
@@ -31,10 +31,7 @@ class Drafter(Agent):
 
     async def start(self) -> None:
         type(self).starts += 1
-        self.model = Model(self.ctx.runtime.settings)
-
-    async def stop(self) -> None:
-        await self.model.aclose()
+        await super().start()
 
     async def handle_message(self, message: Message) -> HandlerResult:
         prompt = [{"role": "user", "content": message.payload["topic"]}]

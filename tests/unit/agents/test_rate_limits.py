@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from mas import Agent, HandlerResult, Message
-from mas.agents.llm import ChatClient, Model
+from mas import Message
+from mas.agents.llm import ChatClient
 from mas.agents.rate_limits import limits_for
 from mas.config import AmqpSettings, Settings
 from mas.testing import TestRuntime
+from tests.model_agents import Drafter
 from tests.redis_support import REDIS_URL, delete_keys, reachable_redis
 from tests.unit.agents.model_server import ModelServer, model
 
@@ -38,20 +39,6 @@ def most_in_a_window(times: list[float], window: float) -> int:
 
 def _settings(model: ModelServer, **llm: Any) -> Settings:
     return Settings(llm=model.settings(timeout=20.0, **llm))
-
-
-class Drafter(Agent):
-    type = "drafter"
-
-    async def start(self) -> None:
-        self.model = Model(self.ctx.runtime.settings)
-
-    async def stop(self) -> None:
-        await self.model.aclose()
-
-    async def handle_message(self, message: Message) -> HandlerResult:
-        answer = await self.model.complete(self.ctx, PROMPT)
-        return message.reply({"draft": answer.content})
 
 
 async def test_agents_of_one_process_share_the_models_request_limit(model: ModelServer) -> None:

@@ -13,37 +13,15 @@ from typing import Any
 import httpx
 import pytest
 
-from mas import Agent, HandlerResult, Message, TaskResult
-from mas.agents import Model, PlannerAgent
+from mas.agents import PlannerAgent
 from mas.api.app import create_app
+from tests.model_agents import Writer
 from tests.unit.agents.model_server import ModelServer, model
 from tests.unit.api.conftest import auth, make_settings, serving
 
 __all__ = ["model"]
 
 pytestmark = pytest.mark.anyio
-
-
-class Writer(Agent):
-    """Makes `payload.calls` model calls, one after another (each a durable step)."""
-
-    type = "writer"
-    capabilities = ("write",)
-
-    async def start(self) -> None:
-        self.model = Model(self.ctx.runtime.settings)
-
-    async def stop(self) -> None:
-        await self.model.aclose()
-
-    async def handle_message(self, message: Message) -> HandlerResult:
-        for n in range(int(message.payload["calls"])):
-            prompt = [{"role": "user", "content": f"part {n}"}]
-            await self.model.complete(self.ctx, prompt, step=f"part-{n}")
-        answer = {"parts": message.payload["calls"]}
-        if message.task_id is not None:
-            return TaskResult.succeeded(message.task_id, answer)
-        return message.reply(answer)
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from mas import Agent, HandlerResult, Message
+from mas.agents import ModelAgent
 
 
 class Summarizer(Agent):
@@ -38,20 +39,12 @@ class Archive(Agent):
         return None
 
 
-class ModelWriter(Agent):
+class ModelWriter(ModelAgent):
     """Offers `write`: asks the model (`MAS_LLM__*`) for a line about `payload.topic`, a
     durable model call."""
 
     type = "model_writer"
     capabilities = ("write",)
-
-    async def start(self) -> None:
-        from mas.agents import Model
-
-        self.model = Model(self.ctx.runtime.settings)
-
-    async def stop(self) -> None:
-        await self.model.aclose()
 
     async def handle_message(self, message: Message) -> HandlerResult:
         prompt = [{"role": "user", "content": f"a line about {message.payload['topic']}"}]
