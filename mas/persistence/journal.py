@@ -325,6 +325,19 @@ class TaskEnd:
     spent: tuple[int, float] | None = None
     """What its model calls spent (tokens, cost), when that is how it ended."""
 
+    @classmethod
+    def of(cls, task: TaskRecord) -> TaskEnd:
+        """The end of `task` as the store has it (ended outside this journal's commits)."""
+        started = {
+            "started_at": task.started_at,
+            "target": task.target,
+            "trace_id": task.trace_id,
+        }
+        spent = (task.spent_tokens, task.spent_cost)
+        return cls(
+            task.status, task.result, task.error, task.attempts, task.finished_at, started, spent
+        )
+
     def applied_to(self, task: TaskRecord) -> TaskRecord:
         """`task` (as read or created earlier) updated as the store updated it.
 
@@ -485,17 +498,7 @@ class StoreJournal:
             if task is None or not task.done:
                 continue
             del self._watches[task_id]
-            watch.resolve(
-                TaskEnd(
-                    task.status,
-                    task.result,
-                    task.error,
-                    task.attempts,
-                    task.finished_at,
-                    watch.started,
-                    (task.spent_tokens, task.spent_cost),
-                )
-            )
+            watch.resolve(TaskEnd.of(task))
 
     async def cancel_cancelled(self, node: JournalNode) -> int:
         """Cancel this node's handlers of tasks that were cancelled (by any gateway);
@@ -734,21 +737,7 @@ class StoreJournal:
             listener(task.id, task.status)
         watch = self._watches.pop(task.id, None)
         if watch is not None:
-            started = {
-                "started_at": task.started_at,
-                "target": task.target,
-                "trace_id": task.trace_id,
-            }
-            watch.resolve(
-                TaskEnd(
-                    task.status,
-                    task.result,
-                    task.error,
-                    task.attempts,
-                    task.finished_at,
-                    started,
-                )
-            )
+            watch.resolve(TaskEnd.of(task))
 
     def _committed(self, batch: Batch) -> None:
         if batch.outbox:
