@@ -309,9 +309,7 @@ class AgentContext:
                     return recorded
             return answer.result()
         finally:
-            if not answer.done():
-                answer.cancel()
-                await asyncio.wait([answer])
+            await _settled(answer)
 
     def step(
         self, name: str, fn: Callable[..., Awaitable[T] | T], /, *args: Any, **kwargs: Any
@@ -536,9 +534,18 @@ async def _reply_or_park(answering: Awaitable[Message], park_after: float, wait:
             raise Parked([wait])
         return ask.result()
     finally:
-        if not ask.done():
-            ask.cancel()
-            await asyncio.wait([ask])
+        await _settled(ask)
+
+
+async def _settled(task: asyncio.Future[Message]) -> None:
+    """`task` over with, whatever ends its waiter: cancelled (and awaited) if it still runs;
+    if it ended as the wait was cut short (its handler cancelled as the answer came), its
+    error is taken, so that it is not reported as an error nobody retrieved."""
+    if not task.done():
+        task.cancel()
+        await asyncio.wait([task])
+    elif not task.cancelled():
+        task.exception()
 
 
 async def _awaited(step: Awaitable[T], waits: list[Wait]) -> T | None:

@@ -9,6 +9,8 @@ The same across processes with a database: tests/unit/persistence/test_workflow_
 
 from __future__ import annotations
 
+import asyncio
+import gc
 from collections import Counter
 from typing import Any, ClassVar
 
@@ -18,9 +20,12 @@ from mas import (
     Agent,
     HandlerError,
     Message,
+    Rejected,
     StepResultNotJSON,
     WorkflowDiverged,
 )
+from mas.actors.agent import _reply_or_park
+from mas.actors.workflow import Wait
 from mas.messages import derived_id
 from mas.testing import eventually
 from tests.unit.actors.conftest import MakeRuntime
@@ -349,3 +354,27 @@ async def test_a_rerun_takes_an_answer_it_asks_again_for_from_the_record() -> No
         await rt.spawn(Asker, id="asker")
         reply = await rt.ask("agent:asker", request, timeout=10)
     assert reply.payload == {"answer": 42}
+
+
+async def test_an_answer_that_comes_as_its_handler_is_cancelled_is_not_left_unretrieved() -> None:
+    """A handler cancelled (its task ended) in the very turn its ask's error answer came:
+    the answer's task ended with an error nobody would have taken, which asyncio reports
+    (and the test runner turns into a failure) once it is collected."""
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: reported.append(context))
+    try:
+        answer: asyncio.Future[Message] = loop.create_future()
+        waiting = asyncio.ensure_future(_reply_or_park(answer, 30.0, Wait(0.0)))
+        await asyncio.sleep(0)  # it waits for the answer
+        answer.set_exception(Rejected("over budget"))
+        waiting.cancel()  # in the same turn
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        del answer, waiting
+        gc.collect()
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(previous)
+    assert [c.get("message") for c in reported] == []
