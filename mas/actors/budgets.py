@@ -30,6 +30,11 @@ class Budget:
     tokens: int | None = None
     cost: float | None = None
 
+    @property
+    def limited(self) -> bool:
+        """Whether it limits anything (with no limit, spending is only counted)."""
+        return self.tokens is not None or self.cost is not None
+
     def crossed(self, tokens: int, cost: float, *, asking: bool) -> bool:
         """Whether `tokens` and `cost` spent are past this budget; `asking` (before a call):
         whether nothing is left of it."""

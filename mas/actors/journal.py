@@ -164,6 +164,12 @@ class Journal(Protocol):
         Raises a `MasError` when the record cannot be written now.
         """
 
+    async def spent(self, task_id: str) -> tuple[int, float]:
+        """What the task's model calls, and its children's, spent (tokens, cost) so far.
+
+        Raises a `MasError` when the record cannot be read now.
+        """
+
     async def live_capabilities(self) -> dict[str, tuple[str, ...]]:
         """The agent types running anywhere in the cluster, each with its capabilities.
 

@@ -256,9 +256,9 @@ class ModelAgent(Agent):
 
 
 async def spend(ctx: AgentContext, usage: Usage | None) -> None:
-    """Count `usage` against the budget of the task being handled, if it has one (None:
-    before a call, check that something is left). Needs the runtime's journal (persistence);
-    without one, budgets are not kept.
+    """Count `usage` for the task being handled (the gateway's tasks count what they spend),
+    against its budget if it has one (None: before a call, check that something is left).
+    Needs the runtime's journal (persistence); without one, nothing is counted.
 
     Raises:
         BudgetExceeded: the task is past its budget (it has ended `budget_exceeded`).
@@ -270,6 +270,8 @@ async def spend(ctx: AgentContext, usage: Usage | None) -> None:
         return
     task_id, budget = found
     if usage is None:
+        if not budget.limited:
+            return  # nothing to check: spending is only counted
         spent = await journal.charge(task_id, budget, 0, 0.0)
     else:
         tokens = usage.prompt_tokens + usage.completion_tokens

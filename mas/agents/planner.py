@@ -22,6 +22,7 @@ from typing import Any, ClassVar, Protocol
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mas.actors.agent import Agent, AgentContext, HandlerResult
+from mas.actors.budgets import budget_of
 from mas.agents.llm import ChatClient, ModelRefused, Usage, spend
 from mas.agents.rate_limits import limits_for
 from mas.config import Settings
@@ -303,7 +304,9 @@ def _first_error(exc: ValidationError) -> str:
 
 class PlannerAgent(Agent):
     """Plans a goal and runs the plan (see the module): answers, or completes its task with,
-    `{"plan": ..., "steps": {id: answer}, "result": <the last step's answer>}`.
+    `{"plan": ..., "steps": {id: answer}, "result": <the last step's answer>, "usage": <the
+    planning's model calls>, "replans": n, "spent": <what the task's model calls spent in
+    all, its steps' included>}` (`spent` for a task made by the gateway).
 
     A step that fails (no agent offers its capability in time, its handler failed every
     attempt, it timed out) makes a model planner plan again, up to `MAS_LLM__REPLANS` times:
@@ -356,6 +359,9 @@ class PlannerAgent(Agent):
                 "usage": usage.to_dict() if usage.calls else planned["usage"],
                 "replans": attempt,
             }
+            spent = await _spent(ctx)
+            if spent is not None:
+                outcome["spent"] = spent
             return message.reply(outcome)
         raise AssertionError("unreachable: the last attempt returns")
 
@@ -402,6 +408,17 @@ async def _planned(
     if planned.usage.get("calls"):
         await spend(ctx, Usage.from_dict(planned.usage))
     return {"plan": planned.plan.model_dump(mode="json"), "usage": planned.usage}
+
+
+async def _spent(ctx: AgentContext) -> dict[str, Any] | None:
+    """What the task's model calls spent, its steps' and planning's (None: not counted, as
+    without a journal or outside a task the gateway made)."""
+    found = budget_of(ctx.message)
+    journal = ctx.runtime.journal
+    if found is None or journal is None:
+        return None
+    tokens, cost = await journal.spent(found[0])
+    return {"tokens": tokens, "cost": cost}
 
 
 def _attempt(plan: Plan, failed: _StepFailed, answers: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -151,8 +151,9 @@ class TaskService:
         metadata = {**metadata, "task_id": task_id, CREATED_BY_KEY: caller.subject}
         if spec.deadline is not None:
             metadata[DEADLINE_KEY] = time.time() + spec.deadline
-        if spec.budget is not None:
-            metadata[BUDGET_KEY] = Budget(spec.budget.tokens, spec.budget.cost).metadata(task_id)
+        # Every task counts what its model calls spend (`spent`); a budget also limits it.
+        limits = Budget() if spec.budget is None else Budget(spec.budget.tokens, spec.budget.cost)
+        metadata[BUDGET_KEY] = limits.metadata(task_id)
         message = Message(
             spec.message_type,
             spec.payload,

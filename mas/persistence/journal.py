@@ -484,6 +484,15 @@ class StoreJournal:
                 listener(ended_id, "budget_exceeded")
         return spent
 
+    async def spent(self, task_id: str) -> tuple[int, float]:
+        """See `Journal.spent` (an unknown task spent nothing).
+
+        Raises:
+            StoreUnavailable: the database cannot be reached.
+        """
+        task = await self.store.get_task(task_id)
+        return (0, 0.0) if task is None else (task.spent_tokens, task.spent_cost)
+
     async def _resolve_watches(self, ended: list[str]) -> None:
         """Answer the requests waiting for these tasks, which ended outside a commit of
         this journal (a failed read leaves them to find the end by reading later)."""

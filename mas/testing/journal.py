@@ -32,7 +32,7 @@ class MemoryJournal:
         """Child tasks' parents, by child task id."""
         self.parked_messages: dict[str, tuple[Message, list[Wait]]] = {}
         """Messages whose handler parked, with what it waits for (nothing wakes them)."""
-        self.spent: dict[str, tuple[int, float]] = {}
+        self.spent_by_task: dict[str, tuple[int, float]] = {}
         """What each task with a budget spent on model calls (tokens, cost)."""
 
     async def open(self, node: JournalNode) -> None:
@@ -117,14 +117,17 @@ class MemoryJournal:
         self.agents[agent_id] = "stopped"
 
     async def charge(self, task_id: str, budget: Budget, tokens: int, cost: float) -> Spent:
-        spent_tokens, spent_cost = self.spent.get(task_id, (0, 0.0))
+        spent_tokens, spent_cost = self.spent_by_task.get(task_id, (0, 0.0))
         spent_tokens, spent_cost = spent_tokens + tokens, spent_cost + cost
-        self.spent[task_id] = (spent_tokens, spent_cost)
+        self.spent_by_task[task_id] = (spent_tokens, spent_cost)
         asking = tokens == 0 and cost == 0
         exceeded = budget.crossed(spent_tokens, spent_cost, asking=asking)
         if exceeded:
             self.tasks[task_id] = "budget_exceeded"
         return Spent(spent_tokens, spent_cost, exceeded)
+
+    async def spent(self, task_id: str) -> tuple[int, float]:
+        return self.spent_by_task.get(task_id, (0, 0.0))
 
     async def live_capabilities(self) -> dict[str, tuple[str, ...]]:
         return {}  # one process: the runtime knows its own agents

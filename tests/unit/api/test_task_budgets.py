@@ -93,3 +93,18 @@ async def test_a_budget_names_a_positive_limit(client: httpx.AsyncClient) -> Non
             headers=auth(),
         )  # fmt: skip
         assert refused.status_code == 422, (budget, refused.text)
+
+
+async def test_a_plan_without_a_budget_reports_what_its_steps_spent(
+    client: httpx.AsyncClient, model: ModelServer
+) -> None:
+    steps = [
+        {"id": "a", "capability": "write", "input": {"calls": 2}},
+        {"id": "b", "capability": "write", "input": {"calls": 1}, "depends_on": ["a"]},
+    ]
+    task = await _run(client, {"type": "planner", "payload": {"steps": steps}})
+    assert task["status"] == "succeeded", task
+    assert task["result"]["spent"] == {"tokens": 45, "cost": pytest.approx(0.06)}
+    read = (await client.get(f"/tasks/{task['id']}", headers=auth())).json()
+    assert read["budget"] is None and read["spent"]["tokens"] == 45
+    assert model.calls == 3
