@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from mas.actors.agent import Agent, AgentContext, HandlerResult
 from mas.actors.budgets import budget_of
-from mas.agents.llm import ChatClient, ModelRefused, Usage, spend
+from mas.agents.llm import ChatClient, Usage, spend
 from mas.agents.rate_limits import limits_for
 from mas.config import Settings
 from mas.errors import MasError, Rejected
@@ -330,15 +330,14 @@ class PlannerAgent(Agent):
         usage = Usage()
         asking = goal
         for attempt in range(replans + 1):
-            try:
-                name = "plan" if attempt == 0 else f"replan-{attempt}"
-                planned: dict[str, Any] = await ctx.step(
-                    name, _planned, planner, asking, ctx, self.capabilities
-                )
-            except (PlanError, ModelRefused) as exc:
-                # An answer that will not change: the task fails. A model server that stayed
-                # busy or down (`ModelUnavailable`) fails the handler, retried later.
-                return _failed(message, exc, None)
+            # No plan (`PlanError`: a goal no rule knows, a model whose plans never
+            # validate) or a refusal (`ModelRefused`) will not change: both are `Rejected`,
+            # so the message goes to dead letters at once, with the reason. A model server
+            # that stayed busy or down (`ModelUnavailable`) fails the handler, retried later.
+            name = "plan" if attempt == 0 else f"replan-{attempt}"
+            planned: dict[str, Any] = await ctx.step(
+                name, _planned, planner, asking, ctx, self.capabilities
+            )
             usage += Usage.from_dict(planned["usage"])
             plan = Plan.model_validate(planned["plan"])
             answers: dict[str, dict[str, Any]] = {}
@@ -446,10 +445,9 @@ async def _step_of(step: str, asking: Awaitable[Message]) -> Message:
         raise _StepFailed(step, exc) from exc
 
 
-def _failed(message: Message, error: MasError, step: str | None) -> HandlerResult:
-    """The task ends failed with `error` (naming the step); an ask gets the error reply."""
-    where = f"step {step}: " if step else ""
-    error_out = TaskError(type(error).__name__, f"{where}{error}")
+def _failed(message: Message, error: MasError, step: str) -> HandlerResult:
+    """The task ends failed with `error`, naming the step; an ask gets the error reply."""
+    error_out = TaskError(type(error).__name__, f"step {step}: {error}")
     if message.task_id is not None:
         return TaskResult.failed(message.task_id, error_out)
     raise error

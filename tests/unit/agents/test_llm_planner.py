@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import pytest
 from aiohttp import web
 
-from mas import Message, TaskResult
+from mas import DeadLetter, Message, TaskResult
 from mas.actors.clock import LoopClock
 from mas.agents.calc import CalcAgent
 from mas.agents.llm import ChatClient, ModelUnavailable
@@ -45,8 +45,12 @@ class CrashingPlanner(PlannerAgent):
 
 
 async def run_goal(
-    model: ModelServer, planner: type[PlannerAgent] = PlannerAgent, **llm: Any
+    model: ModelServer,
+    planner: type[PlannerAgent] = PlannerAgent,
+    letters: list[DeadLetter] | None = None,
+    **llm: Any,
 ) -> TaskResult:
+    """The task's end; `letters` gets the dead letters of the run."""
     results: list[TaskResult] = []
 
     async def record(result: TaskResult, message: Message) -> None:
@@ -63,6 +67,8 @@ async def run_goal(
         goal = Message("goal", {"goal": "the answer, plus one"}, metadata={"task_id": "t-1"})
         await rt.tell(f"type:{planner.type}", goal)
         await rt.settle()
+        if letters is not None:
+            letters.extend(rt.dead_letters.recent)
     [result] = results
     return result
 
@@ -112,13 +118,17 @@ async def test_a_recorded_plan_is_not_paid_for_twice_after_a_crash(model: ModelS
     assert model.calls == 1  # the re-run took the recorded plan
 
 
-async def test_a_plan_that_never_validates_fails_the_task_saying_why(model: ModelServer) -> None:
+async def test_a_plan_that_never_validates_is_a_dead_letter_at_once_saying_why(
+    model: ModelServer,
+) -> None:
     model.script = ['{"steps": []}']
-    result = await run_goal(model, plan_attempts=2)
+    letters: list[DeadLetter] = []
+    result = await run_goal(model, letters=letters, plan_attempts=2)
     assert result.status == "failed"
     assert result.error is not None and result.error.type == "PlanError"
     assert "no valid plan in 2 answers" in result.error.message
-    assert model.calls == 2
+    assert [(letter.reason, letter.attempts) for letter in letters] == [("rejected", 1)]
+    assert model.calls == 2  # not asked again: no retry of the handler
 
 
 async def test_a_refusal_fails_the_task_at_once_with_the_servers_reason(
