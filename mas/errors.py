@@ -56,9 +56,14 @@ class ServiceUnavailable(MasError):
     its supervisor's restart intensity).
     """
 
+    MAX_RETRY_AFTER = 3600.0
+    """The longest wait a service may ask for (seconds): a retry is never put off further."""
+
     def __init__(self, *args: object, retry_after: float | None = None) -> None:
         super().__init__(*args)
-        self.retry_after = retry_after
+        if retry_after is not None and not retry_after >= 0:  # negative, or NaN
+            retry_after = None
+        self.retry_after = None if retry_after is None else min(retry_after, self.MAX_RETRY_AFTER)
 
 
 class ConfigError(UsageError, ValueError):

@@ -398,3 +398,10 @@ async def test_task_result_completes_the_task_and_answers_the_asker(
         assert reply.payload["status"] == "succeeded"
         assert reply.payload["result"] == {"sum": 3}
     assert [r.task_id for r in completed] == ["t1"]
+
+
+def test_a_service_cannot_put_a_retry_off_for_ever() -> None:
+    asked = ServiceUnavailable("busy", retry_after=float("inf")).retry_after
+    assert asked == ServiceUnavailable.MAX_RETRY_AFTER  # an hour: the message still comes back
+    assert ServiceUnavailable("busy", retry_after=float("nan")).retry_after is None
+    assert ServiceUnavailable("busy", retry_after=-1.0).retry_after is None
