@@ -162,8 +162,8 @@ class IdempotencyKeyReused(UsageError, ValueError):
 
     def __init__(self, task_id: str) -> None:
         super().__init__(
-            f"the id {task_id!r} was used for a different request (message type, target or "
-            "payload differ): a retry must repeat the request, new work needs a new key"
+            f"the id {task_id!r} was used for a different request (message type, target, "
+            "payload or budget differ): a retry must repeat the request, new work needs a new key"
         )
         self.task_id = task_id
 

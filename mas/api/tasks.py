@@ -671,6 +671,9 @@ def _repeated(task: TaskRecord, spec: TaskIn, message: Message, subject: str) ->
         raise TaskIdTaken(task.id)
     if (task.type, task.target, task.payload) != (spec.message_type, message.target, spec.payload):
         raise IdempotencyKeyReused(task.id)
+    asked = _budget(message) or Budget()
+    if (task.budget_tokens, task.budget_cost) != (asked.tokens, asked.cost):
+        raise IdempotencyKeyReused(task.id)  # the same work under another budget
     return task
 
 

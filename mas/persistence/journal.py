@@ -364,11 +364,13 @@ class TaskEnd:
 class _TaskWatch:
     """Requests waiting for one task to end, and its start if this journal recorded it."""
 
-    __slots__ = ("futures", "started")
+    __slots__ = ("futures", "spent", "started")
 
     def __init__(self) -> None:
         self.futures: list[asyncio.Future[TaskEnd]] = []
         self.started: dict[str, Any] | None = None
+        self.spent: tuple[int, float] | None = None
+        """What its model calls had spent at this node's last charge of it."""
 
     def resolve(self, end: TaskEnd) -> None:
         for future in self.futures:
@@ -471,8 +473,16 @@ class StoreJournal:
         """
         charged = await self.store.charge(task_id, budget, tokens, cost)
         if charged is None:
+            # Perhaps created by this node and not committed yet (a local task goes to its
+            # agent before the group commit): commit, then count.
+            await self.flush()
+            charged = await self.store.charge(task_id, budget, tokens, cost)
+        if charged is None:
             return Spent(0, 0.0, exceeded=False)
         spent, ended = charged
+        watch = self._watches.get(task_id)
+        if watch is not None:  # a `?wait` answer shows what it spent
+            watch.spent = (spent.tokens, spent.cost)
         await self._resolve_watches(ended)
         for ended_id in ended:
             _log.info(
@@ -780,6 +790,7 @@ class StoreJournal:
                         row["attempts"],
                         row["finished_at"],
                         watch.started,
+                        watch.spent,
                     )
                 )
 

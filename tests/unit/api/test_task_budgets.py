@@ -105,6 +105,19 @@ async def test_a_plan_without_a_budget_reports_what_its_steps_spent(
     task = await _run(client, {"type": "planner", "payload": {"steps": steps}})
     assert task["status"] == "succeeded", task
     assert task["result"]["spent"] == {"tokens": 45, "cost": pytest.approx(0.06)}
+    assert task["spent"]["tokens"] == 45  # in the `?wait` answer too
     read = (await client.get(f"/tasks/{task['id']}", headers=auth())).json()
     assert read["budget"] is None and read["spent"]["tokens"] == 45
     assert model.calls == 3
+
+
+async def test_the_same_id_with_another_budget_is_another_request(
+    client: httpx.AsyncClient,
+) -> None:
+    body = {"id": "t-budget", "type": "writer", "payload": {"calls": 0}, "budget": {"tokens": 9}}
+    first = await client.post("/tasks/", json=body, headers=auth())
+    assert first.status_code == 202, first.text
+    again = await client.post("/tasks/", json=body, headers=auth())
+    assert again.status_code in (200, 202) and again.json()["id"] == "t-budget"
+    other = await client.post("/tasks/", json={**body, "budget": {"tokens": 99}}, headers=auth())
+    assert other.status_code == 422, other.text  # IdempotencyKeyReused
