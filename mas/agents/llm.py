@@ -164,7 +164,12 @@ class ChatClient:
                     completion = _completion(response, settings)
                     if limits is not None:
                         usage = completion.usage
-                        await limits.settle(reserved, usage.prompt_tokens + usage.completion_tokens)
+                        try:
+                            await limits.settle(
+                                reserved, usage.prompt_tokens + usage.completion_tokens
+                            )
+                        except ServiceUnavailable as exc:  # the answer is paid for: keep it
+                            _log.warning("rate_limit_not_settled", error=str(exc))
                     return completion
                 if limits is not None:
                     await limits.settle(reserved, 0)  # refused or failed: no tokens spent

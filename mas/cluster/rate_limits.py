@@ -28,7 +28,9 @@ local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 local gone = redis.call('ZRANGEBYSCORE', log, '-inf', now - window)
 if #gone > 0 then
     redis.call('ZREMRANGEBYSCORE', log, '-inf', now - window)
-    redis.call('HDEL', tokens, unpack(gone))
+    for first = 1, #gone, 1000 do  -- unpack has a limit
+        redis.call('HDEL', tokens, unpack(gone, first, math.min(first + 999, #gone)))
+    end
 end
 local count = redis.call('ZCARD', log)
 local full = max_requests >= 0 and count >= max_requests
@@ -58,10 +60,14 @@ if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
     local clock = redis.call('TIME')
     redis.call('ZADD', KEYS[1], 'XX', tonumber(clock[1]) + tonumber(clock[2]) / 1000000, ARGV[1])
     redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+    local ttl = math.ceil(tonumber(ARGV[3]) * 1000) + 1000
+    redis.call('PEXPIRE', KEYS[1], ttl)
+    redis.call('PEXPIRE', KEYS[2], ttl)
 end
 return 0
 """
-"""Count ARGV[2] tokens for reservation ARGV[1], from now, if it is still in the window."""
+"""Count ARGV[2] tokens for reservation ARGV[1], from now (the keys live a window ARGV[3]
+longer), if it is still in the window."""
 
 
 class RedisWindow:
@@ -94,7 +100,7 @@ class RedisWindow:
 
     async def settle(self, entry: str, tokens: int) -> None:
         with redis_answer(self._outage, "rate_limit_settle", "count a model call's tokens"):
-            await self._settle(keys=self.keys, args=[entry, tokens])
+            await self._settle(keys=self.keys, args=[entry, tokens, self.window])
 
     async def aclose(self) -> None:
         await self._client.aclose()
