@@ -26,7 +26,7 @@ from mas.actors.budgets import budget_of
 from mas.agents.llm import ChatClient, Usage, spend
 from mas.agents.rate_limits import limits_for
 from mas.config import Settings
-from mas.errors import MasError, Rejected
+from mas.errors import HandlerError, MasError, Rejected
 from mas.messages import Message, TaskError, TaskResult
 
 __all__ = [
@@ -52,7 +52,10 @@ MAX_STEPS = 50
 
 class PlanError(Rejected):
     """A plan that cannot run: a step depends on one that does not exist, or on itself
-    through others; or a goal no planner rule knows."""
+    through others; or a goal no planner rule knows. `usage`: what the model calls made
+    trying to plan spent (they are paid for all the same)."""
+
+    usage: Usage | None = None
 
 
 class PlanStep(BaseModel):
@@ -199,10 +202,12 @@ class LLMPlanner:
                         "corrected plan, as JSON only.",
                     },
                 ]
-            raise PlanError(
+            error = PlanError(
                 f"the model gave no valid plan in {self.settings.plan_attempts} answers "
                 f"(the last: {why})"
             )
+            error.usage = usage
+            raise error
         finally:
             await client.aclose()
 
@@ -308,8 +313,9 @@ class PlannerAgent(Agent):
     planning's model calls>, "replans": n, "spent": <what the task's model calls spent in
     all, its steps' included>}` (`spent` for a task made by the gateway).
 
-    A step that fails (no agent offers its capability in time, its handler failed every
-    attempt, it timed out) makes a model planner plan again, up to `MAS_LLM__REPLANS` times:
+    A step that fails (its handler failed every attempt or refused the input; not a step
+    that timed out or that no agent offered, which a re-run might meet otherwise) makes a
+    model planner plan again, up to `MAS_LLM__REPLANS` times:
     the goal goes back with `previous_attempt` (the plan, the failed step and why, the
     answers so far), and the new plan runs. Past that, or with the rule planner (which would
     plan the same again), the task fails, naming the step. Every plan and answer is in the
@@ -347,7 +353,11 @@ class PlannerAgent(Agent):
                     for step, reply in zip(wave, replies, strict=True):
                         answers[step.id] = dict(reply.payload)
             except _StepFailed as failed:
-                if attempt == replans:
+                # Only an answer the receiver recorded (its handler failed, or it refused)
+                # is met again by a re-run of this handler; a timeout or an address nobody
+                # served may go otherwise then, and a re-run would part from the record.
+                recorded = isinstance(failed.error, HandlerError | Rejected)
+                if attempt == replans or not recorded:
                     return _failed(message, failed.error, failed.step)
                 asking = {**goal, "previous_attempt": _attempt(plan, failed, answers)}
                 continue
@@ -403,7 +413,12 @@ async def _planned(
         await spend(ctx, None)  # nothing left of the task's budget: no call
     # Not the planner's own: a plan step asking a planner would plan within a plan.
     offered = [name for name in await ctx.runtime.capabilities() if name not in own]
-    planned = await planner.plan(goal, offered)
+    try:
+        planned = await planner.plan(goal, offered)
+    except PlanError as exc:
+        if exc.usage is not None and exc.usage.calls:
+            await spend(ctx, exc.usage)  # paid for, plan or no plan
+        raise
     if planned.usage.get("calls"):
         await spend(ctx, Usage.from_dict(planned.usage))
     return {"plan": planned.plan.model_dump(mode="json"), "usage": planned.usage}

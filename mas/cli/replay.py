@@ -9,7 +9,7 @@ Every address shape a trace can have is replayed: agent, type, capability and to
 targets, over any number of hops.
 
 Durable steps the trace recorded (`ctx.step` results: a model's answers, a plan; the ends
-of durable sleeps and signal waits) are replayed from the record: a handler re-run under
+of durable sleeps) are replayed from the record: a handler re-run under
 replay gets them as a re-run after a crash would, so a trace of agents that called a model
 replays offline and deterministically, and only what the agents do with the answers is
 compared (`--rerun-steps` runs them again instead). Asks and sends are not taken from the
@@ -77,8 +77,9 @@ def canonical_task(task_id: str, status: str, result: Any) -> str:
     return json.dumps({"task": task_id, "status": status, "result": result}, sort_keys=True)
 
 
-REPLAYED_STEPS = ("step", "sleep", "signal")
-"""The kinds of recorded steps a replay takes from the record (not asks and sends)."""
+REPLAYED_STEPS = ("step", "sleep")
+"""The kinds of recorded steps a replay takes from the record (not asks and sends, and not
+signal waits: their records hold the deadline, and the signal is the task's, not loaded)."""
 
 
 async def replay_trace(
