@@ -8,16 +8,20 @@ no-op exporter, that took 25-36% of distributed throughput against a budget of 2
 `SpanRecorder` makes the same spans from the same parts of the provider, through their public
 interfaces: the tracer's sampler decides, its id generator names the span, its span processor
 gets `on_start` and, at the end, an SDK `ReadableSpan` with the fields the SDK would have set.
-What it leaves out: the SDK's experimental `_on_ending` hook and span metrics; limits on
-attributes come from `SpanLimits()` (the `OTEL_*_LIMIT` variables), not from limits passed to
-the provider's constructor; a span belongs to the task that made it (no lock).
+What it leaves out: the SDK's experimental `_on_ending` hook, span metrics, the deprecated
+`instrumentation_info` and the tracer's private enabled switch; limits on attributes, events
+and links come from `SpanLimits()` (the `OTEL_*_LIMIT` variables), not from limits passed to
+the provider's constructor; a span belongs to the task that made it (no lock). A span
+processor's `on_start` gets the live span, which reads as a `ReadableSpan` does.
 """
 
 from __future__ import annotations
 
 import time
 import traceback
+from collections import deque
 from collections.abc import Mapping
+from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace as trace_api
@@ -61,6 +65,16 @@ class SpanRecorder:
         self.limits = SpanLimits()
         is_random = getattr(self.ids, "is_trace_id_random", None)
         self._random_ids = _RANDOM if is_random is not None and is_random() else 0
+
+    def bounded(self, attributes: Mapping[str, Any] | None) -> BoundedAttributes:
+        """`attributes` validated and bounded as the SDK keeps a span's (then writable)."""
+        limits = self.limits
+        return BoundedAttributes(
+            limits.max_span_attributes,
+            attributes,
+            immutable=False,
+            max_value_len=limits.max_span_attribute_length,
+        )
 
     def start_span(
         self,
@@ -108,6 +122,7 @@ class RecordedSpan(trace_api.Span):
         "_end",
         "_events",
         "_kind",
+        "_links",
         "_name",
         "_parent",
         "_recorder",
@@ -129,11 +144,66 @@ class RecordedSpan(trace_api.Span):
         self._context = context
         self._parent = parent
         self._kind = kind
+        if recorder.limits.max_span_attribute_length is not None:
+            attributes = recorder.bounded(attributes)  # values cut as the SDK cuts them
         self._attributes: Mapping[str, Any] = attributes  # read-only until something is set
-        self._events: list[Event] | None = None
+        self._events: deque[Event] | None = None
+        self._links: list[trace_api.Link] | None = None
         self._status = _UNSET
         self._start = time.time_ns()
         self._end: int | None = None
+
+    # -- what a ReadableSpan offers (span processors read these in `on_start`) ----------------
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def context(self) -> SpanContext:
+        return self._context
+
+    @property
+    def parent(self) -> SpanContext | None:
+        return self._parent
+
+    @property
+    def kind(self) -> SpanKind:
+        return self._kind
+
+    @property
+    def start_time(self) -> int:
+        return self._start
+
+    @property
+    def end_time(self) -> int | None:
+        return self._end
+
+    @property
+    def attributes(self) -> Mapping[str, Any]:
+        return MappingProxyType(dict(self._attributes))
+
+    @property
+    def events(self) -> tuple[Event, ...]:
+        return tuple(self._events or ())
+
+    @property
+    def links(self) -> tuple[trace_api.Link, ...]:
+        return tuple(self._links or ())
+
+    @property
+    def status(self) -> Status:
+        return self._status
+
+    @property
+    def resource(self) -> Any:
+        return self._recorder.resource
+
+    @property
+    def instrumentation_scope(self) -> InstrumentationScope:
+        return self._recorder.scope
+
+    # -- the API span ------------------------------------------------------------------------
 
     def get_span_context(self) -> SpanContext:
         return self._context
@@ -153,7 +223,8 @@ class RecordedSpan(trace_api.Span):
                 parent=self._parent,
                 resource=recorder.resource,
                 attributes=self._attributes,
-                events=self._events or (),
+                events=tuple(self._events or ()),
+                links=tuple(self._links or ()),
                 kind=self._kind,
                 status=self._status,
                 start_time=self._start,
@@ -168,13 +239,7 @@ class RecordedSpan(trace_api.Span):
             return None
         attributes = self._attributes
         if type(attributes) is not BoundedAttributes:
-            limits = self._recorder.limits
-            attributes = self._attributes = BoundedAttributes(
-                limits.max_span_attributes,
-                attributes,
-                immutable=False,
-                max_value_len=limits.max_span_attribute_length,
-            )
+            attributes = self._attributes = self._recorder.bounded(attributes)
         return attributes
 
     def set_attributes(self, attributes: Mapping[str, types.AnyValue]) -> None:
@@ -201,9 +266,23 @@ class RecordedSpan(trace_api.Span):
             immutable=True,
         )
         if self._events is None:
-            self._events = []
-        if limits.max_events is None or len(self._events) < limits.max_events:
-            self._events.append(Event(name, bounded, timestamp))
+            self._events = deque(maxlen=limits.max_events)  # past it, the oldest goes
+        self._events.append(Event(name, bounded, timestamp))
+
+    def add_link(self, context: SpanContext, attributes: types.Attributes = None) -> None:
+        if self._end is not None or not context.is_valid:
+            return
+        limits = self._recorder.limits
+        bounded = BoundedAttributes(
+            limits.max_link_attributes,
+            attributes,
+            max_value_len=limits.max_attribute_length,
+            immutable=True,
+        )
+        if self._links is None:
+            self._links = []
+        if limits.max_links is None or len(self._links) < limits.max_links:
+            self._links.append(trace_api.Link(context, bounded))
 
     def update_name(self, name: str) -> None:
         if self._end is None:
@@ -236,6 +315,18 @@ class RecordedSpan(trace_api.Span):
         if attributes:
             recorded.update(attributes)
         self.add_event("exception", recorded, timestamp)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        """As the SDK's span: an error leaving the block is recorded and sets the status."""
+        if exc_val is not None and self.is_recording():
+            self.record_exception(exc_val, escaped=True)
+            self.set_status(Status(StatusCode.ERROR, f"{type(exc_val).__name__}: {exc_val}"))
+        self.end()
 
     def __repr__(self) -> str:
         return f"RecordedSpan(name={self._name!r}, context={self._context})"

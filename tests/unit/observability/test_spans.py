@@ -14,7 +14,7 @@ import pytest
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
@@ -59,6 +59,7 @@ def _fields(span: ReadableSpan) -> dict[str, Any]:
         "parent": span.parent,
         "attributes": dict(span.attributes or {}),
         "events": [(event.name, dict(event.attributes or {})) for event in span.events],
+        "links": [(link.context, dict(link.attributes or {})) for link in span.links],
         "status": (span.status.status_code, span.status.description),
         "resource": span.resource.attributes,
         "scope": span.instrumentation_scope,
@@ -68,6 +69,7 @@ def _fields(span: ReadableSpan) -> dict[str, Any]:
 
 def _use(span: trace.Span) -> None:
     """What a handler and mas do to a span in its life."""
+    span.add_link(REMOTE, {"why": "follows"})
     span.set_attribute("user.key", "v")
     span.set_attributes({"user.n": 3, "user.bad": object()})  # type: ignore[dict-item]
     span.add_event("checkpoint", {"at": 1})
@@ -175,3 +177,34 @@ async def test_a_runtime_traced_by_another_api_implementation_still_runs() -> No
     finally:
         tracing.use(None)
     assert reply.payload == {"ok": True}
+
+
+class Reading(SpanProcessor):
+    """Reads a span as it starts, as processors that enrich or route spans do."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, Any, dict[str, Any]]] = []
+
+    def on_start(self, span: Any, parent_context: Context | None = None) -> None:
+        self.seen.append((span.name, span.kind, dict(span.attributes)))
+
+
+def test_a_processor_reads_a_span_as_it_starts() -> None:
+    provider = TracerProvider()
+    reading = Reading()
+    provider.add_span_processor(reading)
+    span = _recorder(provider).start_span("x", Context(), SpanKind.CONSUMER, {"k": "v"})
+    span.end()
+    assert reading.seen == [("x", SpanKind.CONSUMER, {"k": "v"})]
+
+
+def test_an_error_leaving_a_span_block_is_recorded_as_the_sdk_records_it(
+    exported: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    provider, exporter = exported
+    for start in (provider.get_tracer("mas", "1.0").start_span, _recorder(provider).start_span):
+        with pytest.raises(ValueError, match="no"), start("x", Context(), SpanKind.INTERNAL, None):
+            raise ValueError("no")
+    sdk, recorded = exporter.get_finished_spans()
+    assert _fields(recorded) | {"trace_id": 0} == _fields(sdk) | {"trace_id": 0}
+    assert recorded.status.status_code is StatusCode.ERROR
