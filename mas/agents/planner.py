@@ -332,10 +332,11 @@ class PlannerAgent(Agent):
         ctx = self.ctx
         goal = dict(message.payload)
         planner = self._planner(goal)
-        replans = self.ctx.runtime.settings.llm.replans if isinstance(planner, LLMPlanner) else 0
+        replans = ctx.runtime.settings.llm.replans if isinstance(planner, LLMPlanner) else 0
         usage = Usage()
         asking = goal
-        for attempt in range(replans + 1):
+        attempt = 0
+        while True:
             # No plan (`PlanError`: a goal no rule knows, a model whose plans never
             # validate) or a refusal (`ModelRefused`) will not change: both are `Rejected`,
             # so the message goes to dead letters at once, with the reason. A model server
@@ -359,6 +360,7 @@ class PlannerAgent(Agent):
                 recorded = isinstance(failed.error, HandlerError | Rejected)
                 if attempt == replans or not recorded:
                     return _failed(message, failed.error, failed.step)
+                attempt += 1
                 asking = {**goal, "previous_attempt": _attempt(plan, failed, answers)}
                 continue
             outcome = {
@@ -372,7 +374,6 @@ class PlannerAgent(Agent):
             if spent is not None:
                 outcome["spent"] = spent
             return message.reply(outcome)
-        raise AssertionError("unreachable: the last attempt returns")
 
     def _planner(self, goal: dict[str, Any]) -> Planner:
         chosen = type(self).planner
