@@ -4,16 +4,22 @@ What must hold together for `kubectl apply -k` to give a working, safe deploymen
 `MAS_*` variable is a real setting; the probes ask paths and ports the processes serve; the
 commands are real `mas` commands with real options; a stopping pod's grace period outlasts
 its drain; secrets are referenced, never written; containers run unprivileged on a
-read-only root; every pod is scraped; the kustomizations name files that exist.
-(Validation against the Kubernetes schemas is issue 18's next step.)
+read-only root; every pod is scraped; the kustomizations name files that exist. Every
+manifest validates against the schemas of a current Kubernetes release (kubernetes-validate,
+strict), and the policy check (checkov) finds nothing but the exceptions the manifests
+justify.
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import httpx
+import kubernetes_validate
 import pytest
 import yaml
 
@@ -21,16 +27,18 @@ from mas.api.app import create_app
 from mas.config import Settings
 from mas.monitoring.endpoint import health_app
 from mas.runtime import Runtime
-from tests.unit.test_compose import resolve_command, settings_field_error
+from tests.unit.test_compose import load_compose, resolve_command, settings_field_error
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 SECRET_NAMES = ("SECRET", "PASSWORD", "TOKEN", "_URL")
+KUBERNETES = "1.37.0"  # the release whose schemas the manifests are checked against
 
 
-def documents() -> list[dict[str, Any]]:
+def documents(where: str = "base") -> list[dict[str, Any]]:
+    """The manifests under deploy/k8s/`where` (not the kustomizations that list them)."""
     found = []
-    for path in sorted((K8S / "base").glob("*.yaml")):
+    for path in sorted((K8S / where).rglob("*.yaml")):
         if path.name == "kustomization.yaml":
             continue
         found += [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
@@ -171,3 +179,73 @@ def test_rolling_updates_keep_every_replica_serving() -> None:
         for b in of_kind("PodDisruptionBudget")
     }
     assert budgets == {"mas-gateway", "mas-worker"}
+
+
+def schema_errors(doc: dict[str, Any]) -> list[str]:
+    """Why `doc` is not a valid resource by the Kubernetes release's own schemas; a kind it
+    does not know raises."""
+    try:
+        kubernetes_validate.validate(doc, KUBERNETES, strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        return [str(exc)]
+    return []
+
+
+def test_every_manifest_is_valid_for_kubernetes() -> None:
+    docs = documents()
+    kinds = {doc["kind"] for doc in docs}
+    assert {"Deployment", "Job", "ConfigMap", "Namespace"} <= kinds
+    errors = {(doc["kind"], doc["metadata"]["name"]): schema_errors(doc) for doc in docs}
+    assert {key: found for key, found in errors.items() if found} == {}
+
+
+@pytest.mark.parametrize("kind", ["Deployment"])
+def test_a_misspelled_field_is_found(kind: str) -> None:
+    [doc] = [doc for doc in documents() if doc["kind"] == kind][:1]
+    assert schema_errors(doc) == []
+    doc["spec"]["maxReplicas" if kind == "ScaledObject" else "replica"] = 3
+    assert schema_errors(doc) != []
+
+
+def test_the_policy_check_finds_nothing_but_justified_exceptions() -> None:
+    """checkov, offline; an exception is a `checkov.io/skipN` annotation with its reason."""
+    scan = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "checkov.main",
+            "-d",
+            str(K8S),
+            "--framework",
+            "kubernetes",
+            "--output",
+            "json",
+            "--skip-download",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    report = json.loads(scan.stdout)
+    results = report["results"]
+    assert report["summary"]["parsing_errors"] == 0, results["parsing_errors"]
+    assert [(f["check_id"], f["resource"]) for f in results["failed_checks"]] == []
+    assert scan.returncode == 0, scan.stderr[-2000:]
+    for skipped in results["skipped_checks"]:
+        reason = skipped["check_result"]["suppress_comment"]
+        assert len(reason) > 40, (skipped["check_id"], skipped["resource"], reason)
+    checked = {check["resource"] for check in results["passed_checks"] + results["skipped_checks"]}
+    for doc in of_kind("Deployment") + of_kind("Job"):  # each pod was checked
+        kind, name = doc["kind"], doc["metadata"]["name"]
+        assert any(r.startswith(f"{kind}.") and r.endswith(f".{name}") for r in checked), (
+            kind,
+            name,
+        )
+
+
+def test_the_image_is_the_one_compose_builds() -> None:
+    built = load_compose()["services"]["api"]["image"]
+    for spec in pod_specs().values():
+        for container in spec["containers"]:
+            assert container["image"] == built
