@@ -6,27 +6,35 @@ commands are real `mas` commands with real options; a stopping pod's grace perio
 its drain; secrets are referenced, never written; containers run unprivileged on a
 read-only root; every pod is scraped; the kustomizations name files that exist. Every
 manifest validates against the schemas of a current Kubernetes release (kubernetes-validate,
-strict), and the policy check (checkov) finds nothing but the exceptions the manifests
-justify.
+strict) and KEDA's (generated from its CRDs), and the policy check (checkov) finds nothing
+but the exceptions the manifests justify. The autoscalers watch the queues the workers
+consume, on the metric they export.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import httpx
+import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from cloudcoil.models.keda import v1alpha1 as keda
+from pydantic import BaseModel
 
 from mas.api.app import create_app
+from mas.cli.replay import load_agent_class
 from mas.config import Settings
 from mas.monitoring.endpoint import health_app
+from mas.monitoring.metrics import RuntimeMetrics
 from mas.runtime import Runtime
+from tests.metrics_support import samples
 from tests.unit.test_compose import load_compose, resolve_command, settings_field_error
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -181,9 +189,29 @@ def test_rolling_updates_keep_every_replica_serving() -> None:
     assert budgets == {"mas-gateway", "mas-worker"}
 
 
+def _strict_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """A KEDA resource's JSON schema, from models generated from KEDA's CRDs
+    (cloudcoil-models-keda), made strict as the API server's field validation is: a field
+    the CRD does not define is an error, not silently dropped."""
+    schema = model.model_json_schema(by_alias=True)
+    for each in [schema, *schema.get("$defs", {}).values()]:
+        if "properties" in each:
+            each["additionalProperties"] = False
+    return schema
+
+
+KEDA_SCHEMAS = {
+    "ScaledObject": _strict_schema(keda.ScaledObject),
+    "TriggerAuthentication": _strict_schema(keda.TriggerAuthentication),
+}
+
+
 def schema_errors(doc: dict[str, Any]) -> list[str]:
-    """Why `doc` is not a valid resource by the Kubernetes release's own schemas; a kind it
-    does not know raises."""
+    """Why `doc` is not a valid resource (KEDA's kinds by their CRD, the rest by the
+    Kubernetes release's own schemas); a kind neither knows raises."""
+    if doc["apiVersion"].startswith("keda.sh/"):
+        validator = jsonschema.Draft202012Validator(KEDA_SCHEMAS[doc["kind"]])
+        return [f"{error.json_path}: {error.message}" for error in validator.iter_errors(doc)]
     try:
         kubernetes_validate.validate(doc, KUBERNETES, strict=True)
     except kubernetes_validate.ValidationError as exc:
@@ -191,17 +219,17 @@ def schema_errors(doc: dict[str, Any]) -> list[str]:
     return []
 
 
-def test_every_manifest_is_valid_for_kubernetes() -> None:
-    docs = documents()
+def test_every_manifest_is_valid_for_kubernetes_and_keda() -> None:
+    docs = documents("")
     kinds = {doc["kind"] for doc in docs}
-    assert {"Deployment", "Job", "ConfigMap", "Namespace"} <= kinds
+    assert {"Deployment", "Job", "ScaledObject", "HorizontalPodAutoscaler"} <= kinds
     errors = {(doc["kind"], doc["metadata"]["name"]): schema_errors(doc) for doc in docs}
     assert {key: found for key, found in errors.items() if found} == {}
 
 
-@pytest.mark.parametrize("kind", ["Deployment"])
+@pytest.mark.parametrize("kind", ["Deployment", "ScaledObject"])
 def test_a_misspelled_field_is_found(kind: str) -> None:
-    [doc] = [doc for doc in documents() if doc["kind"] == kind][:1]
+    [doc] = [doc for doc in documents("") if doc["kind"] == kind][:1]
     assert schema_errors(doc) == []
     doc["spec"]["maxReplicas" if kind == "ScaledObject" else "replica"] = 3
     assert schema_errors(doc) != []
@@ -236,7 +264,7 @@ def test_the_policy_check_finds_nothing_but_justified_exceptions() -> None:
         reason = skipped["check_result"]["suppress_comment"]
         assert len(reason) > 40, (skipped["check_id"], skipped["resource"], reason)
     checked = {check["resource"] for check in results["passed_checks"] + results["skipped_checks"]}
-    for doc in of_kind("Deployment") + of_kind("Job"):  # each pod was checked
+    for doc in of_kind_in("", "Deployment") + of_kind_in("", "Job"):  # each pod was checked
         kind, name = doc["kind"], doc["metadata"]["name"]
         assert any(r.startswith(f"{kind}.") and r.endswith(f".{name}") for r in checked), (
             kind,
@@ -249,3 +277,104 @@ def test_the_image_is_the_one_compose_builds() -> None:
     for spec in pod_specs().values():
         for container in spec["containers"]:
             assert container["image"] == built
+
+
+def worker_queues() -> set[str]:
+    """The type queues `mas-worker` consumes: one per agent class of its `--agents`."""
+    prefix = config().get("MAS_AMQP__PREFIX", "")
+    return {f"{prefix}agent_type.{load_agent_class(spec).type}" for spec in worker_agents()}
+
+
+def worker_agents() -> list[str]:
+    """The agent classes `mas-worker` hosts (its `--agents`)."""
+    [container] = pod_specs()["mas-worker"]["containers"]
+    argv = container["command"]
+    return [argv[n + 1] for n, word in enumerate(argv) if word == "--agents"]
+
+
+def test_keda_scales_the_workers_on_the_queues_they_consume() -> None:
+    [scaled] = of_kind_in("components/keda", "ScaledObject")
+    [auth] = of_kind_in("components/keda", "TriggerAuthentication")
+    assert scaled["spec"]["scaleTargetRef"]["name"] == "mas-worker"
+    triggers = scaled["spec"]["triggers"]
+    assert {t["metadata"]["queueName"] for t in triggers} == worker_queues()
+    for trigger in triggers:
+        assert trigger["type"] == "rabbitmq"
+        assert trigger["metadata"]["mode"] == "QueueLength"
+        assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
+    [host] = auth["spec"]["secretTargetRef"]
+    workers_url = {
+        env["name"]: env["valueFrom"]["secretKeyRef"]
+        for env in pod_specs()["mas-worker"]["containers"][0]["env"]
+    }["MAS_AMQP_URL"]
+    assert (host["parameter"], host["name"], host["key"]) == (
+        "host",
+        workers_url["name"],
+        workers_url["key"],
+    )
+
+
+@pytest.mark.anyio
+async def test_the_hpa_scales_on_the_depth_metric_the_workers_export() -> None:
+    [hpa] = of_kind_in("components/hpa", "HorizontalPodAutoscaler")
+    [scaled] = of_kind_in("components/keda", "ScaledObject")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "mas-worker"
+    # The two are one policy: the same bounds, target and behaviour.
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (
+        scaled["spec"]["minReplicaCount"],
+        scaled["spec"]["maxReplicaCount"],
+    )
+    assert (
+        hpa["spec"]["behavior"]
+        == scaled["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    )
+    [metric] = hpa["spec"]["metrics"]
+    assert (
+        metric["external"]["target"]["averageValue"]
+        == scaled["spec"]["triggers"][0]["metadata"]["value"]
+    )
+    # The metric is one a worker hosting those agents serves, with that label: its value is
+    # the depth of the queue the worker consumes.
+    async with Runtime() as runtime:
+        for spec in worker_agents():
+            await runtime.spawn(load_agent_class(spec))
+        exported = samples((await RuntimeMetrics(runtime).render()).decode())
+    selector = metric["external"]["metric"]
+    served = {dict(labels)["agent_type"] for labels in exported[selector["name"]]}
+    assert set(selector["selector"]["matchLabels"]) == {"agent_type"}
+    assert selector["selector"]["matchLabels"]["agent_type"] in served
+    assert {f"agent_type.{each}" for each in served} == worker_queues()
+    # An autoscaler never goes below what a drain and the disruption budget need.
+    [budget] = [
+        b
+        for b in of_kind("PodDisruptionBudget")
+        if b["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"] == "mas-worker"
+    ]
+    assert hpa["spec"]["minReplicas"] > budget["spec"]["minAvailable"]
+
+
+def of_kind_in(where: str, kind: str) -> list[dict[str, Any]]:
+    return [doc for doc in documents(where) if doc["kind"] == kind]
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl renders kustomizations")
+def test_each_overlay_renders_to_valid_resources() -> None:
+    for overlay in sorted((K8S / "overlays").iterdir()):
+        rendered = subprocess.run(
+            ["kubectl", "kustomize", str(overlay)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        ).stdout
+        docs = [doc for doc in yaml.safe_load_all(rendered) if doc]
+        errors = {(doc["kind"], doc["metadata"]["name"]): schema_errors(doc) for doc in docs}
+        assert {key: found for key, found in errors.items() if found} == {}
+        for doc in docs:
+            if doc["kind"] != "Namespace":
+                assert doc["metadata"]["namespace"] == "mas", doc["metadata"]
+        [worker] = [
+            d for d in docs if d["metadata"]["name"] == "mas-worker" and d["kind"] == "Deployment"
+        ]
+        autoscaled = any(d["kind"] in ("ScaledObject", "HorizontalPodAutoscaler") for d in docs)
+        assert ("replicas" in worker["spec"]) is not autoscaled  # the autoscaler owns it
