@@ -8,11 +8,12 @@ the broker's own count, and that a worker answers probes and scrapes while it dr
 from __future__ import annotations
 
 import aio_pika
+import anyio
 import httpx
 import pytest
 
 from mas.testing import eventually
-from tests.amqp_support import amqp_scope, amqp_vhost_url, queue_depth
+from tests.amqp_support import amqp_scope, amqp_vhost_url, listed_ready_messages, queue_depth
 from tests.integration.system_support import SLOW_ECHO, System, system
 from tests.metrics_support import Samples, samples
 from tests.process_support import MasProcess
@@ -112,6 +113,17 @@ async def test_the_queue_depth_gauge_is_the_brokers_count_and_survives_a_drain(
         await eventually(agree, timeout=60, interval=0.2)
     finally:
         await connection.close()
+
+    # The broker's own tool (what an operator reads) counts the same once its statistics
+    # catch up (RabbitMQ emits them every few seconds), and a scrape then says so too: the
+    # backlog holds while the worker holds its prefetch.
+    async def listed_agrees() -> bool:
+        ready = await anyio.to_thread.run_sync(listed_ready_messages, system.amqp_url)
+        return ready.get(queue) == count - prefetch
+
+    await eventually(listed_agrees, timeout=60, interval=1)
+    depth = total(await scrape(url), "mas_broker_queue_messages", agent_type="slow_echo")
+    assert depth == count - prefetch
     async with httpx.AsyncClient(base_url=base, timeout=30) as client:
         ready = await client.get("/readyz")
         assert ready.status_code == 200, ready.text
