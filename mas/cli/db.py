@@ -62,23 +62,37 @@ def upgrade(url: UrlOption = None) -> None:
 def current(url: UrlOption = None) -> None:
     """Show the database's schema revision and whether it is up to date."""
     from mas.persistence.engine import connect, display_url
-    from mas.persistence.schema import current_revision, head_revision
+    from mas.persistence.schema import (
+        current_revision,
+        head_revision,
+        knows_revision,
+        recorded_floor,
+    )
 
     settings = _settings(url)
 
     async def work() -> None:
-        engine = await connect(
-            settings.database_url.get_secret_value(), schema=settings.database_schema
-        )
+        schema = settings.database_schema
+        engine = await connect(settings.database_url.get_secret_value(), schema=schema)
         try:
-            revision = await current_revision(engine, settings.database_schema)
+            revision = await current_revision(engine, schema)
+            floor = await recorded_floor(engine, schema)
         finally:
             await engine.dispose()
         head = head_revision()
-        state = "up to date" if revision == head else "behind: run `mas db upgrade`"
+        runs = revision == head
+        if runs:
+            state = "up to date"
+        elif revision is None or knows_revision(revision):
+            state = "behind: run `mas db upgrade`"
+        elif floor is not None and knows_revision(floor):
+            state = f"ahead: a newer mas migrated it; this one runs on it (from {floor} on)"
+            runs = True
+        else:
+            state = f"ahead: it runs mas from revision {floor or 'unknown'} on: upgrade mas"
         where = display_url(engine.url)
         typer.echo(f"{where}: revision {revision or 'none'}, head {head} ({state})")
-        if revision != head:
+        if not runs:
             raise typer.Exit(2)
 
     _run(work)

@@ -33,6 +33,7 @@ __all__ = [
     "MessageRow",
     "OutboxRow",
     "ProcessedMessageRow",
+    "SchemaFloorRow",
     "TaskRow",
     "TaskSignalRow",
     "WorkflowStepRow",
@@ -41,6 +42,7 @@ __all__ = [
     "messages",
     "outbox",
     "processed",
+    "schema_floor",
     "task_signals",
     "tasks",
     "workflow_steps",
@@ -266,6 +268,18 @@ class DeadLetterRow(Base):
     __table_args__ = (Index("ix_dead_letters_status_created_at", "status", "created_at"),)
 
 
+class SchemaFloorRow(Base):
+    """One row: the oldest schema revision whose mas runs on this database, written by every
+    `mas db upgrade` (mas.persistence.schema). A release older than the database's revision
+    reads it to know whether it may start: during a rolling upgrade, the previous release's
+    pods keep running, and restarting, on the new schema when its migrations allow it."""
+
+    __tablename__ = "schema_floor"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    oldest_revision: Mapped[str] = mapped_column(String(32))
+
+
 # The tables for Core statements (the store's queries, the journal's batches).
 agents: Table = AgentRow.__table__  # type: ignore[assignment]
 tasks: Table = TaskRow.__table__  # type: ignore[assignment]
@@ -276,3 +290,4 @@ workflow_steps: Table = WorkflowStepRow.__table__  # type: ignore[assignment]
 workflow_waits: Table = WorkflowWaitRow.__table__  # type: ignore[assignment]
 task_signals: Table = TaskSignalRow.__table__  # type: ignore[assignment]
 dead_letters: Table = DeadLetterRow.__table__  # type: ignore[assignment]
+schema_floor: Table = SchemaFloorRow.__table__  # type: ignore[assignment]

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import structlog
 from sqlalchemy import Select, bindparam, delete, func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
@@ -43,6 +44,8 @@ from mas.persistence.models import (
 )
 
 __all__ = ["TRACE_LIMIT", "AgentRecord", "AuditedMessage", "Batch", "Store", "TaskRecord"]
+
+_log = structlog.get_logger("mas.persistence")
 
 
 FINAL_STATUSES = (
@@ -336,22 +339,21 @@ class Store:
         timeout: float = 10.0,
         outbox_lease: float = 10.0,
     ) -> Store:
-        """Connect, then migrate (default for SQLite) or check the schema is current.
+        """Connect, migrate (default for SQLite), then check that this mas runs on the schema.
 
         `timeout` bounds every database call: connecting, waiting for a pooled connection,
         each statement.
 
         Raises:
             StoreUnavailable: the database cannot be reached.
-            SchemaOutdated: the schema is not at this mas's revision (and migrate is off).
+            SchemaOutdated: this mas does not run on the schema (see `check_schema`).
         """
         engine = await connect(url, schema=schema, timeout=timeout)
         store = cls(engine, schema, timeout=timeout, outbox_lease=outbox_lease)
         try:
             if migrate if migrate is not None else store.dialect == "sqlite":
                 await store.migrate()
-            else:
-                await store.check_schema()
+            await store.check_schema()
         except BaseException:
             await engine.dispose()
             raise
@@ -437,18 +439,32 @@ class Store:
             return await migrations.current_revision(self.engine, self.schema)
 
     async def check_schema(self) -> None:
-        """Fail unless the database is at the schema revision this mas needs.
+        """Fail unless this mas runs on the database's schema: at its own revision, or at a
+        newer one whose migrations all let older code run down to this one's (a rolling
+        upgrade migrated the database while this release's pods still run and restart).
 
         Raises:
-            SchemaOutdated: the database is behind (or ahead of) this mas's revision.
+            SchemaOutdated: the database is behind this mas's revision, or ahead of it in a
+                way this release cannot run on.
             StoreTimeout, StoreUnavailable: as `reading`.
         """
         current, head = await self.revision(), migrations.head_revision()
-        if current != head:
+        if current == head:
+            return
+        if current is None or migrations.knows_revision(current):
             raise SchemaOutdated(
                 f"the database at {self.url} is at schema revision {current or 'none'}, "
                 f"this mas needs {head}: run `mas db upgrade`"
             )
+        async with self._mapped("reading the revision of"):
+            floor = await migrations.recorded_floor(self.engine, self.schema)
+        if floor is None or not migrations.knows_revision(floor):
+            raise SchemaOutdated(
+                f"the database at {self.url} is at schema revision {current}, newer than "
+                f"this mas's {head}, and runs mas from revision {floor or 'unknown'} on: "
+                "upgrade mas"
+            )
+        _log.warning("schema_ahead", database=self.url, revision=current, ours=head, oldest=floor)
 
     # -- batched writes (the runtime's journal) ----------------------------------------------
 

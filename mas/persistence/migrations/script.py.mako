@@ -15,6 +15,10 @@ revision = ${repr(up_revision)}
 down_revision = ${repr(down_revision)}
 branch_labels = ${repr(branch_labels)}
 depends_on = ${repr(depends_on)}
+# Does the previous release still run on the schema this makes? Adding a table, a nullable
+# column or an index: True. Dropping, renaming or tightening what it uses: False, and the
+# previous release's pods stop at their next start (mas.persistence.schema).
+runs_with_previous_code = None  # say True or False: the tests refuse a migration without it
 
 
 def upgrade() -> None:

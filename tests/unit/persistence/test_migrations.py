@@ -7,20 +7,24 @@ and the `mas db` commands report and fix that from a shell, with exit codes scri
 
 from __future__ import annotations
 
+import io
 import os
+import shutil
 import sys
+from pathlib import Path
 
 import anyio
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect
+from alembic.script import ScriptDirectory
+from sqlalchemy import inspect, text
 
 from agents.echo import EchoAgent
 from mas.errors import SchemaOutdated
-from mas.persistence import Store
+from mas.persistence import Store, schema
 from mas.persistence.models import Base
-from mas.persistence.schema import head_revision
+from mas.persistence.schema import alembic_config, head_revision, oldest_compatible, recorded_floor
 from mas.testing import TestRuntime
 from tests.integration.pg_support import PgSchema
 from tests.unit.persistence.databases import Database
@@ -144,3 +148,85 @@ async def test_a_persisting_runtime_migrates_a_new_sqlite_database_itself(sqlite
         assert await store.get_agent("e") is not None
     finally:
         await store.close()
+
+
+# -- rolling upgrades: an older release on a schema a newer one migrated ---------------------
+
+FUTURE = "9999"  # a revision a newer release made: this mas has no such migration
+
+
+async def _as_if_migrated_by_a_newer_release(store: Store, floor: str) -> None:
+    """Stamp the database with a revision this mas does not know, and the floor a newer
+    release's `mas db upgrade` would have recorded."""
+    async with store.engine.begin() as connection:
+        await connection.execute(text("UPDATE alembic_version SET version_num = :v"), {"v": FUTURE})
+        await connection.execute(text("UPDATE schema_floor SET oldest_revision = :v"), {"v": floor})
+
+
+def test_every_migration_says_whether_the_previous_release_runs_on_it() -> None:
+    scripts = ScriptDirectory.from_config(alembic_config())
+    undeclared = [
+        script.revision
+        for script in scripts.walk_revisions()
+        if not isinstance(getattr(script.module, "runs_with_previous_code", None), bool)
+    ]
+    assert undeclared == []
+
+
+def test_the_floor_is_the_newest_migration_older_code_cannot_run_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert oldest_compatible(head_revision()) == "0001"  # every later migration only adds
+    copy = tmp_path / "migrations"
+    shutil.copytree(schema.MIGRATIONS, copy)
+    [breaking] = (copy / "versions").glob("0010_*.py")
+    breaking.write_text(
+        breaking.read_text().replace(
+            "runs_with_previous_code = True", "runs_with_previous_code = False"
+        )
+    )
+    monkeypatch.setattr(schema, "MIGRATIONS", copy)
+    assert oldest_compatible(head_revision()) == "0010"
+    assert oldest_compatible("0009") == "0001"
+
+
+async def test_upgrade_records_the_oldest_revision_that_runs_on_the_schema(
+    db: Database,
+) -> None:
+    store = await db.open_store(migrate=True)
+    try:
+        assert await recorded_floor(store.engine, store.schema) == oldest_compatible(
+            head_revision()
+        )
+    finally:
+        await store.close()
+
+
+async def test_a_release_runs_on_a_newer_schema_whose_migrations_let_it(
+    db: Database, log_lines: io.StringIO
+) -> None:
+    store = await db.open_store(migrate=True)
+    await _as_if_migrated_by_a_newer_release(store, floor=head_revision())
+    await store.close()
+    for migrate in (False, True):  # `mas db upgrade` of the older release leaves it alone
+        again = await db.open_store(migrate=migrate)
+        try:
+            assert await again.revision() == FUTURE
+        finally:
+            await again.close()
+    assert '"event": "schema_ahead"' in log_lines.getvalue()
+    code, output = await mas_db("current", db)
+    assert code == 0, output
+    assert "ahead" in output
+
+
+async def test_a_release_refuses_a_newer_schema_it_cannot_run_on(db: Database) -> None:
+    store = await db.open_store(migrate=True)
+    await _as_if_migrated_by_a_newer_release(store, floor="9998")
+    await store.close()
+    for migrate in (False, True):
+        with pytest.raises(SchemaOutdated, match=r"newer than this mas's .*upgrade mas"):
+            await db.open_store(migrate=migrate)
+    code, output = await mas_db("current", db)
+    assert code == 2, output
+    assert "upgrade mas" in output

@@ -12,6 +12,7 @@ revision = "0005"
 down_revision = "0004"
 branch_labels = None
 depends_on = None
+runs_with_previous_code = True  # adds only: the previous release runs on it
 
 
 def upgrade() -> None:

@@ -14,6 +14,7 @@ revision = "0007"
 down_revision = "0006"
 branch_labels = None
 depends_on = None
+runs_with_previous_code = True  # adds only: the previous release runs on it
 
 JSON_TYPE = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 

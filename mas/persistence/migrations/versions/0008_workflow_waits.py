@@ -13,6 +13,7 @@ revision = "0008"
 down_revision = "0007"
 branch_labels = None
 depends_on = None
+runs_with_previous_code = True  # adds only: the previous release runs on it
 
 
 def upgrade() -> None:

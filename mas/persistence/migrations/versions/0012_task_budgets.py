@@ -13,6 +13,7 @@ revision = "0012"
 down_revision = "0011"
 branch_labels = None
 depends_on = None
+runs_with_previous_code = True  # adds only: the previous release runs on it
 
 
 def upgrade() -> None:
