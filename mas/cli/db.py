@@ -59,41 +59,65 @@ def upgrade(url: UrlOption = None) -> None:
 
 
 @app.command()
-def current(url: UrlOption = None) -> None:
-    """Show the database's schema revision and whether it is up to date."""
+def current(
+    url: UrlOption = None,
+    wait: Annotated[
+        float,
+        typer.Option(
+            "--wait",
+            metavar="SECONDS",
+            min=0,
+            help="wait this long for a schema this mas runs on (a pod's init container, "
+            "while the migration Job runs); the database may be away meanwhile",
+        ),
+    ] = 0.0,
+) -> None:
+    """Show the database's schema revision and whether this mas runs on it (exit 2: not)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     from mas.persistence.engine import connect, display_url
-    from mas.persistence.schema import (
-        current_revision,
-        head_revision,
-        knows_revision,
-        recorded_floor,
-    )
+    from mas.persistence.schema import current_revision, fit, head_revision, recorded_floor
 
     settings = _settings(url)
+    schema = settings.database_schema
+    head = head_revision()
 
-    async def work() -> None:
-        schema = settings.database_schema
+    async def look() -> tuple[str, bool | None]:
+        """What to say of the database, and whether this mas runs on it (None: not yet)."""
         engine = await connect(settings.database_url.get_secret_value(), schema=schema)
         try:
             revision = await current_revision(engine, schema)
             floor = await recorded_floor(engine, schema)
         finally:
             await engine.dispose()
-        head = head_revision()
-        runs = revision == head
-        if runs:
-            state = "up to date"
-        elif revision is None or knows_revision(revision):
-            state = "behind: run `mas db upgrade`"
-        elif floor is not None and knows_revision(floor):
-            state = f"ahead: a newer mas migrated it; this one runs on it (from {floor} on)"
-            runs = True
-        else:
-            state = f"ahead: it runs mas from revision {floor or 'unknown'} on: upgrade mas"
+        state, runs = {
+            "current": ("up to date", True),
+            "behind": ("behind: run `mas db upgrade`", None),
+            "ahead": (f"ahead: a newer mas migrated it; this one runs on it from {floor}", True),
+            "too_new": (f"ahead: it runs mas from revision {floor or '?'} on: upgrade mas", False),
+        }[fit(revision, floor)]
         where = display_url(engine.url)
-        typer.echo(f"{where}: revision {revision or 'none'}, head {head} ({state})")
-        if not runs:
-            raise typer.Exit(2)
+        return f"{where}: revision {revision or 'none'}, head {head} ({state})", runs
+
+    async def work() -> None:
+        deadline = anyio.current_time() + wait
+        said = ""
+        while True:
+            try:
+                line, runs = await look()
+            except (MasError, SQLAlchemyError, OSError) as exc:
+                if wait == 0:
+                    raise
+                line, runs = f"database unreachable: {exc}", None
+            if runs is not None or anyio.current_time() >= deadline:
+                typer.echo(line)
+                if not runs:
+                    raise typer.Exit(2)
+                return
+            if line != said:
+                typer.echo(f"waiting: {line}", err=True)
+                said = line
+            await anyio.sleep(min(2.0, deadline - anyio.current_time()))  # polling pace
 
     _run(work)
 

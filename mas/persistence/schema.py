@@ -11,7 +11,7 @@ which cannot know the newer migrations, can tell whether it may start (`Store.ch
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from alembic import command
 from alembic.config import Config
@@ -24,8 +24,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from mas.persistence.models import schema_floor
 
 __all__ = [
+    "SchemaFit",
     "alembic_config",
     "current_revision",
+    "fit",
     "head_revision",
     "knows_revision",
     "oldest_compatible",
@@ -48,6 +50,22 @@ def head_revision() -> str:
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     assert head is not None
     return head
+
+
+SchemaFit = Literal["current", "behind", "ahead", "too_new"]
+"""How this mas stands to a database: at its revision; behind it (`mas db upgrade`); ahead,
+migrated by a newer mas this one still runs on; or too new for this one (upgrade mas)."""
+
+
+def fit(revision: str | None, floor: str | None) -> SchemaFit:
+    """How this mas stands to a database at `revision` whose recorded floor is `floor`."""
+    if revision == head_revision():
+        return "current"
+    if revision is None or knows_revision(revision):
+        return "behind"
+    if floor is not None and knows_revision(floor):
+        return "ahead"
+    return "too_new"
 
 
 def knows_revision(revision: str) -> bool:

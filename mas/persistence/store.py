@@ -451,14 +451,15 @@ class Store:
         current, head = await self.revision(), migrations.head_revision()
         if current == head:
             return
-        if current is None or migrations.knows_revision(current):
+        async with self._mapped("reading the revision of"):
+            floor = await migrations.recorded_floor(self.engine, self.schema)
+        fit = migrations.fit(current, floor)
+        if fit == "behind":
             raise SchemaOutdated(
                 f"the database at {self.url} is at schema revision {current or 'none'}, "
                 f"this mas needs {head}: run `mas db upgrade`"
             )
-        async with self._mapped("reading the revision of"):
-            floor = await migrations.recorded_floor(self.engine, self.schema)
-        if floor is None or not migrations.knows_revision(floor):
+        if fit == "too_new":
             raise SchemaOutdated(
                 f"the database at {self.url} is at schema revision {current}, newer than "
                 f"this mas's {head}, and runs mas from revision {floor or 'unknown'} on: "

@@ -42,12 +42,19 @@ async def table_names(store: Store) -> set[str]:
     return set(names)
 
 
-async def mas_db(command: str, db: Database) -> tuple[int, str]:
-    """Run `python -m mas.cli db <command>` against `db`; returns (exit code, output)."""
+def mas_db_argv(command: str, db: Database, *options: str) -> list[str]:
+    return [sys.executable, "-m", "mas.cli", "db", command, "--url", db.url, *options]
+
+
+def mas_db_env(db: Database) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAS_DATABASE")}
-    env |= db.cli_env()
+    return env | db.cli_env()
+
+
+async def mas_db(command: str, db: Database, *options: str) -> tuple[int, str]:
+    """Run `python -m mas.cli db <command>` against `db`; returns (exit code, output)."""
     result = await anyio.run_process(
-        [sys.executable, "-m", "mas.cli", "db", command, "--url", db.url], env=env, check=False
+        mas_db_argv(command, db, *options), env=mas_db_env(db), check=False
     )
     return result.returncode, (result.stdout + result.stderr).decode()
 
@@ -230,3 +237,45 @@ async def test_a_release_refuses_a_newer_schema_it_cannot_run_on(db: Database) -
     code, output = await mas_db("current", db)
     assert code == 2, output
     assert "upgrade mas" in output
+
+
+async def test_mas_db_current_wait_returns_once_the_migration_ran(db: Database) -> None:
+    """A pod's init container: it waits while the migration Job has not run yet."""
+    async with await anyio.open_process(
+        mas_db_argv("current", db, "--wait", "120"), env=mas_db_env(db)
+    ) as waiter:
+        assert waiter.stderr is not None and waiter.stdout is not None
+        said = b""
+        with anyio.fail_after(60):
+            while b"waiting:" not in said:
+                said += await waiter.stderr.receive()
+        assert b"behind" in said
+        code, output = await mas_db("upgrade", db)
+        assert code == 0, output
+        with anyio.fail_after(60):
+            assert await waiter.wait() == 0
+        answer = await waiter.stdout.receive()
+    assert b"up to date" in answer
+
+
+async def test_mas_db_current_wait_gives_up_in_time_and_at_once_on_a_too_new_schema(
+    db: Database,
+) -> None:
+    code, output = await mas_db("current", db, "--wait", "1")
+    assert code == 2, output
+    assert "behind" in output
+    store = await db.open_store(migrate=True)
+    await _as_if_migrated_by_a_newer_release(store, floor="9998")
+    await store.close()
+    with anyio.fail_after(60):  # not the 600 s asked: waiting cannot help
+        code, output = await mas_db("current", db, "--wait", "600")
+    assert code == 2, output
+    assert "upgrade mas" in output
+
+
+async def test_mas_db_current_wait_outlasts_an_unreachable_database() -> None:
+    nowhere = Database("postgresql", "postgresql+asyncpg://postgres@127.0.0.1:1/test")
+    code, output = await mas_db("current", nowhere, "--wait", "1")
+    assert code == 2, output
+    assert "database unreachable" in output
+    assert "Traceback" not in output
