@@ -66,6 +66,12 @@ def pod_specs() -> dict[str, dict[str, Any]]:
     }
 
 
+def all_containers(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """A pod's init containers and containers."""
+    found: list[dict[str, Any]] = spec.get("initContainers", []) + spec["containers"]
+    return found
+
+
 def config() -> dict[str, str]:
     [config_map] = of_kind("ConfigMap")
     data: dict[str, str] = config_map["data"]
@@ -83,7 +89,7 @@ def test_every_mas_variable_is_a_setting_and_the_config_is_valid(
 ) -> None:
     names = set(config())
     for spec in pod_specs().values():
-        for container in spec["containers"]:
+        for container in all_containers(spec):
             names |= {env["name"] for env in container.get("env", [])}
     errors = [error for name in sorted(names) if (error := settings_field_error(name))]
     assert errors == []
@@ -102,7 +108,7 @@ def test_secrets_are_referenced_never_written() -> None:
     for name in config():
         assert not any(word in name for word in SECRET_NAMES), f"{name} belongs in a Secret"
     for spec in pod_specs().values():
-        for container in spec["containers"]:
+        for container in all_containers(spec):
             for env in container.get("env", []):
                 assert "value" not in env, f"{env['name']}: a literal, not a secretKeyRef"
                 assert "secretKeyRef" in env["valueFrom"]
@@ -115,12 +121,29 @@ def test_secrets_are_referenced_never_written() -> None:
 def test_each_workload_runs_its_mas_command_with_real_options(
     workload: str, subcommand: list[str]
 ) -> None:
-    [container] = pod_specs()[workload]["containers"]
-    argv = container["command"]
-    assert argv[: 1 + len(subcommand)] == ["mas", *subcommand]
-    command, rest = resolve_command(argv[1:])
-    options = {opt for param in command.params for opt in param.opts}
-    assert [word for word in rest if word.startswith("-") and word not in options] == []
+    spec = pod_specs()[workload]
+    [container] = spec["containers"]
+    assert container["command"][: 1 + len(subcommand)] == ["mas", *subcommand]
+    for each in all_containers(spec):
+        argv = each["command"]
+        assert argv[0] == "mas"
+        command, rest = resolve_command(argv[1:])
+        options = {opt for param in command.params for opt in param.opts}
+        assert [word for word in rest if word.startswith("-") and word not in options] == []
+
+
+def test_new_pods_wait_for_the_migration_before_they_start() -> None:
+    for name in ("mas-gateway", "mas-worker"):
+        [init] = pod_specs()[name]["initContainers"]
+        assert init["command"][:4] == ["mas", "db", "current", "--wait"], name
+        wait = float(init["command"][4])
+        [migrate] = of_kind("Job")
+        assert wait >= 300, "a migration may take minutes"
+        assert migrate["spec"]["template"]["spec"]["containers"][0]["command"] == [
+            "mas",
+            "db",
+            "upgrade",
+        ]
 
 
 async def _serves(workload: str, path: str) -> bool:
@@ -170,7 +193,7 @@ def test_containers_run_unprivileged_on_a_read_only_root() -> None:
     for name, spec in pod_specs().items():
         assert spec["securityContext"]["runAsNonRoot"] is True, name
         assert spec["automountServiceAccountToken"] is False, name
-        for container in spec["containers"]:
+        for container in all_containers(spec):
             context = container["securityContext"]
             assert context["readOnlyRootFilesystem"] is True, name
             assert context["allowPrivilegeEscalation"] is False, name
@@ -275,7 +298,7 @@ def test_the_policy_check_finds_nothing_but_justified_exceptions() -> None:
 def test_the_image_is_the_one_compose_builds() -> None:
     built = load_compose()["services"]["api"]["image"]
     for spec in pod_specs().values():
-        for container in spec["containers"]:
+        for container in all_containers(spec):
             assert container["image"] == built
 
 
