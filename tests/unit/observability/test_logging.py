@@ -96,3 +96,42 @@ async def test_a_runtime_leaves_the_applications_logging_as_it_was() -> None:
         assert root.level == level
     finally:
         structlog.configure(**saved)
+
+
+def test_a_logger_used_once_follows_a_later_configure_logging() -> None:
+    """Loggers are cached on first use, yet a later call still sets their level and stream."""
+    from mas.observability import configure_logging, reset_logging
+
+    log = structlog.get_logger("mas.test.cached")
+    first, second = io.StringIO(), io.StringIO()
+    try:
+        configure_logging("INFO", "json", first)
+        log.info("to_the_first")
+        configure_logging("WARNING", "json", second)
+        log.info("below_the_level")
+        log.warning("to_the_second", n=2)
+    finally:
+        reset_logging()
+    assert [r["event"] for r in parse(first)] == ["to_the_first"]
+    assert [(r["event"], r["n"], r["level"]) for r in parse(second)] == [
+        ("to_the_second", 2, "warning")
+    ]
+
+
+def test_capture_logs_reaches_loggers_mas_already_used() -> None:
+    """structlog's test helper changes the configured processors in place: a logger cached
+    before it still reports to it, after configure_logging and after reset_logging."""
+    from mas.observability import configure_logging, reset_logging
+
+    log = structlog.get_logger("mas.test.captured")
+    try:
+        configure_logging("DEBUG", "json", io.StringIO())
+        log.info("cached_now")
+        with structlog.testing.capture_logs() as captured:
+            log.warning("seen", n=1)
+    finally:
+        reset_logging()
+    with structlog.testing.capture_logs() as after_reset:
+        log.info("seen_after_reset")
+    assert [(e["event"], e["n"]) for e in captured] == [("seen", 1)]
+    assert [e["event"] for e in after_reset] == ["seen_after_reset"]
