@@ -17,6 +17,8 @@ Scenarios:
               null stream (what `mas worker` writes for each crash); `mas_quiet` at ERROR
               (no line: the cost without logging); `minimal` is a hand-written restart: the
               actor's loop catches the error and makes a fresh handler object.
+    crash_among_<N>  the same crash with N idle siblings under the root supervisor (100k;
+              --quick: 10k): a crash must not cost more among many agents.
 
 Contenders alternate within each repetition (A/B/A/B, the order rotating), so drift in the
 machine's load hits both; the report gives medians and the ratio minimal/mas (>1: mas is
@@ -46,7 +48,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from actors import MinimalActor, _messages, _settings, _settle_gc
+from actors import Idle, MinimalActor, _messages, _settings, _settle_gc
 
 from mas import Agent, Message, Runtime, Settings
 from mas.observability import configure_logging
@@ -153,11 +155,13 @@ def _crash_settings(level: str) -> Settings:
     )
 
 
-async def mas_crash(crashes: int, level: str = "INFO") -> float:
+async def mas_crash(crashes: int, level: str = "INFO", siblings: int = 0) -> float:
     configure_logging(level, stream=io.StringIO() if level == "ERROR" else _Null())
     counter = Rounds(crashes)
     try:
         async with Runtime(_crash_settings(level)) as rt:
+            for n in range(siblings):  # idle agents under the same supervisor
+                await rt.spawn(Idle, id=f"idle-{n}")
             ref = await rt.spawn(functools.partial(Crasher, counter), id="crasher")
             messages = _messages(crashes, "crash")
             if SETUP_ONLY.is_set():
@@ -242,6 +246,14 @@ def scenarios(quick: bool) -> dict[str, tuple[int, dict[str, Trial]]]:
         {
             "mas": mas_crash,
             "mas_quiet": lambda n: mas_crash(n, "ERROR"),
+            "minimal": minimal_crash,
+        },
+    )
+    siblings = 10_000 if quick else 100_000
+    found[f"crash_among_{siblings}"] = (
+        500 if quick else 2_000,
+        {
+            "mas": lambda n, s=siblings: mas_crash(n, "INFO", s),
             "minimal": minimal_crash,
         },
     )
