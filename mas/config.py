@@ -285,6 +285,12 @@ class Settings(BaseSettings):
         False, description="round-trip every message through JSON even in one process"
     )
     dedupe_window: int = Field(10_000, ge=0, description="message ids remembered per agent")
+    dedupe_budget: int = Field(
+        1_000_000,
+        ge=4,
+        description="message ids remembered by all agents of a process together; past it "
+        "idle agents' windows are dropped (recalled from the journal when they next run)",
+    )
     dedupe_ttl: float = Field(
         3600.0, gt=0, description="seconds a cluster-wide dedupe claim lives in Redis"
     )

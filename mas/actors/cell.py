@@ -120,6 +120,7 @@ class AgentCell:
         "current",
         "factory",
         "id",
+        "idle_since",
         "instance",
         "mailbox",
         "rerun",
@@ -174,6 +175,7 @@ class AgentCell:
         self._task: asyncio.Task[None] | None = None
         self._seen: dict[str, Message | None] | None = None
         self._seen_old: dict[str, Message | None] | None = None
+        self.idle_since = 0  # the dedupe budget's epoch when its last drain ended
         self._watchers: set[str] | None = None
         self._idle_waiters: list[asyncio.Future[None]] | None = None
         self._cancelling: str | None = None
@@ -283,6 +285,8 @@ class AgentCell:
         from a handler): it fails the runtime.
         """
         runtime = self.runtime
+        seen = self._seen
+        remembered = len(seen) + len(self._seen_old) if seen is not None else 0  # type: ignore[arg-type]
         try:
             if runtime.journal is not None and self._seen is None:
                 await self._recall(runtime.journal)
@@ -293,6 +297,17 @@ class AgentCell:
             raise
         finally:
             self.busy = False
+            # What this drain remembered counts against the process's dedupe budget: once
+            # per drain, not per message.
+            budget = runtime.dedupe
+            seen = self._seen
+            if seen is not None:
+                budget.count += len(seen) + len(self._seen_old) - remembered  # type: ignore[arg-type]
+            else:
+                budget.count -= remembered
+            self.idle_since = budget.epoch
+            if budget.count > budget.trim_at:
+                runtime.trim_dedupe()
             task, self._task = self._task, None
             runtime.drain_done(task)
 
@@ -565,19 +580,38 @@ class AgentCell:
         return found
 
     async def _recall(self, journal: Journal) -> None:
-        """Load the ids this agent handled before a restart of the process (idempotency)."""
+        """Load the ids this agent handled before a restart of the process, or before the
+        dedupe budget dropped its window (idempotency)."""
         half = self.runtime.dedupe_half
         if half == 0:
             return
-        self._seen, self._seen_old = {}, {}
+        self._open_window()
         try:
             remembered = await journal.recall(self.id, half)
         except MasError as exc:
             _log.warning("idempotency_recall_failed", agent_id=self.id, error=str(exc))
-            self._seen = None  # try again on the next activation
+            self.runtime.dedupe.dropped(self, self.forget_window())  # again next activation
             return
         for message_id, reply in remembered:
             self._remember(message_id, reply)
+
+    def _open_window(self) -> dict[str, Message | None]:
+        seen: dict[str, Message | None] = {}
+        self._seen, self._seen_old = seen, {}
+        self.runtime.dedupe.opened(self)
+        return seen
+
+    @property
+    def remembered(self) -> int:
+        """Message ids this agent remembers now (its dedupe window)."""
+        return len(self._seen or ()) + len(self._seen_old or ())
+
+    def forget_window(self) -> int:
+        """Drop the remembered ids (the dedupe budget asks, the agent being idle); the next
+        activation recalls them from the journal. Returns how many there were."""
+        dropped = self.remembered
+        self._seen = self._seen_old = None
+        return dropped
 
     def _idle(self) -> None:
         self.current = None
@@ -590,17 +624,18 @@ class AgentCell:
 
     def _remember(self, message_id: str, reply: Message | None) -> None:
         # Two generations of ids: lookups and inserts stay O(1) and the window is bounded
-        # between dedupe_window/2 and dedupe_window ids.
+        # between dedupe_window/2 and dedupe_window ids (the process's total: `_drain`).
         seen = self._seen
+        runtime = self.runtime
         if seen is None:
-            if self.runtime.dedupe_half == 0:
+            if runtime.dedupe_half == 0:
                 return
-            seen = self._seen = {}
-            self._seen_old = {}
+            seen = self._open_window()
         seen[message_id] = reply
-        if len(seen) >= self.runtime.dedupe_half:
+        if len(seen) >= runtime.dedupe_half:
             self._seen_old = seen
             self._seen = {}
+            runtime.dedupe.opened(self)  # in use: last in line to be dropped
 
     async def _duplicate(self, message: Message, delivery: Delivery | None) -> None:
         seen, old = self._seen or {}, self._seen_old or {}
@@ -764,6 +799,7 @@ class AgentCell:
         await self.wait_idle(self.runtime.stop_budget(self.shutdown_timeout))
         await self.stop_instance()
         await runtime.unregister(self)
+        runtime.dedupe.dropped(self, self.forget_window())
         for item in self.mailbox.close():
             delivery = self.as_delivery(item)
             if not await delivery.release():

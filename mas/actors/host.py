@@ -16,6 +16,7 @@ from mas.actors.backoff import RetryPolicy
 from mas.actors.clock import Clock
 from mas.actors.counters import AgentCounters
 from mas.actors.deadletters import DeadLetter
+from mas.actors.dedupe import DedupeBudget
 from mas.actors.journal import Journal
 from mas.actors.transport import Delivery
 from mas.config import Settings
@@ -39,6 +40,7 @@ class AgentHost(Protocol):
     journal: Journal | None
     retry_policy: RetryPolicy
     dedupe_half: int
+    dedupe: DedupeBudget
     """Ids per generation of a cell's dedupe window (two generations are kept)."""
     log_messages: bool
     """Log every handled message (DEBUG): checked once per message, so kept as a flag."""
@@ -60,6 +62,8 @@ class AgentHost(Protocol):
         """The counters every agent of `agent_type` on this node adds to."""
 
     # -- tasks and time ----------------------------------------------------------------------
+
+    def trim_dedupe(self) -> None: ...
 
     def start_task(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run `coro` as a task the runtime owns (cancelled at exit, its crash fails it)."""

@@ -33,6 +33,7 @@ from mas.actors.cell import AgentCell, LocalDelivery
 from mas.actors.clock import Clock, LoopClock
 from mas.actors.counters import AgentCounters
 from mas.actors.deadletters import DeadLetter, DeadLetters
+from mas.actors.dedupe import DedupeBudget
 from mas.actors.faults import DeliveryFaults
 from mas.actors.journal import Journal
 from mas.actors.ref import AgentRef
@@ -180,6 +181,7 @@ class ActorSystem:
             s.retry.max_attempts, s.retry.base_delay, s.retry.max_delay, s.retry.jitter
         )
         self.dedupe_half = s.dedupe_window // 2
+        self.dedupe = DedupeBudget(s.dedupe_budget)
         self.reply_address = f"reply:{self._node_id}"
         self.log_messages = False
         self.time_handlers = False
@@ -406,6 +408,31 @@ class ActorSystem:
     def start_task(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run `coro` as a task the runtime owns: awaited at shutdown, errors fail it."""
         return self.tasks.start_task(coro)
+
+    def trim_dedupe(self) -> None:
+        """The agents remember more ids than `MAS_DEDUPE_BUDGET`: drop idle agents' windows
+        once the journal has recorded what they remember (an owned task; see
+        DedupeBudget)."""
+        self.dedupe.begin()  # none other is due meanwhile
+        self.start_task(self._trim_dedupe())
+
+    async def _trim_dedupe(self) -> None:
+        """Up to three passes: an agent whose drain ended after a pass began is dropped by
+        the next one, once what it handled is recorded too."""
+        budget = self.dedupe
+        try:
+            for _ in range(3):
+                epoch = budget.begin()
+                if self.journal is not None:
+                    await self.journal.flush()  # every id remembered before `epoch`
+                else:
+                    await asyncio.sleep(0)  # the drains under way take a turn
+                if budget.trim(before=epoch):
+                    break
+        except MasError as exc:
+            _log.debug("dedupe_trim_put_off", error=str(exc))
+        finally:
+            budget.put_off()
 
     def start_drain(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         return self.tasks.start_drain(coro)
