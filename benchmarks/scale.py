@@ -38,6 +38,7 @@ import asyncio
 import functools
 import io
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -290,7 +291,10 @@ def _instructions(name: str, contender: str, n: int, quick: bool, *, setup: bool
     command += [sys.executable, __file__, "--probe", name, contender, str(n)]
     command += ["--quick"] if quick else []
     command += ["--setup-only"] if setup else []
-    done = subprocess.run(command, capture_output=True, text=True, check=True, timeout=3600)
+    env = os.environ | {"PYTHONHASHSEED": "0"}  # the same dicts, so the same count each run
+    done = subprocess.run(
+        command, capture_output=True, text=True, check=True, timeout=3600, env=env
+    )
     [count] = COLLECTED.findall(done.stderr)
     return int(count)
 
