@@ -10,6 +10,7 @@ which cannot know the newer migrations, can tell whether it may start (`Store.ch
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,9 +46,21 @@ def alembic_config(schema: str | None = None) -> Config:
     return config
 
 
+def _scripts() -> ScriptDirectory:
+    """The migrations mas ships, read once (each read imports every migration module)."""
+    return _scripts_at(MIGRATIONS)
+
+
+@functools.cache
+def _scripts_at(location: Path) -> ScriptDirectory:
+    config = Config()
+    config.set_main_option("script_location", str(location))
+    return ScriptDirectory.from_config(config)
+
+
 def head_revision() -> str:
     """The revision this version of mas expects."""
-    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    head = _scripts().get_current_head()
     assert head is not None
     return head
 
@@ -71,7 +84,7 @@ def fit(revision: str | None, floor: str | None) -> SchemaFit:
 def knows_revision(revision: str) -> bool:
     """Whether `revision` is one of this mas's migrations (a newer release's is not)."""
     try:
-        return ScriptDirectory.from_config(alembic_config()).get_revision(revision) is not None
+        return _scripts().get_revision(revision) is not None
     except CommandError:
         return False
 
@@ -79,9 +92,8 @@ def knows_revision(revision: str) -> bool:
 def oldest_compatible(revision: str) -> str:
     """The oldest revision whose code runs on a database at `revision`: the newest migration
     up to it that code before it cannot run with (the first one, when every later one can)."""
-    scripts = ScriptDirectory.from_config(alembic_config())
     oldest = revision
-    for script in scripts.walk_revisions(base="base", head=revision):  # newest first
+    for script in _scripts().walk_revisions(base="base", head=revision):  # newest first
         oldest = script.revision
         if not getattr(script.module, "runs_with_previous_code", False):
             break
