@@ -67,10 +67,13 @@ class DedupeBudget:
         self.windows.pop(agent, None)
         self.count -= remembered
 
-    def begin(self) -> int:
-        """A pass of a trim starts: the epoch whose earlier ids the journal is about to
-        commit. No other trim is due until `put_off`."""
+    def hold(self) -> None:
+        """A trim is under way: no other is due until `put_off`."""
         self.trim_at = sys.maxsize
+
+    def begin(self) -> int:
+        """A pass of the trim starts: the epoch whose earlier ids the journal is about to
+        commit."""
         self.epoch += 1
         return self.epoch
 
@@ -91,7 +94,7 @@ class DedupeBudget:
         return self.count <= target
 
     def put_off(self) -> None:
-        """The trim is over: none before the limit is passed again, or, if handling agents
-        hold more than that, before another quarter was remembered (a process over its
-        budget then does not scan its agents at every message)."""
+        """The trim is over: none before the limit is passed again, or, if busy agents hold
+        more than that, before another quarter was remembered (a process over its budget
+        then does not scan its agents at every message)."""
         self.trim_at = max(self.limit, self.count + self.limit // 4)

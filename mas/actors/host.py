@@ -40,8 +40,9 @@ class AgentHost(Protocol):
     journal: Journal | None
     retry_policy: RetryPolicy
     dedupe_half: int
-    dedupe: DedupeBudget
     """Ids per generation of a cell's dedupe window (two generations are kept)."""
+    dedupe: DedupeBudget
+    """The bound on the ids all cells remember together (`trim_dedupe` past it)."""
     log_messages: bool
     """Log every handled message (DEBUG): checked once per message, so kept as a flag."""
     time_handlers: bool
@@ -63,7 +64,8 @@ class AgentHost(Protocol):
 
     # -- tasks and time ----------------------------------------------------------------------
 
-    def trim_dedupe(self) -> None: ...
+    def trim_dedupe(self) -> None:
+        """Drop idle cells' dedupe windows once what they remember is recorded (owned)."""
 
     def start_task(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run `coro` as a task the runtime owns (cancelled at exit, its crash fails it)."""

@@ -413,7 +413,7 @@ class ActorSystem:
         """The agents remember more ids than `MAS_DEDUPE_BUDGET`: drop idle agents' windows
         once the journal has recorded what they remember (an owned task; see
         DedupeBudget)."""
-        self.dedupe.begin()  # none other is due meanwhile
+        self.dedupe.hold()
         self.start_task(self._trim_dedupe())
 
     async def _trim_dedupe(self) -> None:
