@@ -50,8 +50,12 @@ class _Lines:
     debug = info = warn = warning = error = critical = exception = fatal = failure = log = msg
 
 
+_LINES = _Lines()
+
+
 def _lines(*args: Any) -> _Lines:
-    return _Lines()
+    """structlog's logger factory: the one stateless `_Lines` for every logger."""
+    return _LINES
 
 
 def _interpolated(event: str | None, args: tuple[Any, ...]) -> str | None:
