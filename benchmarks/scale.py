@@ -45,7 +45,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -104,22 +104,29 @@ class Crasher(Sleeper):
 # -- many idle agents ------------------------------------------------------------------------
 
 
+async def _rounds(
+    tells: list[Callable[[Message], Awaitable[None]]], rounds: int, counter: Rounds
+) -> float:
+    """Time `rounds` rounds of one message to each of `tells`, each waited for."""
+    batches = [_messages(len(tells), "wake") for _ in range(rounds)]
+    if SETUP_ONLY.is_set():
+        return 0.0
+    _settle_gc()
+    start = time.perf_counter()
+    for batch in batches:
+        for tell, message in zip(tells, batch, strict=True):
+            await tell(message)
+        await counter.wait()
+    return time.perf_counter() - start
+
+
 async def mas_many(agents: int, rounds: int) -> float:
     counter = Rounds(agents)
     async with Runtime(_settings()) as rt:
         refs = [
             await rt.spawn(functools.partial(Sleeper, counter), id=f"s{i}") for i in range(agents)
         ]
-        batches = [_messages(agents, "wake") for _ in range(rounds)]
-        if SETUP_ONLY.is_set():
-            return 0.0
-        _settle_gc()
-        start = time.perf_counter()
-        for batch in batches:
-            for ref, message in zip(refs, batch, strict=True):
-                await ref.tell(message)
-            await counter.wait()
-        return time.perf_counter() - start
+        return await _rounds([ref.tell for ref in refs], rounds, counter)
 
 
 async def minimal_many(agents: int, rounds: int) -> float:
@@ -129,16 +136,7 @@ async def minimal_many(agents: int, rounds: int) -> float:
         counter.hit()
 
     actors = [MinimalActor(handle) for _ in range(agents)]
-    batches = [_messages(agents, "wake") for _ in range(rounds)]
-    if SETUP_ONLY.is_set():
-        return 0.0
-    _settle_gc()
-    start = time.perf_counter()
-    for batch in batches:
-        for actor, message in zip(actors, batch, strict=True):
-            await actor.tell(message)
-        await counter.wait()
-    elapsed = time.perf_counter() - start
+    elapsed = await _rounds([actor.tell for actor in actors], rounds, counter)
     for actor in actors:
         actor.task.cancel()
     await asyncio.gather(*(actor.task for actor in actors), return_exceptions=True)
